@@ -1,0 +1,28 @@
+# Two entry points (see README): `make demo` runs the main job on the embedded model, `make test` the tests.
+# Each creates .venv and installs what it needs on first use (torch pinned to the CPU build via constraints.txt).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test bench app clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q -c constraints.txt --no-deps recbole==1.2.1 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import torch, transformer_lens, workbench; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m workbench.demo
+
+test: $(STAMP)
+	bash scripts/test.sh
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,67 @@
+"""The `workbench` front door: dispatches to each package's subcommands, imported lazily.
+
+Each entry maps a command group to a module with ``main(argv: list[str]) -> int | None``; the
+module builds its own argparse parser, so ``workbench --help`` imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "model": ("workbench.commands.model", "train / evaluate the embedded toy model (toy-ioi)"),
+    "acts": ("workbench.commands.acts", "stream or cache activations at a hook to disk"),
+    "runs": ("workbench.commands.runs", "list run directories and their status"),
+    "sae": ("sae.cli", "train / evaluate / analyse sparse autoencoders"),
+    "ioi": ("evals.cli", "IOI supervised-dictionary evaluation: locate the circuit, evaluate dictionaries"),
+    "moe": ("routing.cli", "mixture-of-experts gates: train, benchmark, OT solver benchmarks"),
+    "app": ("workbench.commands.app", "open the Streamlit app on a runs directory"),
+}
+
+USAGE = """usage: workbench <command> [options]   (workbench <command> --help for its options)
+
+The Sparse Allocation Workbench: SAEs, IOI evaluation and MoE routing as sparse allocation.
+
+commands:
+{cmds}
+"""
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    return USAGE.format(cmds="\n".join(f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"workbench: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as e:
+        print(f"workbench {name}: not available in this install ({e})", file=sys.stderr)
+        return 2
+    from workbench.errors import USER_ERRORS
+
+    try:
+        return int(module.main(rest) or 0)
+    except USER_ERRORS as e:
+        print(f"workbench {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"workbench {name}: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Model access: the one module that touches TransformerLens' model classes.
+
+``load_model("toy-ioi")`` loads the embedded toy model shipped with the package; any other
+TransformerLens name (``gpt2``, ...) goes through ``HookedTransformer.from_pretrained``; a path to a
+directory written by ``workbench model train`` loads that model. A later move to TransformerBridge
+should only touch this file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from workbench import toyworld
+from workbench.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+TOY_NAME = "toy-ioi"
+ASSETS = Path(__file__).parent / "assets"
+TOY_DIR = ASSETS / TOY_NAME
+
+
+def build_tokenizer(save_dir: str | Path, vocab: list[str] | None = None):
+    """Build the toy world's word-level tokenizer, save it to save_dir and load it back.
+
+    TransformerLens needs a tokenizer loaded with ``AutoTokenizer.from_pretrained`` (an in-memory
+    ``PreTrainedTokenizerFast`` fails inside it), hence the save/load round trip.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = vocab or toyworld.vocabulary()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(save_dir))
+    return load_tokenizer(save_dir)
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def toy_config_dict(n_layers: int = 2, d_model: int = 128, n_heads: int = 4, d_mlp: int | None = None,
+                    n_ctx: int = 24, d_vocab: int | None = None, seed: int = 0) -> dict:
+    """HookedTransformerConfig fields of the toy model (pre-LN GPT-style, learned positions)."""
+    return dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+                d_mlp=d_mlp or 4 * d_model, n_ctx=n_ctx, d_vocab=d_vocab or len(toyworld.vocabulary()),
+                act_fn="gelu", normalization_type="LN", positional_embedding_type="standard",
+                model_name=TOY_NAME, seed=seed, default_prepend_bos=True)
+
+
+def make_model(cfg_dict: dict, tokenizer_dir: str | Path, device: str | None = None) -> "HookedTransformer":
+    """A freshly initialised HookedTransformer with the toy tokenizer."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**cfg_dict, device=device or "cpu")
+    return HookedTransformer(cfg, tokenizer=load_tokenizer(tokenizer_dir))
+
+
+def save_model(model: "HookedTransformer", cfg_dict: dict, out_dir: str | Path, extra: dict | None = None) -> None:
+    """Save weights (safetensors) + config.json + tokenizer into out_dir, atomically per file."""
+    from safetensors.torch import save
+
+    from workbench.runs import atomic_write_bytes, atomic_write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(out_dir / "model.safetensors", save(state))
+    atomic_write_json(out_dir / "config.json", {"hooked_transformer": cfg_dict, **(extra or {})})
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+
+
+def _load_dir(path: Path, device: str | None) -> "HookedTransformer":
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((path / "config.json").read_text())
+        cfg_dict = meta["hooked_transformer"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise ModelError(f"{path / 'config.json'} is missing or corrupt ({e}); retrain with `workbench model train`") from e
+    model = make_model(cfg_dict, path / "tokenizer", device)
+    try:
+        state = load_file(str(path / "model.safetensors"), device="cpu")
+    except (OSError, SafetensorError) as e:
+        raise ModelError(f"{path / 'model.safetensors'} is missing or corrupt ({e}); retrain with `workbench model train`") from e
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
+    if missing or unexpected:
+        raise ModelError(f"{path / 'model.safetensors'} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.to(device or "cpu")
+    model.eval()
+    return model
+
+
+def known_model_names() -> list[str]:
+    from transformer_lens import loading_from_pretrained as loading
+
+    names = list(loading.OFFICIAL_MODEL_NAMES)
+    for aliases in loading.MODEL_ALIASES.values():
+        names.extend(aliases)
+    return [TOY_NAME] + names
+
+
+def load_model(name: str = TOY_NAME, device: str | None = None) -> "HookedTransformer":
+    """The embedded toy model, a directory saved by ``workbench model train``, or a TransformerLens name."""
+    path = Path(name)
+    if name == TOY_NAME:
+        if not (TOY_DIR / "model.safetensors").exists():
+            raise ModelError(f"the embedded model is missing from {TOY_DIR}; rebuild it with `workbench model train --out {TOY_DIR}`")
+        return _load_dir(TOY_DIR, device)
+    if path.is_dir():
+        return _load_dir(path, device)
+    names = known_model_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"use {TOY_NAME!r}, a TransformerLens name such as 'gpt2', or a model directory"
+        raise ModelError(f"unknown model {name!r}; {hint}")
+    from transformer_lens import HookedTransformer
+
+    return HookedTransformer.from_pretrained(name, device=device or "cpu")
+
+
+def hook_names(model: "HookedTransformer") -> list[str]:
+    return list(model.hook_dict)
+
+
+def check_hook(model: "HookedTransformer", hook_name: str) -> None:
+    """Raise ModelError for a hook the model does not have, listing close matches."""
+    names = hook_names(model)
+    if hook_name not in names:
+        close = difflib.get_close_matches(hook_name, names, n=5, cutoff=0.5)
+        raise ModelError(f"unknown hook name {hook_name!r}; close matches: {', '.join(close) or 'none'} "
+                         f"(the model has {len(names)} hooks, e.g. blocks.0.hook_resid_post)")
+
+
+def hook_dim(model: "HookedTransformer", hook_name: str, head: int | None = None) -> int:
+    """Width of the activation at hook_name (per head if the hook has a head axis and head is given)."""
+    check_hook(model, hook_name)
+    out = {}
+
+    def grab(act, hook):
+        out["shape"] = act.shape
+        raise _Stop
+
+    toks = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
+    try:
+        model.run_with_hooks(toks, fwd_hooks=[(hook_name, grab)])
+    except _Stop:
+        pass
+    shape = out["shape"]
+    if len(shape) == 4:  # (batch, pos, head, d_head)
+        return shape[-1] if head is not None else shape[-2] * shape[-1]
+    return shape[-1]
+
+
+class _Stop(Exception):
+    pass
+
+
+def encode(model: "HookedTransformer", texts: list[str], prepend_bos: bool = True) -> torch.Tensor:
+    """Tokenise texts (right-padded), refusing words the tokenizer does not know."""
+    tok = model.tokenizer
+    if tok is None:
+        raise ModelError("the model has no tokenizer; pass tokens instead of text")
+    unk = tok.unk_token_id
+    if unk is not None and unk != tok.eos_token_id:
+        vocab = tok.get_vocab()
+        bad = sorted({w for t in texts for w in t.split() if w not in vocab})
+        if bad and getattr(model.cfg, "model_name", "") == TOY_NAME:
+            raise ModelError(f"out-of-vocabulary words for {TOY_NAME}: {bad[:10]}; the toy world's words are in workbench.toyworld")
+    return model.to_tokens(texts, prepend_bos=prepend_bos, padding_side="right")
