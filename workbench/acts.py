@@ -121,7 +121,7 @@ class ActivationStream:
         self.tokens_seen = 0
 
     @torch.no_grad()
-    def _forward_chunk(self) -> torch.Tensor:
+    def forward_chunk(self) -> torch.Tensor:
         """One model forward over seq_batch sequences: (n_selected_positions, d)."""
         cfg, model = self.cfg, self.model
         texts = self.text.next(cfg.seq_batch)
@@ -149,7 +149,7 @@ class ActivationStream:
         parts = [self.buffer]
         have = len(self.buffer)
         while have < want:
-            chunk = self._forward_chunk()
+            chunk = self.forward_chunk()
             parts.append(chunk)
             have += len(chunk)
         buf = torch.cat(parts)

@@ -177,10 +177,9 @@ def encode(model: "HookedTransformer", texts: list[str], prepend_bos: bool = Tru
     tok = model.tokenizer
     if tok is None:
         raise ModelError("the model has no tokenizer; pass tokens instead of text")
+    tokens = model.to_tokens(texts, prepend_bos=prepend_bos, padding_side="right")
     unk = tok.unk_token_id
-    if unk is not None and unk != tok.eos_token_id:
-        vocab = tok.get_vocab()
-        bad = sorted({w for t in texts for w in t.split() if w not in vocab})
-        if bad and getattr(model.cfg, "model_name", "") == TOY_NAME:
-            raise ModelError(f"out-of-vocabulary words for {TOY_NAME}: {bad[:10]}; the toy world's words are in workbench.toyworld")
-    return model.to_tokens(texts, prepend_bos=prepend_bos, padding_side="right")
+    if unk is not None and unk not in (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) and (tokens == unk).any():
+        bad = sorted({w for t in texts for w in t.split() if tok.encode(w, add_special_tokens=False) == [unk]})
+        raise ModelError(f"out-of-vocabulary words: {bad[:10]}; the toy world's words are listed in workbench.toyworld")
+    return tokens

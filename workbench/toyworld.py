@@ -91,15 +91,22 @@ def make_ioi_prompt(rng: random.Random, names: list[str], template: str | None =
 
 
 def general_text(rng: random.Random, names: list[str]) -> str:
-    """A sentence that uses names and rewards copying them (trains every name's embeddings)."""
+    """A sentence that uses names and rewards copying them (trains every name's embeddings).
+
+    Together the three forms use every word of the vocabulary, so the held-out template contains
+    no word the model never saw.
+    """
     kind = rng.random()
-    if kind < 0.5:
+    if kind < 0.45:
         group = rng.sample(names, rng.randint(2, 4))
         filler = " ".join(rng.sample(FILLERS, rng.randint(1, 3)))
         return f"{' and '.join(group)} {filler} . {' and '.join(group)}"
     a, b = rng.sample(names, 2)
     o, p = rng.choice(OBJECTS), rng.choice(PLACES)
-    return f"{a} likes the {o} . {b} saw {a} at the {p} . {a} was"
+    if kind < 0.8:
+        return f"{a} likes the {o} . {b} saw {a} at the {p} . {a} was"
+    verb = rng.choice(["met", "called", "said hello to", "was with", "also saw"])
+    return f"{a} brought a {o} to the {p} . {b} {verb} {a}"
 
 
 def training_text(rng: random.Random, ioi_fraction: float = 0.8) -> str:
