@@ -1,0 +1,79 @@
+"""Local search over expert permutations (COMET+, Ibrahim et al. 2023), a wrapper for any gate.
+
+A learned permutation of the experts is applied to the inner gate's weights, w' = w Pi (N, E):
+during the search phase Pi = exp(sinkhorn_log(P / tau)) is a doubly stochastic relaxation of the
+permutation matrix with logits P (E, E); tau is annealed log-linearly from ls_temp_start to
+ls_temp_end and the Sinkhorn iterations linearly from ls_iters_start to ls_iters_end (optional Gumbel
+noise on P). The aux loss ls_entropy * sum_rows H(Pi) pushes Pi towards a permutation. At the end of
+the phase (progress >= ls_fraction) Pi is hardened with the Hungarian algorithm
+(scipy.optimize.linear_sum_assignment on P) and frozen; w'[:, perm[e]] = w[:, e] from then on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from routing.gate import Gate, GateOutput, routing_metrics
+from routing.gates.smooth_step import entropy
+from workbench.simplex import sinkhorn_log
+
+
+class LocalSearchGate(Gate):
+    def __init__(self, inner: Gate, fraction: float = 0.1, temp_start: float = 1e-3, temp_end: float = 1e-7,
+                 iters_start: int = 20, iters_end: int = 150, entropy_coef: float = 1e-4, gumbel: float = 0.0):
+        super().__init__(inner.d_in, inner.n_experts, inner.k)
+        self.inner = inner
+        e = inner.n_experts
+        self.perm_logits = nn.Parameter(torch.rand(e, e) * temp_start)  # (E, E), soft at the start
+        self.register_buffer("perm", torch.arange(e))
+        self.register_buffer("hard", torch.tensor(False))
+        self.fraction, self.temp_start, self.temp_end = fraction, temp_start, temp_end
+        self.iters_start, self.iters_end, self.entropy_coef, self.gumbel = iters_start, iters_end, entropy_coef, gumbel
+        self.temperature, self.iters = temp_start, iters_start
+
+    def set_progress(self, progress: float) -> None:
+        self.inner.set_progress(progress)
+        if bool(self.hard):
+            return
+        if progress >= self.fraction:
+            self.harden()
+            return
+        s = progress / self.fraction if self.fraction > 0 else 1.0
+        lo, hi = math.log10(self.temp_start), math.log10(self.temp_end)
+        self.temperature = 10 ** (lo + s * (hi - lo))
+        self.iters = round(self.iters_start + s * (self.iters_end - self.iters_start))
+
+    def harden(self) -> None:
+        """Hungarian algorithm on the logits -> a permutation; freeze it."""
+        from scipy.optimize import linear_sum_assignment
+
+        _, cols = linear_sum_assignment(self.perm_logits.detach().double().cpu().numpy(), maximize=True)
+        self.perm.copy_(torch.as_tensor(cols, device=self.perm.device))
+        self.hard.fill_(True)
+        self.perm_logits.requires_grad_(False)
+
+    def soft_permutation(self) -> Tensor:
+        logits = self.perm_logits
+        if self.gumbel > 0 and self.training:
+            u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-10)
+            logits = logits - self.gumbel * torch.log(-torch.log(u))
+        return sinkhorn_log(logits / self.temperature, n_iters=self.iters).exp()  # (E, E), rows/cols sum 1
+
+    def forward(self, x: Tensor, ids: Tensor | None = None) -> GateOutput:
+        out = self.inner(x, ids)
+        aux = dict(out.aux_losses)
+        if bool(self.hard):
+            weights = torch.zeros_like(out.weights).index_copy(1, self.perm, out.weights)
+            mask = torch.zeros_like(out.mask).index_copy(1, self.perm, out.mask)
+            indices = self.perm[out.indices] if out.indices is not None else None
+        else:
+            pi = self.soft_permutation()
+            weights = out.weights @ pi
+            mask = weights > 0
+            aux["perm_entropy"] = self.entropy_coef * entropy(pi).sum()
+            indices = None
+        metrics = {**out.metrics, **routing_metrics(weights, mask)}
+        return GateOutput(weights, mask, aux, metrics, indices)

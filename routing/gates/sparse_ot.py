@@ -1,0 +1,78 @@
+"""Sparsity-constrained OT router (Liu, Puigcerver & Blondel 2023), on routing.sparse_ot.
+
+    S = softmax(W x) (no bias), cost = -S, tokens split into groups of G, one OT problem per group:
+    orientation "tokens"  (tokens choose experts): rows = E experts, columns = G tokens, <= k experts
+                          per token; marginals 1/E per expert, 1/G per token
+    orientation "experts" (experts choose tokens): rows = G tokens, columns = E experts, <= capacity
+                          c = ceil(cf * G * k / E) tokens per expert; marginals 1/G per token, 1/E per expert
+    dispatch = support of the plan T; combine = S on the support ("scores", vmoe's default) or the
+    plan rescaled to token mass 1 ("plan", differentiable through the implicit OT gradient).
+Marginals are normalised to sum 1, so ot_gamma is relative to that scale (gamma -> 0: exact OT).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from routing.gate import Gate, GateOutput, routing_metrics
+from routing.gates.expert_choice import expert_capacity
+from routing.sparse_ot import solve_sparse_ot
+
+
+class SparseOTGate(Gate):
+    def __init__(self, d_in: int, n_experts: int, k: int, gamma: float = 1.0, orientation: str = "tokens",
+                 combine: str = "scores", method: str = "newton", iters: int = 30, group: int = 512,
+                 capacity_factor: float = 1.0):
+        super().__init__(d_in, n_experts, k)
+        self.router = nn.Linear(d_in, n_experts, bias=False)
+        self.gamma, self.orientation, self.combine = gamma, orientation, combine
+        self.method, self.iters, self.group, self.capacity_factor = method, iters, group, capacity_factor
+        self.last_plan: Tensor | None = None  # (G, E) plan of the first group of the last call, for the app
+
+    def _solve(self, scores: Tensor) -> tuple[Tensor, Tensor, dict]:
+        """scores (B, G, E) -> plan-derived weights (B, G, E) with token mass 1, support (B, G, E)."""
+        b, g, e = scores.shape
+        cost = -scores
+        if self.orientation == "tokens":
+            res = solve_sparse_ot(cost.transpose(1, 2), scores.new_full((e,), 1 / e), scores.new_full((g,), 1 / g),
+                                  k=min(self.k, e), gamma=self.gamma, method=self.method, max_iter=self.iters)
+            plan = res.plan.transpose(1, 2)  # (B, G, E)
+        else:
+            cap = expert_capacity(g, e, self.k, self.capacity_factor)
+            res = solve_sparse_ot(cost, scores.new_full((g,), 1 / g), scores.new_full((e,), 1 / e),
+                                  k=cap, gamma=self.gamma, method=self.method, max_iter=self.iters)
+            plan = res.plan
+        info = {"ot_row_error": res.row_error.max() * max(e, g), "ot_iters": torch.tensor(float(res.n_iter))}
+        return plan * g, plan > 0, info
+
+    def forward(self, x: Tensor, ids: Tensor | None = None) -> GateOutput:
+        n, e = x.shape[0], self.n_experts
+        scores = self.router(x).softmax(-1)  # (N, E)
+        g = min(self.group, n)
+        parts, sizes = [], [g] * (n // g) + ([n % g] if n % g else [])
+        start, infos = 0, []
+        for size, count in _runs(sizes):
+            chunk = scores[start:start + size * count].view(count, size, e)
+            parts.append(self._solve(chunk))
+            start += size * count
+        plan = torch.cat([p.reshape(-1, e) for p, _, _ in parts])
+        mask = torch.cat([m.reshape(-1, e) for _, m, _ in parts])
+        self.last_plan = plan[:g].detach() / g
+        weights = scores * mask if self.combine == "scores" else plan
+        metrics = routing_metrics(weights, mask)
+        for _, _, info in parts:
+            for key, v in info.items():
+                metrics[key] = torch.maximum(metrics.get(key, v), v).detach()
+        return GateOutput(weights, mask, {}, metrics)
+
+
+def _runs(sizes: list[int]) -> list[tuple[int, int]]:
+    """[g, g, g, r] -> [(g, 3), (r, 1)]: groups of equal size are solved as one batch."""
+    out: list[tuple[int, int]] = []
+    for s in sizes:
+        if out and out[-1][0] == s:
+            out[-1] = (s, out[-1][1] + 1)
+        else:
+            out.append((s, 1))
+    return out
