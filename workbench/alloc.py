@@ -14,6 +14,7 @@ Each returns an :class:`Allocation`: COO entries sorted by row, so the decoder c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -83,15 +84,28 @@ def topk_per_col(scores: Tensor, capacity: int | Tensor) -> Allocation:
         cap = cap.expand(f)
     if cap.shape != (f,) or (cap < 0).any():
         raise ValueError(f"capacity must be a non-negative int or a ({f},) tensor, got shape {tuple(cap.shape)}")
-    m = int(min(int(cap.max()), n))
-    if m == 0:
+    cap = cap.clamp(max=n)
+    if int(cap.max()) == 0:
         empty = scores.new_zeros(0, dtype=torch.long)
         return Allocation(empty, empty, scores.new_zeros(0), (n, f))
-    _, idx = scores.topk(m, dim=0, sorted=True)  # (m, f) row indices, best first per column
-    keep = torch.arange(m, device=scores.device)[:, None] < cap[None, :]  # (m, f)
-    rows = idx[keep]
-    cols = torch.arange(f, device=scores.device).expand(m, f)[keep]
+    if bool((cap == cap[0]).all()):  # uniform: one top-m over all columns
+        rows, cols = _topk_cols(scores, cap, torch.arange(f, device=scores.device))
+    else:
+        # varying capacities: bucket columns by capacity (powers of two) so that a few large
+        # capacities do not force a top-n (a full sort) of every column
+        bucket = torch.ceil(torch.log2(cap.clamp(min=1).double())).long()
+        parts = [_topk_cols(scores, cap, (bucket == b).nonzero().squeeze(1)) for b in bucket.unique().tolist()]
+        rows, cols = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     return _from_mask_order(rows, cols, scores)
+
+
+def _topk_cols(scores: Tensor, cap: Tensor, units: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of the top-cap[u] rows of each column u in `units` (cap already <= n_rows)."""
+    m = int(cap[units].max())
+    sub = scores if units.numel() == scores.shape[1] else scores[:, units]
+    _, idx = sub.topk(m, dim=0, sorted=True)  # (m, |units|) row indices, best first per column
+    keep = torch.arange(m, device=scores.device)[:, None] < cap[units][None, :]  # (m, |units|)
+    return idx[keep], units.expand(m, -1)[keep]
 
 
 def topk_global(scores: Tensor, budget: int) -> Allocation:
@@ -99,8 +113,31 @@ def topk_global(scores: Tensor, budget: int) -> Allocation:
     n, f = scores.shape
     if not 0 < budget <= n * f:
         raise ValueError(f"budget must be in [1, {n * f}], got {budget}")
-    _, flat = scores.reshape(-1).topk(budget, sorted=False)
+    flat = _topk_flat(scores.reshape(-1), budget, row_len=f)
     return _from_mask_order(flat // f, flat % f, scores)
+
+
+def _topk_flat(v: Tensor, budget: int, row_len: int = 1, sample: int = 1 << 16) -> Tensor:
+    """Indices of the `budget` largest entries of a 1-D tensor; same set as ``v.topk(budget)``.
+
+    A top-K over millions of entries is a partial sort of all of them. When K is a small fraction,
+    a cheap threshold t taken from a strided sample (aiming at ~2K candidates) lets one pass
+    (v >= t) cut the candidates down, and the exact top-K runs on those. If fewer than K entries
+    pass (unlucky sample), it falls back to the full top-K, so the result is always exact.
+    """
+    n = v.numel()
+    if n <= 4 * sample or budget * 8 > n:
+        return v.topk(budget, sorted=False).indices
+    stride = n // sample
+    while math.gcd(stride, row_len) != 1:  # visit every column of a flattened (rows, row_len) matrix
+        stride += 1
+    s = v[::stride]  # deterministic sample, no RNG
+    q = min(s.numel(), max(1, int(2 * budget / n * s.numel()) + 8))
+    t = s.topk(q, sorted=True).values[-1]
+    cand = torch.nonzero(v >= t).squeeze(1)
+    if cand.numel() < budget:
+        return v.topk(budget, sorted=False).indices
+    return cand[v[cand].topk(budget, sorted=False).indices]
 
 
 def threshold(scores: Tensor, theta: float | Tensor) -> Allocation:

@@ -1,0 +1,119 @@
+"""SAE and training configs: plain dataclasses, one CLI flag per field (``--k 32``).
+
+``SAEConfig`` describes the autoencoder (what is saved with it); ``TrainConfig`` the training run and
+nests the activation source (``workbench.acts.ActsConfig``) and the SAE. Validation happens when a
+config is built; checks that need the hook width (``k <= d_sae``, ``d_in`` against the hook) run in
+:meth:`SAEConfig.resolve` as soon as the width is known, before any training step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from workbench.acts import ActsConfig
+from workbench.config import one_of, positive, require
+
+ARCHS = ("topk", "feature-choice", "mutual-choice", "relu-l1")
+AUX = ("none", "aux_k", "aux_zipf")
+
+
+@dataclass
+class SAEConfig:
+    arch: str = field(default="topk", metadata={"help": "allocation: topk (k per token), feature-choice (m tokens per latent), mutual-choice (k*N entries per batch), relu-l1 (classic)"})
+    k: int = field(default=8, metadata={"help": "mean active latents per token (the budget is k*N per batch for every arch but relu-l1)"})
+    expansion: int = field(default=8, metadata={"help": "d_sae = expansion * d_in (unless --d-sae is given)"})
+    d_sae: int | None = field(default=None, metadata={"help": "number of latents (overrides --expansion)"})
+    d_in: int | None = field(default=None, metadata={"help": "input width; default: read from the hook (an explicit value must match it)"})
+    capacity: str = field(default="uniform", metadata={"help": "feature-choice capacities: uniform (m = k*N/d_sae) or zipf (m_r proportional to r^-zipf_alpha by density rank)"})
+    zipf_alpha: float = field(default=1.0, metadata={"help": "exponent of the Zipf profiles (zipf capacities and aux_zipf targets)"})
+    l1_coeff: float = field(default=1e-3, metadata={"help": "relu-l1: weight of the L1 penalty on the codes"})
+    kernel: str = field(default="auto", metadata={"help": "sparse (gather-sum decoder, gradients only for active pairs), dense (reference autograd), auto (sparse except relu-l1)"})
+    threshold_ema: float = field(default=0.01, metadata={"help": "feature/mutual-choice: weight of each batch in the running inference threshold"})
+
+    def __post_init__(self):
+        one_of(self, "arch", ARCHS)
+        one_of(self, "capacity", ("uniform", "zipf"))
+        one_of(self, "kernel", ("auto", "sparse", "dense"))
+        positive(self, "k", "expansion", "zipf_alpha")
+        for name in ("d_sae", "d_in"):
+            v = getattr(self, name)
+            require(v is None or v > 0, name, f"must be positive, got {v}", f"pass --{name.replace('_', '-')} > 0 or leave it out")
+        require(self.l1_coeff >= 0, "l1_coeff", f"must be >= 0, got {self.l1_coeff}", "pass --l1-coeff >= 0")
+        require(0 < self.threshold_ema <= 1, "threshold_ema", f"must be in (0, 1], got {self.threshold_ema}", "pass e.g. --threshold-ema 0.01")
+        require(self.capacity == "uniform" or self.arch == "feature-choice", "capacity",
+                f"--capacity {self.capacity} only applies to --arch feature-choice", "drop --capacity or use --arch feature-choice")
+        if self.d_sae is not None:
+            self._check_k(self.d_sae)
+
+    def _check_k(self, d_sae: int) -> None:
+        require(self.k <= d_sae, "k", f"k={self.k} is larger than d_sae={d_sae}", f"pass --k <= {d_sae} or a larger --expansion / --d-sae")
+
+    def resolve(self, d_in: int, source: str = "the hook") -> "SAEConfig":
+        """This config with d_in and d_sae filled in from the activation width; checks k <= d_sae."""
+        require(self.d_in is None or self.d_in == d_in, "d_in",
+                f"--d-in {self.d_in} does not match {source}, whose activations have width {d_in}",
+                "drop --d-in (it is read from the hook) or choose a hook of that width")
+        d_sae = self.d_sae or self.expansion * d_in
+        self._check_k(d_sae)
+        return replace(self, d_in=d_in, d_sae=d_sae)
+
+    @property
+    def kernel_used(self) -> str:
+        if self.kernel != "auto":
+            return self.kernel
+        return "dense" if self.arch == "relu-l1" else "sparse"
+
+
+@dataclass
+class TrainConfig:
+    acts: ActsConfig = field(default_factory=ActsConfig, metadata={"help": "activation source"})
+    sae: SAEConfig = field(default_factory=SAEConfig, metadata={"help": "the autoencoder"})
+    tokens: int = field(default=2_000_000, metadata={"help": "training tokens (steps = tokens // batch_size)"})
+    lr: float | None = field(default=None, metadata={"help": "Adam learning rate; default 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024)"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear learning-rate warm-up steps"})
+    decay_frac: float = field(default=0.2, metadata={"help": "fraction of steps at the end with linear decay of the learning rate to 0"})
+    aux: str = field(default="aux_k", metadata={"help": "auxiliary loss: none, aux_k (dead latents, Gao et al.), aux_zipf (under-used latents, ours; see docs/sae.md)"})
+    aux_coeff: float = field(default=1 / 32, metadata={"help": "weight of the auxiliary loss"})
+    k_aux: int | None = field(default=None, metadata={"help": "latents used by the auxiliary loss per token; default d_in // 2"})
+    dead_window: int = field(default=1_000_000, metadata={"help": "a latent is dead if it fired on none of the last this many tokens"})
+    density_ema: float = field(default=0.01, metadata={"help": "weight of each batch in the running latent densities (aux_zipf targets, zipf capacities)"})
+    b_dec_init: str = field(default="median", metadata={"help": "b_dec initialisation from the first batch: median (geometric), mean, zero"})
+    normalize: str = field(default="expected_norm", metadata={"help": "expected_norm (scale inputs so E|x|^2 = d_in; folded into the saved weights) or none"})
+    log_every: int = field(default=20, metadata={"help": "steps between logged metrics"})
+    ce_every: int = field(default=0, metadata={"help": "steps between CE-loss-recovered evaluations during training (0: only at the end)"})
+    eval_tokens: int = field(default=65_536, metadata={"help": "held-out tokens for the evaluation at the end (and CE during training)"})
+    checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints (atomic; the last two are kept)"})
+    cache: str | None = field(default=None, metadata={"help": "read activations from this cache (made by `workbench acts cache`) instead of streaming"})
+    wandb_project: str | None = field(default=None, metadata={"help": "also log to this wandb project (offline unless wandb is configured)"})
+    name: str | None = field(default=None, metadata={"help": "run name (default: sae-<time>)"})
+    runs_dir: str = field(default="runs", metadata={"help": "directory holding run directories"})
+
+    def __post_init__(self):
+        positive(self, "tokens", "log_every", "checkpoint_every", "eval_tokens")
+        one_of(self, "aux", AUX)
+        one_of(self, "b_dec_init", ("median", "mean", "zero"))
+        one_of(self, "normalize", ("expected_norm", "none"))
+        require(self.tokens >= self.acts.batch_size, "tokens", f"{self.tokens} tokens is less than one batch of {self.acts.batch_size}",
+                "pass more --tokens or a smaller --batch-size")
+        require(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}", "pass --lr > 0 or leave it out")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}", "pass --warmup-steps >= 0")
+        require(0 <= self.decay_frac <= 1, "decay_frac", f"must be in [0, 1], got {self.decay_frac}", "pass --decay-frac in [0, 1]")
+        require(self.aux_coeff >= 0, "aux_coeff", f"must be >= 0, got {self.aux_coeff}", "pass --aux-coeff >= 0")
+        require(self.k_aux is None or self.k_aux > 0, "k_aux", f"must be positive, got {self.k_aux}", "pass --k-aux > 0 or leave it out")
+        require(self.dead_window > 0, "dead_window", f"must be positive, got {self.dead_window}", "pass --dead-window > 0 (tokens)")
+        require(0 < self.density_ema <= 1, "density_ema", f"must be in (0, 1], got {self.density_ema}", "pass e.g. --density-ema 0.01")
+        require(self.ce_every >= 0, "ce_every", f"must be >= 0, got {self.ce_every}", "pass --ce-every 0 to evaluate only at the end")
+        if self.sae.d_sae is not None and self.k_aux is not None:
+            require(self.k_aux <= self.sae.d_sae, "k_aux", f"k_aux={self.k_aux} is larger than d_sae={self.sae.d_sae}", "pass a smaller --k-aux")
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.acts.batch_size
+
+    def learning_rate(self, d_sae: int) -> float:
+        """The configured lr, or Gao et al.'s scaling lr = 2e-4 / sqrt(d_sae / 2^14)."""
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2 ** 14)
+
+    def aux_k(self, d_in: int, d_sae: int) -> int:
+        return min(self.k_aux or max(1, d_in // 2), d_sae)

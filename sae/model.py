@@ -1,0 +1,284 @@
+"""The sparse autoencoder: one shape, four allocations.
+
+    pre(x)   = W_enc^T (x - b_dec) + b_enc                       # (N, d_sae)
+    f(x)     = ReLU(pre) on the pairs chosen by allocate(pre)     # sparse codes
+    x_hat    = W_dec^T f(x) + b_dec                               # (N, d_in)
+
+with W_enc (d_in, d_sae), W_dec (d_sae, d_in) (unit-norm rows), the layout SAELens saves. The
+variants differ only in ``allocate``, one call into :mod:`workbench.alloc` over the batch's
+(tokens x latents) pre-activation matrix:
+
+- TopK (Gao et al. 2024, arXiv 2406.04093): each token keeps its k largest latents.
+- Feature Choice (Ayonrinde 2024, arXiv 2411.02124): each latent keeps its top-m tokens,
+  m = k*N/d_sae (or Zipf capacities by density rank), so tokens get a variable number of latents.
+- Mutual Choice (same paper): the k*N largest entries of the whole matrix.
+- ReLU + L1 (the classic SAE): every positive entry (threshold 0).
+
+ReLU is monotone, so allocating on ``pre`` and applying ReLU to the selected entries selects the same
+nonzero codes as allocating on ``ReLU(pre)``; it saves one pass over the (N, d_sae) matrix.
+
+Inference for FC/MC must not depend on who else is in the batch: in ``mode="threshold"`` the
+allocation is ``pre > theta`` with a threshold learned during training as a running average of the
+smallest selected activation, per latent (FC) or global (MC, as BatchTopK, arXiv 2412.06410).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from workbench import alloc
+from workbench.alloc import Allocation
+
+from sae.config import SAEConfig
+from sae.kernels import Plan, decode_at, decode_dense, encode_at
+
+
+@dataclass
+class SAEOutput:
+    x_hat: Tensor  # (N, d_in)
+    alloc: Allocation  # the active (token, latent) pairs
+    values: Tensor  # (nnz,) ReLU'd codes at alloc's pairs (differentiable)
+    pre: Tensor  # (N, d_sae) pre-activations (carries gradients only with the dense kernel)
+    x_c: Tensor  # (N, d_in) x - b_dec
+    plan: Plan | None  # sparse-kernel bookkeeping (None with the dense kernel)
+
+    def l0(self) -> Tensor:
+        """(N,) active latents per token (codes > 0)."""
+        return torch.bincount(self.alloc.rows[self.values > 0], minlength=self.alloc.shape[0])
+
+    def codes(self) -> Tensor:
+        """(N, d_sae) dense codes."""
+        return self.values.new_zeros(self.alloc.shape).index_put((self.alloc.rows, self.alloc.cols), self.values)
+
+
+class SAE(nn.Module):
+    """Shared shape; subclasses define ``allocate`` (and how their inference threshold is learned)."""
+
+    arch: ClassVar[str] = ""
+    pre_layout: ClassVar[str] = "row"  # memory layout of pre that makes allocate read contiguously
+    threshold_kind: ClassVar[str | None] = None  # "unit" (per latent), "global" or None (no threshold mode)
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if cfg.d_in is None or cfg.d_sae is None:
+            raise ValueError("SAE needs a resolved config (SAEConfig.resolve(d_in))")
+        self.cfg = cfg
+        d, f = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.zeros(d, f))
+        self.b_enc = nn.Parameter(torch.zeros(f))
+        self.W_dec = nn.Parameter(torch.zeros(f, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        # inference thresholds (FC/MC), running latent densities, tokens since each latent last fired
+        self.register_buffer("threshold", torch.full((f,), float("inf")))
+        self.register_buffer("density", torch.full((f,), cfg.k / f))
+        self.register_buffer("since_active", torch.zeros(f, dtype=torch.long))
+        self.mode = "batch"
+        self.kernel = cfg.kernel_used
+
+    # ---- the one place variants differ -------------------------------------------------------
+    def allocate(self, pre: Tensor) -> Allocation:
+        raise NotImplementedError
+
+    # ---- shared shape ------------------------------------------------------------------------
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Allocation modes this SAE supports: batch, plus threshold for FC/MC."""
+        return ("batch", "threshold") if self.threshold_kind else ("batch",)
+
+    def set_mode(self, mode: str) -> "SAE":
+        if mode not in self.modes:
+            raise ValueError(f"{self.arch} SAEs support modes {self.modes}, not {mode!r}")
+        self.mode = mode
+        return self
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Decoder rows: random unit vectors; encoder: the decoder's transpose; biases 0."""
+        w = torch.randn(self.W_dec.shape, generator=generator, dtype=torch.float32)
+        w = (w / w.norm(dim=1, keepdim=True)).to(self.W_dec)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.t())
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    def pre_acts(self, x_c: Tensor) -> Tensor:
+        """(N, d_sae) = x_c @ W_enc + b_enc, written column-major when allocate reads columns."""
+        if self.pre_layout == "col" and self.mode == "batch":
+            return torch.addmm(self.b_enc[:, None], self.W_enc.t(), x_c.t()).t()
+        return torch.addmm(self.b_enc, x_c, self.W_enc)
+
+    def select(self, pre: Tensor) -> Allocation:
+        """The active pairs: the variant's allocation, or pre > threshold in threshold mode."""
+        if self.mode == "threshold":
+            return alloc.threshold(pre, self.threshold)
+        return self.allocate(pre)
+
+    def values_at(self, out_pre: Tensor, x_c: Tensor, a: Allocation, plan: Plan | None) -> Tensor:
+        """(nnz,) ReLU(pre) at a's pairs with gradients to W_enc, b_enc, x_c."""
+        if plan is not None:
+            return encode_at(x_c, self.W_enc, self.b_enc, a, plan)
+        return out_pre[a.rows, a.cols].relu()
+
+    def decode_pairs(self, values: Tensor, a: Allocation, plan: Plan | None) -> Tensor:
+        """(N, d_in) sum of values * decoder rows over each token's pairs (no bias)."""
+        if plan is not None:
+            return decode_at(values, self.W_dec, plan)
+        return decode_dense(values, self.W_dec, a)
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        """x: (N, d_in) -> SAEOutput. Sparse kernel: pre is computed without autograd."""
+        x_c = x - self.b_dec  # (N, d_in)
+        sparse = self.kernel == "sparse"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse):
+            pre = self.pre_acts(x_c)  # (N, d_sae)
+        a = self.select(pre.detach())
+        plan = Plan(a) if sparse else None
+        values = self.values_at(pre, x_c, a, plan)
+        x_hat = self.decode_pairs(values, a, plan) + self.b_dec
+        return SAEOutput(x_hat, a, values, pre, x_c, plan)
+
+    # ---- the Dictionary interface (evals) ------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, acts: Tensor) -> Tensor:
+        """(..., d_in) -> (..., d_sae) codes (in the current mode)."""
+        flat = acts.reshape(-1, acts.shape[-1]).to(self.W_enc)
+        return self(flat).codes().reshape(*acts.shape[:-1], -1)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """(..., d_sae) -> (..., d_in)."""
+        return codes.to(self.W_dec) @ self.W_dec + self.b_dec
+
+    @property
+    def features(self) -> Tensor:
+        """(d_sae, d_in) decoder vectors."""
+        return self.W_dec.detach()
+
+    # ---- training statistics -------------------------------------------------------------------
+    @torch.no_grad()
+    def update_stats(self, out: SAEOutput, density_ema: float) -> None:
+        """After a training step: tokens since each latent fired, density EMA, inference thresholds."""
+        n = out.alloc.shape[0]
+        on = out.values > 0
+        cols, vals = out.alloc.cols[on], out.values.detach()[on]
+        counts = torch.bincount(cols, minlength=self.cfg.d_sae)  # (d_sae,)
+        self.since_active.add_(n).masked_fill_(counts > 0, 0)
+        self.density.mul_(1 - density_ema).add_(counts.to(self.density) / n, alpha=density_ema)
+        if self.threshold_kind and self.mode == "batch" and vals.numel():
+            self._update_threshold(cols, vals, counts > 0)
+
+    def _update_threshold(self, cols: Tensor, vals: Tensor, seen: Tensor) -> None:
+        """theta <- (1 - beta) theta + beta * (smallest selected activation), first value taken as is."""
+        if self.threshold_kind == "global":
+            obs = vals.min().expand_as(self.threshold)
+            seen = torch.ones_like(seen)
+        else:
+            obs = torch.full_like(self.threshold, float("inf")).scatter_reduce(0, cols, vals, "amin")
+        beta = self.cfg.threshold_ema
+        new = torch.where(torch.isinf(self.threshold), obs, (1 - beta) * self.threshold + beta * obs)
+        self.threshold.copy_(torch.where(seen, new, self.threshold))
+
+    def dead_mask(self, window: int) -> Tensor:
+        """(d_sae,) bool: latents that fired on none of the last `window` tokens."""
+        return self.since_active >= window
+
+    # ---- decoder constraint --------------------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Project out each decoder row's gradient component along the row (unit-norm constraint)."""
+        g = self.W_dec.grad
+        if g is not None:
+            g.sub_((g * self.W_dec).sum(1, keepdim=True) * self.W_dec)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def folded(self, scale: float) -> "SAE":
+        """A copy that takes raw activations x when this one was trained on scale * x.
+
+        pre = W_enc^T(s x - b) + b_enc = (s W_enc)^T (x - b/s) + b_enc; x_hat / s = (W_dec / s)^T f + b/s.
+        Thresholds act on pre, so they are unchanged.
+        """
+        out = build_sae(self.cfg).to(self.W_enc.device)
+        out.load_state_dict(self.state_dict())
+        out.W_enc.mul_(scale)
+        out.W_dec.div_(scale)
+        out.b_dec.div_(scale)
+        out.mode = self.mode
+        return out
+
+
+class TopKSAE(SAE):
+    """Each token keeps its k largest latents."""
+
+    arch = "topk"
+
+    def allocate(self, pre: Tensor) -> Allocation:
+        return alloc.topk_per_row(pre, self.cfg.k)
+
+
+class FeatureChoiceSAE(SAE):
+    """Each latent keeps its top-m_i tokens of the batch; sum_i m_i = k * N."""
+
+    arch = "feature-choice"
+    pre_layout = "col"
+    threshold_kind = "unit"
+
+    def allocate(self, pre: Tensor) -> Allocation:
+        return alloc.topk_per_col(pre, self.capacities(pre.shape[0]))
+
+    def capacities(self, n: int) -> int | Tensor:
+        """Uniform m = ceil(k N / d_sae), or Zipf m_r ∝ r^-alpha by density rank (sum = k N)."""
+        cfg = self.cfg
+        if cfg.capacity == "uniform":
+            return alloc.budget_capacity(cfg.k, n, cfg.d_sae)
+        ranks = torch.empty_like(self.since_active)
+        ranks[torch.argsort(self.density, descending=True, stable=True)] = torch.arange(
+            1, cfg.d_sae + 1, device=ranks.device)
+        return alloc.zipf_capacities(cfg.k * n, cfg.d_sae, cfg.zipf_alpha, ranks)
+
+
+class MutualChoiceSAE(SAE):
+    """The k * N largest entries of the batch's (tokens x latents) matrix."""
+
+    arch = "mutual-choice"
+    threshold_kind = "global"
+
+    def allocate(self, pre: Tensor) -> Allocation:
+        return alloc.topk_global(pre, self.cfg.k * pre.shape[0])
+
+
+class ReluL1SAE(SAE):
+    """Every positive pre-activation (the classic SAE; sparsity comes from the L1 penalty)."""
+
+    arch = "relu-l1"
+
+    def allocate(self, pre: Tensor) -> Allocation:
+        return alloc.threshold(pre, 0.0)
+
+
+VARIANTS: dict[str, type[SAE]] = {c.arch: c for c in (TopKSAE, FeatureChoiceSAE, MutualChoiceSAE, ReluL1SAE)}
+
+
+def build_sae(cfg: SAEConfig) -> SAE:
+    """The SAE class for cfg.arch (cfg resolved: d_in and d_sae known)."""
+    return VARIANTS[cfg.arch](cfg)
+
+
+@torch.no_grad()
+def geometric_median(x: Tensor, iters: int = 30, eps: float = 1e-6) -> Tensor:
+    """argmin_m sum_n |x_n - m| by Weiszfeld's iterations (start: the mean). x: (N, d) -> (d,)."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(eps)  # (N,)
+        m_new = (w[:, None] * x).sum(0) / w.sum()
+        if (m_new - m).norm() <= eps * m.norm().clamp_min(1.0):
+            return m_new
+        m = m_new
+    return m

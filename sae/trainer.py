@@ -1,0 +1,330 @@
+"""The SAE training loop, top to bottom.
+
+    source  = activations streamed from the model at the hook, or read from a cache
+    first   = the first batch: sets the input scale (E|x|^2 = d_in) and b_dec (geometric median)
+    repeat  steps = tokens // batch_size times:
+        x    = next batch * scale                        (NaN/inf -> stop, naming the last checkpoint)
+        loss = FVU(x, x_hat) [+ l1_coeff * L1] [+ aux_coeff * aux]
+        backward; drop the decoder gradient along each decoder row; Adam; lr schedule;
+        renormalise decoder rows; update dead counters, densities, inference thresholds
+        log (metrics.jsonl, wandb, progress bar) / evaluate CE / checkpoint, every so many steps
+    save    = cfg.json + sae_weights.safetensors (scale folded in) and eval.json in the run dir
+
+A checkpoint (``checkpoints/step-XXXXXXXX.pt``, written atomically) holds everything the loop
+reads: SAE parameters and buffers (dead counters, densities, thresholds), optimizer, scheduler,
+RNG states and the data position, so ``--resume`` continues bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from workbench.config import to_dict
+from workbench.errors import ConfigError, RunError
+from workbench.runs import Run, atomic_save_torch
+
+from sae import io
+from sae.config import TrainConfig
+from sae.losses import aux_loss, aux_weights, fvu, l1_penalty
+from sae.model import SAE, SAEOutput, build_sae, geometric_median
+
+KIND = "sae"
+KEEP_CHECKPOINTS = 2
+
+
+class Diverged(RunError):
+    """NaN/inf in the activations or the loss."""
+
+
+class Schedule:
+    """lr factor: linear warm-up over `warmup` steps, constant, linear decay to 0 over the last `decay` steps."""
+
+    def __init__(self, warmup: int, total: int, decay_frac: float):
+        self.warmup, self.total = warmup, total
+        self.decay_start = total - int(decay_frac * total)
+
+    def __call__(self, step: int) -> float:
+        f = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        if step >= self.decay_start:
+            f *= max(0.0, (self.total - step) / max(1, self.total - self.decay_start))
+        return f
+
+
+def make_optimizer(sae: SAE, lr: float) -> torch.optim.Adam:
+    fused = sae.W_enc.device.type in ("cpu", "cuda")
+    return torch.optim.Adam(sae.parameters(), lr=lr, fused=fused)
+
+
+def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg: TrainConfig,
+               k_aux: int) -> tuple[SAEOutput, dict[str, torch.Tensor]]:
+    """One update on a (N, d_in) batch (already scaled). Raises FloatingPointError on a non-finite loss."""
+    out = sae(x)
+    parts = {"fvu": fvu(x, out.x_hat)}
+    loss = parts["fvu"]
+    if sae.arch == "relu-l1":
+        parts["l1"] = l1_penalty(out)
+        loss = loss + sae.cfg.l1_coeff * parts["l1"]
+    w = aux_weights(cfg.aux, sae, cfg.dead_window)
+    if w is not None and cfg.aux_coeff > 0:
+        parts["aux"] = aux_loss(sae, out, x, w, k_aux)
+        loss = loss + cfg.aux_coeff * parts["aux"]
+    parts["loss"] = loss
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.remove_parallel_grad()
+    opt.step()
+    sched.step()
+    sae.normalize_decoder()
+    sae.update_stats(out, cfg.density_ema)
+    return out, parts
+
+
+# ---- data ---------------------------------------------------------------------------------------
+class Source:
+    """Batches of activations from a stream or a cache, with a resumable position."""
+
+    def __init__(self, cfg: TrainConfig, model):
+        self.cfg = cfg
+        a = cfg.acts
+        if cfg.cache:
+            from workbench.cache import ActivationCache
+
+            self.cache = ActivationCache(cfg.cache)
+            m = self.cache.manifest
+            for key, want in (("hook", a.hook), ("model", a.model)):
+                if key in m and m[key] != want:
+                    raise ConfigError(f"{key}: the cache {cfg.cache} holds activations of {key} {m[key]!r}, not {want!r}; "
+                                      f"pass --{key} {m[key]} or another --cache")
+            self.d_in, self.where = self.cache.d, f"the cache {cfg.cache}"
+            self.batch = 0
+            self._it = None
+        else:
+            from workbench.acts import ActivationStream
+            from workbench.models import hook_dim
+
+            self.cache = None
+            self.d_in, self.where = hook_dim(model, a.hook, a.head), f"hook {a.hook} of {a.model}"
+            self.stream = ActivationStream(model, a)
+
+    def __next__(self) -> torch.Tensor:
+        if self.cache is None:
+            return next(self.stream)
+        if self._it is None:
+            self._it = self.cache.batches(self.cfg.acts.batch_size, shuffle=True, seed=self.cfg.acts.seed, start_batch=self.batch)
+        self.batch += 1
+        return next(self._it)
+
+    def state_dict(self) -> dict:
+        return {"batch": self.batch} if self.cache is not None else {"stream": self.stream.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        if self.cache is not None:
+            self.batch, self._it = s["batch"], None
+        else:
+            self.stream.load_state_dict(s["stream"])
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+def checkpoints(run: Run) -> list[Path]:
+    return sorted((run.path / "checkpoints").glob("step-*.pt"))
+
+
+def load_latest_checkpoint(run: Run) -> dict | None:
+    """The newest checkpoint that loads (a corrupt one is skipped with a warning), or None."""
+    for p in reversed(checkpoints(run)):
+        try:
+            ck = torch.load(p, map_location="cpu", weights_only=False)
+            ck["path"] = str(p)
+            return ck
+        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to the previous one
+            warnings.warn(f"checkpoint {p} is unreadable ({e}); trying the previous one")
+    return None
+
+
+def save_checkpoint(run: Run, state: dict) -> Path:
+    path = run.path / "checkpoints" / f"step-{state['completed']:08d}.pt"
+    atomic_save_torch(path, state)
+    for old in checkpoints(run)[:-KEEP_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, progress: bool = True,
+          on_step: Callable[[int], None] | None = None) -> Run:
+    """Train (or resume) an SAE run; returns the run. `on_step(completed)` is a hook for tests."""
+    from tqdm.auto import tqdm
+
+    from workbench.models import load_model
+    from workbench.tracking import Tracker
+
+    run = None
+    if resume is not None:
+        run = Run.open(resume)
+        if run.kind != KIND:
+            raise RunError(f"{resume} is a {run.kind!r} run, not an SAE run")
+    device = torch.device(cfg.acts.device)
+    model = model if model is not None else load_model(cfg.acts.model, device=cfg.acts.device)
+    source = Source(cfg, model)
+    cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))  # k <= d_sae, d_in vs hook
+    k_aux = cfg.aux_k(cfg.sae.d_in, cfg.sae.d_sae)
+    if run is None:
+        run = Run.create(KIND, to_dict(cfg), name=cfg.name, root=cfg.runs_dir)
+
+    sae = build_sae(cfg.sae)
+    total = cfg.steps
+    ck = load_latest_checkpoint(run) if resume is not None else None
+    first = None
+    if ck is None:  # fresh start: scale and b_dec from the first batch
+        first = _finite(next(source), 0, run, None)
+        scale = _input_scale(first, cfg)
+        sae.init_weights(torch.Generator().manual_seed(cfg.acts.seed))
+        with torch.no_grad():
+            sae.b_dec.copy_(_b_dec_init(first * scale, cfg.b_dec_init))
+    else:
+        scale = ck["scale"]
+        sae.load_state_dict(ck["sae"])
+    sae.to(device)
+    opt = make_optimizer(sae, cfg.learning_rate(cfg.sae.d_sae))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, Schedule(cfg.warmup_steps, total, cfg.decay_frac))
+    start = 0
+    if ck is not None:
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        source.load_state_dict(ck["data"])
+        torch.set_rng_state(ck["rng_torch"])
+        random.setstate(ck["rng_python"])
+        start = ck["completed"]
+        run.truncate_metrics(start)
+    last_ckpt = ck["path"] if ck is not None else None
+
+    wandb_id = _wandb_id(run) if resume is not None else None
+    tracker = Tracker(run, cfg.wandb_project, to_dict(cfg), resume_id=wandb_id)
+    run.set_status("running", step=start, steps=total)
+    n = cfg.acts.batch_size
+    bar = tqdm(total=total, initial=start, desc=f"sae {cfg.sae.arch} {run.name}", unit="step", disable=not progress,
+               dynamic_ncols=True, mininterval=0.5)
+    t_log, s_log = time.perf_counter(), start
+    try:
+        for step in range(start, total):
+            x = first if first is not None else next(source)
+            first = None
+            x = _finite(x, step, run, last_ckpt).to(device) * scale  # (N, d_in)
+            try:
+                out, parts = train_step(sae, opt, sched, x, cfg, k_aux)
+            except FloatingPointError as e:
+                raise _diverged(run, step, last_ckpt, str(e)) from None
+            completed = step + 1
+            if completed % cfg.log_every == 0 or completed == total:
+                now = time.perf_counter()
+                row = _train_metrics(sae, out, parts, cfg, opt, completed * n)
+                row["tok_per_s"] = (completed - s_log) * n / max(now - t_log, 1e-9)
+                t_log, s_log = now, completed
+                tracker.log(row, step=completed)
+                bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_frac']:.1f}%")
+            if cfg.ce_every and completed % cfg.ce_every == 0 and completed != total:
+                ev = _evaluate(sae, scale, model, cfg, modes=("batch",))["batch"]
+                tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed)
+            if completed % cfg.checkpoint_every == 0 or completed == total:
+                if not all(torch.isfinite(p).all() for p in sae.parameters()):
+                    raise _diverged(run, step, last_ckpt, "the parameters became non-finite")
+                last_ckpt = str(save_checkpoint(run, {
+                    "completed": completed, "tokens": completed * n, "scale": scale, "sae": sae.state_dict(),
+                    "opt": opt.state_dict(), "sched": sched.state_dict(), "rng_torch": torch.get_rng_state(),
+                    "rng_python": random.getstate(), "data": source.state_dict(), "config": to_dict(cfg)}))
+            bar.update(1)
+            if on_step is not None:
+                on_step(completed)
+        bar.close()
+        final = sae.folded(scale)
+        io.save(final, run.path, _sae_meta(cfg, model))
+        result = _evaluate(sae, scale, model, cfg)
+        summary = eval_summary(result, cfg, total * n)
+        run.write_json("eval.json", summary)
+        tracker.log({f"eval/{m}/{k}": v for m, r in result.items() for k, v in r.items() if isinstance(v, (int, float))},
+                    step=total)
+        run.set_status("done", step=total, steps=total)
+    except BaseException as e:
+        bar.close()
+        status = "failed" if isinstance(e, Diverged) else "interrupted"
+        run.set_status(status, error=str(e) or type(e).__name__, last_checkpoint=last_ckpt)
+        raise
+    finally:
+        tracker.finish()
+    return run
+
+
+def _finite(x: torch.Tensor, step: int, run: Run, last_ckpt: str | None) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise _diverged(run, step, last_ckpt, f"{int((~torch.isfinite(x)).sum())} non-finite activation values")
+    return x
+
+
+def _diverged(run: Run, step: int, last_ckpt: str | None, what: str) -> Diverged:
+    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+    return Diverged(f"step {step + 1}: {what}; training stopped, nothing was overwritten ({where}); "
+                    f"check the activations or lower --lr, then `workbench sae train --resume {run.path}`")
+
+
+def _input_scale(x: torch.Tensor, cfg: TrainConfig) -> float:
+    """s with E|s x|^2 = d_in (Anthropic's normalisation), or 1."""
+    if cfg.normalize == "none":
+        return 1.0
+    return math.sqrt(x.shape[1] / x.double().pow(2).sum(1).mean().clamp_min(1e-12).item())
+
+
+def _b_dec_init(x: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "median":
+        return geometric_median(x.double()).float()
+    if how == "mean":
+        return x.mean(0)
+    return torch.zeros(x.shape[1])
+
+
+def _wandb_id(run: Run) -> str | None:
+    try:
+        return run.read_json("wandb.json").get("id")
+    except RunError:
+        return None
+
+
+def _train_metrics(sae: SAE, out: SAEOutput, parts: dict, cfg: TrainConfig, opt, tokens: int) -> dict:
+    from sae.metrics import density_histogram, l0_stats
+
+    row = {"tokens": tokens, **{k: v.item() for k, v in parts.items()}, **l0_stats(out.l0()),
+           "dead_frac": sae.dead_mask(cfg.dead_window).float().mean().item(), "lr": opt.param_groups[0]["lr"]}
+    h = density_histogram(sae.density)
+    row.update({f"density_1e{e:.0f}": c for e, c in zip(h["density_decades"], h["density_counts"])})
+    return row
+
+
+def _sae_meta(cfg: TrainConfig, model) -> dict:
+    return {"model_name": cfg.acts.model, "hook_name": cfg.acts.hook, "hook_head_index": cfg.acts.head,
+            "context_size": int(model.cfg.n_ctx)}
+
+
+def _evaluate(sae: SAE, scale: float, model, cfg: TrainConfig, modes: tuple[str, ...] | None = None) -> dict:
+    from sae.metrics import evaluate
+
+    folded = sae.folded(scale)
+    return evaluate(folded, model, cfg.acts, cfg.eval_tokens, modes=modes)
+
+
+def eval_summary(result: dict, cfg: TrainConfig, tokens_trained: int) -> dict:
+    """eval.json: identity of the SAE, headline numbers (batch mode) and every mode's metrics."""
+    head = result["batch"] if "batch" in result else next(iter(result.values()))
+    return {"arch": cfg.sae.arch, "k": cfg.sae.k, "d_in": cfg.sae.d_in, "d_sae": cfg.sae.d_sae, "aux": cfg.aux,
+            "capacity": cfg.sae.capacity, "model": cfg.acts.model, "hook": cfg.acts.hook, "head": cfg.acts.head,
+            "tokens_trained": tokens_trained, "eval_tokens": head["tokens"],
+            "fvu": head["fvu"], "l0_mean": head["l0_mean"], "l0_std": head["l0_std"],
+            "dead_pct": 100 * head["dead_frac"], "ce_recovered": head.get("ce_recovered"), "modes": result}

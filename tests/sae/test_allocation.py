@@ -1,0 +1,136 @@
+"""Allocation invariants of the variants, the fast allocation paths, aux_k / aux_zipf."""
+
+import pytest
+import torch
+
+from sae.config import SAEConfig
+from sae.losses import aux_loss, aux_weights, zipf_weights
+from sae.model import build_sae
+from workbench import alloc
+
+
+def _sae(arch, **kw):
+    s = build_sae(SAEConfig(arch=arch, k=4, d_sae=64, **kw).resolve(16))
+    s.init_weights(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        s.b_enc.copy_(torch.randn(64, generator=torch.Generator().manual_seed(5)) * 0.3)
+    return s
+
+
+X = torch.randn(128, 16, generator=torch.Generator().manual_seed(9))
+
+
+def test_topk_gives_every_token_k_latents():
+    out = _sae("topk")(X)
+    assert out.alloc.row_counts().tolist() == [4] * 128
+
+
+def test_feature_choice_gives_every_latent_m_tokens_and_tokens_vary():
+    out = _sae("feature-choice")(X)
+    m = alloc.budget_capacity(4, 128, 64)
+    assert out.alloc.col_counts().tolist() == [m] * 64 and out.alloc.nnz == 4 * 128
+    assert out.alloc.row_counts().float().std() > 0  # adaptive per-token allocation
+
+
+def test_feature_choice_zipf_capacities_follow_density_ranks():
+    s = _sae("feature-choice", capacity="zipf")
+    with torch.no_grad():
+        s.density.copy_(torch.linspace(0.001, 0.2, 64))  # latent 63 is the most used
+    caps = s.capacities(128)
+    assert int(caps.sum()) == 4 * 128 and caps[63] == caps.max() and caps[0] == caps.min()
+    counts = s(X).alloc.col_counts()
+    assert torch.equal(counts, caps.clamp(max=128))
+
+
+def test_mutual_choice_keeps_the_global_budget_of_largest_entries():
+    s = _sae("mutual-choice")
+    out = s(X)
+    assert out.alloc.nnz == 4 * 128
+    pre = out.pre.detach()
+    kth = pre.flatten().topk(4 * 128).values[-1]
+    assert torch.all(out.alloc.values >= kth)
+
+
+def test_relu_l1_keeps_every_positive_entry():
+    out = _sae("relu-l1")(X)
+    assert torch.equal(out.alloc.mask(), out.pre.detach() > 0)
+
+
+@pytest.mark.parametrize("arch", ["feature-choice", "mutual-choice"])
+def test_threshold_mode_does_not_depend_on_the_batch(arch):
+    s = _sae(arch)
+    s(X)  # one batch-mode step of statistics
+    s.update_stats(s(X), density_ema=0.1)
+    assert torch.isfinite(s.threshold).any()
+    s.set_mode("threshold")
+    whole, half = s.encode(X), s.encode(X[:50])
+    assert torch.equal(whole[:50], half)
+    if arch == "mutual-choice":
+        assert torch.all(s.threshold == s.threshold[0])  # one global threshold
+
+
+def test_topk_sae_has_no_threshold_mode():
+    with pytest.raises(ValueError, match="modes"):
+        _sae("topk").set_mode("threshold")
+
+
+def test_fast_global_topk_equals_full_topk_on_a_large_matrix():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(600, 1024, generator=g).relu()  # 614k entries: the sampled-threshold path
+    for budget in (600 * 4, 600 * 16):
+        a = alloc.topk_global(s, budget)
+        ref = torch.zeros_like(s, dtype=torch.bool).view(-1)
+        ref[s.view(-1).topk(budget).indices] = True
+        assert torch.equal(a.mask(), ref.view_as(s)) and torch.all(a.rows[1:] >= a.rows[:-1])
+
+
+def test_bucketed_column_topk_equals_reference_with_varying_capacities():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(300, 40, generator=g)
+    cap = alloc.zipf_capacities(300 * 3, 40)
+    a = alloc.topk_per_col(s, cap)
+    ref = torch.zeros_like(s, dtype=torch.bool)
+    order = s.argsort(0, descending=True)
+    for j in range(40):
+        ref[order[: min(int(cap[j]), 300), j], j] = True
+    assert torch.equal(a.mask(), ref)
+
+
+def test_zipf_weights_targets_sum_to_k_and_dead_latents_weigh_one():
+    density = torch.tensor([0.5, 0.0, 0.02, 0.3, 0.0, 0.001])
+    w = zipf_weights(density, k=1.0)
+    assert torch.all(w[density == 0] == 1)
+    assert w[0] == 0  # the most used latent is above its target
+    assert torch.all((w >= 0) & (w <= 1))
+
+
+def _aux_k_reference(s, x, dead, k_aux):
+    """Gao et al.'s aux_k written densely: top-k_aux dead latents reconstruct the residual."""
+    out = s(x)
+    pre = out.pre.detach().masked_fill(~dead, float("-inf"))
+    idx = pre.topk(min(k_aux, int(dead.sum())), dim=1).indices
+    codes = torch.zeros_like(pre).scatter(1, idx, pre.gather(1, idx)).relu()
+    e = (x - out.x_hat).detach()
+    e_hat = codes @ s.W_dec
+    return ((e_hat - e) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
+
+
+def test_aux_zipf_with_dead_indicator_weights_is_aux_k():
+    s = _sae("topk", kernel="dense")
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[[1, 5, 9, 20, 33, 40, 41, 63]] = True
+    with torch.no_grad():
+        s.density.copy_(torch.where(dead, 0.0, 0.05))
+        s.since_active.copy_(torch.where(dead, 10_000, 0))
+    ref = _aux_k_reference(s, X, dead, k_aux=3)
+    out = s(X)
+    w_zipf_dead = (s.density == 0).float()  # aux_zipf's weights replaced by [p_i == 0]
+    torch.testing.assert_close(aux_loss(s, out, X, w_zipf_dead, 3), ref)
+    torch.testing.assert_close(aux_loss(s, out, X, aux_weights("aux_k", s, 5_000), 3), ref)
+    assert torch.equal(aux_weights("aux_k", s, 5_000), w_zipf_dead)
+
+
+def test_aux_loss_is_zero_without_candidates():
+    s = _sae("topk")
+    out = s(X)
+    assert aux_loss(s, out, X, torch.zeros(64), 3).item() == 0.0

@@ -1,0 +1,178 @@
+"""Training: resume is bit-identical, NaN stops cleanly, config errors come early, the CLI works end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae.trainer import Diverged, Source, checkpoints, train
+from workbench.errors import ConfigError
+from workbench.runs import Run
+
+
+class Kill(Exception):
+    """Stands in for the process dying (any point after a step; checkpoints are atomic)."""
+
+
+def _weights(run):
+    ck = torch.load(checkpoints(run)[-1], weights_only=False)
+    return ck["sae"]
+
+
+def _kill_at(n):
+    def hook(completed):
+        if completed == n:
+            raise Kill
+
+    return hook
+
+
+@pytest.mark.parametrize("arch,aux", [("topk", "aux_k"), ("mutual-choice", "aux_zipf")])
+def test_interrupt_and_resume_is_bit_identical(tiny_cfg, tiny_model, arch, aux):
+    full = train(tiny_cfg(arch, aux, name="full"), model=tiny_model, progress=False)
+    cut_cfg = tiny_cfg(arch, aux, name="cut")
+    with pytest.raises(Kill):
+        train(cut_cfg, model=tiny_model, progress=False, on_step=_kill_at(6))  # last checkpoint: step 4
+    assert json.loads((full.path.parent / "cut" / "status.json").read_text())["status"] == "interrupted"
+    seen = []
+    resumed = train(cut_cfg, resume=full.path.parent / "cut", model=tiny_model, progress=False, on_step=seen.append)
+    assert seen == list(range(5, 13))  # continued from the step-4 checkpoint, not from scratch
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # parameters, thresholds, densities, dead counters
+    # metrics after the resume point are recomputed, not duplicated
+    assert [r["step"] for r in full.metrics()] == [r["step"] for r in resumed.metrics()]
+    assert full.read_json("eval.json")["fvu"] == resumed.read_json("eval.json")["fvu"]
+
+
+def test_resume_from_a_cache_is_bit_identical(tiny_cfg, tiny_model, tmp_path):
+    from workbench.cache import CacheWriter
+
+    g = torch.Generator().manual_seed(0)
+    w = CacheWriter(tmp_path / "cache", d=32, meta={"model": tiny_cfg().acts.model, "hook": "blocks.1.hook_resid_post"},
+                    shard_rows=700)
+    w.write(torch.randn(2000, 32, generator=g))
+    w.close()
+    full = train(tiny_cfg("feature-choice", name="full", cache=str(tmp_path / "cache")), model=tiny_model, progress=False)
+    cut = tiny_cfg("feature-choice", name="cut", cache=str(tmp_path / "cache"))
+    with pytest.raises(Kill):
+        train(cut, model=tiny_model, progress=False, on_step=_kill_at(11))
+    seen = []
+    resumed = train(cut, resume=full.path.parent / "cut", model=tiny_model, progress=False, on_step=seen.append)
+    assert seen == [9, 10, 11, 12]
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_activations_stop_with_step_and_last_checkpoint(tiny_cfg, tiny_model, monkeypatch):
+    real_next = Source.__next__
+    calls = {"n": 0}
+
+    def poisoned(self):
+        x = real_next(self)
+        calls["n"] += 1
+        if calls["n"] == 7:
+            x[3, 5] = float("nan")
+        return x
+
+    monkeypatch.setattr(Source, "__next__", poisoned)
+    cfg = tiny_cfg(name="nan")
+    with pytest.raises(Diverged) as e:
+        train(cfg, model=tiny_model, progress=False)
+    msg = str(e.value)
+    assert "step 7" in msg and "step-00000004.pt" in msg and "non-finite" in msg
+    run = Run.open(Path(cfg.runs_dir) / "nan")
+    assert [p.name for p in checkpoints(run)] == ["step-00000004.pt"]
+    assert not (run.path / "sae_weights.safetensors").exists()
+    assert run.status() == "failed"
+
+
+def test_nan_loss_stops_before_the_update(tiny_cfg, tiny_model, monkeypatch):
+    import sae.trainer as tr
+
+    real = tr.fvu
+    calls = {"n": 0}
+
+    def bad_fvu(x, x_hat):
+        calls["n"] += 1
+        return real(x, x_hat) * (float("inf") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(tr, "fvu", bad_fvu)
+    with pytest.raises(Diverged, match=r"step 3: loss is inf.*no checkpoint was written yet"):
+        train(tiny_cfg(name="inf"), model=tiny_model, progress=False)
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(sae=dict(k=100)), "k"),  # d_sae = 2 * 32 = 64 < k: caught once the hook width is known
+    (dict(sae=dict(d_in=48)), "d_in"),
+])
+def test_errors_that_need_the_hook_width_come_before_the_run_dir(tiny_cfg, tiny_model, change, field):
+    from dataclasses import replace
+
+    cfg = tiny_cfg(name="bad")
+    cfg = replace(cfg, sae=replace(cfg.sae, **change["sae"]))
+    with pytest.raises(ConfigError, match=rf"^{field}:"):
+        train(cfg, model=tiny_model, progress=False)
+    assert not Path(cfg.runs_dir, "bad").exists()
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(k=0), "k"), (dict(expansion=0), "expansion"), (dict(d_sae=-3), "d_sae"), (dict(k=10, d_sae=8), "k"),
+    (dict(arch="topk", capacity="zipf"), "capacity"), (dict(arch="gated"), "arch"),
+])
+def test_sae_config_errors(kw, field):
+    from sae.config import SAEConfig
+
+    with pytest.raises(ConfigError, match=rf"^{field}:"):
+        SAEConfig(**kw)
+
+
+@pytest.mark.parametrize("kw,field", [(dict(tokens=0), "tokens"), (dict(tokens=10), "tokens"), (dict(aux="aux_q"), "aux"),
+                                      (dict(lr=-1.0), "lr"), (dict(checkpoint_every=0), "checkpoint_every")])
+def test_train_config_errors(tiny_cfg, kw, field):
+    with pytest.raises(ConfigError, match=rf"^{field}:"):
+        tiny_cfg(**kw)
+
+
+def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from workbench.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    runs = tmp_path / "runs"
+    rc = main(["sae", "train", "--model", str(tiny_model_dir), "--hook", "blocks.1.hook_resid_post", "--arch", "feature-choice",
+               "--k", "4", "--expansion", "2", "--tokens", "1_024", "--batch-size", "128", "--seq-batch", "16",
+               "--shuffle-buffer", "256", "--eval-tokens", "256", "--log-every", "2", "--runs-dir", str(runs), "--name", "e2e",
+               "--wandb-project", "p", "--no-progress"])
+    assert rc == 0
+    run = runs / "e2e"
+    for f in ("config.json", "cfg.json", "sae_weights.safetensors", "eval.json", "metrics.jsonl", "status.json"):
+        assert (run / f).is_file(), f
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["arch"] == "feature-choice" and set(ev["modes"]) == {"batch", "threshold"}
+    assert 0 <= ev["fvu"] and ev["hook"] == "blocks.1.hook_resid_post" and "ce_recovered" in ev
+    assert list(run.glob("wandb/offline-run-*/run-*.wandb")), "wandb offline files missing"
+    assert json.loads((run / "status.json").read_text())["status"] == "done"
+    out = capsys.readouterr().out
+    assert "threshold" in out and "CE recovered" in out
+    assert main(["sae", "eval", str(run), "--tokens", "256"]) == 0
+    assert "threshold" in capsys.readouterr().out
+
+
+def test_cli_resume_rejects_a_changed_flag(tiny_cfg, tiny_model, capsys):
+    from workbench.cli import main
+
+    cfg = tiny_cfg(name="r")
+    with pytest.raises(Kill):
+        train(cfg, model=tiny_model, progress=False, on_step=_kill_at(5))
+    rc = main(["sae", "train", "--k", "8", "--resume", f"{cfg.runs_dir}/r"])
+    assert rc == 2 and "k: --resume" in capsys.readouterr().err
+
+
+def test_cli_reports_bad_hook_width_as_one_line(tiny_model_dir, tmp_path, capsys):
+    from workbench.cli import main
+
+    rc = main(["sae", "train", "--model", str(tiny_model_dir), "--d-in", "64", "--runs-dir", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "d_in:" in err and "width 32" in err and "Traceback" not in err
