@@ -1,0 +1,93 @@
+"""Quality benchmark: train every gate over several seeds on one task; mean +- std per gate.
+
+Each (gate, seed) is a normal `moe` run dir under <out>/<bench name>/; the summary (per-run numbers,
+mean and std per gate, the command) goes to <out>/<bench name>/summary.json and a markdown table.
+A gate name ending in "+" means the same gate with local search (e.g. comet+).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from routing.config import GATES
+from routing.train import MoETrainConfig, train
+from workbench.config import require
+from workbench.runs import atomic_write_json
+
+DEFAULT_GATES = "hash,hash+,topk,topk+,dselect,dselect+,comet,comet+,expert-choice,base,s-base,sparse-ot"
+
+
+@dataclass
+class BenchConfig:
+    gates: str = field(default=DEFAULT_GATES, metadata={"help": "comma-separated gates; suffix + = local search"})
+    seeds: int = field(default=5, metadata={"help": "seeds per gate (0..seeds-1)"})
+    bench_name: str = field(default="", metadata={"help": "bench directory name (default: bench-<task>-<time>)"})
+
+    def __post_init__(self):
+        for g in self.gate_list():
+            require(g.rstrip("+") in GATES, "gates", f"unknown gate {g!r}", f"choose from {', '.join(GATES)}")
+        require(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}", "pass --seeds 5")
+
+    def gate_list(self) -> list[str]:
+        return [g.strip() for g in self.gates.split(",") if g.strip()]
+
+
+def metric_of(results: dict) -> tuple[str, float]:
+    if "test_auc_mean" in results:
+        return "test_auc_mean", results["test_auc_mean"]
+    return "test_loss", results["test_loss"]
+
+
+def run_bench(bench: BenchConfig, base: MoETrainConfig, command: str = "") -> dict:
+    name = bench.bench_name or f"bench-{base.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root = Path(base.out) / name
+    rows = []
+    for gate in bench.gate_list():
+        routing = dataclasses.replace(base.routing, gate=gate.rstrip("+"), local_search=gate.endswith("+"))
+        for seed in range(bench.seeds):
+            cfg = dataclasses.replace(base, routing=routing, seed=seed, name=f"{gate}-s{seed}", out=str(root),
+                                      progress=False)
+            res = train(cfg)
+            key, value = metric_of(res)
+            row = {"gate": gate, "seed": seed, key: value, "nmi": res.get("nmi"), "time_s": res["train_time_s"],
+                   "test": res["test"].get("auc", res["test"].get("task_loss"))}
+            rows.append(row)
+            print(f"  {gate:14s} seed {seed}: {key} {value:.4f}" + (f"  nmi {res['nmi']:.3f}" if "nmi" in res else "")
+                  + f"  ({res['train_time_s']:.1f}s)", flush=True)
+    key = metric_of(res)[0]
+    summary = {"task": base.task, "metric": key, "command": command, "config": dataclasses.asdict(base),
+               "gates": {}, "runs": rows}
+    for gate in bench.gate_list():
+        vals = np.array([r[key] for r in rows if r["gate"] == gate])
+        nmis = [r["nmi"] for r in rows if r["gate"] == gate and r["nmi"] is not None]
+        summary["gates"][gate] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                                  "n": len(vals), "time_s_mean": float(np.mean([r["time_s"] for r in rows
+                                                                                 if r["gate"] == gate])),
+                                  **({"nmi_mean": float(np.mean(nmis)), "nmi_std": float(np.std(nmis, ddof=1))
+                                      if len(nmis) > 1 else 0.0} if nmis else {})}
+    atomic_write_json(root / "summary.json", summary)
+    table = markdown_table(summary)
+    (root / "summary.md").write_text(table + "\n")
+    print(table)
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    key = summary["metric"]
+    has_nmi = any("nmi_mean" in g for g in summary["gates"].values())
+    head = f"| gate | {key} mean ± std | n |" + (" NMI mean ± std |" if has_nmi else "") + " s/run |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for gate, s in summary["gates"].items():
+        nmi = f" {s['nmi_mean']:.3f} ± {s['nmi_std']:.3f} |" if has_nmi else ""
+        lines.append(f"| {gate} | {s['mean']:.4f} ± {s['std']:.4f} | {s['n']} |{nmi} {s['time_s_mean']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(dataclasses.asdict(BenchConfig()), indent=2))

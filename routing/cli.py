@@ -1,0 +1,71 @@
+"""`workbench moe ...`: train one MoE, benchmark gates over seeds, benchmark the OT solver.
+
+    workbench moe train --task movielens --gate comet --experts 16 --k 2 [--local-search] [--seed 0]
+    workbench moe bench --task movielens --gates topk,hash,dselect,comet,expert-choice,sparse-ot --seeds 5
+    workbench moe solve-bench
+Every flag is a field of routing.train.MoETrainConfig, routing.config.GateConfig or routing.bench.BenchConfig
+(or routing.benchmarks.SolverBenchConfig); a bare boolean flag means true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import typing
+
+
+def _bare_bools(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Let `--flag` alone mean true for the boolean fields of cls."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if hints[f.name] is bool}
+    for action in parser._actions:
+        if action.dest in names:
+            action.nargs, action.const = "?", True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from routing.bench import BenchConfig
+    from routing.benchmarks import SolverBenchConfig
+    from routing.config import GateConfig
+    from routing.train import MoETrainConfig
+    from workbench.config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="workbench moe", description="Mixture-of-experts gates as sparse allocation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_, extra in (("train", "train one MoE model and write a run dir", None),
+                               ("bench", "train every gate over several seeds and compare", BenchConfig)):
+        p = sub.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        for cls in (MoETrainConfig, GateConfig) + ((extra,) if extra else ()):
+            add_arguments(p, cls)
+            _bare_bools(p, cls)
+    p = sub.add_parser("solve-bench", help="sparse-OT solver vs POT, batched, and gate timings")
+    add_arguments(p, SolverBenchConfig)
+    _bare_bools(p, SolverBenchConfig)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from routing.config import GateConfig
+    from routing.train import MoETrainConfig
+    from workbench.config import from_args
+
+    args = build_parser().parse_args(argv)
+    if args.command == "solve-bench":
+        from routing.benchmarks import SolverBenchConfig, run_solver_bench
+
+        run_solver_bench(from_args(SolverBenchConfig, args))
+        return 0
+    cfg = from_args(MoETrainConfig, args, routing=from_args(GateConfig, args))
+    if args.command == "train":
+        from routing.train import train
+
+        res = train(cfg)
+        key = "test_auc_mean" if "test_auc_mean" in res else "test_loss"
+        print(f"{cfg.task} {res['gate']} seed {cfg.seed}: {key} = {res[key]:.4f}"
+              + (f", nmi = {res['nmi']:.3f}" if "nmi" in res else "") + f" ({res['train_time_s']:.1f}s)")
+        return 0
+    from routing.bench import BenchConfig, run_bench
+
+    run_bench(from_args(BenchConfig, args), cfg, command="workbench moe " + shlex.join(argv))
+    return 0

@@ -1,0 +1,66 @@
+"""Expert-parallel dispatch: experts sharded over ranks, tokens exchanged with all_to_all.
+
+Rank r owns experts [r E/W, (r+1) E/W). Each rank routes its own tokens with its gate, then
+    1. sorts its (token, expert) pairs by owning rank and exchanges the counts (all_to_all_single),
+    2. sends the token features and local expert ids to the owners (all_to_all_single, uneven splits),
+    3. runs its local experts on what it received and sends the outputs back the same way,
+    4. combines y_n = sum_e w_{n,e} f_e(x_n) locally.
+Feature exchanges go through torch.distributed.nn.functional.all_to_all_single, so gradients flow
+back to the sending rank's tokens and gate. Works on any backend with all_to_all (gloo on CPU, nccl).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from routing.gate import GateOutput
+from routing.moe import Experts
+
+
+def shard_experts(full: Experts, rank: int, world: int) -> Experts:
+    """A copy of the experts rank `rank` owns (E / world of them)."""
+    e = full.n_experts
+    if e % world:
+        raise ValueError(f"{e} experts do not split evenly over {world} ranks; use a multiple of the world size")
+    lo, hi = rank * e // world, (rank + 1) * e // world
+    d_in, d_hidden = full.w1.shape[1:]
+    local = Experts(hi - lo, d_in, d_hidden, full.w2.shape[2])
+    with torch.no_grad():
+        for name in ("w1", "b1", "w2", "b2"):
+            getattr(local, name).copy_(getattr(full, name)[lo:hi])
+    return local
+
+
+def _exchange(t: Tensor, send: list[int], recv: list[int], group) -> Tensor:
+    """all_to_all of the rows of t (differentiable): send[r] rows to rank r, recv[r] rows from it."""
+    from torch.distributed.nn.functional import all_to_all_single
+
+    out = t.new_empty((sum(recv),) + tuple(t.shape[1:]))
+    return all_to_all_single(out, t.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group)
+
+
+def expert_parallel_combine(x: Tensor, route: GateOutput, local: Experts, group=None) -> Tensor:
+    """y (N, d_out) for this rank's tokens x (N, d_in) routed by `route`, with experts sharded over ranks."""
+    world = dist.get_world_size(group)
+    n, e = route.mask.shape
+    e_local = local.n_experts
+    if e_local * world != e:
+        raise ValueError(f"gate has {e} experts but {world} ranks x {e_local} local experts = {e_local * world}")
+    rows, cols = torch.nonzero(route.mask, as_tuple=True)
+    dest = cols // e_local
+    order = torch.argsort(dest, stable=True)
+    rows, cols, dest = rows[order], cols[order], dest[order]
+    send_counts = torch.bincount(dest, minlength=world)
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    send, recv = send_counts.tolist(), recv_counts.tolist()
+    local_ids = (cols % e_local).contiguous()
+    recv_ids = local_ids.new_empty(sum(recv))
+    dist.all_to_all_single(recv_ids, local_ids, output_split_sizes=recv, input_split_sizes=send, group=group)
+    recv_x = _exchange(x[rows], send, recv, group)  # (received pairs, d_in)
+    out = local.pairs(recv_x, torch.arange(len(recv_ids), device=x.device), recv_ids)
+    back = _exchange(out, recv, send, group)  # (sent pairs, d_out), aligned with rows/cols
+    w = route.weights[rows, cols].unsqueeze(-1)
+    return back.new_zeros(n, back.shape[-1]).index_add(0, rows, w * back)

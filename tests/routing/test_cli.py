@@ -1,0 +1,51 @@
+"""`workbench moe ...` end to end on tiny configs, through the front door."""
+
+import json
+
+from workbench.cli import main
+from workbench.runs import Run
+
+
+def test_moe_train_writes_a_run_dir(tmp_path):
+    rc = main(["moe", "train", "--task", "synthetic", "--gate", "comet", "--experts", "4", "--k", "2",
+               "--local-search", "--epochs", "2", "--n-train", "512", "--batch-size", "128", "--out", str(tmp_path),
+               "--name", "tiny", "--progress", "false", "--log-every", "2"])
+    assert rc == 0
+    run = Run.open(tmp_path / "tiny")
+    assert run.kind == "moe" and run.status() == "done"
+    assert run.config["routing"]["gate"] == "comet" and run.config["routing"]["local_search"] is True
+    rows = run.metrics()
+    assert rows and len(rows[0]["gate0/load"]) == 4
+    res = run.read_json("results.json")
+    assert res["gate"] == "comet+" and res["test_loss"] > 0
+    load = run.read_json("load.json")
+    assert len(load["epochs"]) == 2 and len(load["epochs"][0]["load"][0]) == 4
+
+
+def test_sparse_ot_run_saves_a_plan_and_planted_nmi(tmp_path):
+    rc = main(["moe", "train", "--task", "planted", "--gate", "sparse-ot", "--experts", "4", "--k", "1",
+               "--clusters", "4", "--epochs", "1", "--n-train", "512", "--batch-size", "128", "--ot-group", "64",
+               "--out", str(tmp_path), "--name", "ot", "--progress", "false"])
+    assert rc == 0
+    run = Run.open(tmp_path / "ot")
+    plan = run.read_json("ot_plan.json")["plan"]
+    assert len(plan) == 32 and len(plan[0]) == 4
+    assert 0 <= run.read_json("results.json")["nmi"] <= 1
+
+
+def test_bench_summarises_gates_over_seeds(tmp_path, capsys):
+    rc = main(["moe", "bench", "--task", "planted", "--gates", "topk,hash", "--seeds", "2", "--experts", "4",
+               "--clusters", "4", "--epochs", "1", "--n-train", "256", "--batch-size", "128", "--out", str(tmp_path),
+               "--bench-name", "b"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert set(summary["gates"]) == {"topk", "hash"} and summary["gates"]["topk"]["n"] == 2
+    assert "nmi_mean" in summary["gates"]["hash"]
+    assert "| topk |" in capsys.readouterr().out
+
+
+def test_bad_config_is_one_line_error(capsys):
+    rc = main(["moe", "train", "--experts", "4", "--k", "9"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "k" in err and "--k" in err
