@@ -1,0 +1,166 @@
+"""`workbench ioi locate|eval`: find the IOI circuit, then evaluate dictionaries on it.
+
+    workbench ioi locate --model toy-ioi
+    workbench ioi eval --model toy-ioi --sae runs/a --sae runs/b [--cross-section name-movers-z]
+
+Both write a run dir of kind ``ioi`` (files: :mod:`evals.report`). Heavy imports happen inside the
+commands so ``workbench ioi --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from workbench.config import add_arguments, from_args, to_dict
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from evals.harness import EvalConfig
+    from evals.locate import LocateConfig
+
+    p = argparse.ArgumentParser(prog="workbench ioi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    loc = sub.add_parser("locate", help="find heads/positions that matter for IOI and name cross-sections",
+                         description="Direct logit attribution, attention from END, mean ablation and activation "
+                                     "patching (ABC counterfactual) per head and position; writes locations.json.")
+    add_arguments(loc, LocateConfig)
+    _run_args(loc)
+    ev = sub.add_parser("eval", help="evaluate supervised dictionaries and SAEs on the cross-sections",
+                        description="Approximation (sufficiency, necessity, LD recovered), control (edit accuracy) and "
+                                    "interpretability (F1 of features vs attribute values) per cross-section.")
+    add_arguments(ev, EvalConfig)
+    ev.add_argument("--locations", metavar="PATH", help="locations.json or a `workbench ioi locate` run dir "
+                    "(default: run discovery now)")
+    ev.add_argument("--cross-section", action="append", default=[], metavar="NAME",
+                    help="evaluate only this cross-section (repeatable; default: all)")
+    ev.add_argument("--location", action="append", default=[], metavar="HOOK[HEAD]@POS",
+                    help="add a cross-section 'custom' made of these locations (repeatable), e.g. blocks.1.attn.hook_q[2]@END")
+    ev.add_argument("--sae", action="append", default=[], metavar="PATH|LABEL=P1,P2",
+                    help="an SAE run dir, or several (one per location) under one label (repeatable)")
+    _run_args(ev)
+    return p
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="run name (default: ioi-<time>)")
+    p.add_argument("--root", default="runs", help="directory holding run dirs (default: runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return _locate(args) if args.cmd == "locate" else _eval(args)
+
+
+def _say(args):
+    return (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+
+
+def _locate(args) -> int:
+    from evals.locate import LocateConfig, format_locate, locate
+    from evals.report import write_locate
+    from workbench.models import load_model
+    from workbench.runs import Run
+
+    cfg = from_args(LocateConfig, args)
+    run = Run.create("ioi", {"command": "locate", **to_dict(cfg)}, name=args.name, root=args.root)
+    print(f"run dir: {run.path}")
+    run.set_status("running")
+    try:
+        model = load_model(cfg.model, cfg.device)
+        res = locate(model, cfg, progress=_say(args))
+        write_locate(run, res)
+    except BaseException as e:
+        run.set_status("failed", error=str(e))
+        raise
+    run.set_status("done")
+    print(format_locate(res))
+    print(f"wrote {run.path / 'locations.json'}")
+    return 0
+
+
+def load_cross_sections(path: str) -> tuple[dict, list]:
+    """(locations.json content, its cross-sections) from a file or a locate run dir."""
+    from evals.locations import CrossSection
+    from workbench.errors import RunError
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "locations.json"
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{p} does not exist; run `workbench ioi locate` first or pass its run dir") from None
+    except json.JSONDecodeError as e:
+        raise RunError(f"{p} is corrupt ({e}); re-run `workbench ioi locate`") from e
+    return data, [CrossSection.from_dict(c) for c in data.get("cross_sections", [])]
+
+
+def select_sections(sections: list, names: list[str], custom: list[str]) -> list:
+    from evals.locations import CrossSection, Location
+    from workbench.errors import ConfigError
+
+    if names:
+        known = {c.name: c for c in sections}
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise ConfigError(f"cross_section: unknown {bad}; known cross-sections are {sorted(known) or 'none'}")
+        sections = [known[n] for n in names]
+    if custom:
+        sections = sections + [CrossSection("custom", [Location.parse(s) for s in custom], "locations given with --location")]
+    return sections
+
+
+def _eval(args) -> int:
+    from evals.dictionary import load_families
+    from evals.harness import EvalConfig, evaluate
+    from evals.locate import LocateConfig, locate
+    from evals.locations import check_locations
+    from evals.report import write_eval, write_locate
+    from workbench.errors import ConfigError
+    from workbench.models import load_model
+    from workbench.runs import Run
+
+    cfg = from_args(EvalConfig, args)
+    say = _say(args)
+    # everything a typo can break is checked before the run dir exists
+    model = load_model(cfg.model, cfg.device)
+    families = load_families(args.sae, cfg.device)
+    found = None
+    if args.locations:
+        found, sections = load_cross_sections(args.locations)
+    else:
+        sections = []
+    sections = select_sections(sections, args.cross_section, args.location) if (args.locations or args.location) else None
+    if sections is not None:
+        check_locations(model, [loc for cs in sections for loc in cs.locations])
+    run = Run.create("ioi", {"command": "eval", **to_dict(cfg), "locations": args.locations, "cross_section": args.cross_section,
+                             "location": args.location, "sae": args.sae}, name=args.name, root=args.root)
+    print(f"run dir: {run.path}")
+    run.set_status("running")
+    try:
+        if sections is None:
+            say("no --locations: running discovery first (workbench ioi locate)")
+            found = locate(model, LocateConfig(model=cfg.model, seed=cfg.seed, device=cfg.device), progress=say)
+            sections = select_sections(_sections_of(found), args.cross_section, args.location)
+        if found is not None:
+            write_locate(run, found)
+        if not sections:
+            raise ConfigError("no cross-sections to evaluate: discovery found none; pass --location HOOK[HEAD]@POS")
+        res = evaluate(model, cfg, sections, families, progress=say)
+        write_eval(run, res, cfg.model)
+    except BaseException as e:
+        run.set_status("failed", error=str(e))
+        raise
+    run.set_status("done", total_s=res.timings.get("total_s"))
+    print((run.path / "summary.md").read_text())
+    print(f"results in {run.path}")
+    return 0
+
+
+def _sections_of(found: dict) -> list:
+    from evals.locations import CrossSection
+
+    return [CrossSection.from_dict(c) for c in found.get("cross_sections", [])]

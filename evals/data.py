@@ -1,0 +1,201 @@
+"""IOI dataset splits for the harness: train / eval / counterfactual, with disjoint name pools.
+
+The paper (Makelov et al. 2024, Sec. 3) describes each prompt by three attributes, the supervised
+"features" of the task: ``IO`` (the indirect object's name), ``S`` (the subject's name) and ``Pos``
+(``ABB``: IO is the first name, ``BAB``: S is). Splits:
+
+- ``train``: prompts over every usable name, attributes balanced and independent (each name appears
+  equally often as IO and as S, half the prompts are ABB in every block); supervised dictionaries
+  are fitted here.
+- ``eval``: prompts whose names come from pool A (the first half of the usable names); every metric
+  is measured here.
+- ``counterfactual[attr]``: for each eval prompt, the same prompt (template, place, object) with
+  only ``attr`` changed: a new IO or a new S drawn from pool B (the second half, disjoint from A, so
+  the new name never appears in the source prompt), or Pos flipped. Edits move an eval prompt's
+  activation towards its counterfactual.
+
+Names must be single tokens for the model's tokenizer (GPT-2: with a leading space);
+:func:`check_names` says which are dropped. Everything is seeded: the same arguments give the same
+prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from workbench import toyworld
+from workbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from workbench.ioi import IOIBatch
+
+ATTRIBUTES = ("IO", "S", "Pos")
+POS_VALUES = ("ABB", "BAB")
+POSITIONS = ("IO", "S1", "S2", "END")
+
+
+def attribute_value(prompt: toyworld.IOIPrompt, attr: str) -> str:
+    """The value of attribute ``attr`` (IO, S or Pos) of one prompt."""
+    return {"IO": prompt.io, "S": prompt.s, "Pos": prompt.pos}[attr]
+
+
+def check_names(model: "HookedTransformer", names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split names into (kept, dropped): kept ones are one token as an answer for this tokenizer."""
+    from workbench.ioi import name_token_id
+
+    kept, dropped = [], []
+    for n in names:
+        try:
+            tid = name_token_id(model, n)
+            if tid == model.tokenizer.unk_token_id and n != model.tokenizer.unk_token:
+                raise ValueError(f"{n!r} is not in the vocabulary")
+            # the name must also be a single token inside a prompt (after a space)
+            toks = model.to_tokens(f"When {n} and", prepend_bos=False)[0]
+            base = model.to_tokens("When and", prepend_bos=False)[0]
+            (kept if len(toks) == len(base) + 1 else dropped).append(n)
+        except ValueError:
+            dropped.append(n)
+    return kept, dropped
+
+
+def default_names(model: "HookedTransformer") -> list[str]:
+    """The toy world's IOI training names for the toy model; all toy-world names otherwise."""
+    return list(toyworld.IOI_NAMES if getattr(model.cfg, "model_name", "") == "toy-ioi" else toyworld.NAMES)
+
+
+def template_string(template_id: int) -> str:
+    return toyworld.TEMPLATES[template_id] if template_id >= 0 else toyworld.HELDOUT_TEMPLATE
+
+
+def with_attributes(p: toyworld.IOIPrompt, **changes: str) -> toyworld.IOIPrompt:
+    """The same prompt (template, place, object) with some of io / s / pos replaced."""
+    q = dataclasses.replace(p, **changes)
+    if q.io == q.s:
+        raise ValueError(f"IO and S must differ, got {q.io!r} for both")
+    a, b = (q.io, q.s) if q.pos == "ABB" else (q.s, q.io)
+    text = template_string(q.template).format(A=a, B=b, S=q.s, P=q.place, O=q.obj)
+    return dataclasses.replace(q, text=text)
+
+
+def balanced_prompts(n: int, names: Sequence[str], seed: int, template_ids: Sequence[int]) -> list[toyworld.IOIPrompt]:
+    """n prompts whose IO, S, Pos (and template) are balanced and independent.
+
+    In each block of m = len(names) prompts, IO runs over a random permutation of the names, S over the
+    same permutation shifted by a random non-zero offset (so S != IO and every name is S once), and a
+    random half of the block is ABB. Templates cycle with a random offset per block.
+    """
+    names = list(names)
+    m = len(names)
+    if m < 2:
+        raise ConfigError(f"names: need at least 2 usable names, got {m}; use a tokenizer with single-token names")
+    rng = random.Random(seed)
+    out: list[toyworld.IOIPrompt] = []
+    while len(out) < n:
+        perm = rng.sample(names, m)
+        shift = rng.randrange(1, m)
+        pos = ["ABB"] * (m // 2) + ["BAB"] * (m - m // 2)
+        rng.shuffle(pos)
+        t0 = rng.randrange(len(template_ids))
+        for j in range(m):
+            if len(out) == n:
+                break
+            p = toyworld.make_ioi_prompt(rng, names, pos=pos[j], io=perm[j], s=perm[(j + shift) % m],
+                                         template_id=template_ids[(t0 + j) % len(template_ids)])
+            out.append(p)
+    return out
+
+
+def counterfactual(p: toyworld.IOIPrompt, attr: str, rng: random.Random, pool: Sequence[str]) -> toyworld.IOIPrompt:
+    """p with only `attr` changed: a new IO / S from `pool` (not in p), or Pos flipped."""
+    if attr == "Pos":
+        return with_attributes(p, pos="BAB" if p.pos == "ABB" else "ABB")
+    choices = [n for n in pool if n not in (p.io, p.s)]
+    new = rng.choice(choices)
+    return with_attributes(p, **{{"IO": "io", "S": "s"}[attr]: new})
+
+
+@dataclass
+class NamePools:
+    """Usable names and their split: train uses all, eval pool A, counterfactual values pool B."""
+
+    kept: list[str]
+    dropped: list[str]
+    eval: list[str]
+    counterfactual: list[str]
+
+
+@dataclass
+class IOISplits:
+    pools: NamePools
+    template_ids: list[int]
+    train: list[toyworld.IOIPrompt]
+    eval: list[toyworld.IOIPrompt]
+    counterfactual: dict[str, list[toyworld.IOIPrompt]]  # attribute -> prompts aligned with eval
+
+    def describe(self) -> dict:
+        """Sizes, pools, dropped names and balance statistics (max/min count of each attribute's values)."""
+        def balance(prompts):
+            out = {}
+            for a in ATTRIBUTES:
+                c = Counter(attribute_value(p, a) for p in prompts)
+                out[a] = {"values": len(c), "min_count": min(c.values()), "max_count": max(c.values())}
+            return out
+
+        return {"n_train": len(self.train), "n_eval": len(self.eval), "templates": self.template_ids,
+                "names_kept": len(self.pools.kept), "names_dropped": self.pools.dropped,
+                "eval_pool": self.pools.eval, "counterfactual_pool": self.pools.counterfactual,
+                "train_balance": balance(self.train), "eval_balance": balance(self.eval)}
+
+
+def make_splits(model: "HookedTransformer", n_train: int = 2000, n_eval: int = 500, seed: int = 0,
+                names: Sequence[str] | None = None, template_ids: Sequence[int] | None = None) -> IOISplits:
+    """Train (seed), eval (seed + 1) and counterfactual (seed + 2) prompts; see the module docstring."""
+    kept, dropped = check_names(model, names if names is not None else default_names(model))
+    if len(kept) < 6:
+        raise ConfigError(f"names: only {len(kept)} names are single tokens for this tokenizer (dropped {dropped[:10]}); "
+                          "pass names that are single tokens")
+    half = len(kept) // 2
+    pools = NamePools(kept, dropped, kept[:half], kept[half:])
+    template_ids = list(template_ids) if template_ids is not None else list(range(len(toyworld.TEMPLATES)))
+    train = balanced_prompts(n_train, kept, seed, template_ids)
+    ev = balanced_prompts(n_eval, pools.eval, seed + 1, template_ids)
+    rng = random.Random(seed + 2)
+    cf = {a: [counterfactual(p, a, rng, pools.counterfactual) for p in ev] for a in ATTRIBUTES}
+    return IOISplits(pools, template_ids, train, ev, cf)
+
+
+def semantic_positions(batch: "IOIBatch") -> dict[str, torch.Tensor]:
+    """Token index of IO, S1 (first S), S2 (second S) and END in each prompt: name -> (batch,) long.
+
+    Found from the token ids, so it works for any tokenizer with single-token names.
+    """
+    toks = batch.tokens
+    n, t = toks.shape
+    ar = torch.arange(t, device=toks.device)
+    in_prompt = ar[None, :] <= batch.end[:, None]
+    is_io = (toks == batch.io_id[:, None]) & in_prompt
+    is_s = (toks == batch.s_id[:, None]) & in_prompt
+    bad = (is_io.sum(1) != 1) | (is_s.sum(1) != 2)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"prompt {batch.prompts[i].text!r}: expected IO once and S twice as single tokens")
+    first = lambda m: torch.where(m, ar, t).min(1).values  # noqa: E731
+    last = lambda m: torch.where(m, ar, -1).max(1).values  # noqa: E731
+    return {"IO": first(is_io), "S1": first(is_s), "S2": last(is_s), "END": batch.end.clone()}
+
+
+def labels(prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """Attribute -> (batch,) long index of each prompt's value in values[attr] (-1 if not listed)."""
+    out = {}
+    for a, vals in values.items():
+        idx = {v: i for i, v in enumerate(vals)}
+        out[a] = torch.tensor([idx.get(attribute_value(p, a), -1) for p in prompts], dtype=torch.long)
+    return out

@@ -1,0 +1,249 @@
+"""Location discovery: which heads and positions carry the IOI computation, for any model.
+
+For GPT-2 the IOI circuit is known (Wang et al. 2022): name movers 9.6, 9.9, 10.0 write the answer
+at END; S-inhibition heads 7.3, 7.9, 8.6, 8.10 move "which name is S" to END; induction and
+duplicate-token heads act at S2. For any other TransformerLens model this module finds the
+equivalents on eval prompts (N prompts, seeded):
+
+- direct logit attribution (DLA) of each head's output at END onto ``W_U[IO] - W_U[S]`` (through
+  the final LayerNorm's scale, as TransformerLens' ``apply_ln_to_stack``);
+- attention from END to the IO, S1 and S2 tokens;
+- mean ablation of each head's ``hook_z`` at END: fractional LD drop ``(LD - LD_abl) / LD``;
+- activation patching: each head's ``hook_z`` at each position (IO, S1, S2, END), and q / k / v of the
+  strongest heads, taken from the "ABC" counterfactual (S2 replaced by a third name, which removes
+  the duplicated-name signal); effect = fractional LD drop;
+- residual stream patching (``blocks.L.hook_resid_pre``) at each position, for context.
+
+Heads are given roles: ``name-movers`` (high positive DLA at END and a significant effect there:
+the heads that write the answer, whether by copying IO or, as in the toy model, by suppressing the
+S2 name they attend to; ``attends`` records where END looks),
+``negative-name-movers`` (strongly negative DLA), ``s-inhibition`` (matter at END through later
+heads rather than directly), and per position ``s2-heads`` / ``io-heads`` / ``s1-heads``. Each
+role x hook kind x position with a significant group effect (all members patched together) becomes
+a named cross-section, e.g. ``name-movers-q`` = the name movers' queries at END.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from evals.data import POSITIONS, make_splits, semantic_positions, template_string
+from evals.locations import CrossSection, Location, read_acts, run_patched
+from workbench.config import positive, require
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+PAPER_HEADS = {"name-movers": [(9, 6), (9, 9), (10, 0)], "s-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)]}
+KINDS = ("q", "k", "v", "z")
+
+
+@dataclass
+class LocateConfig:
+    model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
+    n_prompts: int = field(default=400, metadata={"help": "eval prompts used for discovery"})
+    seed: int = field(default=0, metadata={"help": "seed for prompts"})
+    min_effect: float = field(default=0.1, metadata={"help": "a location/head is significant when patching or ablating it drops LD by this fraction"})
+    qkv_heads: int = field(default=8, metadata={"help": "patch q/k/v of this many strongest heads (by their hook_z effect)"})
+    max_cross_sections: int = field(default=8, metadata={"help": "keep at most this many named cross-sections (largest group effect first)"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+
+    def __post_init__(self):
+        positive(self, "n_prompts", "qkv_heads", "max_cross_sections")
+        require(0 < self.min_effect < 1, "min_effect", f"must be in (0, 1), got {self.min_effect}", "pass e.g. --min-effect 0.1")
+
+
+def abc_counterfactual(prompts, pool, seed: int):
+    """Each prompt with its S2 token replaced by a third name C from `pool` (the "ABC" distribution)."""
+    rng = random.Random(seed)
+    out = []
+    for p in prompts:
+        c = rng.choice([n for n in pool if n not in (p.io, p.s)])
+        a, b = (p.io, p.s) if p.pos == "ABB" else (p.s, p.io)
+        text = template_string(p.template).format(A=a, B=b, S=c, P=p.place, O=p.obj)
+        out.append(dataclasses.replace(p, text=text))
+    return out
+
+
+def _frac_drop(ld_clean: float, ld: float) -> float:
+    return (ld_clean - ld) / ld_clean if abs(ld_clean) > 1e-9 else 0.0
+
+
+@torch.no_grad()
+def head_stats(model: "HookedTransformer", batch, pos: dict[str, torch.Tensor]) -> list[dict]:
+    """Per head: DLA at END (mean over prompts) and attention from END to IO / S1 / S2."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    names = lambda n: n.endswith("attn.hook_z") or n.endswith("attn.hook_pattern") or n == "ln_final.hook_scale"  # noqa: E731
+    _, cache = model.run_with_cache(batch.tokens, names_filter=names)
+    rows = torch.arange(len(batch), device=batch.tokens.device)
+    direction = model.W_U[:, batch.io_id] - model.W_U[:, batch.s_id]  # (d_model, N)
+    scale = cache["ln_final.hook_scale"][rows, batch.end]  # (N, 1)
+    ln_w = getattr(model.ln_final, "w", None)
+    center = model.cfg.normalization_type in ("LN", "LNPre")
+    out = []
+    for layer in range(L):
+        z = cache[f"blocks.{layer}.attn.hook_z"][rows, batch.end]  # (N, H, d_head)
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][rows, :, batch.end]  # (N, H, key_pos)
+        for h in range(H):
+            o = z[:, h] @ model.W_O[layer, h]  # (N, d_model)
+            if center:
+                o = o - o.mean(-1, keepdim=True)
+            o = o / scale
+            if ln_w is not None:
+                o = o * ln_w
+            dla = (o * direction.T).sum(-1)
+            att = {k: float(pattern[rows, h, pos[k]].mean()) for k in ("IO", "S1", "S2")}
+            out.append({"layer": layer, "head": h, "dla": float(dla.mean()),
+                        "attn_io": att["IO"], "attn_s1": att["S1"], "attn_s2": att["S2"]})
+    return out
+
+
+def mean_ablate(acts: dict[Location, torch.Tensor]) -> dict[Location, torch.Tensor]:
+    """Each location's activations replaced by their mean over prompts."""
+    return {loc: a.mean(0, keepdim=True).expand_as(a) for loc, a in acts.items()}
+
+
+@torch.no_grad()
+def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict:
+    """Run discovery; returns the content of ``locations.json`` (see :mod:`evals.report`)."""
+    from workbench.ioi import make_batch, summary
+
+    say = progress or (lambda msg: None)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    splits = make_splits(model, n_train=2, n_eval=cfg.n_prompts, seed=cfg.seed)
+    prompts = splits.eval
+    batch = make_batch(model, prompts)
+    pos = semantic_positions(batch)
+    corrupt = make_batch(model, abc_counterfactual(prompts, splits.pools.counterfactual, cfg.seed + 3))
+    clean = run_patched(model, batch, pos)
+    ld0 = clean.mean_ld
+    say(f"clean: accuracy {float((clean.ld > 0).float().mean()):.3f}, mean LD {ld0:.3f} on {len(batch)} prompts")
+
+    heads = head_stats(model, batch, pos)
+    # mean ablation of each head at END and z patching at every position
+    z_locs = [Location(f"blocks.{layer}.attn.hook_z", h, p) for layer in range(L) for h in range(H) for p in POSITIONS]
+    z_clean = read_acts(model, batch, pos, z_locs)
+    z_corrupt = read_acts(model, corrupt, pos, z_locs)
+    effects: dict[Location, float] = {}
+    for hs in heads:
+        end = Location(f"blocks.{hs['layer']}.attn.hook_z", hs["head"], "END")
+        hs["ablate_end"] = _frac_drop(ld0, run_patched(model, batch, pos, mean_ablate({end: z_clean[end]})).mean_ld)
+    for loc in z_locs:
+        effects[loc] = _frac_drop(ld0, run_patched(model, batch, pos, {loc: z_corrupt[loc]}).mean_ld)
+    for hs in heads:
+        hs["patch_z"] = {p: effects[Location(f"blocks.{hs['layer']}.attn.hook_z", hs["head"], p)] for p in POSITIONS}
+    say(f"patched hook_z of {L * H} heads at {len(POSITIONS)} positions")
+
+    # q/k/v of the strongest heads
+    strength = {(hs["layer"], hs["head"]): max([abs(v) for v in hs["patch_z"].values()] + [abs(hs["ablate_end"])]) for hs in heads}
+    top = sorted(strength, key=strength.get, reverse=True)[: cfg.qkv_heads]
+    qkv_locs = [Location(f"blocks.{layer}.attn.hook_{k}", h, p) for layer, h in top for k in "qkv" for p in POSITIONS]
+    qkv_corrupt = read_acts(model, corrupt, pos, qkv_locs)
+    for loc in qkv_locs:
+        effects[loc] = _frac_drop(ld0, run_patched(model, batch, pos, {loc: qkv_corrupt[loc]}).mean_ld)
+    resid_locs = [Location(f"blocks.{layer}.hook_resid_pre", None, p) for layer in range(L) for p in POSITIONS]
+    resid_corrupt = read_acts(model, corrupt, pos, resid_locs)
+    for loc in resid_locs:
+        effects[loc] = _frac_drop(ld0, run_patched(model, batch, pos, {loc: resid_corrupt[loc]}).mean_ld)
+    say(f"patched q/k/v of {len(top)} heads and the residual stream")
+
+    # roles
+    dla_max = max([hs["dla"] for hs in heads] + [1e-9])
+    dla_min = min([hs["dla"] for hs in heads] + [-1e-9])
+    for hs in heads:
+        end_effect = max(hs["ablate_end"], hs["patch_z"]["END"])
+        hs["attends"] = max(("IO", "S1", "S2"), key=lambda k: hs[f"attn_{k.lower()}"])
+        if hs["dla"] >= 0.3 * dla_max and end_effect >= cfg.min_effect:
+            hs["role"] = "name-movers"
+        elif hs["dla"] <= 0.3 * dla_min and dla_min < -0.1 * dla_max and abs(end_effect) >= cfg.min_effect:
+            hs["role"] = "negative-name-movers"
+        elif end_effect >= cfg.min_effect:
+            hs["role"] = "s-inhibition"
+        else:
+            hs["role"] = None
+    role_of = {(hs["layer"], hs["head"]): hs["role"] for hs in heads}
+
+    # candidate cross-sections: role x kind x position, members = significant locations
+    groups: dict[str, list[Location]] = {}
+    for loc, eff in effects.items():
+        if loc.head is None or eff < cfg.min_effect:
+            continue
+        layer = loc.layer
+        kind = loc.hook.rsplit("hook_", 1)[1]
+        role = role_of.get((layer, loc.head)) if loc.pos == "END" else f"{loc.pos.lower()}-heads"
+        if role is None:
+            continue
+        name = f"{role}-{kind}" + ("" if loc.pos == "END" else f"-{loc.pos.lower()}")
+        groups.setdefault(name, []).append(loc)
+    # name movers' queries are the paper's first cross-section: keep them even if each head alone is small
+    nm = [(layer, h) for (layer, h), r in role_of.items() if r == "name-movers"]
+    if nm:
+        groups.setdefault("name-movers-q", [Location(f"blocks.{layer}.attn.hook_q", h, "END") for layer, h in nm])
+        groups.setdefault("name-movers-z", [Location(f"blocks.{layer}.attn.hook_z", h, "END") for layer, h in nm])
+    sections = []
+    for name, locs in groups.items():
+        locs = sorted(set(locs))
+        acts_clean = read_acts(model, batch, pos, locs)
+        acts_corrupt = read_acts(model, corrupt, pos, locs)
+        patch = _frac_drop(ld0, run_patched(model, batch, pos, acts_corrupt).mean_ld)
+        ablate = _frac_drop(ld0, run_patched(model, batch, pos, mean_ablate(acts_clean)).mean_ld)
+        if max(patch, ablate) < cfg.min_effect:
+            continue
+        role = name.rsplit("-", 1)[0] if name.endswith(tuple(f"-{k}" for k in KINDS)) else name
+        sections.append(CrossSection(name, locs, _describe(name, locs),
+                                     {"patch_abc": patch, "mean_ablation": ablate, "role": role}))
+    sections.sort(key=lambda c: -max(c.evidence["patch_abc"], c.evidence["mean_ablation"]))
+    sections = sections[: cfg.max_cross_sections]
+    say(f"{len(sections)} cross-sections: {', '.join(c.name for c in sections)}")
+
+    ranked = sorted(effects.items(), key=lambda kv: -abs(kv[1]))
+    result = {
+        "model": cfg.model, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "clean": summary(clean.ld), "names_dropped": splits.pools.dropped,
+        "heads": heads,
+        "locations": [{"location": str(loc), "hook": loc.hook, "head": loc.head, "pos": loc.pos,
+                       "kind": loc.hook.rsplit("hook_", 1)[1], "patch_abc": eff} for loc, eff in ranked],
+        "cross_sections": [c.to_dict() for c in sections],
+    }
+    if getattr(model.cfg, "model_name", "") == "gpt2" and L == 12:
+        result["paper_heads"] = {role: {f"{layer}.{h}": role_of.get((layer, h)) for layer, h in hs} for role, hs in PAPER_HEADS.items()}
+    return result
+
+
+def _describe(name: str, locs: list[Location]) -> str:
+    heads = ", ".join(f"{loc.layer}.{loc.head}" for loc in locs)
+    kind = locs[0].hook.rsplit("hook_", 1)[1]
+    what = {"q": "queries", "k": "keys", "v": "values", "z": "outputs (z)"}.get(kind, kind)
+    role = name.rsplit("-", 1)[0] if locs[0].pos == "END" else name.rsplit("-", 2)[0]
+    text = {"name-movers": "heads writing the answer (high DLA at END)",
+            "negative-name-movers": "heads writing against the answer",
+            "s-inhibition": "heads that move S information to END",
+            }.get(role, f"heads that matter at {locs[0].pos}")
+    return f"{text}: {what} of {heads} at {locs[0].pos}"
+
+
+def format_locate(res: dict) -> str:
+    """A short human-readable report of a locate result."""
+    lines = [f"model {res['model']}: clean accuracy {res['clean']['accuracy']:.3f}, mean LD {res['clean']['logit_diff']:.3f}"]
+    if res.get("names_dropped"):
+        lines.append(f"names dropped (not single tokens): {', '.join(res['names_dropped'])}")
+    lines.append("head   DLA    attn IO/S1/S2     ablate@END  patch z IO/S1/S2/END        role")
+    for hs in sorted(res["heads"], key=lambda h: -abs(h["ablate_end"])):
+        pz = hs["patch_z"]
+        lines.append(f"{hs['layer']}.{hs['head']:<3} {hs['dla']:6.2f}  {hs['attn_io']:.2f}/{hs['attn_s1']:.2f}/{hs['attn_s2']:.2f}  "
+                     f"{hs['ablate_end']:9.2f}   {pz['IO']:5.2f}/{pz['S1']:5.2f}/{pz['S2']:5.2f}/{pz['END']:5.2f}   {hs['role'] or ''}")
+    lines.append("top locations (ABC patching, fractional LD drop):")
+    for r in res["locations"][:10]:
+        lines.append(f"  {r['location']:<36} {r['patch_abc']:6.2f}")
+    lines.append("cross-sections:")
+    for c in res["cross_sections"]:
+        ev = c["evidence"]
+        lines.append(f"  {c['name']:<24} patch {ev['patch_abc']:.2f} ablate {ev['mean_ablation']:.2f}  {', '.join(c['locations'])}")
+    if "paper_heads" in res:
+        lines.append(f"paper heads (gpt2): {res['paper_heads']}")
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Locations, cross-sections, and the two model calls the harness needs: read and patch.
+
+A :class:`Location` is a model component at a semantic position: a TransformerLens hook name used
+verbatim (``blocks.1.attn.hook_q``), an optional head index (for hooks with a head axis; ``None``
+means all heads concatenated, or a hook without heads such as ``blocks.1.hook_resid_pre``) and one
+of the positions IO, S1, S2, END (:data:`evals.data.POSITIONS`). Written ``hook[head]@POS``, e.g.
+``blocks.1.attn.hook_q[2]@END``.
+
+A :class:`CrossSection` is a named group of locations edited together (the paper's "cross-section",
+e.g. all name-mover queries at END). The activation of a batch at a location is ``(batch, d)``
+with ``d = d_head`` for one head.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+
+from workbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from workbench.ioi import IOIBatch
+
+_LOC = re.compile(r"^(?P<hook>[A-Za-z0-9_.]+)(\[(?P<head>\d+)\])?@(?P<pos>IO|S1|S2|END)$")
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    hook: str
+    head: int | None
+    pos: str
+
+    def __str__(self) -> str:
+        head = f"[{self.head}]" if self.head is not None else ""
+        return f"{self.hook}{head}@{self.pos}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Location":
+        m = _LOC.match(text.strip())
+        if m is None:
+            raise ConfigError(f"location: cannot parse {text!r}; write hook[head]@POS, e.g. blocks.1.attn.hook_q[2]@END "
+                              "(POS one of IO, S1, S2, END; [head] optional)")
+        head = m.group("head")
+        return cls(m.group("hook"), int(head) if head is not None else None, m.group("pos"))
+
+    @property
+    def layer(self) -> int | None:
+        m = re.match(r"blocks\.(\d+)\.", self.hook)
+        return int(m.group(1)) if m else None
+
+
+@dataclass
+class CrossSection:
+    """Locations edited together, with a name (used in file names and the app) and a description."""
+
+    name: str
+    locations: list[Location]
+    description: str = ""
+    evidence: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "locations": [str(loc) for loc in self.locations],
+                "description": self.description, "evidence": self.evidence}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CrossSection":
+        return cls(d["name"], [Location.parse(s) for s in d["locations"]], d.get("description", ""), d.get("evidence", {}))
+
+
+def check_locations(model: "HookedTransformer", locations: Iterable[Location]) -> None:
+    """Raise ModelError / ConfigError for an unknown hook or a head index out of range."""
+    from workbench.models import check_hook
+
+    for loc in locations:
+        check_hook(model, loc.hook)
+        if loc.head is not None and not 0 <= loc.head < model.cfg.n_heads:
+            raise ConfigError(f"location {loc}: head {loc.head} out of range; the model has {model.cfg.n_heads} heads")
+
+
+def _stop_layer(locations: Iterable[Location]) -> int | None:
+    layers = [loc.layer for loc in locations]
+    return None if any(layer is None for layer in layers) else max(layers) + 1
+
+
+def _select(act: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, head: int | None) -> torch.Tensor:
+    """act (batch, pos, d) or (batch, pos, head, d_head) -> (batch, d) at each row's position."""
+    a = act[rows, pos]
+    if a.ndim == 3:
+        a = a[:, head] if head is not None else a.flatten(1)
+    return a
+
+
+def _chunks(n: int, chunk: int):
+    for i in range(0, n, chunk):
+        yield slice(i, min(n, i + chunk))
+
+
+@torch.no_grad()
+def read_acts(model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor],
+              locations: Iterable[Location], chunk: int = 256) -> dict[Location, torch.Tensor]:
+    """Activations at each location: {location: (batch, d)} (float32, on the model's device)."""
+    locations = list(dict.fromkeys(locations))
+    parts: dict[Location, list[torch.Tensor]] = {loc: [] for loc in locations}
+    by_hook: dict[str, list[Location]] = {}
+    for loc in locations:
+        by_hook.setdefault(loc.hook, []).append(loc)
+    for sl in _chunks(len(batch), chunk):
+        rows = torch.arange(sl.stop - sl.start, device=batch.tokens.device)
+
+        def grab(act, hook, locs=None):
+            for loc in by_hook[hook.name]:
+                parts[loc].append(_select(act, rows, positions[loc.pos][sl], loc.head).float().clone())
+            return act
+
+        model.run_with_hooks(batch.tokens[sl], fwd_hooks=[(h, grab) for h in by_hook],
+                             stop_at_layer=_stop_layer(locations))
+    return {loc: torch.cat(v) for loc, v in parts.items()}
+
+
+@dataclass
+class EndOutput:
+    """What a (patched) run says at END: logit difference and the argmax token, per prompt."""
+
+    ld: torch.Tensor  # (batch,) logit(IO) - logit(S)
+    top: torch.Tensor  # (batch,) argmax over the full vocabulary
+
+    @property
+    def mean_ld(self) -> float:
+        return float(self.ld.mean())
+
+
+@torch.no_grad()
+def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor],
+                patches: dict[Location, torch.Tensor] | None = None, chunk: int = 256) -> EndOutput:
+    """Run the model with each location's activation replaced by ``patches[loc]`` (batch, d).
+
+    Only the patched (row, position[, head]) entries change; everything else is the clean run.
+    """
+    patches = patches or {}
+    by_hook: dict[str, list[Location]] = {}
+    for loc in patches:
+        by_hook.setdefault(loc.hook, []).append(loc)
+    lds, tops = [], []
+    for sl in _chunks(len(batch), chunk):
+        n = sl.stop - sl.start
+        rows = torch.arange(n, device=batch.tokens.device)
+
+        def patch(act, hook):
+            act = act.clone()
+            for loc in by_hook[hook.name]:
+                val = patches[loc][sl].to(act.dtype)
+                p = positions[loc.pos][sl]
+                if act.ndim == 4:
+                    if loc.head is not None:
+                        act[rows, p, loc.head] = val
+                    else:
+                        act[rows, p] = val.view(n, act.shape[2], act.shape[3])
+                else:
+                    act[rows, p] = val
+            return act
+
+        hooks = [(h, patch) for h in by_hook]
+        logits = model.run_with_hooks(batch.tokens[sl], fwd_hooks=hooks) if hooks else model(batch.tokens[sl])
+        end = logits[rows, batch.end[sl]]  # (n, vocab)
+        lds.append(end[rows, batch.io_id[sl]] - end[rows, batch.s_id[sl]])
+        tops.append(end.argmax(-1))
+    return EndOutput(torch.cat(lds).float(), torch.cat(tops))

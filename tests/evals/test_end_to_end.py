@@ -1,0 +1,116 @@
+"""`workbench ioi locate` and `workbench ioi eval` through the front door, on small random models.
+
+The same code runs on the toy tokenizer (tiny_model) and on GPT-2's loading path (fake_gpt2: a tiny
+random GPT-2 loaded by HookedTransformer.from_pretrained("gpt2") offline).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from workbench.cli import main
+
+EVAL_FLAGS = ["--n-train", "100", "--n-eval", "24", "--ks", "1", "2", "--quiet"]
+
+
+def _files(run):
+    return {p.name for p in run.iterdir()}
+
+
+def test_locate_and_eval_on_tiny_model(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    assert main(["ioi", "locate", "--model", model, "--n-prompts", "40", "--qkv-heads", "2",
+                 "--root", str(tmp_path), "--name", "loc", "--quiet"]) == 0
+    loc = json.loads((tmp_path / "loc" / "locations.json").read_text())
+    assert {"model", "clean", "heads", "locations", "cross_sections"} <= set(loc)
+    assert len(loc["heads"]) == 4 and {"dla", "attn_io", "ablate_end", "patch_z", "role"} <= set(loc["heads"][0])
+    assert pd.read_parquet(tmp_path / "loc" / "heads.parquet").shape[0] == 4
+    assert json.loads((tmp_path / "loc" / "status.json").read_text())["status"] == "done"
+
+    args = ["ioi", "eval", "--model", model, "--locations", str(tmp_path / "loc"),
+            "--location", "blocks.1.attn.hook_q[0]@END", "--location", "blocks.0.attn.hook_z[1]@S2",
+            "--root", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
+    assert main(args) == 0
+    run = tmp_path / "ev"
+    assert {"approximation.json", "approximation.parquet", "control.json", "control.parquet", "interpretability.json",
+            "interpretability.parquet", "features.parquet", "diagnostics.json", "summary.md", "splits.json",
+            "cross_sections.json", "dictionaries.json", "locations.json", "status.json"} <= _files(run)
+    approx = pd.read_parquet(run / "approximation.parquet")
+    sections = {c["name"] for c in json.loads((run / "cross_sections.json").read_text())}
+    assert "custom" in sections and set(approx["cross_section"]) == sections
+    assert set(approx["dictionary"]) == {"mean", "mse"}
+    assert approx[["sufficiency", "necessity", "fvu"]].notna().all().all()
+    ctrl = pd.read_parquet(run / "control.parquet")
+    assert set(ctrl["method"]) == {"supervised"} and set(ctrl["attribute"]) == {"IO", "S", "Pos"}
+    assert ctrl["accuracy"].between(0, 1).all()
+    interp = pd.read_parquet(run / "interpretability.parquet")
+    assert set(interp["tau"]) == {0.5, 0.6, 0.8}
+    assert "## Approximation" in (run / "summary.md").read_text()
+
+
+def test_unknown_cross_section_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "l.json").write_text(json.dumps({"cross_sections": []}))
+    rc = main(["ioi", "eval", "--model", str(tiny_model_dir), "--locations", str(tmp_path / "l.json"),
+               "--cross-section", "nope", "--root", str(tmp_path), *EVAL_FLAGS])
+    assert rc == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+    rc = main(["ioi", "eval", "--model", str(tiny_model_dir), "--location", "blocks.1.attn.hook_q[9]@END",
+               "--root", str(tmp_path), *EVAL_FLAGS])
+    assert rc == 2 and "head 9 out of range" in capsys.readouterr().err
+
+
+def test_gpt2_path_locate_then_eval(fake_gpt2, tmp_path):
+    """`--model gpt2` goes through HookedTransformer.from_pretrained (a tiny random local GPT-2 here)."""
+    assert main(["ioi", "locate", "--model", "gpt2", "--n-prompts", "30", "--qkv-heads", "2",
+                 "--root", str(tmp_path), "--name", "loc", "--quiet"]) == 0
+    loc = json.loads((tmp_path / "loc" / "locations.json").read_text())
+    assert len(loc["heads"]) == 8
+    assert main(["ioi", "eval", "--model", "gpt2", "--locations", str(tmp_path / "loc"),
+                 "--location", "blocks.1.attn.hook_z[3]@END", "--root", str(tmp_path), "--name", "ev", *EVAL_FLAGS]) == 0
+    splits = json.loads((tmp_path / "ev" / "splits.json").read_text())
+    assert splits["names_kept"] + len(splits["names_dropped"]) == 100
+    approx = pd.read_parquet(tmp_path / "ev" / "approximation.parquet")
+    assert "custom" in set(approx["cross_section"])
+
+
+def _save_sae(path, d_in, hook, head, arch="topk", seed=0):
+    sae_io = pytest.importorskip("sae.io")
+    from sae.config import SAEConfig
+    from sae.model import build_sae
+
+    cfg = SAEConfig(arch=arch, k=4, d_sae=4 * d_in).resolve(d_in)
+    sae = build_sae(cfg)
+    sae.init_weights(torch.Generator().manual_seed(seed))
+    if sae.threshold_kind:
+        sae.threshold.fill_(0.1)
+    sae_io.save(sae, path, {"model_name": "tiny", "hook_name": hook, "hook_head_index": head})
+    return path
+
+
+def test_eval_with_saes_on_tiny_model(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    a = _save_sae(tmp_path / "sae_q", 16, "blocks.1.attn.hook_q", 0)
+    b = _save_sae(tmp_path / "sae_z", 16, "blocks.0.attn.hook_z", 1, arch="mutual-choice", seed=1)
+    args = ["ioi", "eval", "--model", model, "--location", "blocks.1.attn.hook_q[0]@END", "--location", "blocks.0.attn.hook_z[1]@S2",
+            "--sae", f"pair={a},{b}", "--sae", str(a), "--root", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
+    assert main(args) == 0
+    run = tmp_path / "ev"
+    approx = pd.read_parquet(run / "approximation.parquet")
+    assert set(approx["dictionary"]) == {"mean", "mse", "pair"}
+    pair = approx[approx["dictionary"] == "pair"].iloc[0]
+    assert pair["kind"] == "sae" and pair["arch"] == "mutual-choice/topk"
+    assert 0 < pair["l0"] <= 64
+    ctrl = pd.read_parquet(run / "control.parquet")
+    sae_rows = ctrl[ctrl["dictionary"] == "pair"]
+    assert set(sae_rows["method"]) == {"greedy", "f1"} and set(sae_rows["k"]) == {1, 2}
+    assert sae_rows[["x", "y", "magnitude"]].notna().any().all()
+    dicts = json.loads((run / "dictionaries.json").read_text())
+    assert dicts["skipped"] and dicts["skipped"][0]["dictionary"] == "sae_q"  # covers one of two locations
+    feats = pd.read_parquet(run / "features.parquet")
+    assert (feats["dictionary"] == "pair").any()
+    diag = json.loads((run / "diagnostics.json").read_text())
+    assert {d["diagnostic"] for d in diag} == {"occlusion", "over_splitting"}

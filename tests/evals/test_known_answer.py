@@ -1,0 +1,178 @@
+"""The known-answer construction: activations = sums of planted attribute vectors + noise.
+
+a(prompt) = sum_i p_{i, v_i(prompt)} + noise, with orthonormal planted vectors p. Then the mean and
+MSE dictionaries recover the planted vectors (centred), sufficiency / necessity are ~1 under a
+readout LD = c + <w, a>, an "SAE" whose decoder rows are the planted vectors scores F1 = 1 for every
+attribute value, and greedy / F1-guided edits swap exactly the planted features.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evals import approximation as ap
+from evals import control as ct
+from evals import interpretability as it
+from evals.data import ATTRIBUTES, balanced_prompts, counterfactual, labels
+from evals.dictionary import Dictionary, attribute_values, fit_mean, fit_mse, one_hot_codes
+from workbench import toyworld
+
+NAMES = toyworld.IOI_NAMES[:20]
+D = 64
+NOISE = 0.02
+
+
+class Planted:
+    """Orthonormal planted vectors, one per (attribute, value)."""
+
+    def __init__(self, prompts, seed=0):
+        self.values = attribute_values(prompts)
+        n = sum(len(v) for v in self.values.values())
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(D, n, generator=g))
+        self.P = q.T.contiguous()  # (n_values, D) orthonormal rows
+        self.gen = g
+
+    def acts(self, prompts):
+        c = one_hot_codes(prompts, self.values)
+        return c @ self.P + NOISE * torch.randn(len(prompts), D, generator=self.gen)
+
+
+class PlantedSAE:
+    """An "SAE" whose decoder rows are exactly the planted vectors; codes = projections above 0.5."""
+
+    def __init__(self, P):
+        self.P = P
+
+    def encode(self, a):
+        proj = a @ self.P.T
+        return proj * (proj > 0.5)
+
+    def decode(self, codes):
+        return codes @ self.P
+
+    @property
+    def features(self):
+        return self.P
+
+
+@pytest.fixture(scope="module")
+def world():
+    train = balanced_prompts(2000, NAMES, seed=0, template_ids=range(5))
+    ev = balanced_prompts(100, NAMES, seed=1, template_ids=range(5))
+    planted = Planted(train)
+    return train, ev, planted, planted.acts(train), planted.acts(ev)
+
+
+def test_mean_and_mse_dictionaries_recover_planted_vectors(world):
+    """MSE: exactly the centred planted vectors (up to noise). Mean: the same up to the small bias
+    that S != IO induces (E[p_S | IO = v] depends on v, ~1/(m-1)) and sampling of the other attributes."""
+    train, _, planted, a_train, _ = world
+    for fit, tol, min_cos in ((fit_mse, 0.02, 0.999), (fit_mean, 0.3, 0.95)):
+        d = fit(a_train, train)
+        assert isinstance(d, Dictionary)
+        for attr in ATTRIBUTES:
+            off, n = d.offset(attr), len(d.values[attr])
+            p = planted.P[off:off + n]
+            want = p - p.mean(0)  # balanced attribute: centring removes the value-average
+            got = d.U[off:off + n]
+            rel = ((got - want).norm(dim=1) / want.norm(dim=1)).max()
+            assert rel < tol, (fit.__name__, attr, rel)
+            cos = torch.nn.functional.cosine_similarity(got, want, dim=1)
+            assert cos.min() > min_cos, (fit.__name__, attr, cos.min())
+
+
+def test_reconstruction_sufficiency_necessity_close_to_one(world):
+    train, ev, planted, a_train, a_ev = world
+    d = fit_mean(a_train, train)
+    a_hat = d.reconstruct(ev)
+    assert ap.fvu(a_ev, a_hat) < 0.05
+    # a "model" that, like a name mover, compares the activation with the prompt's own names:
+    # LD = 3 <a, p_{S, s}> + 2 <a, p_{IO, io}>  (~5 on clean activations, ~0 on the mean)
+    p_s = planted.P[torch.tensor([d.index("S", p.s) for p in ev])]
+    p_io = planted.P[torch.tensor([d.index("IO", p.io) for p in ev])]
+    readout = lambda a: 3 * (a * p_s).sum(1) + 2 * (a * p_io).sum(1)  # noqa: E731
+    center = a_train.mean(0)
+    ld_clean, ld_recon = readout(a_ev), readout(a_hat)
+    ld_abl = readout(center.expand_as(a_ev))
+    ld_int = readout(center + a_ev - a_hat)
+    assert ld_clean.mean() > 4.5 and ld_abl.mean().abs() < 1.0
+    assert ap.sufficiency(ld_clean, ld_recon) == pytest.approx(1.0, abs=0.02)
+    assert ap.necessity(ld_clean, ld_abl, ld_int) == pytest.approx(1.0, abs=0.05)
+    assert ap.ld_recovered(ld_clean, ld_abl, ld_recon) == pytest.approx(1.0, abs=0.05)
+    # a dictionary that explains nothing: reconstruction = mean -> LD recovered 0, necessity 0
+    assert ap.ld_recovered(ld_clean, ld_abl, ld_abl) == pytest.approx(0.0, abs=1e-6)
+    assert ap.necessity(ld_clean, ld_abl, readout(a_ev)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_planted_sae_scores_f1_one_everywhere(world):
+    train, _, planted, a_train, _ = world
+    sae = PlantedSAE(planted.P)
+    codes = sae.encode(a_train)
+    assert ap.l0(codes) == pytest.approx(3.0)
+    values = planted.values
+    v_idx = labels(train, values)
+    for tau in it.TAUS:
+        active = it.active_pattern(codes, tau)
+        for attr in ATTRIBUTES:
+            masks = it.value_masks(v_idx[attr], len(values[attr]))
+            p, r, f1 = it.precision_recall_f1(active, masks)
+            best, idx = it.best_f1_per_value(f1)
+            assert torch.allclose(best, torch.ones_like(best)), (tau, attr)
+            assert torch.equal(idx, torch.arange(len(values[attr])) + sum(len(values[a]) for a in ATTRIBUTES[:ATTRIBUTES.index(attr)]))
+            assert it.coverage(f1, 0.99) == 1.0
+
+
+def test_planted_sae_edits_swap_exactly_the_planted_features(world):
+    train, ev, planted, a_train, a_ev = world
+    import random
+
+    sae = PlantedSAE(planted.P)
+    values = planted.values
+    rng = random.Random(0)
+    pool = NAMES  # names may repeat across pools in this synthetic test; counterfactual() avoids the prompt's own
+    v_train = labels(train, values)
+    codes_train = sae.encode(a_train)
+    for attr in ATTRIBUTES:
+        cf = [counterfactual(p, attr, rng, pool) for p in ev]
+        a_cf = planted.acts(cf)
+        f_src, f_cf = sae.encode(a_ev), sae.encode(a_cf)
+        delta, chosen = ct.greedy_edit(f_src, f_cf, sae.features, a_cf - a_ev, k=2)
+        off = sum(len(values[a]) for a in ATTRIBUTES[:ATTRIBUTES.index(attr)])
+        v_src = labels(ev, values)[attr] + off
+        v_cf = labels(cf, values)[attr] + off
+        want = torch.zeros_like(chosen)
+        want[torch.arange(len(ev)), v_src] = True
+        want[torch.arange(len(ev)), v_cf] = True
+        assert torch.equal(chosen, want), attr
+        assert (a_ev + delta - a_cf).norm(dim=1).max() < 0.5
+        # F1-guided: F1 of "code > 0" on the train prompts
+        masks = it.value_masks(v_train[attr], len(values[attr]))
+        f1 = it.precision_recall_f1(codes_train > 0, masks)[2]
+        d2, removed, added = ct.f1_edit(f_src, f_cf, sae.features, f1, labels(ev, values)[attr], labels(cf, values)[attr], k=1)
+        assert torch.equal(removed.nonzero()[:, 1], v_src) and torch.equal(added.nonzero()[:, 1], v_cf)
+        assert torch.allclose(d2, delta, atol=1e-5)
+        # the removed feature carries about a third of the reconstruction (3 equal-norm planted vectors)
+        w = ct.feature_weights(f_src, sae.features, torch.zeros(D))
+        assert torch.allclose(w.sum(1), torch.ones(len(ev)), atol=1e-4)
+        assert ct.edit_magnitude(w, removed) == pytest.approx(1 / 3, abs=0.05)
+
+
+def test_supervised_edit_moves_to_counterfactual(world):
+    import random
+
+    train, ev, planted, a_train, a_ev = world
+    d = fit_mean(a_train, train)
+    rng = random.Random(1)
+    for attr in ATTRIBUTES:
+        cf = [counterfactual(p, attr, rng, NAMES) for p in ev]
+        a_cf = planted.acts(cf)
+        edited = d.edit(a_ev, ev, cf, attr)
+        assert (edited - a_cf).norm(dim=1).max() < 0.5
+        # the read-out of the edited activation has the counterfactual value
+        codes = d.encode(edited)
+        off = d.offset(attr)
+        got = codes[:, off:off + len(d.values[attr])].argmax(1)
+        want = torch.tensor([d.values[attr].index(getattr(p, {"IO": "io", "S": "s", "Pos": "pos"}[attr])) for p in cf])
+        assert torch.equal(got, want)
