@@ -37,13 +37,16 @@ if TYPE_CHECKING:
 
     from workbench.ioi import IOIBatch
 
-ATTRIBUTES = ("IO", "S", "Pos")
+ATTRIBUTES = ("IO", "S", "Pos")  # the paper's attributes: edited, scored for interpretability
+EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute a supervised dictionary may also model
 POS_VALUES = ("ABB", "BAB")
 POSITIONS = ("IO", "S1", "S2", "END")
 
 
 def attribute_value(prompt: toyworld.IOIPrompt, attr: str) -> str:
-    """The value of attribute ``attr`` (IO, S or Pos) of one prompt."""
+    """The value of attribute ``attr`` (IO, S, Pos, or Template: the template index as text) of one prompt."""
+    if attr == "Template":
+        return str(prompt.template)
     return {"IO": prompt.io, "S": prompt.s, "Pos": prompt.pos}[attr]
 
 

@@ -9,7 +9,9 @@ of Makelov et al. (2024, Sec. 3) satisfy it with one feature per attribute value
 - MSE dictionary: with the one-hot attribute design matrix ``C (N, n_values)``,
   ``U = argmin ||C U - (A - mean(A))||^2`` (least squares, minimum-norm solution).
 
-Their "true" codes come from the labels (:meth:`SupervisedDictionary.codes_for`), not from
+By default the attributes are the paper's IO, S, Pos; ``attrs`` may add ``Template`` (a nuisance
+attribute: our templates differ in length, so a position's absolute index, and with it the position
+embedding, depends on the template). Their "true" codes come from the labels (:meth:`SupervisedDictionary.codes_for`), not from
 activations; ``encode`` is a read-out (the nearest value per attribute) so the interface holds.
 """
 
@@ -48,6 +50,7 @@ def bias_of(d: Dictionary) -> torch.Tensor:
 
 def attribute_values(prompts: Sequence[toyworld.IOIPrompt], attrs: Sequence[str] = ATTRIBUTES) -> dict[str, list[str]]:
     """attr -> the sorted values that occur in prompts (Pos always ABB, BAB)."""
+    attrs = list(attrs)
     return {a: list(POS_VALUES) if a == "Pos" else sorted({attribute_value(p, a) for p in prompts}) for a in attrs}
 
 

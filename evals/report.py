@@ -122,7 +122,7 @@ def summary_markdown(res: "Results", model: str) -> str:
     for r in res.approximation:
         out.append(f"| {r['cross_section']} | {r['dictionary']} | {_f(r['sufficiency'])} | {_f(r['necessity'])} | "
                    f"{_f(r['ld_recovered'])} | {_f(r['fvu'])} | {_f(r['l0'], 1)} |")
-    out += ["", "## Control (edit accuracy; SAE edits: best k and accuracy at k = 16 or the largest k)", "",
+    out += ["", "## Control (edit accuracy; SAE edits: the best over k, with the k that reached it)", "",
             "| cross-section | dictionary | attribute | no edit | supervised / greedy | F1-guided | target changed |", "|---|---|---|---|---|---|---|"]
     keyed: dict = {}
     for r in res.control:
@@ -147,9 +147,11 @@ def summary_markdown(res: "Results", model: str) -> str:
         for (cs, d, loc), by in keyed.items():
             cells = [f"{_f(by[a]['mean_best_f1'])} / {_f(by[a]['coverage'])}" if a in by else "–" for a in ("IO", "S", "Pos")]
             out.append(f"| {cs} | {d} | `{loc}` | " + " | ".join(cells) + " |")
-    flagged = [d for d in res.diagnostics if d.get("any_occluded") or d.get("any_over_split")]
+    first_tau = res.interpretability[0]["tau"] if res.interpretability else None
+    flagged = [d for d in res.diagnostics if d["kind"] == "sae" and d["tau"] == first_tau
+               and (d.get("any_occluded") or d.get("any_over_split"))]
     if flagged:
-        out += ["", "## Diagnostics flagged", ""]
+        out += ["", f"## Diagnostics flagged (SAEs, tau = {first_tau}; all in diagnostics.json)", ""]
         for d in flagged:
             if d["diagnostic"] == "occlusion":
                 occ = {a: v["by"] for a, v in d["attributes"].items() if v["occluded"]}
