@@ -1,4 +1,4 @@
-"""`workbench sae train | eval`: thin argparse front ends over sae.trainer and sae.metrics.
+"""`workbench sae train | eval | analyze`: thin argparse front ends over sae.trainer and sae.metrics.
 
 Every training flag maps to one config field (``--k`` -> SAEConfig.k, ``--hook`` -> ActsConfig.hook,
 ``--tokens`` -> TrainConfig.tokens); ``--resume RUN`` continues a run from its last checkpoint with the
@@ -19,8 +19,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="workbench sae", description="Train and evaluate sparse autoencoders (TopK, Feature Choice, Mutual Choice, ReLU+L1).")
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train an SAE on activations at a hook", prog="workbench sae train",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = sub.add_parser("train", help="train an SAE on activations at a hook", prog="workbench sae train")
     add_arguments(t.add_argument_group("activations"), ActsConfig)
     add_arguments(t.add_argument_group("autoencoder"), SAEConfig)
     add_arguments(t.add_argument_group("training"), TrainConfig)
@@ -33,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help="torch device (default: the run's)")
     e.add_argument("--no-ce", action="store_true", help="skip the CE-loss-recovered forward passes")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    from sae.analyze import add_parser as add_analyze
+
+    add_analyze(sub)  # `workbench sae analyze RUN`: the app's feature-browser data
     return p
 
 
@@ -137,4 +139,8 @@ def _eval(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "analyze":
+        from sae.analyze import main as analyze_main
+
+        return analyze_main(args)
     return _train(args) if args.cmd == "train" else _eval(args)

@@ -29,7 +29,7 @@ class SAEConfig:
     zipf_alpha: float = field(default=1.0, metadata={"help": "exponent of the Zipf profiles (zipf capacities and aux_zipf targets)"})
     l1_coeff: float = field(default=1e-3, metadata={"help": "relu-l1: weight of the L1 penalty on the codes"})
     kernel: str = field(default="auto", metadata={"help": "sparse (gather-sum decoder, gradients only for active pairs), dense (reference autograd), auto (sparse except relu-l1)"})
-    threshold_ema: float = field(default=0.01, metadata={"help": "feature/mutual-choice: weight of each batch in the running inference threshold"})
+    threshold_ema: float = field(default=0.05, metadata={"help": "feature/mutual-choice: weight of each batch in the running inference threshold (smallest selected activation)"})
 
     def __post_init__(self):
         one_of(self, "arch", ARCHS)
@@ -40,7 +40,7 @@ class SAEConfig:
             v = getattr(self, name)
             require(v is None or v > 0, name, f"must be positive, got {v}", f"pass --{name.replace('_', '-')} > 0 or leave it out")
         require(self.l1_coeff >= 0, "l1_coeff", f"must be >= 0, got {self.l1_coeff}", "pass --l1-coeff >= 0")
-        require(0 < self.threshold_ema <= 1, "threshold_ema", f"must be in (0, 1], got {self.threshold_ema}", "pass e.g. --threshold-ema 0.01")
+        require(0 < self.threshold_ema <= 1, "threshold_ema", f"must be in (0, 1], got {self.threshold_ema}", "pass e.g. --threshold-ema 0.05")
         require(self.capacity == "uniform" or self.arch == "feature-choice", "capacity",
                 f"--capacity {self.capacity} only applies to --arch feature-choice", "drop --capacity or use --arch feature-choice")
         if self.d_sae is not None:

@@ -101,7 +101,7 @@ class Source:
 
             self.cache = ActivationCache(cfg.cache)
             m = self.cache.manifest
-            for key, want in (("hook", a.hook), ("model", a.model)):
+            for key, want in (("hook", a.hook), ("model", a.model), ("head", a.head)):
                 if key in m and m[key] != want:
                     raise ConfigError(f"{key}: the cache {cfg.cache} holds activations of {key} {m[key]!r}, not {want!r}; "
                                       f"pass --{key} {m[key]} or another --cache")
