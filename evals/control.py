@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 K_VALUES = (1, 2, 4, 8, 16)
+F1_CURVE = (0.25, 0.5, 0.75)  # F1 thresholds of the F1-guided edit curve (run at the largest k)
 
 
 def edit_accuracy(top_edit: torch.Tensor, top_target: torch.Tensor) -> float:
@@ -68,17 +69,18 @@ def select_by_rank(active: torch.Tensor, order: torch.Tensor, ok: torch.Tensor, 
 
 
 def f1_edit(f_src: torch.Tensor, f_cf: torch.Tensor, features: torch.Tensor, f1: torch.Tensor,
-            v_src: torch.Tensor, v_cf: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            v_src: torch.Tensor, v_cf: torch.Tensor, k: int, min_f1: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Interpretation-aware SAE edit (Sec. 4.2): swap the k best-F1 features of v for those of v'.
 
     f_src, f_cf: (N, F) codes; features: (F, d); f1: (F, n_values) F1 of each feature for each value
     of the edited attribute (NaN allowed); v_src, v_cf: (N,) value indices.
-    Returns (delta (N, d), removed (N, F) bool, added (N, F) bool). Features with F1 <= 0 are never used.
+    Returns (delta (N, d), removed (N, F) bool, added (N, F) bool). Only features with F1 > min_f1 are
+    used; sweeping min_f1 gives the paper's curve of causal effect against interpretability.
     """
     score = torch.nan_to_num(f1, nan=0.0).T  # (n_values, F)
     srt, order = score.sort(1, descending=True)
-    removed = select_by_rank(f_src > 0, order[v_src], srt[v_src] > 0, k)
-    added = select_by_rank(f_cf > 0, order[v_cf], srt[v_cf] > 0, k)
+    removed = select_by_rank(f_src > 0, order[v_src], srt[v_src] > min_f1, k)
+    added = select_by_rank(f_cf > 0, order[v_cf], srt[v_cf] > min_f1, k)
     delta = (f_cf * added).to(features) @ features - (f_src * removed).to(features) @ features
     return delta, removed, added
 

@@ -214,27 +214,28 @@ def _evaluate_section(data: _Data, cfg: EvalConfig, cs: CrossSection, sae_famili
                 if fam.label == "mean":
                     ref[attr] = (mag, acc)
                 x, y = ct.normalized_xy(mag, acc, *ref.get(attr, (mag, acc)), acc_none[attr])
-                res.control.append({**row0, "method": "supervised", "k": None, "accuracy": acc, "magnitude": mag, "x": x, "y": y})
+                res.control.append({**row0, "method": "supervised", "k": None, "min_f1": None, "accuracy": acc, "magnitude": mag, "x": x, "y": y})
                 continue
             v_src = data.value_index(src, attr)
             v_cf = data.value_index(cf_prompts, attr)
             cf_codes = {loc: fam.dicts[loc].encode(data.cf[attr][loc]) for loc in locs}
-            for method in ("greedy", "f1"):
-                for k in cfg.ks:
-                    edited, w = {}, []
-                    for loc in locs:
-                        d = fam.dicts[loc]
-                        feats = d.features
-                        if method == "greedy":
-                            delta, removed = ct.greedy_edit(codes[loc], cf_codes[loc], feats, data.cf[attr][loc] - data.eval[loc], k)
-                        else:
-                            delta, removed, _ = ct.f1_edit(codes[loc], cf_codes[loc], feats, f1_edit_tables[loc][attr], v_src, v_cf, k)
-                        edited[loc] = data.eval[loc] + delta
-                        w.append(ct.edit_magnitude(ct.feature_weights(codes[loc], feats, bias_of(d)), removed & (codes[loc] > 0)))
-                    acc = ct.edit_accuracy(data.run(edited).top, targets[attr].top)
-                    mag = _mean(w)
-                    x, y = ct.normalized_xy(mag, acc, *ref[attr], acc_none[attr])
-                    res.control.append({**row0, "method": method, "k": k, "accuracy": acc, "magnitude": mag, "x": x, "y": y})
+            runs = [("greedy", k, 0.0) for k in cfg.ks] + [("f1", k, 0.0) for k in cfg.ks]
+            runs += [("f1", max(cfg.ks), t) for t in ct.F1_CURVE]
+            for method, k, min_f1 in runs:
+                edited, w = {}, []
+                for loc in locs:
+                    d = fam.dicts[loc]
+                    feats = d.features
+                    if method == "greedy":
+                        delta, removed = ct.greedy_edit(codes[loc], cf_codes[loc], feats, data.cf[attr][loc] - data.eval[loc], k)
+                    else:
+                        delta, removed, _ = ct.f1_edit(codes[loc], cf_codes[loc], feats, f1_edit_tables[loc][attr], v_src, v_cf, k, min_f1)
+                    edited[loc] = data.eval[loc] + delta
+                    w.append(ct.edit_magnitude(ct.feature_weights(codes[loc], feats, bias_of(d)), removed & (codes[loc] > 0)))
+                acc = ct.edit_accuracy(data.run(edited).top, targets[attr].top)
+                mag = _mean(w)
+                x, y = ct.normalized_xy(mag, acc, *ref[attr], acc_none[attr])
+                res.control.append({**row0, "method": method, "k": k, "min_f1": min_f1, "accuracy": acc, "magnitude": mag, "x": x, "y": y})
 
 
 def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Family, base: dict, res: Results,

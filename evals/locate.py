@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 PAPER_HEADS = {"name-movers": [(9, 6), (9, 9), (10, 0)], "s-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)]}
-KINDS = ("q", "k", "v", "z")
 
 
 @dataclass
@@ -169,24 +168,21 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     role_of = {(hs["layer"], hs["head"]): hs["role"] for hs in heads}
 
     # candidate cross-sections: role x kind x position, members = significant locations
-    groups: dict[str, list[Location]] = {}
+    groups: dict[tuple[str, str, str], list[Location]] = {}
     for loc, eff in effects.items():
         if loc.head is None or eff < cfg.min_effect:
             continue
-        layer = loc.layer
-        kind = loc.hook.rsplit("hook_", 1)[1]
-        role = role_of.get((layer, loc.head)) if loc.pos == "END" else f"{loc.pos.lower()}-heads"
+        role = role_of.get((loc.layer, loc.head)) or (f"{loc.pos.lower()}-heads" if loc.pos != "END" else None)
         if role is None:
             continue
-        name = f"{role}-{kind}" + ("" if loc.pos == "END" else f"-{loc.pos.lower()}")
-        groups.setdefault(name, []).append(loc)
+        groups.setdefault((role, _kind(loc), loc.pos), []).append(loc)
     # name movers' queries are the paper's first cross-section: keep them even if each head alone is small
     nm = [(layer, h) for (layer, h), r in role_of.items() if r == "name-movers"]
-    if nm:
-        groups.setdefault("name-movers-q", [Location(f"blocks.{layer}.attn.hook_q", h, "END") for layer, h in nm])
-        groups.setdefault("name-movers-z", [Location(f"blocks.{layer}.attn.hook_z", h, "END") for layer, h in nm])
+    for kind in ("q", "z"):
+        if nm:
+            groups.setdefault(("name-movers", kind, "END"), [Location(f"blocks.{layer}.attn.hook_{kind}", h, "END") for layer, h in nm])
     sections = []
-    for name, locs in groups.items():
+    for (role, kind, p), locs in groups.items():
         locs = sorted(set(locs))
         acts_clean = read_acts(model, batch, pos, locs)
         acts_corrupt = read_acts(model, corrupt, pos, locs)
@@ -194,8 +190,8 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
         ablate = _frac_drop(ld0, run_patched(model, batch, pos, mean_ablate(acts_clean)).mean_ld)
         if max(patch, ablate) < cfg.min_effect:
             continue
-        role = name.rsplit("-", 1)[0] if name.endswith(tuple(f"-{k}" for k in KINDS)) else name
-        sections.append(CrossSection(name, locs, _describe(name, locs),
+        name = f"{role}-{kind}" + ("" if p == "END" or role == f"{p.lower()}-heads" else f"-{p.lower()}")
+        sections.append(CrossSection(name, locs, _describe(role, locs),
                                      {"patch_abc": patch, "mean_ablation": ablate, "role": role}))
     sections.sort(key=lambda c: -max(c.evidence["patch_abc"], c.evidence["mean_ablation"]))
     sections = sections[: cfg.max_cross_sections]
@@ -207,7 +203,7 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
         "clean": summary(clean.ld), "names_dropped": splits.pools.dropped,
         "heads": heads,
         "locations": [{"location": str(loc), "hook": loc.hook, "head": loc.head, "pos": loc.pos,
-                       "kind": loc.hook.rsplit("hook_", 1)[1], "patch_abc": eff} for loc, eff in ranked],
+                       "kind": _kind(loc), "patch_abc": eff} for loc, eff in ranked],
         "cross_sections": [c.to_dict() for c in sections],
     }
     if getattr(model.cfg, "model_name", "") == "gpt2" and L == 12:
@@ -215,11 +211,14 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     return result
 
 
-def _describe(name: str, locs: list[Location]) -> str:
+def _kind(loc: Location) -> str:
+    return loc.hook.rsplit("hook_", 1)[1]
+
+
+def _describe(role: str, locs: list[Location]) -> str:
     heads = ", ".join(f"{loc.layer}.{loc.head}" for loc in locs)
-    kind = locs[0].hook.rsplit("hook_", 1)[1]
+    kind = _kind(locs[0])
     what = {"q": "queries", "k": "keys", "v": "values", "z": "outputs (z)"}.get(kind, kind)
-    role = name.rsplit("-", 1)[0] if locs[0].pos == "END" else name.rsplit("-", 2)[0]
     text = {"name-movers": "heads writing the answer (high DLA at END)",
             "negative-name-movers": "heads writing against the answer",
             "s-inhibition": "heads that move S information to END",

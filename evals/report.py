@@ -35,7 +35,9 @@ written by ``eval``:
     ld_reconstructed, ld_without_reconstruction, accuracy_reconstructed, fvu, l0, shrinkage,
     dead_fraction, n_features.
 ``control.{json,parquet}``  one row per (cross_section, dictionary, attribute, method, k):
-    attribute (IO | S | Pos), method (supervised | greedy | f1), k (null for supervised), accuracy
+    attribute (IO | S | Pos), method (supervised | greedy | f1), k (null for supervised), min_f1 (f1
+    edits use only features with F1 > min_f1: 0, and 0.25 / 0.5 / 0.75 at the largest k: the
+    causal-effect-vs-interpretability curve; null for supervised), accuracy
     (edit accuracy against counterfactual patching), magnitude (total weight of removed features),
     x, y (normalised: mean-dictionary supervised edit at (0, 1), no edit at y = 0), acc_none
     (accuracy of not editing), target_changed (1 - acc_none), plus the dictionary columns above.
@@ -129,7 +131,7 @@ def summary_markdown(res: "Results", model: str) -> str:
         keyed.setdefault((r["cross_section"], r["dictionary"], r["attribute"]), []).append(r)
     for (cs, d, a), rows in keyed.items():
         def best(method):
-            rs = [r for r in rows if r["method"] == method]
+            rs = [r for r in rows if r["method"] == method and not r.get("min_f1")]
             if not rs:
                 return "–"
             b = max(rs, key=lambda r: r["accuracy"])
