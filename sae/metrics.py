@@ -46,7 +46,7 @@ def density_histogram(density: Tensor, lo: int = -7) -> dict:
 
 def _splice(act: Tensor, mask: Tensor, new: Tensor, head: int | None) -> Tensor:
     """act with the masked positions replaced by new (n_sel, d); handles (batch, pos, head, d_head)."""
-    act = act.clone()
+    act, new = act.clone(), new.to(act.device)
     if act.ndim == 4:
         if head is not None:
             act[:, :, head][mask] = new.to(act.dtype)

@@ -186,6 +186,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
     ck = load_latest_checkpoint(run) if resume is not None else None
     first = None
     if ck is None:  # fresh start: scale and b_dec from the first batch
+        run.truncate_metrics(0)  # a resumed run killed before its first checkpoint starts over
         first = _finite(next(source), 0, run, None)
         scale = _input_scale(first, cfg)
         sae.init_weights(torch.Generator().manual_seed(cfg.acts.seed))

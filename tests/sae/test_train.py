@@ -176,3 +176,19 @@ def test_cli_reports_bad_hook_width_as_one_line(tiny_model_dir, tmp_path, capsys
     rc = main(["sae", "train", "--model", str(tiny_model_dir), "--d-in", "64", "--runs-dir", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "d_in:" in err and "width 32" in err and "Traceback" not in err
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(tiny_cfg, tiny_model):
+    full = train(tiny_cfg(name="full"), model=tiny_model, progress=False)
+    cfg = tiny_cfg(name="torn")
+    with pytest.raises(Kill):
+        train(cfg, model=tiny_model, progress=False, on_step=_kill_at(10))  # checkpoints at 4 and 8
+    run = Run.open(Path(cfg.runs_dir) / "torn")
+    newest = checkpoints(run)[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # as if the disk lost its tail
+    seen = []
+    with pytest.warns(UserWarning, match="unreadable"):
+        train(cfg, resume=run.path, model=tiny_model, progress=False, on_step=seen.append)
+    assert seen[0] == 5
+    a, b = _weights(full), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
