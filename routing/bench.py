@@ -8,7 +8,6 @@ A gate name ending in "+" means the same gate with local search (e.g. comet+).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +87,3 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {gate} | {s['mean']:.4f} ± {s['std']:.4f} | {s['n']} |{nmi} {s['time_s_mean']:.1f} |")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(dataclasses.asdict(BenchConfig()), indent=2))

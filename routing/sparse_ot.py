@@ -37,6 +37,9 @@ from workbench.errors import WorkbenchError
 from workbench.simplex import project_sparse_simplex
 
 
+LM_START = 1e6  # initial Levenberg-Marquardt damping, in units of `damping`
+
+
 class MarginalError(WorkbenchError, ValueError):
     """Malformed or infeasible OT inputs (shapes, signs, sums, sparsity budget)."""
 
@@ -123,14 +126,15 @@ def semi_dual(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: 
     return value, grad, pt.transpose(-1, -2)
 
 
-def _newton_solve(support_t: Tensor, rhs: Tensor, damping: float) -> Tensor:
+def _newton_solve(support_t: Tensor, rhs: Tensor, damping: float | Tensor) -> Tensor:
     """Solve (diag(D) - U U^T + damping I) x = rhs for the support pattern support_t (..., m, n).
 
     See the module docstring; rows covered by no column get curvature 1 (a gradient step there)."""
     st = support_t.to(rhs.dtype)  # (..., m, n)
     m, n = st.shape[-2:]
     d = st.sum(-2)  # (..., n) columns covering each row
-    d = d + (d == 0).to(d.dtype) + damping
+    damping = torch.as_tensor(damping, dtype=rhs.dtype, device=rhs.device)
+    d = d + (d == 0).to(d.dtype) + (damping.unsqueeze(-1) if damping.ndim else damping)
     u = (st / st.sum(-1, keepdim=True).clamp(min=1).sqrt()).transpose(-1, -2)  # (..., n, m)
     if n <= m:
         mat = torch.diag_embed(d) - u @ u.transpose(-1, -2)  # (..., n, n)
@@ -143,7 +147,10 @@ def _newton_solve(support_t: Tensor, rhs: Tensor, damping: float) -> Tensor:
 
 
 def _solve_newton(cost_t, a, b, k, gamma, max_iter, tol, damping):
-    """Damped semismooth Newton ascent; only the problems still moving are evaluated.
+    """Levenberg-Marquardt-damped semismooth Newton ascent; only the problems still moving are evaluated.
+
+    Damping lam (per problem) starts at `damping`; a step that needed backtracking to length t sets
+    lam <- lam / t (the model was too optimistic), a full step sets lam <- lam / 4 (down to `damping`).
 
     A problem stops when ||grad||_inf <= tol * max(1, max a) (converged) or when neither the Newton
     direction nor, after it failed, the diagonally scaled gradient improves its objective (a kink of the
@@ -154,6 +161,7 @@ def _solve_newton(cost_t, a, b, k, gamma, max_iter, tol, damping):
     value, grad, pt = _semi_dual_t(alpha, ct, a, b, k, gamma)
     active = torch.ones_like(value, dtype=torch.bool)
     use_grad = torch.zeros_like(active)  # Newton failed last time: try a scaled gradient step
+    lam = torch.full_like(value, damping * LM_START)
     scale = a.abs().amax(-1).clamp(min=1)
     it = 0
     for it in range(1, max_iter + 1):
@@ -164,13 +172,13 @@ def _solve_newton(cost_t, a, b, k, gamma, max_iter, tol, damping):
             break
         c_i, a_i, b_i, al_i, v_i = ct[idx], a[idx], b[idx], alpha[idx], value[idx]
         support = pt[idx] > 0
-        step = gamma * _newton_solve(support, grad[idx], damping)  # ascent direction (p, n)
+        step = gamma * _newton_solve(support, grad[idx], lam[idx])  # ascent direction (p, n)
         cover = support.sum(-2).clamp(min=1).to(step.dtype)  # diagonal of the curvature
         step = torch.where(use_grad[idx].unsqueeze(-1), gamma * grad[idx] / cover, step)
         slope = (grad[idx] * step).sum(-1)  # > 0
         t = torch.ones_like(v_i)
         acc = torch.zeros_like(v_i, dtype=torch.bool)
-        for _ in range(24):  # Armijo backtracking on the problems still searching (t down to 2^-23)
+        for _ in range(20):  # Armijo backtracking on the problems still searching (t down to 2^-19)
             sub = (~acc).nonzero().squeeze(-1)
             cand = al_i[sub] + t[sub].unsqueeze(-1) * step[sub]
             v, g, pp = _semi_dual_t(cand, c_i[sub], a_i[sub], b_i[sub], k, gamma)
@@ -181,6 +189,7 @@ def _solve_newton(cost_t, a, b, k, gamma, max_iter, tol, damping):
             if bool(acc.all()):
                 break
             t[sub[~ok]] *= 0.5
+        lam[idx] = torch.where(t < 1, lam[idx] / t, lam[idx] / 4).clamp(min=damping, max=1e12)
         moved = acc & (value[idx] - v_i > 1e-14 * v_i.abs())
         active[idx[~moved & use_grad[idx]]] = False  # both directions failed: stalled
         use_grad[idx] = ~moved

@@ -43,7 +43,9 @@ class SparseOTGate(Gate):
             res = solve_sparse_ot(cost, scores.new_full((g,), 1 / g), scores.new_full((e,), 1 / e),
                                   k=cap, gamma=self.gamma, method=self.method, max_iter=self.iters)
             plan = res.plan
-        info = {"ot_row_error": res.row_error.max() * max(e, g), "ot_iters": torch.tensor(float(res.n_iter))}
+        rows = e if self.orientation == "tokens" else g
+        info = {"ot_row_error": res.row_error.max() * rows,  # relative to the row mass 1/rows
+                "ot_iters": torch.tensor(float(res.n_iter))}
         return plan * g, plan > 0, info
 
     def forward(self, x: Tensor, ids: Tensor | None = None) -> GateOutput:

@@ -1,0 +1,26 @@
+"""Sparsity-constrained OT: our batched torch solver vs POT on the same problems (time + objective).
+
+    .venv/bin/python bench/routing_solver.py [--batch 64 --batch-cols 512 --cols 2048 --threads 1]
+
+Same as `workbench moe solve-bench --gates false`; prints single-problem rows (16 x 2048, k=2,
+gamma 0.1 and 1), the batched case (64 problems of 16 experts x 512 tokens) with the speed-up over
+POT's per-problem loop, and the k=1 / small-gamma comparison with exact OT (ot.emd).
+"""
+
+import argparse
+import json
+import sys
+
+from routing.benchmarks import SolverBenchConfig, run_solver_bench
+from workbench.config import add_arguments, from_args
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, SolverBenchConfig, skip=("gates", "solver"))
+    parser.add_argument("--json", default="", help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+    result = run_solver_bench(from_args(SolverBenchConfig, args, gates=False))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    sys.exit(0)
