@@ -3,6 +3,8 @@
 Every file is written atomically; tables are written both as JSON (a list of row objects) and as
 Parquet with the same columns. Columns of every table are listed here; the app reads these names.
 
+JSON files are strict JSON: undefined numbers (e.g. y when no edit can change the output) are null.
+
 ``config.json``  {"kind": "ioi", "config": {"command": "locate"|"eval", ...flags}, "created": t}
 ``status.json``  {"status": "running"|"done"|"failed", "time": t, ...}
 
@@ -63,14 +65,25 @@ if TYPE_CHECKING:
     from evals.harness import Results
 
 
+def clean_json(obj):
+    """NaN / inf -> None, recursively, so the JSON files are strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    return obj
+
+
 def write_table(run: Run, name: str, rows: list[dict], json_too: bool = True) -> None:
-    """rows -> name.parquet (and name.json), each written atomically."""
+    """rows -> name.parquet (and name.json, NaN written as null), each written atomically."""
     import io
 
     import pandas as pd
 
     if json_too:
-        run.write_json(f"{name}.json", rows)
+        run.write_json(f"{name}.json", clean_json(rows))
     df = pd.DataFrame(rows)
     for c in df.columns:  # lists / dicts are stored as JSON text so Parquet gets one type per column
         if df[c].map(lambda v: isinstance(v, (list, dict))).any():
@@ -83,7 +96,7 @@ def write_table(run: Run, name: str, rows: list[dict], json_too: bool = True) ->
 
 
 def write_locate(run: Run, result: dict) -> None:
-    run.write_json("locations.json", result)
+    run.write_json("locations.json", clean_json(result))
     heads = []
     for h in result.get("heads", []):
         row = {k: v for k, v in h.items() if k != "patch_z"}
@@ -96,13 +109,13 @@ def write_locate(run: Run, result: dict) -> None:
 def write_eval(run: Run, res: "Results", model: str) -> None:
     run.write_json("cross_sections.json", res.cross_sections)
     run.write_json("splits.json", res.splits)
-    run.write_json("dictionaries.json", {"clean": res.clean, "sae_families": res.families,
-                                         "skipped": res.skipped, "timings": res.timings})
+    run.write_json("dictionaries.json", clean_json({"clean": res.clean, "sae_families": res.families,
+                                         "skipped": res.skipped, "timings": res.timings}))
     write_table(run, "approximation", res.approximation)
     write_table(run, "control", res.control)
     write_table(run, "interpretability", res.interpretability)
     write_table(run, "features", res.features, json_too=False)
-    run.write_json("diagnostics.json", res.diagnostics)
+    run.write_json("diagnostics.json", clean_json(res.diagnostics))
     atomic_write_text(run.path / "summary.md", summary_markdown(res, model))
 
 

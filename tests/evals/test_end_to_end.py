@@ -114,3 +114,5 @@ def test_eval_with_saes_on_tiny_model(tiny_model_dir, tmp_path):
     assert (feats["dictionary"] == "pair").any()
     diag = json.loads((run / "diagnostics.json").read_text())
     assert {d["diagnostic"] for d in diag} == {"occlusion", "over_splitting"}
+    for f in run.glob("*.json"):  # strict JSON: no NaN / Infinity tokens
+        json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name} contains {c}"))
