@@ -244,5 +244,8 @@ def load_families(args: Sequence[str], device: str = "cpu") -> list[SAEFamily]:
     out = []
     for a in args:
         label, paths = parse_sae_arg(a)
+        if label in ("mean", "mse") or label in {f.label for f in out}:
+            raise ConfigError(f"sae: label {label!r} is taken (mean and mse are the supervised dictionaries; labels must be unique); "
+                              "name the family with --sae LABEL=PATH")
         out.append(SAEFamily(label, [load_sae(p, device) for p in paths]))
     return out
