@@ -3,7 +3,8 @@
 Run dir (kind "moe"): config.json, metrics.jsonl (loss, aux losses, per-expert load of every gate
 every `log_every` steps), load.json (per-epoch expert load on the test split + a token x expert
 weight sample for the app's heatmaps), results.json (test AUC or loss at the best validation epoch,
-NMI/ARI for the planted task), ot_plan.json (sparse-ot: one small transport plan), status.json.
+NMI/ARI for the planted task), ot_plan.json (sparse-ot: one small transport plan),
+checkpoints/final.pt (model state, written atomically), status.json.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.nn import functional as F
 from routing.config import GateConfig
 from routing.data import Split, TaskData
 from workbench.config import one_of, positive, require, to_dict
-from workbench.runs import Run
+from workbench.runs import Run, atomic_save_torch
 from workbench.tracking import Tracker
 
 TASKS = ("movielens", "synthetic", "planted")
@@ -44,7 +45,8 @@ class MoETrainConfig:
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
     log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl rows"})
-    wandb_project: str = field(default="", metadata={"help": "wandb project (empty = metrics.jsonl only)"})
+    wandb_project: str | None = field(default=None, metadata={
+        "help": "also log to this wandb project (offline unless wandb is configured)"})
     name: str = field(default="", metadata={"help": "run name (default: moe-<task>-<gate>-s<seed>-<time>)"})
     out: str = field(default="runs", metadata={"help": "runs root directory"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -209,6 +211,7 @@ def train(cfg: MoETrainConfig, run: Run | None = None) -> dict:
                                  "epochs": [{"epoch": h["epoch"], "load": h["load"]} for h in history],
                                  "weights_sample": final_test["weights_sample"]})
     run.write_json("results.json", results)
+    atomic_save_torch(run.file("checkpoints") / "final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
     gate0 = model.moe.gates[0]
     gate0 = getattr(gate0, "inner", gate0)
     if getattr(gate0, "last_plan", None) is not None:

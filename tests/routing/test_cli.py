@@ -13,6 +13,7 @@ def test_moe_train_writes_a_run_dir(tmp_path):
     assert rc == 0
     run = Run.open(tmp_path / "tiny")
     assert run.kind == "moe" and run.status() == "done"
+    assert (tmp_path / "tiny" / "checkpoints" / "final.pt").is_file()
     assert run.config["routing"]["gate"] == "comet" and run.config["routing"]["local_search"] is True
     rows = run.metrics()
     assert rows and len(rows[0]["gate0/load"]) == 4
