@@ -45,16 +45,25 @@ def vocabulary() -> list[str]:
     return words
 
 
-# IOI templates: A, B are the two names in the first clause; S is the repeated subject;
-# P a place, O an object. The answer (IO) follows the final word.
-TEMPLATES = [
-    "When {A} and {B} went to the {P} , {S} gave a {O} to",
-    "When {A} and {B} got a {O} at the {P} , {S} handed it to",
-    "While {A} and {B} were at the {P} , {S} gave a {O} to",
-    "After {A} and {B} went to the {P} , {S} gave the {O} to",
-    "Then , {A} and {B} had a long day at the {P} . {S} gave a {O} to",
+# IOI templates are compositional: an opening clause that introduces A and B, then an action by S.
+# A, B are the two names of the opening clause; S is the repeated subject; P a place, O an object.
+# The answer (IO) follows the final word. One (opening, action) pair is held out of training,
+# so the held-out template is a new sentence made of familiar parts.
+OPENINGS = [
+    "When {A} and {B} went to the {P} ,",
+    "While {A} and {B} were at the {P} ,",
+    "After {A} and {B} got a {O} at the {P} ,",
+    "Then , {A} and {B} had a long day at the {P} .",
+    "When {A} and {B} met at the {P} ,",
 ]
-HELDOUT_TEMPLATE = "Then , {A} and {B} went to the {P} . {S} brought a {O} to"
+ACTIONS = [
+    "{S} gave a {O} to",
+    "{S} handed the {O} to",
+    "{S} brought a {O} to",
+    "{S} gave the {O} to",
+]
+HELDOUT_TEMPLATE = f"{OPENINGS[3]} {ACTIONS[2]}"
+TEMPLATES = [f"{o} {a}" for o in OPENINGS for a in ACTIONS if f"{o} {a}" != HELDOUT_TEMPLATE]
 
 
 @dataclass(frozen=True)
