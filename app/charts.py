@@ -1,0 +1,61 @@
+"""Altair chart builders shared by the pages (Streamlit draws them with st.altair_chart)."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+
+def lines(df: pd.DataFrame, x: str, y: str, color: str | None = None, title: str = "", log_y: bool = False,
+          dash: str | None = None) -> alt.Chart:
+    """One line per value of `color` (and stroke dash per value of `dash`)."""
+    enc = {"x": alt.X(f"{x}:Q", title=x), "y": alt.Y(f"{y}:Q", title=y, scale=alt.Scale(type="log") if log_y else alt.Undefined),
+           "tooltip": [c for c in (color, dash, x, y) if c]}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color)
+    if dash:
+        enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash)
+    return alt.Chart(df, title=title).mark_line(point=len(df) < 60).encode(**enc).interactive()
+
+
+def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", scheme: str = "viridis",
+            domain: tuple[float, float] | None = None, x_type: str = "O", y_type: str = "O", text: bool = False) -> alt.Chart:
+    """A rect per (x, y) cell coloured by `value`; optional numbers written in the cells."""
+    scale = alt.Scale(scheme=scheme, domain=list(domain)) if domain else alt.Scale(scheme=scheme)
+    base = alt.Chart(df, title=title).encode(x=alt.X(f"{x}:{x_type}", title=x), y=alt.Y(f"{y}:{y_type}", title=y))
+    chart = base.mark_rect().encode(color=alt.Color(f"{value}:Q", title=value, scale=scale),
+                                    tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
+    if text:
+        chart = chart + base.mark_text(fontSize=11).encode(text=alt.Text(f"{value}:Q", format=".2f"),
+                                                           color=alt.value("white"))
+    return chart
+
+
+def bars(df: pd.DataFrame, x: str, y: str, title: str = "", x_type: str = "O", color: str | None = None,
+         highlight: str | None = None) -> alt.Chart:
+    """Vertical bars; `highlight` names a boolean column drawn in a second colour."""
+    enc = {"x": alt.X(f"{x}:{x_type}", title=x, sort=None), "y": alt.Y(f"{y}:Q", title=y), "tooltip": [x, y]}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color)
+    elif highlight:
+        enc["color"] = alt.condition(f"datum.{highlight}", alt.value("#e45756"), alt.value("#4c78a8"))
+    return alt.Chart(df, title=title).mark_bar().encode(**enc)
+
+
+def frontier(df: pd.DataFrame, title: str = "L0 vs FVU (lower left is better)") -> alt.Chart:
+    """SAE runs as points at (L0, FVU), coloured by architecture, joined per architecture in L0 order."""
+    base = alt.Chart(df, title=title).encode(
+        x=alt.X("l0:Q", title="L0 (active latents per token)", scale=alt.Scale(zero=False)),
+        y=alt.Y("fvu:Q", title="FVU (fraction of variance unexplained)", scale=alt.Scale(zero=False)),
+        color=alt.Color("arch:N", title="architecture"))
+    pts = base.mark_point(filled=True, size=90).encode(tooltip=["name", "arch", "k", "hook", alt.Tooltip("l0:Q", format=".2f"),
+                                                                alt.Tooltip("fvu:Q", format=".4f")])
+    return (base.mark_line(opacity=0.5).encode(order="l0:Q") + pts).interactive()
+
+
+def error_bars(df: pd.DataFrame, cat: str, mean: str, std: str, title: str = "") -> alt.Chart:
+    """Mean ± std per category (a point with a bar)."""
+    d = df.assign(lo=df[mean] - df[std], hi=df[mean] + df[std])
+    base = alt.Chart(d, title=title).encode(y=alt.Y(f"{cat}:N", title=cat, sort="-x"))
+    return (base.mark_rule().encode(x=alt.X("lo:Q", title=f"{mean} ± std", scale=alt.Scale(zero=False)), x2="hi:Q")
+            + base.mark_point(filled=True, size=70).encode(x=f"{mean}:Q", tooltip=[cat, mean, std, "n"] if "n" in d else [cat, mean, std]))

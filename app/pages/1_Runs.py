@@ -1,0 +1,90 @@
+"""Runs: every run dir in a table (filterable), a side-by-side comparison, training curves and the L0-FVU frontier."""
+
+import pandas as pd
+import streamlit as st
+
+import charts
+import data
+import ui
+
+ui.setup("Runs")
+df, bad = data.scan()
+if df.empty:
+    st.info(f"No readable runs in {data.runs_root()} yet.")
+    ui.unreadable(bad)
+    st.stop()
+
+# ---- the table --------------------------------------------------------------------------------
+c1, c2, c3 = st.columns([2, 2, 3])
+all_kinds = sorted(df["kind"].dropna().unique())
+kinds = c1.multiselect("Kind", all_kinds, default=all_kinds, key="kinds")
+all_status = sorted(df["status"].dropna().unique())
+statuses = c2.multiselect("Status", all_status, default=all_status, key="statuses")
+text = c3.text_input("Filter by name, model, hook or architecture", key="filter").strip().lower()
+view = df[df["kind"].isin(kinds) & df["status"].isin(statuses)]
+if text:
+    hay = view[["name", "model", "hook", "arch"]].astype(str).agg(" ".join, axis=1).str.lower()
+    view = view[hay.str.contains(text, regex=False)]
+COLS = ["name", "kind", "model", "hook", "arch", "k", "fvu", "l0", "dead_pct", "metric", "value", "status", "note"]
+st.dataframe(view[COLS], hide_index=True, key="runs_table", column_config={
+    "fvu": st.column_config.NumberColumn("FVU", format="%.4f"),
+    "l0": st.column_config.NumberColumn("L0", format="%.2f"),
+    "dead_pct": st.column_config.NumberColumn("dead %", format="%.1f"),
+    "value": st.column_config.NumberColumn("value", format="%.4f", help="the run's headline metric (column 'metric')"),
+    "k": st.column_config.NumberColumn("k", format="%d"),
+})
+st.caption(f"{len(view)} of {len(df)} runs shown. MoE runs: model = task, arch = gate; IOI runs: arch = command.")
+ui.unreadable(bad)
+
+# ---- compare -----------------------------------------------------------------------------------
+st.subheader("Compare runs")
+names = view["name"].tolist()
+sae_done = view[(view["kind"] == "sae") & view["fvu"].notna()]["name"].tolist()
+chosen = st.multiselect("Runs to compare", names, default=(sae_done or names)[:3], key="compare")
+if chosen:
+    picked = view.set_index("name").loc[chosen]
+    with ui.section("Comparison"):
+        configs = {}
+        for name, row in picked.iterrows():
+            meta = data.read_json(row["path"], "config.json")
+            configs[name] = data.flatten(meta.get("config", {})) if isinstance(meta, dict) else {"(config)": meta.reason}
+        cfg = pd.DataFrame(configs).astype(str)
+        differ = cfg[cfg.nunique(axis=1) > 1] if len(chosen) > 1 else cfg
+        left, right = st.columns(2)
+        left.markdown("**Headline numbers**")
+        left.dataframe(picked[[c for c in COLS[1:] if picked[c].notna().any()]].T.astype(str), key="compare_numbers")
+        right.markdown(f"**Config fields that differ** ({len(differ)} of {len(cfg)})" if len(chosen) > 1 else "**Config**")
+        right.dataframe(differ, key="compare_config")
+
+    with ui.section("Training curves"):
+        frames, missing = [], []
+        for name, row in picked.iterrows():
+            m = data.read_metrics(row["path"])
+            if isinstance(m, data.Missing):
+                missing.append(f"{name}: {m.reason}")
+                continue
+            frames.append(m.select_dtypes("number").assign(run=name))
+        if missing:
+            st.caption("No curves for " + "; ".join(missing))
+        if frames:
+            curves = pd.concat(frames, ignore_index=True)
+            metrics = [c for c in curves.columns if c not in ("step", "run", "epoch") and curves[c].notna().any()]
+            prefer = next((m for m in ("fvu", "loss", "val/loss") if m in metrics), metrics[0] if metrics else None)
+            c1, c2 = st.columns([3, 1])
+            metric = c1.selectbox("Metric", metrics, index=metrics.index(prefer) if prefer else 0, key="curve_metric")
+            log_y = c2.checkbox("log scale", key="curve_log")
+            x = "tokens" if "tokens" in curves and curves["tokens"].notna().all() else "step"
+            sub = curves[[x, metric, "run"]].dropna()
+            if log_y:
+                sub = sub[sub[metric] > 0]
+            st.altair_chart(charts.lines(sub, x, metric, color="run", log_y=log_y, title=f"{metric} during training"),
+                            width="stretch")
+
+# ---- frontier ----------------------------------------------------------------------------------
+st.subheader("L0–FVU frontier of SAE runs")
+sae = view[(view["kind"] == "sae")].dropna(subset=["fvu", "l0"])
+if sae.empty:
+    st.info("No SAE runs with FVU and L0 among the runs shown (they come from eval.json or the training metrics).")
+else:
+    st.altair_chart(charts.frontier(sae[["name", "arch", "k", "hook", "l0", "fvu"]]), width="stretch")
+    st.caption("FVU and L0 from each run's eval.json (held-out tokens; training metrics for unfinished runs).")
