@@ -4,12 +4,15 @@
 
 Every trainer sees the same planted-sparse synthetic activations (x = sparse codes @ a random unit
 dictionary + noise, scaled so E|x|^2 = d_in), the same d_in, d_sae, k, batch, number of Adam steps
-and learning rate (constant, no warm-up). Reported per trainer: tokens/s over all steps, ratios,
-and FVU on a held-out batch. Rows:
+and learning rate (constant, no warm-up). Each trainer takes one untimed warm-up step on an extra
+batch, then the timed steps run interleaved in blocks (``--block`` steps of one trainer, then the
+next), so a change of load on a shared machine hits every trainer alike. Reported per trainer:
+tokens/s over the timed steps, ratios, and FVU on a held-out batch. Rows:
 
 - matmul floor: one dense N x d_in x d_sae encoder matmul per batch (no trainer can beat it)
 - ours topk (sparse kernel, the default) and ours topk (dense autograd, the reference path)
-- SAELens ``TopKTrainingSAE`` trained by ``SAETrainer.fit()`` from an iterator of batches
+- SAELens ``TopKTrainingSAE`` trained by ``SAETrainer`` through its per-step seam
+  (``maybe_reset_sparsity(); step(batch)``: the body of ``fit()``'s loop without the progress bar)
 - sparsify ``SparseCoder`` with the per-step work of its own trainer (decoder renorm, fused
   encoder + FVU, backward, remove parallel gradient, Adam)
 - ours feature-choice / mutual-choice: step time relative to ours topk (goal <= 1.2x)
@@ -49,85 +52,108 @@ def fvu_of(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return ((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
 
 
-def bench_floor(data, d_sae: int) -> float:
-    w = torch.randn(data[0].shape[1], d_sae) / data[0].shape[1] ** 0.5
-    data[0] @ w  # warm-up
-    t = time.perf_counter()
-    for x in data:
-        x @ w
-    return time.perf_counter() - t
+class Floor:
+    """One dense N x d_in x d_sae encoder matmul per batch: the floor no trainer can beat."""
+
+    def __init__(self, a):
+        self.w = torch.randn(a.d_in, a.d_sae) / a.d_in ** 0.5
+
+    def step(self, x):
+        x @ self.w
+
+    def fvu(self, x):
+        return None
 
 
-def bench_ours(data, heldout, a, arch="topk", kernel="sparse"):
-    from sae.config import SAEConfig, TrainConfig
-    from sae.model import build_sae
-    from sae.trainer import Schedule, make_optimizer, train_step
-    from workbench.acts import ActsConfig
+class Ours:
+    """Our trainer's per-batch work: finiteness check + sae.trainer.train_step."""
 
-    cfg = TrainConfig(acts=ActsConfig(batch_size=a.batch), sae=SAEConfig(arch=arch, k=a.k, d_sae=a.d_sae, kernel=kernel),
-                      tokens=a.batch * a.steps, lr=a.lr, warmup_steps=0, decay_frac=0.0, aux="aux_k", normalize="none")
-    sae = build_sae(cfg.sae.resolve(a.d_in))
-    sae.init_weights(torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        sae.b_dec.copy_(data[0].mean(0))
-    opt = make_optimizer(sae, a.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, Schedule(0, a.steps, 0.0))
-    k_aux = cfg.aux_k(a.d_in, a.d_sae)
-    t = time.perf_counter()
-    for x in data:  # what the trainer loop does per batch
+    def __init__(self, a, data0, arch="topk", kernel="sparse"):
+        from sae.config import SAEConfig, TrainConfig
+        from sae.model import build_sae
+        from sae.trainer import Schedule, make_optimizer
+        from workbench.acts import ActsConfig
+
+        self.cfg = TrainConfig(acts=ActsConfig(batch_size=a.batch), sae=SAEConfig(arch=arch, k=a.k, d_sae=a.d_sae, kernel=kernel),
+                               tokens=a.batch * a.steps, lr=a.lr, warmup_steps=0, decay_frac=0.0, aux="aux_k", normalize="none")
+        self.sae = build_sae(self.cfg.sae.resolve(a.d_in))
+        self.sae.init_weights(torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            self.sae.b_dec.copy_(data0.mean(0))
+        self.sae.fit_encoder_scale(data0)  # as the trainer does on its first batch
+        self.opt = make_optimizer(self.sae, a.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, Schedule(0, a.steps, 0.0))
+        self.k_aux = self.cfg.aux_k(a.d_in, a.d_sae)
+
+    def step(self, x):
+        from sae.trainer import train_step
+
         if not torch.isfinite(x).all():
             raise FloatingPointError
-        train_step(sae, opt, sched, x, cfg, k_aux)
-    el = time.perf_counter() - t
-    with torch.no_grad():
-        return el, fvu_of(heldout, sae(heldout).x_hat)
+        train_step(self.sae, self.opt, self.sched, x, self.cfg, self.k_aux)
+
+    @torch.no_grad()
+    def fvu(self, x):
+        return fvu_of(x, self.sae(x).x_hat)
 
 
-def bench_saelens(data, heldout, a):
-    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
+class SAELens:
+    """SAELens TopKTrainingSAE driven by SAETrainer's per-step seam (fit() minus progress bar and logging)."""
 
-    torch.manual_seed(0)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=a.d_in, d_sae=a.d_sae, k=a.k, dtype="float32", device="cpu"))
-    with torch.no_grad():
-        sae.b_dec.copy_(data[0].mean(0))
-    tcfg = SAETrainerConfig(total_training_samples=a.batch * a.steps, train_batch_size_samples=a.batch, lr=a.lr, lr_end=a.lr,
-                            device="cpu", logger=LoggingConfig(log_to_wandb=False))
-    trainer = SAETrainer(tcfg, sae, iter(data))
-    t = time.perf_counter()
-    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
-        trainer.fit()
-    el = time.perf_counter() - t
-    with torch.no_grad():
-        return el, fvu_of(heldout, sae(heldout))
+    def __init__(self, a, data0):
+        from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+        from sae_lens.config import LoggingConfig, SAETrainerConfig
+        from sae_lens.training.sae_trainer import SAETrainer
+
+        torch.manual_seed(0)
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=a.d_in, d_sae=a.d_sae, k=a.k, dtype="float32", device="cpu"))
+        with torch.no_grad():
+            sae.b_dec.copy_(data0.mean(0))
+        cfg = SAETrainerConfig(total_training_samples=a.batch * a.steps, train_batch_size_samples=a.batch, lr=a.lr,
+                               lr_end=a.lr, device="cpu", logger=LoggingConfig(log_to_wandb=False))
+        self.sae, self.trainer = sae, SAETrainer(cfg, sae, iter(()))
+
+    def step(self, x):
+        t = self.trainer  # the body of SAETrainer.fit()'s loop
+        t.maybe_reset_sparsity()
+        t.step(x)
+        t.n_training_steps += 1
+
+    @torch.no_grad()
+    def fvu(self, x):
+        return fvu_of(x, self.sae(x))
 
 
-def bench_sparsify(data, heldout, a):
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        from sparsify import SparseCoder, SparseCoderConfig
+class Sparsify:
+    """sparsify SparseCoder with the per-step work of its Trainer.fit (loss_fn fvu, AuxK on)."""
 
-    torch.manual_seed(0)
-    sae = SparseCoder(a.d_in, SparseCoderConfig(k=a.k, num_latents=a.d_sae), device="cpu")
-    with torch.no_grad():
-        sae.b_dec.copy_(data[0].mean(0))
-    opt = torch.optim.Adam(sae.parameters(), lr=a.lr)
-    since_fired = torch.zeros(a.d_sae, dtype=torch.long)
-    t = time.perf_counter()
-    for x in data:  # the per-step work of sparsify's Trainer.fit with loss_fn="fvu", auxk on
+    def __init__(self, a, data0):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from sparsify import SparseCoder, SparseCoderConfig
+
+        torch.manual_seed(0)
+        self.sae = SparseCoder(a.d_in, SparseCoderConfig(k=a.k, num_latents=a.d_sae), device="cpu")
+        with torch.no_grad():
+            self.sae.b_dec.copy_(data0.mean(0))
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=a.lr)
+        self.since_fired = torch.zeros(a.d_sae, dtype=torch.long)
+
+    def step(self, x):
+        sae = self.sae
         sae.set_decoder_norm_to_unit_norm()
-        out = sae(x, dead_mask=since_fired > 10_000_000)
+        out = sae(x, dead_mask=self.since_fired > 10_000_000)
         (out.fvu + out.auxk_loss / 32).backward()
         sae.remove_gradient_parallel_to_decoder_directions()
-        opt.step()
-        opt.zero_grad()
+        self.opt.step()
+        self.opt.zero_grad()
         with torch.no_grad():
-            since_fired += x.shape[0]
-            since_fired[out.latent_indices.flatten()] = 0
-    el = time.perf_counter() - t
-    with torch.no_grad():
-        sae.set_decoder_norm_to_unit_norm()
-        return el, fvu_of(heldout, sae(heldout).sae_out)
+            self.since_fired += x.shape[0]
+            self.since_fired[out.latent_indices.flatten()] = 0
+
+    @torch.no_grad()
+    def fvu(self, x):
+        self.sae.set_decoder_norm_to_unit_norm()
+        return fvu_of(x, self.sae(x).sae_out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--lr", type=float, default=4e-4, help="default: 2e-4 / sqrt(d_sae / 2^14) for d_sae 4096")
+    p.add_argument("--block", type=int, default=5, help="steps each trainer runs before the next one takes its turn")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--only", nargs="+", default=None, help="subset of rows: floor ours dense saelens sparsify fc mc")
     a = p.parse_args(argv)
@@ -158,22 +185,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"d_in {a.d_in}, d_sae {a.d_sae}, k {a.k}, batch {a.batch}, {a.steps} Adam steps, lr {a.lr}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    data = planted_data(a.steps + 1, a.batch, a.d_in, n_atoms=2 * a.d_sae, k_true=a.k, seed=0)
-    heldout = data.pop()  # same atoms, codes not trained on
+    data = planted_data(a.steps + 2, a.batch, a.d_in, n_atoms=2 * a.d_sae, k_true=a.k, seed=0)
+    heldout, warm = data.pop(), data.pop()  # same atoms, codes not trained on
     tokens = a.batch * a.steps
+    names = {"floor": "dense encoder matmul (floor)", "ours": "ours topk (sparse kernel)",
+             "dense": "ours topk (dense autograd)", "saelens": "SAELens TopKTrainingSAE + SAETrainer",
+             "sparsify": "sparsify SparseCoder", "fc": "ours feature-choice (sparse)", "mc": "ours mutual-choice (sparse)"}
+    make = {"floor": lambda: Floor(a), "ours": lambda: Ours(a, data[0]), "dense": lambda: Ours(a, data[0], kernel="dense"),
+            "saelens": lambda: SAELens(a, data[0]), "sparsify": lambda: Sparsify(a, data[0]),
+            "fc": lambda: Ours(a, data[0], arch="feature-choice"), "mc": lambda: Ours(a, data[0], arch="mutual-choice")}
+    trainers = {key: make[key]() for key in rows}
+    for t in trainers.values():  # one untimed warm-up step each (first-call allocations), on a held-out batch
+        t.step(warm)
+    # Interleave: every trainer runs `block` steps in turn, so a load change on the machine hits all of them.
+    elapsed = {key: 0.0 for key in rows}
+    for lo in range(0, a.steps, a.block):
+        for key, t in trainers.items():
+            t0 = time.perf_counter()
+            for x in data[lo:lo + a.block]:
+                t.step(x)
+            elapsed[key] += time.perf_counter() - t0
     res: dict[str, tuple[float, float | None]] = {}
-    runs = {"floor": ("dense encoder matmul (floor)", lambda: (bench_floor(data, a.d_sae), None)),
-            "ours": ("ours topk (sparse kernel)", lambda: bench_ours(data, heldout, a)),
-            "dense": ("ours topk (dense autograd)", lambda: bench_ours(data, heldout, a, kernel="dense")),
-            "saelens": ("SAELens TopKTrainingSAE + SAETrainer", lambda: bench_saelens(data, heldout, a)),
-            "sparsify": ("sparsify SparseCoder", lambda: bench_sparsify(data, heldout, a)),
-            "fc": ("ours feature-choice (sparse)", lambda: bench_ours(data, heldout, a, arch="feature-choice")),
-            "mc": ("ours mutual-choice (sparse)", lambda: bench_ours(data, heldout, a, arch="mutual-choice"))}
-    for key in rows:
-        name, fn = runs[key]
-        el, f = fn()
-        res[key] = (el, f)
-        print(f"  {name:<40} {tokens / el:>9,.0f} tok/s  {1000 * el / a.steps:7.1f} ms/step"
+    for key, t in trainers.items():
+        res[key] = (elapsed[key], t.fvu(heldout))
+        f = res[key][1]
+        print(f"  {names[key]:<40} {tokens / elapsed[key]:>9,.0f} tok/s  {1000 * elapsed[key] / a.steps:7.1f} ms/step"
               + (f"  FVU {f:.4f}" if f is not None else ""), flush=True)
     tps = {k: tokens / v[0] for k, v in res.items()}
     print("ratios")

@@ -105,6 +105,21 @@ class SAE(nn.Module):
         self.b_enc.zero_()
         self.b_dec.zero_()
 
+    @torch.no_grad()
+    def fit_encoder_scale(self, x: Tensor) -> float:
+        """Scale W_enc, b_enc by the c >= 0 minimising sum |x - b_dec - c (x_hat - b_dec)|^2 on a batch.
+
+        Codes are ReLU(c * pre) = c * ReLU(pre) and every allocation is invariant to a positive scale,
+        so this is an exact least-squares fit of the reconstruction's size. With unit-norm decoder
+        rows and a tied encoder, the first reconstructions are otherwise too large (FVU > 1).
+        """
+        r = self(x).x_hat - self.b_dec  # (N, d_in)
+        c = ((x - self.b_dec) * r).sum() / r.pow(2).sum().clamp_min(1e-12)
+        c = float(c.clamp_min(1e-3))
+        self.W_enc.mul_(c)
+        self.b_enc.mul_(c)
+        return c
+
     def pre_acts(self, x_c: Tensor) -> Tensor:
         """(N, d_sae) = x_c @ W_enc + b_enc, written column-major when allocate reads columns."""
         if self.pre_layout == "col" and self.mode == "batch":

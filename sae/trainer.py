@@ -1,7 +1,8 @@
 """The SAE training loop, top to bottom.
 
     source  = activations streamed from the model at the hook, or read from a cache
-    first   = the first batch: sets the input scale (E|x|^2 = d_in) and b_dec (geometric median)
+    first   = the first batch: sets the input scale (E|x|^2 = d_in), b_dec (geometric median) and the
+              encoder's scale (least squares, see SAE.fit_encoder_scale)
     repeat  steps = tokens // batch_size times:
         x    = next batch * scale                        (NaN/inf -> stop, naming the last checkpoint)
         loss = FVU(x, x_hat) [+ l1_coeff * L1] [+ aux_coeff * aux]
@@ -192,6 +193,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         sae.init_weights(torch.Generator().manual_seed(cfg.acts.seed))
         with torch.no_grad():
             sae.b_dec.copy_(_b_dec_init(first * scale, cfg.b_dec_init))
+        sae.fit_encoder_scale(first * scale)
     else:
         scale = ck["scale"]
         sae.load_state_dict(ck["sae"])
