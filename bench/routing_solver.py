@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 
-from routing.benchmarks import SolverBenchConfig, run_solver_bench
+from routing.benchmarks import run_solver_bench
+from routing.config import SolverBenchConfig
 from workbench.config import add_arguments, from_args
 
 if __name__ == "__main__":

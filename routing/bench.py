@@ -10,33 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from routing.config import GATES
-from routing.train import MoETrainConfig, train
-from workbench.config import require
+from routing.config import DEFAULT_GATES, BenchConfig, MoETrainConfig
+from routing.train import train
 from workbench.runs import atomic_write_json
-
-DEFAULT_GATES = "hash,hash+,topk,topk+,dselect,dselect+,comet,comet+,expert-choice,base,s-base,sparse-ot"
-
-
-@dataclass
-class BenchConfig:
-    gates: str = field(default=DEFAULT_GATES, metadata={"help": "comma-separated gates; suffix + = local search"})
-    seeds: int = field(default=5, metadata={"help": "seeds per gate (0..seeds-1)"})
-    bench_name: str = field(default="", metadata={"help": "bench directory name (default: bench-<task>-<time>)"})
-
-    def __post_init__(self):
-        for g in self.gate_list():
-            require(g.rstrip("+") in GATES, "gates", f"unknown gate {g!r}", f"choose from {', '.join(GATES)}")
-        require(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}", "pass --seeds 5")
-
-    def gate_list(self) -> list[str]:
-        return [g.strip() for g in self.gates.split(",") if g.strip()]
-
 
 def metric_of(results: dict) -> tuple[str, float]:
     if "test_auc_mean" in results:

@@ -13,28 +13,10 @@ import contextlib
 import io
 import statistics
 import time
-from dataclasses import dataclass, field
 
 import torch
 
-from workbench.config import positive
-
-
-@dataclass
-class SolverBenchConfig:
-    rows: int = field(default=16, metadata={"help": "OT rows (experts)"})
-    cols: int = field(default=2048, metadata={"help": "OT columns (tokens) of the single-problem comparison"})
-    k: int = field(default=2, metadata={"help": "max nonzeros per column"})
-    batch: int = field(default=64, metadata={"help": "problems in the batched case"})
-    batch_cols: int = field(default=512, metadata={"help": "tokens per problem in the batched case"})
-    problems: int = field(default=4, metadata={"help": "random single problems per regularisation"})
-    threads: int = field(default=1, metadata={"help": "torch threads (1 = fair vs single-threaded POT)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    gates: bool = field(default=True, metadata={"help": "also time every gate (forward + backward)"})
-    solver: bool = field(default=True, metadata={"help": "run the solver comparison"})
-
-    def __post_init__(self):
-        positive(self, "rows", "cols", "k", "batch", "batch_cols", "problems", "threads")
+from routing.config import SolverBenchConfig
 
 
 def router_costs(b: int, n: int, m: int, seed: int, dtype=torch.float64) -> torch.Tensor:

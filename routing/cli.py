@@ -3,8 +3,8 @@
     workbench moe train --task movielens --gate comet --experts 16 --k 2 [--local-search] [--seed 0]
     workbench moe bench --task movielens --gates topk,hash,dselect,comet,expert-choice,sparse-ot --seeds 5
     workbench moe solve-bench
-Every flag is a field of routing.train.MoETrainConfig, routing.config.GateConfig or routing.bench.BenchConfig
-(or routing.benchmarks.SolverBenchConfig); a bare boolean flag means true.
+Every flag is a field of a dataclass in routing.config (MoETrainConfig, GateConfig, BenchConfig,
+SolverBenchConfig); a bare boolean flag means true.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ def _bare_bools(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from routing.bench import BenchConfig
-    from routing.benchmarks import SolverBenchConfig
-    from routing.config import GateConfig
-    from routing.train import MoETrainConfig
+    from routing.config import BenchConfig, GateConfig, MoETrainConfig, SolverBenchConfig
     from workbench.config import add_arguments
 
     parser = argparse.ArgumentParser(prog="workbench moe", description="Mixture-of-experts gates as sparse allocation.")
@@ -46,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from routing.config import GateConfig
-    from routing.train import MoETrainConfig
+    from routing.config import GateConfig, MoETrainConfig
     from workbench.config import from_args
 
     args = build_parser().parse_args(argv)
     if args.command == "solve-bench":
-        from routing.benchmarks import SolverBenchConfig, run_solver_bench
+        from routing.benchmarks import run_solver_bench
+        from routing.config import SolverBenchConfig
 
         run_solver_bench(from_args(SolverBenchConfig, args))
         return 0
@@ -65,7 +62,8 @@ def main(argv: list[str]) -> int:
         print(f"{cfg.task} {res['gate']} seed {cfg.seed}: {key} = {res[key]:.4f}"
               + (f", nmi = {res['nmi']:.3f}" if "nmi" in res else "") + f" ({res['train_time_s']:.1f}s)")
         return 0
-    from routing.bench import BenchConfig, run_bench
+    from routing.bench import run_bench
+    from routing.config import BenchConfig
 
     run_bench(from_args(BenchConfig, args), cfg, command="workbench moe " + shlex.join(argv))
     return 0

@@ -1,4 +1,8 @@
-"""GateConfig: which gate, how many experts, and the knobs of each method (CLI flags map one-to-one)."""
+"""Routing configs (pure dataclasses, no torch import, so `workbench moe --help` is fast).
+
+GateConfig: which gate and the knobs of each method; MoETrainConfig: one training run (nests a
+GateConfig as `routing`); BenchConfig: gates x seeds; SolverBenchConfig: OT solver micro-benchmarks.
+CLI flags map one-to-one onto fields."""
 
 from __future__ import annotations
 
@@ -63,3 +67,77 @@ class GateConfig:
             require(self.ot_group * self.k >= self.experts, "ot_group",
                     f"{self.ot_group} tokens x k = {self.k} cannot cover {self.experts} experts",
                     "raise --ot-group")
+
+
+TASKS = ("movielens", "synthetic", "planted")
+
+
+@dataclass
+class MoETrainConfig:
+    task: str = field(default="synthetic", metadata={"help": f"task: {', '.join(TASKS)}"})
+    routing: GateConfig = field(default_factory=GateConfig, metadata={"help": "gate settings (flags above)"})
+    epochs: int = field(default=5, metadata={"help": "training epochs"})
+    batch_size: int = field(default=512, metadata={"help": "examples per step (= tokens routed together)"})
+    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
+    seed: int = field(default=0, metadata={"help": "model seed (init, batch order, noise)"})
+    data_seed: int = field(default=0, metadata={"help": "data seed (split, negatives, synthetic draws)"})
+    d_emb: int = field(default=8, metadata={"help": "movielens: embedding size per categorical feature"})
+    d_hidden: int = field(default=32, metadata={"help": "expert MLP hidden size"})
+    d_expert_out: int = field(default=16, metadata={"help": "expert output size (tower input)"})
+    n_train: int = field(default=8000, metadata={"help": "synthetic/planted: training examples"})
+    max_examples: int = field(default=0, metadata={"help": "movielens: use this many examples (0 = all 200k)"})
+    correlation: float = field(default=0.5, metadata={"help": "synthetic: task correlation rho in [-1, 1]"})
+    clusters: int = field(default=8, metadata={"help": "planted: number of clusters"})
+    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl rows"})
+    wandb_project: str | None = field(default=None, metadata={
+        "help": "also log to this wandb project (offline unless wandb is configured)"})
+    name: str = field(default="", metadata={"help": "run name (default: moe-<task>-<gate>-s<seed>-<time>)"})
+    out: str = field(default="runs", metadata={"help": "runs root directory"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        if isinstance(self.routing, dict):
+            self.routing = GateConfig(**self.routing)
+        one_of(self, "task", TASKS)
+        positive(self, "epochs", "batch_size", "lr", "d_emb", "d_hidden", "d_expert_out", "n_train", "log_every",
+                 "clusters")
+        require(-1 <= self.correlation <= 1, "correlation", f"must be in [-1, 1], got {self.correlation}",
+                "pass --correlation 0.5")
+        require(self.max_examples >= 0 and self.threads >= 0, "max_examples/threads", "must be >= 0", "pass 0 or more")
+
+
+DEFAULT_GATES = "hash,hash+,topk,topk+,dselect,dselect+,comet,comet+,expert-choice,base,s-base,sparse-ot"
+
+
+@dataclass
+class BenchConfig:
+    gates: str = field(default=DEFAULT_GATES, metadata={"help": "comma-separated gates; suffix + = local search"})
+    seeds: int = field(default=5, metadata={"help": "seeds per gate (0..seeds-1)"})
+    bench_name: str = field(default="", metadata={"help": "bench directory name (default: bench-<task>-<time>)"})
+
+    def __post_init__(self):
+        for g in self.gate_list():
+            require(g.rstrip("+") in GATES, "gates", f"unknown gate {g!r}", f"choose from {', '.join(GATES)}")
+        require(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}", "pass --seeds 5")
+
+    def gate_list(self) -> list[str]:
+        return [g.strip() for g in self.gates.split(",") if g.strip()]
+
+
+@dataclass
+class SolverBenchConfig:
+    rows: int = field(default=16, metadata={"help": "OT rows (experts)"})
+    cols: int = field(default=2048, metadata={"help": "OT columns (tokens) of the single-problem comparison"})
+    k: int = field(default=2, metadata={"help": "max nonzeros per column"})
+    batch: int = field(default=64, metadata={"help": "problems in the batched case"})
+    batch_cols: int = field(default=512, metadata={"help": "tokens per problem in the batched case"})
+    problems: int = field(default=4, metadata={"help": "random single problems per regularisation"})
+    threads: int = field(default=1, metadata={"help": "torch threads (1 = fair vs single-threaded POT)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    gates: bool = field(default=True, metadata={"help": "also time every gate (forward + backward)"})
+    solver: bool = field(default=True, metadata={"help": "run the solver comparison"})
+
+    def __post_init__(self):
+        positive(self, "rows", "cols", "k", "batch", "batch_cols", "problems", "threads")

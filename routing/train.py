@@ -11,56 +11,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from routing.config import GateConfig
+from routing.config import MoETrainConfig
 from routing.data import Split, TaskData
-from workbench.config import one_of, positive, require, to_dict
+from workbench.config import to_dict
 from workbench.runs import Run, atomic_save_torch
 from workbench.tracking import Tracker
-
-TASKS = ("movielens", "synthetic", "planted")
-
-
-@dataclass
-class MoETrainConfig:
-    task: str = field(default="synthetic", metadata={"help": f"task: {', '.join(TASKS)}"})
-    routing: GateConfig = field(default_factory=GateConfig, metadata={"help": "gate settings (flags above)"})
-    epochs: int = field(default=5, metadata={"help": "training epochs"})
-    batch_size: int = field(default=512, metadata={"help": "examples per step (= tokens routed together)"})
-    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
-    seed: int = field(default=0, metadata={"help": "model seed (init, batch order, noise)"})
-    data_seed: int = field(default=0, metadata={"help": "data seed (split, negatives, synthetic draws)"})
-    d_emb: int = field(default=8, metadata={"help": "movielens: embedding size per categorical feature"})
-    d_hidden: int = field(default=32, metadata={"help": "expert MLP hidden size"})
-    d_expert_out: int = field(default=16, metadata={"help": "expert output size (tower input)"})
-    n_train: int = field(default=8000, metadata={"help": "synthetic/planted: training examples"})
-    max_examples: int = field(default=0, metadata={"help": "movielens: use this many examples (0 = all 200k)"})
-    correlation: float = field(default=0.5, metadata={"help": "synthetic: task correlation rho in [-1, 1]"})
-    clusters: int = field(default=8, metadata={"help": "planted: number of clusters"})
-    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
-    log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl rows"})
-    wandb_project: str | None = field(default=None, metadata={
-        "help": "also log to this wandb project (offline unless wandb is configured)"})
-    name: str = field(default="", metadata={"help": "run name (default: moe-<task>-<gate>-s<seed>-<time>)"})
-    out: str = field(default="runs", metadata={"help": "runs root directory"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-
-    def __post_init__(self):
-        if isinstance(self.routing, dict):
-            self.routing = GateConfig(**self.routing)
-        one_of(self, "task", TASKS)
-        positive(self, "epochs", "batch_size", "lr", "d_emb", "d_hidden", "d_expert_out", "n_train", "log_every",
-                 "clusters")
-        require(-1 <= self.correlation <= 1, "correlation", f"must be in [-1, 1], got {self.correlation}",
-                "pass --correlation 0.5")
-        require(self.max_examples >= 0 and self.threads >= 0, "max_examples/threads", "must be >= 0", "pass 0 or more")
-
 
 def load_task(cfg: MoETrainConfig) -> TaskData:
     if cfg.task == "movielens":
