@@ -134,21 +134,51 @@ class EndOutput:
         return float(self.ld.mean())
 
 
+def _ln_affine(model: "HookedTransformer", x: torch.Tensor) -> torch.Tensor:
+    """ln_final's elementwise affine (hook_normalized is taken before it; LNPre has none)."""
+    w, b = getattr(model.ln_final, "w", None), getattr(model.ln_final, "b", None)
+    x = x * w if w is not None else x
+    return x + b if b is not None else x
+
+
+@torch.no_grad()
+def resid_pre(model: "HookedTransformer", batch: "IOIBatch", layer: int, chunk: int = 256) -> torch.Tensor:
+    """(batch, pos, d_model) clean residual stream entering block `layer` (to restart runs there)."""
+    out = []
+    for sl in _chunks(len(batch), chunk):
+        out.append(model(batch.tokens[sl], stop_at_layer=layer))
+    return torch.cat(out)
+
+
+def first_layer(locations: Iterable[Location]) -> int:
+    """The earliest block a set of locations touches (0 if one is outside the blocks)."""
+    layers = [loc.layer for loc in locations]
+    return 0 if not layers or any(layer is None for layer in layers) else min(layers)
+
+
 @torch.no_grad()
 def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor],
-                patches: dict[Location, torch.Tensor] | None = None, chunk: int = 256) -> EndOutput:
+                patches: dict[Location, torch.Tensor] | None = None, chunk: int = 256,
+                resid: dict[int, torch.Tensor] | None = None) -> EndOutput:
     """Run the model with each location's activation replaced by ``patches[loc]`` (batch, d).
 
     Only the patched (row, position[, head]) entries change; everything else is the clean run.
+    ``resid`` (optional): {layer: clean resid_pre (batch, pos, d_model)}; when it holds the first
+    patched layer the run restarts there instead of recomputing the clean blocks below. Logits are
+    computed at END only (the unembedding of every position costs a lot for GPT-2's vocabulary).
     """
     patches = patches or {}
     by_hook: dict[str, list[Location]] = {}
     for loc in patches:
         by_hook.setdefault(loc.hook, []).append(loc)
+    start = first_layer(patches) if patches else 0
+    start = start if resid is not None and start in resid and start > 0 else None
+    end_only = model.cfg.normalization_type is not None and getattr(model.cfg, "output_logits_soft_cap", -1) <= 0
     lds, tops = [], []
     for sl in _chunks(len(batch), chunk):
         n = sl.stop - sl.start
         rows = torch.arange(n, device=batch.tokens.device)
+        ends = batch.end[sl]
 
         def patch(act, hook):
             act = act.clone()
@@ -164,9 +194,18 @@ def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[s
                     act[rows, p] = val
             return act
 
+        store = {}
+
+        def grab_final(act, hook):
+            store["x"] = act[rows, ends]
+
         hooks = [(h, patch) for h in by_hook]
-        logits = model.run_with_hooks(batch.tokens[sl], fwd_hooks=hooks) if hooks else model(batch.tokens[sl])
-        end = logits[rows, batch.end[sl]]  # (n, vocab)
+        if end_only:
+            hooks.append(("ln_final.hook_normalized", grab_final))
+        inp = resid[start][sl] if start is not None else batch.tokens[sl]
+        logits = model.run_with_hooks(inp, fwd_hooks=hooks, start_at_layer=start,
+                                      return_type=None if end_only else "logits")
+        end = model.unembed(_ln_affine(model, store["x"])[:, None])[:, 0] if end_only else logits[rows, ends]  # (n, vocab)
         lds.append(end[rows, batch.io_id[sl]] - end[rows, batch.s_id[sl]])
         tops.append(end.argmax(-1))
     return EndOutput(torch.cat(lds).float(), torch.cat(tops))

@@ -1,0 +1,58 @@
+"""Reading and patching locations agree with plain TransformerLens runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evals.data import make_splits, semantic_positions
+from evals.locations import Location, read_acts, resid_pre, run_patched
+from workbench.ioi import make_batch
+
+
+def _model_with_affine_ln(tiny_model_dir):
+    from workbench.models import load_model
+
+    m = load_model(str(tiny_model_dir))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained model's final LayerNorm has a non-trivial affine part
+        m.ln_final.w.copy_(1 + 0.5 * torch.randn(m.ln_final.w.shape, generator=g))
+        m.ln_final.b.copy_(0.5 * torch.randn(m.ln_final.b.shape, generator=g))
+        m.blocks[1].attn.W_Q.mul_(3)
+    return m
+
+
+@pytest.mark.parametrize("which", ["affine", "fake_gpt2"])
+def test_run_patched_matches_hooked_run(which, tiny_model_dir, request):
+    model = _model_with_affine_ln(tiny_model_dir) if which == "affine" else request.getfixturevalue("fake_gpt2")
+    s = make_splits(model, n_train=2, n_eval=16, seed=0)
+    batch, cf = make_batch(model, s.eval), make_batch(model, s.counterfactual["S"])
+    pos, cpos = semantic_positions(batch), semantic_positions(cf)
+    rows = torch.arange(len(batch))
+    clean = run_patched(model, batch, pos)
+    logits = model(batch.tokens)[rows, batch.end]
+    assert torch.allclose(clean.ld, logits[rows, batch.io_id] - logits[rows, batch.s_id], atol=1e-4)
+    assert torch.equal(clean.top, logits.argmax(-1))
+
+    z = Location("blocks.1.attn.hook_z", 1, "END")
+    resid = Location("blocks.1.hook_resid_pre", None, "S2")
+    patches = read_acts(model, cf, cpos, [z, resid])
+    assert patches[z].shape == (16, model.cfg.d_head) and patches[resid].shape == (16, model.cfg.d_model)
+
+    def hook_z(act, hook):
+        act = act.clone()
+        act[rows, batch.end, 1] = patches[z]
+        return act
+
+    def hook_resid(act, hook):
+        act = act.clone()
+        act[rows, pos["S2"]] = patches[resid]
+        return act
+
+    ref = model.run_with_hooks(batch.tokens, fwd_hooks=[(z.hook, hook_z), (resid.hook, hook_resid)])[rows, batch.end]
+    ref_ld = ref[rows, batch.io_id] - ref[rows, batch.s_id]
+    for kw in ({}, {"resid": {1: resid_pre(model, batch, 1)}}):  # full run and restart at block 1
+        got = run_patched(model, batch, pos, patches, chunk=5, **kw)
+        assert torch.allclose(got.ld, ref_ld, atol=1e-4)
+        assert torch.equal(got.top, ref.argmax(-1))
+    assert not torch.allclose(got.ld, clean.ld)
