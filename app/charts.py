@@ -18,25 +18,37 @@ def lines(df: pd.DataFrame, x: str, y: str, color: str | None = None, title: str
     return alt.Chart(df, title=title).mark_line(point=len(df) < 60).encode(**enc).interactive()
 
 
+# where a colour scheme is dark (cell numbers are drawn in white there)
+DARK = {"viridis": "low", "blueorange": "ends", "redblue": "ends", "greens": "high", "oranges": "high"}
+
+
 def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", scheme: str = "viridis",
             domain: tuple[float, float] | None = None, x_type: str = "O", y_type: str = "O", text: bool = False) -> alt.Chart:
-    """A rect per (x, y) cell coloured by `value`; optional numbers written in the cells."""
-    scale = alt.Scale(scheme=scheme, domain=list(domain)) if domain else alt.Scale(scheme=scheme)
+    """A rect per (x, y) cell coloured by `value` (clamped to `domain`); optional numbers written in the cells."""
+    scale = alt.Scale(scheme=scheme, domain=list(domain), clamp=True) if domain else alt.Scale(scheme=scheme)
+    if text and not df.empty:  # white numbers on dark cells, black on light ones
+        v = df[value].astype(float)
+        lo, hi = domain if domain else (v.min(), v.max())
+        t = ((v - lo) / ((hi - lo) or 1.0)).clip(0, 1)
+        dark = {"low": t < 0.45, "high": t > 0.6, "ends": (t - 0.5).abs() > 0.3}[DARK.get(scheme, "low")]
+        df = df.assign(_ink=dark.map({True: "white", False: "black"}))
     base = alt.Chart(df, title=title).encode(x=alt.X(f"{x}:{x_type}", title=x), y=alt.Y(f"{y}:{y_type}", title=y))
     chart = base.mark_rect().encode(color=alt.Color(f"{value}:Q", title=value, scale=scale),
                                     tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
-    if text:
-        chart = chart + base.mark_text(fontSize=11).encode(text=alt.Text(f"{value}:Q", format=".2f"),
-                                                           color=alt.value("white"))
-    return chart
+    if "_ink" not in df:
+        return chart
+    return chart + base.mark_text(fontSize=11).encode(text=alt.Text(f"{value}:Q", format=".2f"),
+                                                      color=alt.Color("_ink:N", scale=None, legend=None))
 
 
 def bars(df: pd.DataFrame, x: str, y: str, title: str = "", x_type: str = "O", color: str | None = None,
          highlight: str | None = None) -> alt.Chart:
-    """Vertical bars; `highlight` names a boolean column drawn in a second colour."""
-    enc = {"x": alt.X(f"{x}:{x_type}", title=x, sort=None), "y": alt.Y(f"{y}:Q", title=y), "tooltip": [x, y]}
+    """Vertical bars (side by side per value of `color`); `highlight` names a boolean column drawn in red."""
+    enc = {"x": alt.X(f"{x}:{x_type}", title=x, sort=None), "y": alt.Y(f"{y}:Q", title=y),
+           "tooltip": [c for c in (color, x, y) if c]}
     if color:
         enc["color"] = alt.Color(f"{color}:N", title=color)
+        enc["xOffset"] = alt.XOffset(f"{color}:N")
     elif highlight:
         enc["color"] = alt.condition(f"datum.{highlight}", alt.value("#e45756"), alt.value("#4c78a8"))
     return alt.Chart(df, title=title).mark_bar().encode(**enc)

@@ -159,6 +159,7 @@ def _scan(root: str, signature: tuple) -> tuple[pd.DataFrame, list[dict]]:
         else:
             visit(listing, None)
     df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["name", "group", "path", *COLUMNS])
+    df["k"] = pd.to_numeric(df["k"], errors="coerce").astype("Int64")
     return df, bad
 
 
@@ -239,7 +240,7 @@ def flatten(d: Any, prefix: str = "") -> dict:
 
 def number(v: Any, nd: int = 3) -> str:
     """A number for display ("–" for None/NaN)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float):
         return f"{v:.{nd}f}"
@@ -279,3 +280,46 @@ def ioi_evals_of_sae(sae_path: str | Path) -> list[dict]:
             if any(same_run(s.get("path", ""), sae_path) for s in fam.get("saes", [])):
                 out.append({"run": r.name, "path": r.path, "label": fam.get("label")})
     return out
+
+
+# ---- SAE analysis (sae/analyze.py) --------------------------------------------------------------
+def contexts_of(run_dir: str | Path, latent: int) -> pd.DataFrame | Missing:
+    """The stored top-activating contexts of one latent, strongest first."""
+    stamp = _stamp(Path(run_dir) / "analysis_contexts.parquet")
+    if stamp is None:
+        return Missing("missing analysis_contexts.parquet")
+    return _contexts_of(str(run_dir), int(latent), stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _contexts_of(run_dir: str, latent: int, stamp: tuple) -> pd.DataFrame | Missing:
+    ctx = _read_table(run_dir, "analysis_contexts.parquet", stamp)
+    if isinstance(ctx, Missing):
+        return ctx
+    return ctx[ctx["latent"] == latent].sort_values("rank").reset_index(drop=True)
+
+
+def latents_firing_on(run_dir: str | Path, token: str) -> pd.DataFrame:
+    """Latents whose top contexts peak on `token`: (latent, score = how many of its top contexts do)."""
+    stamp = _stamp(Path(run_dir) / "analysis_contexts.parquet")
+    return _latents_firing_on(str(run_dir), token, stamp) if stamp else pd.DataFrame(columns=["latent", "score"])
+
+
+@st.cache_data(show_spinner=False, max_entries=200)
+def _latents_firing_on(run_dir: str, token: str, stamp: tuple) -> pd.DataFrame:
+    ctx = _read_table(run_dir, "analysis_contexts.parquet", stamp)
+    if isinstance(ctx, Missing):
+        return pd.DataFrame(columns=["latent", "score"])
+    peak = pd.Series([str(t[p]).strip() for t, p in zip(ctx["tokens"], ctx["pos"])], index=ctx.index)
+    hits = ctx.loc[peak == token].groupby("latent").size().rename("score").reset_index()
+    return hits.sort_values("score", ascending=False, kind="stable")
+
+
+def latents_promoting(run_dir: str | Path, token: str) -> pd.DataFrame:
+    """Latents with `token` among their promoted output tokens: (latent, score = its logit)."""
+    lat = read_table(run_dir, "analysis_latents")
+    if isinstance(lat, Missing) or "promoted" not in lat:
+        return pd.DataFrame(columns=["latent", "score"])
+    rows = [(r.latent, float(r.promoted_logit[i])) for r in lat.itertuples()
+            for i, t in enumerate(r.promoted) if str(t).strip() == token]
+    return pd.DataFrame(rows, columns=["latent", "score"]).sort_values("score", ascending=False, kind="stable")

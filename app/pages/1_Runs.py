@@ -23,7 +23,7 @@ statuses = c2.multiselect("Status", all_status, default=all_status, key="statuse
 text = c3.text_input("Filter by name, model, hook or architecture", key="filter").strip().lower()
 view = df[df["kind"].isin(kinds) & df["status"].isin(statuses)]
 if text:
-    hay = view[["name", "model", "hook", "arch"]].astype(str).agg(" ".join, axis=1).str.lower()
+    hay = view[["name", "model", "hook", "arch"]].map(data.number).agg(" ".join, axis=1).str.lower()
     view = view[hay.str.contains(text, regex=False)]
 COLS = ["name", "kind", "model", "hook", "arch", "k", "fvu", "l0", "dead_pct", "metric", "value", "status", "note"]
 st.dataframe(view[COLS], hide_index=True, key="runs_table", column_config={
@@ -48,11 +48,12 @@ if chosen:
         for name, row in picked.iterrows():
             meta = data.read_json(row["path"], "config.json")
             configs[name] = data.flatten(meta.get("config", {})) if isinstance(meta, dict) else {"(config)": meta.reason}
-        cfg = pd.DataFrame(configs).astype(str)
+        cfg = pd.DataFrame(configs).map(data.number)
         differ = cfg[cfg.nunique(axis=1) > 1] if len(chosen) > 1 else cfg
         left, right = st.columns(2)
         left.markdown("**Headline numbers**")
-        left.dataframe(picked[[c for c in COLS[1:] if picked[c].notna().any()]].T.astype(str), key="compare_numbers")
+        left.dataframe(picked[[c for c in COLS[1:] if picked[c].notna().any()]].T.map(lambda v: data.number(v, 4)),
+                       key="compare_numbers")
         right.markdown(f"**Config fields that differ** ({len(differ)} of {len(cfg)})" if len(chosen) > 1 else "**Config**")
         right.dataframe(differ, key="compare_config")
 

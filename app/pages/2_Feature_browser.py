@@ -26,7 +26,8 @@ path = run["path"]
 ev = data.read_json(path, "eval.json")
 an = data.read_json(path, data.SAE_ANALYSIS)
 st.caption(f"{run['arch']} · k={run['k']} · {run['model']} · `{run['hook']}` · FVU {data.number(run['fvu'], 4)} · "
-           f"L0 {data.number(run['l0'], 2)} · dead {data.number(run['dead_pct'], 1)}% · status {run['status']}")
+           f"L0 {data.number(run['l0'], 2)} · dead {data.number(run['dead_pct'], 1)}% · status {run['status']}"
+           + (f" · {run['note']}" if run.get("note") else ""))
 ANALYZE = f"run `workbench sae analyze {path}`"
 
 
@@ -43,90 +44,18 @@ def l0_distribution() -> None:
         ui.not_available("Per-token L0 distribution", f"{ev.reason if not isinstance(ev, dict) else 'no l0_hist in eval.json'}; {ANALYZE}")
         return
     rows = [{"L0": i, "fraction of tokens": c / max(sum(h), 1), "source": src} for src, h in parts for i, c in enumerate(h)]
-    st.altair_chart(charts.lines(pd.DataFrame(rows), "L0", "fraction of tokens", color="source",
-                                 title="Per-token L0 (TopK: exactly k; Feature/Mutual Choice: varies by token)"), width="stretch")
+    st.altair_chart(charts.bars(pd.DataFrame(rows), "L0", "fraction of tokens", color="source",
+                                title="Active latents per token (TopK: exactly k; Feature/Mutual Choice: varies by token)"),
+                    width="stretch")
     if isinstance(an, dict) and an.get("l0_by_token"):
         by_tok = pd.DataFrame(an["l0_by_token"]).head(30)
         st.altair_chart(charts.bars(by_tok, "token", "l0_mean", x_type="N", title="Mean L0 of the 30 most frequent tokens"),
                         width="stretch")
 
 
-st.subheader("Per-token L0 distribution")
-with ui.section("Per-token L0 distribution"):
-    l0_distribution()
-
-st.subheader("Latents")
-if not isinstance(an, dict):
-    ui.not_available("Latent browser", f"{an.reason}; {ANALYZE}")
-    st.stop()
-lat = data.read_table(path, "analysis_latents")
-ctx = data.read_table(path, "analysis_contexts")
-if isinstance(lat, data.Missing) or isinstance(ctx, data.Missing):
-    ui.not_available("Latent browser", f"{(lat if isinstance(lat, data.Missing) else ctx).reason}; {ANALYZE}")
-    st.stop()
-d_sae = len(lat)
-st.caption(f"Analysis of {an.get('n_tokens')} held-out tokens in {an.get('mode')} mode: {d_sae - an.get('dead', 0)} of "
-           f"{d_sae} latents active; output tokens via {an.get('logit_lens') or 'unavailable (' + str(an.get('logit_lens_missing')) + ')'}.")
-evals = data.ioi_evals_of_sae(path)
-features = []
-for e in evals:
-    f = data.read_table(e["path"], "features")
-    if isinstance(f, pd.DataFrame) and {"dictionary", "feature", "attribute"} <= set(f.columns):
-        features.append(f[f["dictionary"] == e["label"]].assign(ioi_run=e["run"]))
-features = pd.concat(features, ignore_index=True) if features else pd.DataFrame()
-
-# ---- find a latent ----------------------------------------------------------------------------
-modes = ["by index", "by output token", "by context token"] + (["by IOI attribute"] if len(features) else [])
-how = st.radio("Find a latent", modes, horizontal=True, key="find")
-cands = None
-if how == "by output token":
-    if "promoted" not in lat:
-        ui.not_available("Output-token search", an.get("logit_lens_missing") or "no promoted tokens stored")
-    else:
-        q = st.text_input("Output token the latent promotes", key="q_out").strip()
-        if q:
-            hit = lat[lat["promoted"].map(lambda ts: q in [str(t).strip() for t in ts])]
-            cands = hit.assign(score=[float(r.promoted_logit[[str(t).strip() for t in r.promoted].index(q)])
-                                      for r in hit.itertuples()]).sort_values("score", ascending=False)
-elif how == "by context token":
-    q = st.text_input("Token at which the latent fires most (its top contexts)", key="q_ctx").strip()
-    if q:
-        at_max = ctx.assign(tok=[str(t[p]).strip() for t, p in zip(ctx["tokens"], ctx["pos"])])
-        counts = at_max[at_max["tok"] == q].groupby("latent").size().rename("score")
-        cands = lat.set_index("latent").join(counts, how="inner").reset_index().sort_values("score", ascending=False)
-elif how == "by IOI attribute":
-    c1, c2 = st.columns(2)
-    attr = c1.selectbox("Attribute", sorted(features["attribute"].unique()), key="q_attr")
-    values = sorted(features.loc[features["attribute"] == attr, "value"].astype(str).unique())
-    value = c2.selectbox("Value", values, key="q_value")
-    hit = features[(features["attribute"] == attr) & (features["value"].astype(str) == value)]
-    best = hit.groupby("feature")["f1"].max().rename("score")
-    cands = lat.set_index("latent").join(best, how="inner").reset_index().sort_values("score", ascending=False)
-
-default = int(st.query_params.get("latent", lat.sort_values("density", ascending=False)["latent"].iloc[0]))
-if cands is not None:
-    if cands.empty:
-        st.info("No latent matches.")
-        st.stop()
-    st.caption(f"{len(cands)} matching latents (best first)")
-    latent = st.selectbox("Latent", cands["latent"].head(200).tolist(), key="cand",
-                          format_func=lambda i: f"#{i} (score {cands.set_index('latent').loc[i, 'score']:.3g})")
-else:
-    latent = int(st.number_input("Latent index", 0, d_sae - 1, value=min(max(default, 0), d_sae - 1), step=1, key="latent"))
-row = lat[lat["latent"] == latent].iloc[0]
-
-# ---- one latent ---------------------------------------------------------------------------------
-st.markdown(f"### Latent {latent}")
-m = st.columns(4)
-m[0].metric("density", f"{row['density']:.2e}")
-m[1].metric("active tokens", int(row["n_active"]))
-m[2].metric("max activation", f"{row['max_act']:.3f}")
-m[3].metric("mean activation (when active)", f"{row['mean_act']:.3f}")
-
-
-def context_html(tokens, acts, pos, top: float) -> str:
+def context_html(tokens, acts, pos: int, top: float) -> str:
     """Tokens coloured by the latent's activation (darker = stronger); the max token is underlined."""
-    sep = "" if any(str(t).startswith(" ") for t in tokens) else " "
+    sep = "" if any(str(t).startswith(" ") for t in tokens) else " "  # BPE tokens carry their own spaces
     out = []
     for i, (t, a) in enumerate(zip(tokens, acts)):
         alpha = 0.0 if top <= 0 else min(1.0, max(0.0, float(a) / top))
@@ -137,56 +66,132 @@ def context_html(tokens, acts, pos, top: float) -> str:
     return sep.join(out)
 
 
-left, right = st.columns([3, 2])
-with left:
-    st.markdown("**Top-activating contexts**")
-    with ui.section("Top contexts"):
-        top = ctx[ctx["latent"] == latent].sort_values("rank")
-        if top.empty:
+def ioi_features() -> tuple[list[dict], pd.DataFrame]:
+    """IOI evals of this SAE and their features.parquet rows for it (feature = latent index)."""
+    evals = data.ioi_evals_of_sae(path)
+    parts = []
+    for e in evals:
+        f = data.read_table(e["path"], "features")
+        if isinstance(f, pd.DataFrame) and {"dictionary", "feature", "attribute", "value", "f1"} <= set(f.columns):
+            parts.append(f[f["dictionary"] == e["label"]].assign(ioi_run=e["run"]))
+    return evals, (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame())
+
+
+def find_latent(lat: pd.DataFrame, features: pd.DataFrame) -> int | None:
+    """The latent to show: by index, or the best match of a search by output token, context token or IOI attribute."""
+    modes = ["by index", "by output token", "by context token"] + (["by IOI attribute"] if len(features) else [])
+    how = st.radio("Find a latent", modes, horizontal=True, key="find")
+    cands = None
+    if how == "by output token":
+        if "promoted" not in lat:
+            ui.not_available("Output-token search", an.get("logit_lens_missing") or "no promoted tokens stored")
+            return None
+        q = st.text_input("Output token the latent promotes", key="q_out").strip()
+        if q:
+            cands = data.latents_promoting(path, q)
+    elif how == "by context token":
+        q = st.text_input("Token at which the latent fires (in its top contexts)", key="q_ctx").strip()
+        if q:
+            cands = data.latents_firing_on(path, q)
+    elif how == "by IOI attribute":
+        c1, c2 = st.columns(2)
+        attr = c1.selectbox("Attribute", sorted(features["attribute"].unique()), key="q_attr")
+        values = sorted(features.loc[features["attribute"] == attr, "value"].astype(str).unique())
+        value = c2.selectbox("Value", values, key="q_value")
+        hit = features[(features["attribute"] == attr) & (features["value"].astype(str) == value)]
+        cands = hit.groupby("feature")["f1"].max().rename("score").rename_axis("latent").reset_index()
+        cands = cands.sort_values("score", ascending=False)
+    if cands is not None:
+        if cands.empty:
+            st.info("No latent matches.")
+            return None
+        scores = dict(zip(cands["latent"], cands["score"]))
+        st.caption(f"{len(cands)} matching latents, best first")
+        return int(st.selectbox("Latent", list(scores)[:200], key="cand", format_func=lambda i: f"#{i} (score {scores[i]:.3g})"))
+    d_sae = len(lat)
+    default = int(st.query_params.get("latent", lat.sort_values("density", ascending=False)["latent"].iloc[0]))
+    return int(st.number_input("Latent index", 0, d_sae - 1, value=min(max(default, 0), d_sae - 1), step=1, key="latent"))
+
+
+def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict], features: pd.DataFrame) -> None:
+    st.markdown(f"### Latent {latent}")
+    m = st.columns(4)
+    m[0].metric("density", f"{row['density']:.2e}")
+    m[1].metric("active tokens", int(row["n_active"]))
+    m[2].metric("max activation", f"{row['max_act']:.3f}")
+    m[3].metric("mean activation (when active)", f"{row['mean_act']:.3f}")
+    left, right = st.columns([3, 2])
+    with left, ui.section("Top contexts"):
+        st.markdown("**Top-activating contexts**")
+        top = data.contexts_of(path, latent)
+        if isinstance(top, data.Missing):
+            ui.not_available("Top contexts", f"{top.reason}; {ANALYZE}")
+        elif top.empty:
             st.info("This latent never fired on the analysed tokens (dead).")
         else:
-            lines = [f'<div style="margin: 3px 0; font-family: monospace; font-size: 0.9em">'
-                     f'<span style="color: #888">{r.act:6.3f}</span>&nbsp;&nbsp;{context_html(r.tokens, r.acts, r.pos, row["max_act"])}</div>'
-                     for r in top.itertuples()]
-            st.markdown("\n".join(lines), unsafe_allow_html=True)
-with right:
-    with ui.section("Activation histogram"):
+            st.markdown("\n".join(
+                f'<div style="margin: 3px 0; font-family: monospace; font-size: 0.9em"><span style="color: #888">{r.act:6.3f}'
+                f'</span>&nbsp;&nbsp;{context_html(r.tokens, r.acts, r.pos, row["max_act"])}</div>' for r in top.itertuples()),
+                unsafe_allow_html=True)
+    with right, ui.section("Activation histogram"):
         bins = len(row["hist"])
         centers = (np.arange(bins) + 0.5) * row["max_act"] / bins
         hist = pd.DataFrame({"activation": np.round(centers, 3), "count": np.asarray(row["hist"], dtype=int)})
-        st.altair_chart(charts.bars(hist, "activation", "count", title="Nonzero activations").properties(height=180),
+        st.altair_chart(charts.bars(hist, "activation", "count", title="Nonzero activations").properties(height=170),
                         width="stretch")
-    with ui.section("Density"):
+    with right, ui.section("Density"):
         logd = np.log10(lat["density"].clip(lower=1e-7))
         edges = np.linspace(-7, 0, 29)
         counts, _ = np.histogram(logd, bins=edges)
         here = np.clip(np.searchsorted(edges, np.log10(max(row["density"], 1e-7)), side="right") - 1, 0, len(counts) - 1)
         dens = pd.DataFrame({"log10 density": np.round(edges[:-1], 2), "latents": counts, "this": np.arange(len(counts)) == here})
         st.altair_chart(charts.bars(dens, "log10 density", "latents", highlight="this",
-                                    title="Density of every latent (this one in red)").properties(height=180), width="stretch")
-
-c1, c2 = st.columns(2)
-with ui.section("Output tokens"):
-    if "promoted" in lat:
-        c1.markdown("**Promoted tokens** (decoder direction through the unembedding)")
-        c1.dataframe(pd.DataFrame({"token": list(row["promoted"]), "logit": list(row["promoted_logit"])}), hide_index=True,
-                     key="promoted")
-        c2.markdown("**Suppressed tokens**")
-        c2.dataframe(pd.DataFrame({"token": list(row["suppressed"]), "logit": list(row["suppressed_logit"])}), hide_index=True,
-                     key="suppressed")
-    else:
-        with c1:
-            ui.not_available("Promoted/suppressed tokens", an.get("logit_lens_missing") or "not stored")
-
-st.markdown("**IOI F1 per attribute**")
-with ui.section("IOI F1"):
-    if not evals:
-        ui.not_available("IOI F1", "no IOI evaluation (`workbench ioi eval --sae RUN`) has evaluated this SAE")
-    else:
+                                    title="Density of every latent (this one in red)").properties(height=170), width="stretch")
+    c1, c2, c3 = st.columns([1, 1, 2])
+    with ui.section("Output tokens"):
+        if "promoted" in lat:
+            c1.markdown("**Promoted tokens**")
+            c1.dataframe(pd.DataFrame({"token": list(row["promoted"]), "logit": list(row["promoted_logit"])}),
+                         hide_index=True, key="promoted")
+            c2.markdown("**Suppressed tokens**")
+            c2.dataframe(pd.DataFrame({"token": list(row["suppressed"]), "logit": list(row["suppressed_logit"])}),
+                         hide_index=True, key="suppressed")
+        else:
+            with c1:
+                ui.not_available("Promoted/suppressed tokens", an.get("logit_lens_missing") or "not stored")
+    with c3, ui.section("IOI F1"):
+        st.markdown("**IOI F1 per attribute** (its best-matching value)")
+        if not evals:
+            ui.not_available("IOI F1", "no IOI evaluation (`workbench ioi eval --sae RUN`) has evaluated this SAE")
+            return
         mine = features[features["feature"] == latent] if len(features) else features
         if mine.empty:
             st.caption(f"Latent {latent} has F1 = 0 for every IOI attribute value in {', '.join(e['run'] for e in evals)}.")
-        else:
-            cols = [c for c in ("ioi_run", "cross_section", "location", "tau", "attribute", "value", "f1", "precision", "recall")
-                    if c in mine]
-            st.dataframe(mine[cols].sort_values(["attribute", "f1"], ascending=[True, False]), hide_index=True, key="ioi_f1")
+            return
+        cols = [c for c in ("attribute", "value", "f1", "precision", "recall", "tau", "location", "cross_section", "ioi_run")
+                if c in mine]
+        st.dataframe(mine[cols].sort_values(["attribute", "f1"], ascending=[True, False]), hide_index=True, key="ioi_f1")
+
+
+def latent_browser() -> None:
+    if not isinstance(an, dict):
+        ui.not_available("Latent browser", f"{an.reason}; {ANALYZE}")
+        return
+    lat = data.read_table(path, "analysis_latents")
+    if isinstance(lat, data.Missing):
+        ui.not_available("Latent browser", f"{lat.reason}; {ANALYZE}")
+        return
+    lens = an.get("logit_lens") or f"unavailable ({an.get('logit_lens_missing')})"
+    st.caption(f"Analysis of {an.get('n_tokens')} held-out tokens in {an.get('mode')} mode: {len(lat) - an.get('dead', 0)} of "
+               f"{len(lat)} latents fired; output tokens via {lens}.")
+    evals, features = ioi_features()
+    latent = find_latent(lat, features)
+    if latent is not None:
+        show_latent(latent, lat[lat["latent"] == latent].iloc[0], lat, evals, features)
+
+
+latents_tab, l0_tab = st.tabs(["Latents", "Per-token L0"])
+with latents_tab, ui.section("Latent browser"):
+    latent_browser()
+with l0_tab, ui.section("Per-token L0 distribution"):
+    l0_distribution()

@@ -83,17 +83,18 @@ with ui.section("Control"):
         left, right = st.columns(2)
         if layers:
             left.altair_chart(alt.layer(*layers).properties(
-                title=f"Edit accuracy vs features edited ({attr}, {cs}); solid rules: supervised, dashed: no edit"),
+                title=f"Edit accuracy vs features edited ({attr})"),
                 width="stretch")
-        if not len(sae_rows):
-            left.caption("No SAE edits for this cross-section (SAE families are evaluated where they cover every location).")
+        left.caption("Lines: SAE edits (greedy / F1-guided) of k features; solid rules: supervised dictionaries; dashed: no edit."
+                     + ("" if len(sae_rows) else " No SAE edits here (an SAE family is evaluated where it covers every location)."))
         pts = sub.assign(k=sub["k"].astype("Float64").astype(str).replace("<NA>", "–"))
-        mag = alt.Chart(pts, title="Normalised edit magnitude (mean supervised edit at (0, 1); no edit at y = 0)").mark_point(
+        mag = alt.Chart(pts, title="Normalised edit magnitude").mark_point(
             filled=True, size=80).encode(x=alt.X("x:Q", title="normalised magnitude"), y=alt.Y("y:Q", title="normalised accuracy"),
                                          color="dictionary:N", shape="method:N", tooltip=["dictionary", "method", "k", "x", "y",
                                                                                           "accuracy", "magnitude"])
         rules = alt.Chart(pd.DataFrame({"y": [0.0, 1.0]})).mark_rule(color="gray", strokeDash=[2, 2]).encode(y="y:Q")
         right.altair_chart((rules + mag).interactive(), width="stretch")
+        right.caption("The mean dictionary's supervised edit sits at (0, 1), not editing at y = 0; up and left is better.")
 
 # ---- interpretability ---------------------------------------------------------------------------
 interp = data.read_table(path, "interpretability")

@@ -6,6 +6,7 @@ load.json, results.json, ot_plan.json, and <bench>/summary.json.
 
 import re
 
+import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -50,21 +51,26 @@ with ui.section("Expert load"):
             rows = rows.iloc[np.linspace(0, len(rows) - 1, 120).round().astype(int)]
         mat = np.array(rows[f"gate{g}/load"].tolist(), dtype=float)  # (steps, experts)
         share = mat / np.maximum(mat.sum(1, keepdims=True), 1e-12)
+        n_exp = mat.shape[1]
         heat = pd.DataFrame([{"step": int(s), "expert": e, "load share": share[i, e]}
-                             for i, s in enumerate(rows["step"]) for e in range(mat.shape[1])])
-        c2.altair_chart(charts.heatmap(heat, "step", "expert", "load share", title=f"Share of routed tokens per expert, {gate_label(g)}",
-                                       scheme="viridis").properties(height=260), width="stretch")
+                             for i, s in enumerate(rows["step"]) for e in range(n_exp)])
+        c1.caption(f"Uniform routing gives every expert a share of 1/{n_exp} = {1 / n_exp:.3f}; the colour scale spans 0 "
+                   f"to twice that (or the largest share).")
+        c2.altair_chart(charts.heatmap(heat, "step", "expert", "load share", domain=(0, max(2 / n_exp, share.max())),
+                                       title=f"Share of routed tokens per expert, {gate_label(g)}").properties(height=240),
+                        width="stretch")
+        c1, c2 = st.columns(2)
         cv_cols = [f"gate{x}/load_cv" for x in gates if f"gate{x}/load_cv" in m]
         if cv_cols:
             cv = m[["step", *cv_cols]].melt("step", var_name="gate", value_name="load CV").dropna()
-            c1.altair_chart(charts.lines(cv, "step", "load CV", color="gate", title="Load imbalance (CV)").properties(height=220),
-                            width="stretch")
+            c1.altair_chart(charts.lines(cv, "step", "load CV", color="gate", title="Load imbalance (coefficient of variation)")
+                            .properties(height=220), width="stretch")
     if isinstance(load, dict) and load.get("epochs"):
-        ep = [{"epoch": e["epoch"], "gate": gate_label(gi), "expert": x, "tokens": v}
-              for e in load["epochs"] for gi, per in enumerate(e.get("load", [])) for x, v in enumerate(per)]
-        ep = pd.DataFrame(ep)
-        st.altair_chart(charts.heatmap(ep, "expert", "epoch", "tokens", title="Validation load per epoch (tokens per expert)")
-                        .facet(row="gate:N").resolve_scale(color="independent"), width="stretch")
+        ep = pd.DataFrame([{"epoch": e["epoch"], "gate": gate_label(gi), "expert": x, "tokens": v}
+                           for e in load["epochs"] for gi, per in enumerate(e.get("load", [])) for x, v in enumerate(per)])
+        c2.altair_chart(charts.heatmap(ep, "expert", "epoch", "tokens", title="Validation load per epoch (tokens per expert)")
+                        .properties(height=90).facet(row=alt.Row("gate:N", title=None)).resolve_scale(color="independent"),
+                        width="stretch")
 
 # ---- gates compared across seeds ----------------------------------------------------------------
 st.subheader("Gates compared across seeds")
@@ -104,25 +110,25 @@ with ui.section("Gate comparison"):
 # ---- one batch's allocation, and the transport plan ---------------------------------------------
 c1, c2 = st.columns(2)
 with c1, ui.section("Allocation"):
-    st.markdown("**Token × expert combine weights** (64 test tokens, gate 0)")
+    st.markdown("**Token × expert combine weights** (64 test tokens, gate 0; blank = not dispatched)")
     w = load.get("weights_sample") if isinstance(load, dict) else None
     if not w:
         ui.not_available("Allocation sample", load.reason if isinstance(load, data.Missing) else "no weights_sample in load.json")
     else:
         w = np.asarray(w, dtype=float)
-        heat = pd.DataFrame([{"token": t, "expert": e, "weight": w[t, e]} for t in range(w.shape[0]) for e in range(w.shape[1])])
+        heat = pd.DataFrame([{"token": t, "expert": e, "weight": w[t, e]} for t, e in zip(*np.nonzero(w))])
         st.altair_chart(charts.heatmap(heat, "expert", "token", "weight", scheme="greens").properties(height=360), width="stretch")
         st.caption(f"experts per token: mean {(w > 0).sum(1).mean():.2f}; tokens per expert: "
                    f"{', '.join(str(int(c)) for c in (w > 0).sum(0))}")
 with c2, ui.section("Transport plan"):
-    st.markdown("**Sparse-OT transport plan** (tokens × experts)")
+    st.markdown("**Sparse-OT transport plan** (tokens × experts; blank = zero)")
     plan = data.read_json(path, "ot_plan.json")
     if not isinstance(plan, dict) or not plan.get("plan"):
         ui.not_available("Transport plan", (plan.reason if isinstance(plan, data.Missing) else "empty plan")
                          + "; only sparse-ot gates write one")
     else:
         P = np.asarray(plan["plan"], dtype=float)
-        heat = pd.DataFrame([{"token": t, "expert": e, "mass": P[t, e]} for t in range(P.shape[0]) for e in range(P.shape[1])])
+        heat = pd.DataFrame([{"token": t, "expert": e, "mass": P[t, e]} for t, e in zip(*np.nonzero(P))])
         st.altair_chart(charts.heatmap(heat, "expert", "token", "mass", scheme="oranges").properties(height=360), width="stretch")
         st.caption(f"orientation {plan.get('orientation')}, γ = {plan.get('gamma')}, k = {plan.get('k')}; nonzeros per token: "
                    f"max {int((P > 0).sum(1).max())}; mass per expert: {', '.join(f'{v:.3f}' for v in P.sum(0))}")

@@ -1,20 +1,279 @@
-"""Every page of the app under streamlit.testing.v1.AppTest, on the run dirs of conftest.app_runs."""
+"""Every page of the app under streamlit.testing.v1.AppTest, on the real run dirs of conftest.app_runs.
+
+Each test opens a page the way a user does (Home.py, then a page, optionally with ?run=...), asserts
+that it raised nothing and that the elements hold the values stored in the run dirs.
+"""
 
 from __future__ import annotations
 
 import json
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
+BROKEN = ("broken-config", "unknown-kind", "not-a-run")  # made by conftest.app_runs
 PAGES = ("1_Runs.py", "2_Feature_browser.py", "3_IOI_evaluation.py", "4_Routing.py")
 
 
-def _texts(elements) -> list[str]:
-    return [e.value for e in elements]
+def frame(at, *columns: str) -> pd.DataFrame:
+    """The first st.dataframe on the page holding all these columns."""
+    for df in at.dataframe:
+        if set(columns) <= set(df.value.columns):
+            return df.value
+    raise AssertionError(f"no dataframe with columns {columns}; have {[list(d.value.columns) for d in at.dataframe]}")
+
+
+def chart_data(at) -> list[pd.DataFrame]:
+    """The data of every Vega-Lite (Altair) chart on the page."""
+    out = []
+    for ch in at.get("vega_lite_chart"):
+        for d in ch.proto.datasets:
+            out.append(pa.ipc.open_stream(d.data.data).read_all().to_pandas())
+    return out
+
+
+def chart_colors(at) -> list[str]:
+    """The colour field of every chart (layer) on the page."""
+    out = []
+    for ch in at.get("vega_lite_chart"):
+        spec = json.loads(ch.proto.spec)
+        for part in [spec, *spec.get("layer", [])]:
+            field = part.get("encoding", {}).get("color", {}).get("field")
+            if field:
+                out.append(field)
+    return out
+
+
+def infos(at) -> str:
+    return "\n".join(e.value for e in at.info)
+
+
+def warnings(at) -> str:
+    return "\n".join(e.value for e in at.warning)
 
 
 @pytest.mark.parametrize("page", (None, *PAGES))
-def test_every_page_opens_without_exception(app_test, page):
+def test_every_page_opens_without_exception_or_warning(app_test, page):
     at = app_test(page)
     assert at.title[0].value
+    assert [w.value for w in at.warning if "— unreadable:" not in w.value] == []  # only the list of broken dirs
+
+
+def test_home_counts_runs_and_lists_unreadable_dirs(app_test):
+    at = app_test()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["sae runs"] == "4" and metrics["ioi runs"] == "2" and metrics["moe runs"] == "5"
+    assert metrics["unreadable"] == str(len(BROKEN))
+    text = warnings(at)
+    for name in BROKEN:
+        assert f"`{name}` — unreadable:" in text
+    assert "unknown run kind 'banana'" in text and "is not a run directory" in text
+
+
+def test_runs_table_holds_the_stored_numbers(app_test, app_runs):
+    at = app_test("1_Runs.py")
+    table = frame(at, "name", "kind", "fvu", "status").set_index("name")
+    assert {"sae-topk", "sae-feature-choice", "sae-half", "sae-corrupt", "ioi-locate", "ioi-eval", "moe-ot",
+            *(f"bench-syn/{g}-s{s}" for g in ("topk", "hash") for s in (0, 1))} == set(table.index)
+    ev = json.loads((app_runs / "sae-topk" / "eval.json").read_text())
+    row = table.loc["sae-topk"]
+    assert (row["kind"], row["arch"], row["k"], row["hook"]) == ("sae", "topk", 4, "blocks.1.hook_resid_post")
+    assert row["fvu"] == pytest.approx(ev["fvu"]) and row["l0"] == pytest.approx(ev["l0_mean"])
+    assert row["dead_pct"] == pytest.approx(ev["dead_pct"]) and row["status"] == "done"
+    half = table.loc["sae-half"]  # unfinished: numbers from the last complete metrics row, torn line skipped
+    rows = [json.loads(x) for x in (app_runs / "sae-half" / "metrics.jsonl").read_text().splitlines()[:3]]
+    assert half["status"] == "running" and half["fvu"] == pytest.approx(rows[-1]["fvu"])
+    assert "training metrics (step" in half["note"] and "missing eval.json" in half["note"]
+    assert "eval.json is unreadable" in table.loc["sae-corrupt", "note"]
+    res = json.loads((app_runs / "bench-syn" / "topk-s0" / "results.json").read_text())
+    bench = table.loc["bench-syn/topk-s0"]
+    assert (bench["kind"], bench["arch"], bench["metric"]) == ("moe", "topk", "test_loss")
+    assert bench["value"] == pytest.approx(res["test_loss"])
+    assert table.loc["ioi-eval", "arch"] == "eval" and table.loc["ioi-locate", "arch"] == "locate"
+    assert "`broken-config` — unreadable:" in warnings(at)
+
+
+def test_runs_filters(app_test):
+    at = app_test("1_Runs.py")
+    at.text_input(key="filter").input("feature").run()
+    assert set(frame(at, "name", "arch")["arch"]) == {"feature-choice"}
+    at.text_input(key="filter").input("").run()
+    at.multiselect(key="kinds").set_value(["moe"]).run()
+    shown = frame(at, "name", "kind")
+    assert set(shown["kind"]) == {"moe"} and len(shown) == 5
+
+
+def test_runs_compare_curves_and_frontier(app_test):
+    at = app_test("1_Runs.py")
+    at.multiselect(key="compare").set_value(["sae-topk", "sae-feature-choice"]).run()
+    assert not at.exception
+    diff = next(d.value for d in at.dataframe if "sae.arch" in d.value.index)
+    assert diff.loc["sae.arch"].tolist() == ["topk", "feature-choice"]
+    assert "acts.hook" not in diff.index  # same in both: not a difference
+    assert at.selectbox(key="curve_metric").value == "fvu"
+    charts = chart_data(at)
+    curves = next(c for c in charts if {"run", "fvu"} <= set(c.columns))
+    assert set(curves["run"]) == {"sae-topk", "sae-feature-choice"}
+    front = next(c for c in charts if {"l0", "fvu", "arch"} <= set(c.columns) and "run" not in c.columns)
+    assert {"topk", "feature-choice"} <= set(front["arch"])
+    at.selectbox(key="curve_metric").set_value("l0_mean").run()
+    assert not at.exception
+
+
+def _latents(app_runs, run="sae-topk"):
+    return (pd.read_parquet(app_runs / run / "analysis_latents.parquet"),
+            pd.read_parquet(app_runs / run / "analysis_contexts.parquet"))
+
+
+def test_feature_browser_shows_one_latent(app_test, app_runs):
+    lat, ctx = _latents(app_runs)
+    feats = pd.read_parquet(app_runs / "ioi-eval" / "features.parquet")
+    feats = feats[feats["dictionary"] == "sae-topk"]
+    latent = int(feats.sort_values("f1", ascending=False)["feature"].iloc[0]) if len(feats) else int(lat["latent"][0])
+    at = app_test("2_Feature_browser.py", run="sae-topk", latent=latent)
+    assert at.selectbox(key="pick_sae").value == "sae-topk"
+    assert at.number_input(key="latent").value == latent
+    row = lat.set_index("latent").loc[latent]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["density"] == f"{row['density']:.2e}" and metrics["active tokens"] == str(int(row["n_active"]))
+    assert metrics["max activation"] == f"{row['max_act']:.3f}"
+    top = ctx[ctx["latent"] == latent].sort_values("rank").iloc[0]
+    html = next(m.value for m in at.markdown if "font-family: monospace" in m.value)
+    assert f"{top['act']:6.3f}" in html and "text-decoration: underline" in html
+    assert html.count("<div") == (ctx["latent"] == latent).sum()
+    promoted = frame(at, "token", "logit")
+    assert promoted["token"].tolist() == list(row["promoted"])
+    if len(feats[feats["feature"] == latent]):
+        f1 = frame(at, "attribute", "value", "f1")
+        assert set(f1["attribute"]) == set(feats[feats["feature"] == latent]["attribute"])
+    assert infos(at) == "" and warnings(at) == ""
+
+
+def test_feature_browser_searches(app_test, app_runs):
+    lat, ctx = _latents(app_runs)
+    target = lat.sort_values("max_act", ascending=False).iloc[0]
+    at = app_test("2_Feature_browser.py", run="sae-topk")
+    at.radio(key="find").set_value("by output token").run()
+    at.text_input(key="q_out").input(str(target["promoted"][0]).strip()).run()
+    assert any(o.startswith(f"#{int(target['latent'])} ") for o in at.selectbox(key="cand").options)
+    first = ctx[ctx["latent"] == target["latent"]].sort_values("rank").iloc[0]
+    at.radio(key="find").set_value("by context token").run()
+    at.text_input(key="q_ctx").input(str(first["tokens"][first["pos"]]).strip()).run()
+    assert any(o.startswith(f"#{int(target['latent'])} ") for o in at.selectbox(key="cand").options)
+    assert not at.exception
+
+
+def test_feature_browser_search_by_ioi_attribute(app_test, app_runs):
+    feats = pd.read_parquet(app_runs / "ioi-eval" / "features.parquet")
+    feats = feats[feats["dictionary"] == "sae-topk"]
+    if feats.empty:
+        pytest.skip("the tiny SAE has no latent with F1 > 0 on this tiny eval")
+    at = app_test("2_Feature_browser.py", run="sae-topk")
+    at.radio(key="find").set_value("by IOI attribute").run()
+    attr = at.selectbox(key="q_attr").value
+    value = at.selectbox(key="q_value").value
+    hit = feats[(feats["attribute"] == attr) & (feats["value"].astype(str) == value)]
+    best = int(hit.sort_values("f1", ascending=False, kind="stable")["feature"].iloc[0])
+    assert at.selectbox(key="cand").value == best
+    assert at.markdown and any(m.value == f"### Latent {best}" for m in at.markdown)
+
+
+def test_feature_browser_per_token_l0(app_test, app_runs):
+    at = app_test("2_Feature_browser.py", run="sae-feature-choice")
+    an = json.loads((app_runs / "sae-feature-choice" / "analysis.json").read_text())
+    assert an["mode"] == "threshold" and an["arch"] == "feature-choice"
+    l0 = next(c for c in chart_data(at) if "fraction of tokens" in c.columns)
+    assert {"analysis · threshold", "eval.json · batch", "eval.json · threshold"} <= set(l0["source"])
+    ours = l0[l0["source"] == "analysis · threshold"]
+    assert ours["fraction of tokens"].sum() == pytest.approx(1.0)
+    assert ours.set_index("L0")["fraction of tokens"].to_dict() == pytest.approx(
+        {i: c / sum(an["l0_hist"]) for i, c in enumerate(an["l0_hist"])})
+
+
+def test_feature_browser_on_runs_without_or_with_broken_analysis(app_test):
+    at = app_test("2_Feature_browser.py", run="sae-half")
+    text = infos(at)
+    assert "Latent browser: not available for this run (missing analysis.json; run `workbench sae analyze" in text
+    assert "Per-token L0 distribution: not available for this run (missing eval.json" in text
+    at = app_test("2_Feature_browser.py", run="sae-corrupt")
+    assert "Latent browser: not available for this run (analysis_latents.parquet is unreadable" in infos(at)
+    assert any("eval.json is unreadable" in c.value for c in at.caption)
+
+
+def test_ioi_eval_page(app_test, app_runs):
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval")
+    approx = pd.read_parquet(app_runs / "ioi-eval" / "approximation.parquet")
+    shown = frame(at, "cross_section", "dictionary", "sufficiency", "necessity")
+    assert set(shown["dictionary"]) == {"mean", "mse", "sae-topk"}
+    merged = shown.merge(approx, on=["cross_section", "dictionary"], suffixes=("", "_file"))
+    assert merged["sufficiency"].tolist() == pytest.approx(merged["sufficiency_file"].tolist())
+    assert merged["necessity"].tolist() == pytest.approx(merged["necessity_file"].tolist())
+    assert at.selectbox(key="ctrl_cs").value == "custom"
+    control = pd.read_parquet(app_runs / "ioi-eval" / "control.parquet")
+    data = chart_data(at)
+    edits = next(c for c in data if {"k", "accuracy", "method"} <= set(c.columns) and (c["method"] != "supervised").all())
+    want = control[(control["cross_section"] == "custom") & (control["attribute"] == at.selectbox(key="ctrl_attr").value)
+                   & (control["method"] != "supervised")]
+    assert sorted(edits["accuracy"]) == pytest.approx(sorted(want["accuracy"]))
+    assert any({"x", "y", "method"} <= set(c.columns) for c in data)  # normalised magnitude plot
+    assert {"sufficiency", "necessity", "mean_best_f1", "coverage"} <= set(chart_colors(at))
+    assert "Circuit: not available for this run (missing locations.json" in infos(at)
+    at.selectbox(key="ctrl_attr").set_value("Pos").run()
+    at.selectbox(key="tau").set_value(0.8).run()
+    assert not at.exception
+
+
+def test_ioi_locate_page_shows_the_circuit(app_test, app_runs):
+    at = app_test("3_IOI_evaluation.py", run="ioi-locate")
+    heads = frame(at, "layer", "head", "role")
+    assert len(heads) == 4 and set(heads["layer"]) == {0, 1}
+    loc = json.loads((app_runs / "ioi-locate" / "locations.json").read_text())
+    dla = {(h["layer"], h["head"]): h["dla"] for h in loc["heads"]}
+    assert {(r.layer, r.head): r.dla for r in heads.itertuples()} == pytest.approx(dla)
+    if loc["cross_sections"]:
+        assert set(frame(at, "name", "locations")["name"]) == {c["name"] for c in loc["cross_sections"]}
+    assert "Approximation: not available for this run (missing approximation.parquet; this is a `workbench ioi locate` run)" in infos(at)
+    at.selectbox(key="head_score").set_value("ablate_end").run()
+    assert not at.exception
+
+
+def test_routing_sparse_ot_run(app_test, app_runs):
+    at = app_test("4_Routing.py", run="moe-ot")
+    assert "Transport plan" not in infos(at)
+    plan = json.loads((app_runs / "moe-ot" / "ot_plan.json").read_text())["plan"]
+    data = chart_data(at)
+    mass = next(c for c in data if "mass" in c.columns)
+    nonzero = sum(v > 0 for row in plan for v in row)
+    assert len(mass) == nonzero and mass["mass"].sum() == pytest.approx(sum(map(sum, plan)), rel=1e-5)
+    heat = next(c for c in data if "load share" in c.columns)
+    first = json.loads((app_runs / "moe-ot" / "metrics.jsonl").read_text().splitlines()[0])
+    share = heat[heat["step"] == first["step"]].sort_values("expert")["load share"].tolist()
+    assert share == pytest.approx([v / sum(first["gate0/load"]) for v in first["gate0/load"]])
+    assert len(at.selectbox(key="load_gate").options) == 2  # one gate per task
+
+
+def test_routing_gate_comparison_over_seeds(app_test, app_runs):
+    at = app_test("4_Routing.py", run="bench-syn/topk-s0")
+    assert at.radio(key="scope").value == "this bench"
+    table = frame(at, "gate", "mean", "std", "n").set_index("gate")
+    summary = json.loads((app_runs / "bench-syn" / "summary.json").read_text())["gates"]
+    assert set(table.index) == set(summary) == {"topk", "hash"}
+    for gate, s in summary.items():
+        assert table.loc[gate, "n"] == s["n"] == 2
+        assert table.loc[gate, "mean"] == pytest.approx(s["mean"]) and table.loc[gate, "std"] == pytest.approx(s["std"])
+    assert "Transport plan: not available for this run (missing ot_plan.json; only sparse-ot gates write one)" in infos(at)
+    at.radio(key="scope").set_value("all runs of this task").run()
+    assert "sparse-ot" in set(frame(at, "gate", "mean", "std", "n")["gate"])
+
+
+def test_pages_open_fast_once_cached(app_test):
+    """The app only reads and caches: a warm page run takes well under a second here."""
+    import time
+
+    for page, run in (("1_Runs.py", None), ("2_Feature_browser.py", "sae-topk"), ("3_IOI_evaluation.py", "ioi-eval"),
+                      ("4_Routing.py", "moe-ot")):
+        at = app_test(page, **({"run": run} if run else {}))
+        t0 = time.perf_counter()
+        at.run()
+        assert time.perf_counter() - t0 < 3.0, page
