@@ -211,10 +211,11 @@ def _logit_lens(sae, model, hook: str, head: int | None, n: int, vocab: _Vocab) 
         out_map, how = model.blocks[int(m.group(1))].mlp.W_out.detach().float().cpu(), f"W_dec @ W_out[{m.group(1)}] @ W_U"
     else:
         return None, f"no linear path from {hook} to the unembedding (residual-stream, attn.hook_z and mlp.hook_post hooks have one)"
-    dirs = W_dec if out_map is None else W_dec @ out_map  # (d_sae, d_model)
     W_U = model.W_U.detach().float().cpu()  # (d_model, d_vocab)
-    if dirs.shape[1] != W_U.shape[0]:
-        return None, f"decoder width {dirs.shape[1]} does not match the unembedding ({W_U.shape[0]})"
+    want = W_U.shape[0] if out_map is None else out_map.shape[0]
+    if W_dec.shape[1] != want:
+        return None, f"decoder width {W_dec.shape[1]} does not match the unembedding path {how} (width {want})"
+    dirs = W_dec if out_map is None else W_dec @ out_map  # (d_sae, d_model)
     special = torch.tensor(vocab.special_ids(), dtype=torch.long)
     n = min(n, W_U.shape[1] - len(special))
     top_i, top_v, bot_i, bot_v = [], [], [], []

@@ -39,7 +39,7 @@ ui.unreadable(bad)
 # ---- compare -----------------------------------------------------------------------------------
 st.subheader("Compare runs")
 names = view["name"].tolist()
-sae_done = view[(view["kind"] == "sae") & view["fvu"].notna()]["name"].tolist()
+sae_done = view[(view["kind"] == "sae") & (view["status"] == "done")].sort_values("created", ascending=False)["name"].tolist()
 chosen = st.multiselect("Runs to compare", names, default=(sae_done or names)[:3], key="compare")
 if chosen:
     picked = view.set_index("name").loc[chosen]
@@ -74,8 +74,9 @@ if chosen:
             c1, c2 = st.columns([3, 1])
             metric = c1.selectbox("Metric", metrics, index=metrics.index(prefer) if prefer else 0, key="curve_metric")
             log_y = c2.checkbox("log scale", key="curve_log")
-            x = "tokens" if "tokens" in curves and curves["tokens"].notna().all() else "step"
-            sub = curves[[x, metric, "run"]].dropna()
+            has = curves.dropna(subset=[metric])
+            x = "tokens" if "tokens" in has and has["tokens"].notna().all() else "step"
+            sub = has[[x, metric, "run"]].dropna()
             if log_y:
                 sub = sub[sub[metric] > 0]
             st.altair_chart(charts.lines(sub, x, metric, color="run", log_y=log_y, title=f"{metric} during training"),
