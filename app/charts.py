@@ -23,8 +23,12 @@ DARK = {"viridis": "low", "blueorange": "ends", "redblue": "ends", "greens": "hi
 
 
 def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", scheme: str = "viridis",
-            domain: tuple[float, float] | None = None, x_type: str = "O", y_type: str = "O", text: bool = False) -> alt.Chart:
-    """A rect per (x, y) cell coloured by `value` (clamped to `domain`); optional numbers written in the cells."""
+            domain: tuple[float, float] | None = None, x_type: str = "O", y_type: str = "O", text: bool = False,
+            x_values: list | None = None) -> alt.Chart:
+    """A rect per (x, y) cell coloured by `value` (clamped to `domain`); optional numbers written in the cells.
+
+    x_values fixes the x categories (so columns without any cell, e.g. unused experts, still show).
+    """
     scale = alt.Scale(scheme=scheme, domain=list(domain), clamp=True) if domain else alt.Scale(scheme=scheme)
     if text and not df.empty:  # white numbers on dark cells, black on light ones
         v = df[value].astype(float)
@@ -32,7 +36,8 @@ def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", schem
         t = ((v - lo) / ((hi - lo) or 1.0)).clip(0, 1)
         dark = {"low": t < 0.45, "high": t > 0.6, "ends": (t - 0.5).abs() > 0.3}[DARK.get(scheme, "low")]
         df = df.assign(_ink=dark.map({True: "white", False: "black"}))
-    base = alt.Chart(df, title=title).encode(x=alt.X(f"{x}:{x_type}", title=x), y=alt.Y(f"{y}:{y_type}", title=y))
+    xs = alt.Scale(domain=list(x_values)) if x_values is not None else alt.Undefined
+    base = alt.Chart(df, title=title).encode(x=alt.X(f"{x}:{x_type}", title=x, scale=xs), y=alt.Y(f"{y}:{y_type}", title=y))
     chart = base.mark_rect().encode(color=alt.Color(f"{value}:Q", title=value, scale=scale),
                                     tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
     if "_ink" not in df:
@@ -66,8 +71,8 @@ def frontier(df: pd.DataFrame, title: str = "L0 vs FVU (lower left is better)") 
 
 
 def error_bars(df: pd.DataFrame, cat: str, mean: str, std: str, title: str = "") -> alt.Chart:
-    """Mean ± std per category (a point with a bar)."""
+    """Mean ± std per category (a point with a bar), categories top to bottom in the frame's order."""
     d = df.assign(lo=df[mean] - df[std], hi=df[mean] + df[std])
-    base = alt.Chart(d, title=title).encode(y=alt.Y(f"{cat}:N", title=cat, sort="-x"))
+    base = alt.Chart(d, title=title).encode(y=alt.Y(f"{cat}:N", title=cat, sort=list(d[cat])))  # in the frame's order
     return (base.mark_rule().encode(x=alt.X("lo:Q", title=f"{mean} ± std", scale=alt.Scale(zero=False)), x2="hi:Q")
             + base.mark_point(filled=True, size=70).encode(x=f"{mean}:Q", tooltip=[cat, mean, std, "n"] if "n" in d else [cat, mean, std]))

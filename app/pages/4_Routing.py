@@ -117,7 +117,8 @@ with c1, ui.section("Allocation"):
     else:
         w = np.asarray(w, dtype=float)
         heat = pd.DataFrame([{"token": t, "expert": e, "weight": w[t, e]} for t, e in zip(*np.nonzero(w))])
-        st.altair_chart(charts.heatmap(heat, "expert", "token", "weight", scheme="greens").properties(height=360), width="stretch")
+        st.altair_chart(charts.heatmap(heat, "expert", "token", "weight", scheme="greens", x_values=list(range(w.shape[1])))
+                        .properties(height=360), width="stretch")
         st.caption(f"experts per token: mean {(w > 0).sum(1).mean():.2f}; tokens per expert: "
                    f"{', '.join(str(int(c)) for c in (w > 0).sum(0))}")
 with c2, ui.section("Transport plan"):
@@ -129,6 +130,7 @@ with c2, ui.section("Transport plan"):
     else:
         P = np.asarray(plan["plan"], dtype=float)
         heat = pd.DataFrame([{"token": t, "expert": e, "mass": P[t, e]} for t, e in zip(*np.nonzero(P))])
-        st.altair_chart(charts.heatmap(heat, "expert", "token", "mass", scheme="oranges").properties(height=360), width="stretch")
+        st.altair_chart(charts.heatmap(heat, "expert", "token", "mass", scheme="oranges", x_values=list(range(P.shape[1])))
+                        .properties(height=360), width="stretch")
         st.caption(f"orientation {plan.get('orientation')}, γ = {plan.get('gamma')}, k = {plan.get('k')}; nonzeros per token: "
                    f"max {int((P > 0).sum(1).max())}; mass per expert: {', '.join(f'{v:.3f}' for v in P.sum(0))}")
