@@ -7,6 +7,7 @@ that it raised nothing and that the elements hold the values stored in the run d
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -277,3 +278,16 @@ def test_pages_open_fast_once_cached(app_test):
         t0 = time.perf_counter()
         at.run()
         assert time.perf_counter() - t0 < 3.0, page
+
+
+@pytest.mark.parametrize("page", (None, *PAGES))
+def test_pages_on_an_empty_or_missing_runs_dir(page, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "nothing-here"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app" / "Home.py"), default_timeout=60)
+    if page:
+        at.switch_page(f"pages/{page}")
+    at.run()
+    assert not at.exception
+    assert "nothing-here" in infos(at) or any("nothing-here" in c.value for c in at.caption)
