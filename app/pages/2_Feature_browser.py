@@ -110,7 +110,10 @@ def find_latent(lat: pd.DataFrame, features: pd.DataFrame) -> int | None:
         return int(st.selectbox("Latent", list(scores)[:200], key="cand", format_func=lambda i: f"#{i} (score {scores[i]:.3g})"))
     d_sae = len(lat)
     default = int(st.query_params.get("latent", lat.sort_values("density", ascending=False)["latent"].iloc[0]))
-    return int(st.number_input("Latent index", 0, d_sae - 1, value=min(max(default, 0), d_sae - 1), step=1, key="latent"))
+    latent = int(st.number_input("Latent index", 0, d_sae - 1, value=min(max(default, 0), d_sae - 1), step=1, key="latent"))
+    if st.query_params.get("latent") != str(latent):
+        st.query_params["latent"] = str(latent)  # a link to this page shows this latent
+    return latent
 
 
 def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict], features: pd.DataFrame) -> None:
