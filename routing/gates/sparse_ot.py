@@ -30,12 +30,22 @@ class SparseOTGate(Gate):
         self.method, self.iters, self.group, self.capacity_factor = method, iters, group, capacity_factor
         self.last_plan: Tensor | None = None  # (G, E) plan of the first group of the last call, for the app
 
+    def _expert_mass(self, g: int, like: Tensor) -> Tensor:
+        """Row marginals (E,) of the tokens orientation: 1/E each, or, for k = 1 when E does not divide
+        the group, whole-token counts floor/ceil(G/E) / G (k = 1 sends every token to one expert whole)."""
+        e = self.n_experts
+        if self.k > 1 or g % e == 0:
+            return like.new_full((e,), 1 / e)
+        counts = torch.full((e,), g // e, dtype=like.dtype, device=like.device)
+        counts[: g % e] += 1
+        return counts / g
+
     def _solve(self, scores: Tensor) -> tuple[Tensor, Tensor, dict]:
         """scores (B, G, E) -> plan-derived weights (B, G, E) with token mass 1, support (B, G, E)."""
         b, g, e = scores.shape
         cost = -scores
         if self.orientation == "tokens":
-            res = solve_sparse_ot(cost.transpose(1, 2), scores.new_full((e,), 1 / e), scores.new_full((g,), 1 / g),
+            res = solve_sparse_ot(cost.transpose(1, 2), self._expert_mass(g, scores), scores.new_full((g,), 1 / g),
                                   k=min(self.k, e), gamma=self.gamma, method=self.method, max_iter=self.iters)
             plan = res.plan.transpose(1, 2)  # (B, G, E)
         else:

@@ -118,3 +118,11 @@ def test_local_search_hardens_into_a_permutation(name):
     inner = gate.inner(_x())
     torch.testing.assert_close(out.weights[:, gate.perm], inner.weights)
     assert (out.mask.sum(1) == inner.mask.sum(1)).all()
+
+
+def test_sparse_ot_k1_groups_not_divisible_by_experts():
+    """k = 1 needs whole tokens per expert: a group of 20 tokens over 8 experts gets 3/3/3/3/2/2/2/2."""
+    torch.manual_seed(0)
+    gate = make_gate(GateConfig(gate="sparse-ot", experts=E, k=1, ot_group=20), D)
+    out = gate(_x(n=60))
+    assert (out.mask.sum(1) <= 1).all()
