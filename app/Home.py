@@ -5,8 +5,10 @@ never trains. Pages: Runs, Feature browser (SAE runs), IOI evaluation, Routing (
 """
 
 import pandas as pd
+import pyarrow.parquet  # noqa: F401 - imported on the first page view, so the first chart page is not the slow one
 import streamlit as st
 
+import charts  # noqa: F401 - (Altair) same reason
 import data
 import ui
 

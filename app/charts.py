@@ -42,8 +42,8 @@ def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", schem
                                     tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
     if "_ink" not in df:
         return chart
-    return chart + base.mark_text(fontSize=11).encode(text=alt.Text(f"{value}:Q", format=".2f"),
-                                                      color=alt.Color("_ink:N", scale=None, legend=None))
+    ink = alt.condition(alt.datum._ink == "white", alt.value("white"), alt.value("black"))  # no second colour scale
+    return chart + base.mark_text(fontSize=11).encode(text=alt.Text(f"{value}:Q", format=".2f"), color=ink)
 
 
 def bars(df: pd.DataFrame, x: str, y: str, title: str = "", x_type: str = "O", color: str | None = None,

@@ -117,7 +117,7 @@ def find_latent(lat: pd.DataFrame, features: pd.DataFrame) -> int | None:
 
 
 def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict], features: pd.DataFrame) -> None:
-    st.markdown(f"### Latent {latent}")
+    st.markdown(f"#### Latent {latent}")
     m = st.columns(4)
     m[0].metric("density", f"{row['density']:.2e}")
     m[1].metric("active tokens", int(row["n_active"]))
@@ -193,8 +193,9 @@ def latent_browser() -> None:
         show_latent(latent, lat[lat["latent"] == latent].iloc[0], lat, evals, features)
 
 
-latents_tab, l0_tab = st.tabs(["Latents", "Per-token L0"])
-with latents_tab, ui.section("Latent browser"):
+st.subheader("Latents")
+with ui.section("Latent browser"):
     latent_browser()
-with l0_tab, ui.section("Per-token L0 distribution"):
+st.subheader("Per-token L0 distribution")
+with ui.section("Per-token L0 distribution"):
     l0_distribution()

@@ -177,7 +177,7 @@ def test_feature_browser_search_by_ioi_attribute(app_test, app_runs):
     hit = feats[(feats["attribute"] == attr) & (feats["value"].astype(str) == value)]
     best = int(hit.sort_values("f1", ascending=False, kind="stable")["feature"].iloc[0])
     assert at.selectbox(key="cand").value == best
-    assert at.markdown and any(m.value == f"### Latent {best}" for m in at.markdown)
+    assert at.markdown and any(m.value == f"#### Latent {best}" for m in at.markdown)
 
 
 def test_feature_browser_per_token_l0(app_test, app_runs):
