@@ -26,7 +26,7 @@ from evals import control as ct
 from evals import interpretability as it
 from evals.data import ATTRIBUTES, EXTRA_ATTRIBUTES, IOISplits, make_splits, semantic_positions
 from evals.dictionary import SAEFamily, SupervisedDictionary, attribute_values, bias_of, fit_mean, fit_mse
-from evals.locations import CrossSection, Location, first_layer, read_acts, resid_pre, run_patched
+from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from workbench.config import positive, require
 
 if TYPE_CHECKING:
@@ -98,14 +98,11 @@ class _Data:
         self.cf = {a: read_acts(model, self.cf_b[a], self.cf_pos[a], locations) for a in ATTRIBUTES}
         self.clean = run_patched(model, self.eval_b, self.eval_pos)
         self.values = attribute_values(splits.train)
-        self.resid: dict[int, torch.Tensor] = {}
+        self.patcher = Patcher(model, self.eval_b, self.eval_pos)
 
     def run(self, patches: dict[Location, torch.Tensor]):
         """The eval prompts with `patches`, restarting at the first patched block (clean resid cached)."""
-        layer = first_layer(patches)
-        if layer > 0 and layer not in self.resid:
-            self.resid[layer] = resid_pre(self.model, self.eval_b, layer)
-        return run_patched(self.model, self.eval_b, self.eval_pos, patches, resid=self.resid)
+        return self.patcher(patches)
 
     def value_index(self, prompts, attr: str) -> torch.Tensor:
         from evals.data import labels

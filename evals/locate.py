@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from evals.data import POSITIONS, make_splits, semantic_positions, template_string
-from evals.locations import CrossSection, Location, read_acts, run_patched
+from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from workbench.config import positive, require
 
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     pos = semantic_positions(batch)
     corrupt = make_batch(model, abc_counterfactual(prompts, splits.pools.counterfactual, cfg.seed + 3))
     clean = run_patched(model, batch, pos)
+    run = Patcher(model, batch, pos)  # patched runs restart at the first patched block
     ld0 = clean.mean_ld
     say(f"clean: accuracy {float((clean.ld > 0).float().mean()):.3f}, mean LD {ld0:.3f} on {len(batch)} prompts")
 
@@ -131,9 +132,9 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     effects: dict[Location, float] = {}
     for hs in heads:
         end = Location(f"blocks.{hs['layer']}.attn.hook_z", hs["head"], "END")
-        hs["ablate_end"] = _frac_drop(ld0, run_patched(model, batch, pos, mean_ablate({end: z_clean[end]})).mean_ld)
+        hs["ablate_end"] = _frac_drop(ld0, run(mean_ablate({end: z_clean[end]})).mean_ld)
     for loc in z_locs:
-        effects[loc] = _frac_drop(ld0, run_patched(model, batch, pos, {loc: z_corrupt[loc]}).mean_ld)
+        effects[loc] = _frac_drop(ld0, run({loc: z_corrupt[loc]}).mean_ld)
     for hs in heads:
         hs["patch_z"] = {p: effects[Location(f"blocks.{hs['layer']}.attn.hook_z", hs["head"], p)] for p in POSITIONS}
     say(f"patched hook_z of {L * H} heads at {len(POSITIONS)} positions")
@@ -144,11 +145,11 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     qkv_locs = [Location(f"blocks.{layer}.attn.hook_{k}", h, p) for layer, h in top for k in "qkv" for p in POSITIONS]
     qkv_corrupt = read_acts(model, corrupt, pos, qkv_locs)
     for loc in qkv_locs:
-        effects[loc] = _frac_drop(ld0, run_patched(model, batch, pos, {loc: qkv_corrupt[loc]}).mean_ld)
+        effects[loc] = _frac_drop(ld0, run({loc: qkv_corrupt[loc]}).mean_ld)
     resid_locs = [Location(f"blocks.{layer}.hook_resid_pre", None, p) for layer in range(L) for p in POSITIONS]
     resid_corrupt = read_acts(model, corrupt, pos, resid_locs)
     for loc in resid_locs:
-        effects[loc] = _frac_drop(ld0, run_patched(model, batch, pos, {loc: resid_corrupt[loc]}).mean_ld)
+        effects[loc] = _frac_drop(ld0, run({loc: resid_corrupt[loc]}).mean_ld)
     say(f"patched q/k/v of {len(top)} heads and the residual stream")
 
     # roles
@@ -186,8 +187,8 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
         locs = sorted(set(locs))
         acts_clean = read_acts(model, batch, pos, locs)
         acts_corrupt = read_acts(model, corrupt, pos, locs)
-        patch = _frac_drop(ld0, run_patched(model, batch, pos, acts_corrupt).mean_ld)
-        ablate = _frac_drop(ld0, run_patched(model, batch, pos, mean_ablate(acts_clean)).mean_ld)
+        patch = _frac_drop(ld0, run(acts_corrupt).mean_ld)
+        ablate = _frac_drop(ld0, run(mean_ablate(acts_clean)).mean_ld)
         if max(patch, ablate) < cfg.min_effect:
             continue
         name = f"{role}-{kind}" + ("" if p == "END" or role == f"{p.lower()}-heads" else f"-{p.lower()}")

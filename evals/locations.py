@@ -209,3 +209,21 @@ def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[s
         lds.append(end[rows, batch.io_id[sl]] - end[rows, batch.s_id[sl]])
         tops.append(end.argmax(-1))
     return EndOutput(torch.cat(lds).float(), torch.cat(tops))
+
+
+class Patcher:
+    """``run_patched`` on one batch, restarting each run at its first patched block.
+
+    Caches the clean ``resid_pre`` of each block it restarts at (one (batch, pos, d_model) tensor per
+    block), so a patch in block L costs the blocks from L on only.
+    """
+
+    def __init__(self, model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor]):
+        self.model, self.batch, self.positions = model, batch, positions
+        self.resid: dict[int, torch.Tensor] = {}
+
+    def __call__(self, patches: dict[Location, torch.Tensor] | None = None) -> EndOutput:
+        layer = first_layer(patches or {})
+        if layer > 0 and layer not in self.resid:
+            self.resid[layer] = resid_pre(self.model, self.batch, layer)
+        return run_patched(self.model, self.batch, self.positions, patches, resid=self.resid)
