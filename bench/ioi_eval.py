@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy-ioi")
     p.add_argument("--locations", help="locations.json or a locate run dir (default: run locate first)")
+    p.add_argument("--cross-section", action="append", default=[], help="only these cross-sections (repeatable; default: all)")
     p.add_argument("--corpus", default="ioi", choices=("ioi", "toy"), help="SAE training corpus: ioi (task SAEs) or toy (full distribution)")
     p.add_argument("--sae-root", default="runs/bench-ioi-saes", help="where SAE runs are kept and reused")
     p.add_argument("--tokens", type=int, default=400_000, help="training tokens per SAE when one must be trained")
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
         record["timings"]["locate_s"] = time.perf_counter() - t
         args.locations = str(root / name)
     _, sections = load_cross_sections(args.locations)
+    if args.cross_section:
+        sections = [cs for cs in sections if cs.name in args.cross_section]
     sites = sorted({(loc.hook, loc.head) for cs in sections for loc in cs.locations}, key=str)
     record["cross_sections"] = [cs.to_dict() for cs in sections]
     print(f"{len(sections)} cross-sections over {len(sites)} (hook, head) sites: {[cs.name for cs in sections]}", flush=True)
@@ -103,6 +106,8 @@ def main(argv=None) -> int:
            "--n-eval", str(args.n_eval), "--device", args.device, "--root", str(root), "--name", name, "--quiet"]
     for label, paths in families.items():
         cmd += ["--sae", f"{label}-{args.corpus}={','.join(paths)}"]
+    for name_ in args.cross_section:
+        cmd += ["--cross-section", name_]
     record["eval_command"] = "workbench " + " ".join(cmd)
     load_before = os.getloadavg()
     t, cpu = time.perf_counter(), time.process_time()

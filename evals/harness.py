@@ -42,7 +42,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: list(ct.K_VALUES), metadata={"help": "numbers of SAE features an edit may change"})
     taus: list[float] = field(default_factory=lambda: list(it.TAUS), metadata={"help": "activation thresholds (fraction of a feature's max) for precision/recall/F1"})
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES), metadata={"help": "attributes the supervised dictionaries model: IO S Pos (the paper's), optionally plus Template"})
-    f1_threshold: float = field(default=0.5, metadata={"help": "coverage: a value is covered when some feature has F1 >= this"})
+    f1_threshold: float = field(default=0.8, metadata={"help": "coverage: a value is covered when some feature has F1 >= this (a feature active on every prompt already scores 2/3 on a balanced binary attribute)"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
 
     def __post_init__(self):

@@ -49,7 +49,7 @@ def best_f1_per_value(f1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, idx
 
 
-def coverage(f1: torch.Tensor, threshold: float = 0.5) -> float:
+def coverage(f1: torch.Tensor, threshold: float = 0.8) -> float:
     """Fraction of the attribute's values that some feature matches with F1 >= threshold (Sec. 4.3)."""
     return float((best_f1_per_value(f1)[0] >= threshold).float().mean())
 

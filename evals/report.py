@@ -45,7 +45,7 @@ written by ``eval``:
     (accuracy of not editing), target_changed (1 - acc_none), plus the dictionary columns above.
 ``interpretability.{json,parquet}``  one row per (cross_section, dictionary, location, attribute, tau):
     n_values, mean_best_f1, min_best_f1, coverage (fraction of values with a feature of F1 >=
-    f1_threshold), n_distinct_best_features.
+    f1_threshold, default 0.8), n_distinct_best_features.
 ``features.parquet``  one row per (cross_section, dictionary, location, tau, feature, attribute) for
     features with F1 > 0: value (the best-matching value), precision, recall, f1.
 ``diagnostics.json``  rows with "diagnostic": "over_splitting" (attribute Pos; n_split, best_recall,
