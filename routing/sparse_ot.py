@@ -38,6 +38,7 @@ from workbench.simplex import project_sparse_simplex
 
 
 LM_START = 1e6  # initial Levenberg-Marquardt damping, in units of `damping`
+STALL_RTOL = 1e-12  # a problem whose objective improves less than this (relative) in an iteration has stalled
 
 
 class MarginalError(WorkbenchError, ValueError):
@@ -191,7 +192,7 @@ def _solve_newton(cost_t, a, b, k, gamma, max_iter, tol, damping):
                 break
             t[sub[~ok]] *= 0.5
         lam[idx] = torch.where(t < 1, lam[idx] / t, lam[idx] / 4).clamp(min=damping, max=1e12)
-        moved = acc & (value[idx] - v_i > 1e-14 * v_i.abs())
+        moved = acc & (value[idx] - v_i > STALL_RTOL * v_i.abs())
         active[idx[~moved & use_grad[idx]]] = False  # both directions failed: stalled
         use_grad[idx] = ~moved
     return alpha.reshape(*batch, n), it

@@ -47,17 +47,27 @@ class CometGate(Gate):
         nn.init.uniform_(self.nodes.weight, -gamma / 100, gamma / 100)
         nn.init.uniform_(self.leaves.weight, -0.05, 0.05)
         nn.init.zeros_(self.leaves.bias)
-        nodes, left = leaf_paths(n_experts)
-        self.register_buffer("path_nodes", nodes)
-        self.register_buffer("path_left", left)
+        nodes, left = leaf_paths(n_experts)  # (E, D) each
+        on_left = torch.zeros(n_experts - 1, n_experts)
+        on_right = torch.zeros(n_experts - 1, n_experts)
+        for leaf in range(n_experts):
+            for d in range(nodes.shape[1]):
+                (on_left if left[leaf, d] else on_right)[nodes[leaf, d], leaf] = 1.0
+        self.register_buffer("left_of", on_left)  # (E-1, E): leaf l's path goes left at node i
+        self.register_buffer("right_of", on_right)
 
     def reach_probabilities(self, x: Tensor) -> Tensor:
-        """p (N, k, E): probability that tree j reaches leaf l."""
+        """p (N, k, E): probability that tree j reaches leaf l.
+
+        log p = log(s) @ L + log(1 - s) @ R with L, R (E-1, E) the 0/1 "goes left / right at node i on
+        the way to leaf l" matrices (two small matmuls instead of a gather over paths); p is set to
+        exactly 0 where a branch on the path has probability 0 (hard nodes)."""
         n, e = x.shape[0], self.n_experts
-        s = smooth_step(self.nodes(x).view(n, self.k, e - 1), self.gamma)  # (N, k, E-1) P(left)
-        s_path = s[:, :, self.path_nodes]  # (N, k, E, D)
-        left = self.path_left.to(x.dtype)
-        return (left * s_path + (1 - left) * (1 - s_path)).prod(-1)
+        s = smooth_step(self.nodes(x).view(n * self.k, e - 1), self.gamma)  # (N k, E-1) P(left)
+        left, right = self.left_of.to(x.dtype), self.right_of.to(x.dtype)
+        logp = s.clamp(min=1e-30).log() @ left + (1 - s).clamp(min=1e-30).log() @ right  # (N k, E)
+        dead = ((s == 0).to(x.dtype) @ left + (s == 1).to(x.dtype) @ right) > 0
+        return torch.where(dead, torch.zeros_like(logp), logp.exp()).view(n, self.k, e)
 
     def forward(self, x: Tensor, ids: Tensor | None = None) -> GateOutput:
         n, e = x.shape[0], self.n_experts
