@@ -50,3 +50,11 @@ def test_bad_config_is_one_line_error(capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "k" in err and "--k" in err
+
+
+def test_solve_bench_runs_on_a_tiny_problem(capsys):
+    rc = main(["moe", "solve-bench", "--rows", "4", "--cols", "32", "--batch", "3", "--batch-cols", "16",
+               "--problems", "1", "--gates", "false"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "batched 3 problems of 4 x 16" in out and "newton-f64" in out
