@@ -60,3 +60,12 @@ def fake_gpt2():
 
     build_fake_gpt2_home(Path(_HF_HOME))
     return load_model("gpt2")
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest installs its script as sys.modules['__main__'] and leaves it there; restore
+    it so later tests that spawn processes (torch.multiprocessing) re-import the real __main__."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
