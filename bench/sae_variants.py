@@ -28,11 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aux", nargs="+", default=["aux_k", "aux_zipf"])
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--prefix", default="variants")
+    p.add_argument("--names", nargs="+", default=None, help="only print the table of these run names (no training)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `workbench sae train` flags")
     a = p.parse_args(argv)
     from workbench.cli import main as wb
 
     root = Path(a.runs_dir)
+    if a.names:
+        print(table(root, a.names))
+        return 0
     cache = root / f"{a.prefix}-cache"
     if not (cache / "manifest.json").is_file():
         rc = wb(["acts", "cache", "--model", a.model, "--hook", a.hook, "--tokens", str(a.tokens), "--out", str(cache)])
@@ -68,7 +72,8 @@ def table(root: Path, names: list[str]) -> str:
         ev = run.read_json("eval.json")
         last = [r for r in run.metrics() if "dead_frac" in r][-1]
         for mode, r in ev["modes"].items():
-            lines.append(f"| {ev['arch']} | {ev['aux']} | {mode} | {r['fvu']:.4f} | {r['l0_mean']:.2f} | {r['l0_std']:.2f} | "
+            arch = ev["arch"] + (" (zipf capacities)" if ev.get("capacity") == "zipf" else "")
+            lines.append(f"| {arch} | {ev['aux']} | {mode} | {r['fvu']:.4f} | {r['l0_mean']:.2f} | {r['l0_std']:.2f} | "
                          f"{r['l0_p05']:.0f}–{r['l0_p95']:.0f} ({r['l0_max']}) | {100 * last['dead_frac']:.1f} | "
                          f"{100 * r['dead_frac']:.1f} | {r.get('ce_recovered', float('nan')):.4f} |")
     return "\n".join(lines)
