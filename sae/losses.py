@@ -3,7 +3,7 @@
 Both auxiliary losses reconstruct the main reconstruction's residual ``e = x - x_hat`` (detached)
 from latents the main allocation neglects, so those latents receive gradient again:
 
-aux_k (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", arXiv 2406.04093, sec. A.2):
+aux_k (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", arXiv 2406.04093):
     e_hat = sum over the top-k_aux *dead* latents (by pre-activation) of ReLU(pre_i) W_dec[i]
     L_aux = |e - e_hat|^2 / |e - mean(e)|^2          (normalised MSE over the batch)
     total = L + aux_coeff * L_aux   (paper: aux_coeff = 1/32, k_aux = d_in / 2)
