@@ -6,8 +6,6 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -55,10 +53,14 @@ def fake_gpt2():
     """HookedTransformer.from_pretrained('gpt2') through the real path, on a tiny random local GPT-2."""
     from pathlib import Path
 
-    from fake_hub import build_fake_gpt2_home
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fake_hub", Path(__file__).with_name("fake_hub.py"))
+    fake_hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake_hub)
     from workbench.models import load_model
 
-    build_fake_gpt2_home(Path(_HF_HOME))
+    fake_hub.build_fake_gpt2_home(Path(_HF_HOME))
     return load_model("gpt2")
 
 

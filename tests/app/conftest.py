@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if sys.path[0] != str(ROOT):  # the real `sae` package, not tests/sae (see tests/sae/conftest.py)
-    sys.path.insert(0, str(ROOT))
 APP = ROOT / "app"
 HOOK = "blocks.1.hook_resid_post"
 BROKEN = ("broken-config", "unknown-kind", "not-a-run")

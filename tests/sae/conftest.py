@@ -1,19 +1,6 @@
 """Tiny training configs on the tiny random toy-world model (d_model 32) from tests/conftest.py."""
 
-import sys
-from pathlib import Path
-
 import pytest
-
-# This directory is named like the package it tests. With only tests/ on sys.path, `import sae` would
-# find tests/sae/ first and make `sae` a namespace package (sae/__init__.py never runs, no sae.load).
-# Put the repository root first so the real package wins.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if sys.path[0] != _ROOT:
-    sys.path.insert(0, _ROOT)
-if "sae" in sys.modules and getattr(sys.modules["sae"], "__file__", None) is None:
-    for _name in [m for m in sys.modules if m == "sae" or m.startswith("sae.")]:
-        del sys.modules[_name]
 
 
 @pytest.fixture
