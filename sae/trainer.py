@@ -179,6 +179,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
     source = Source(cfg, model)
     cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))  # k <= d_sae, d_in vs hook
     k_aux = cfg.aux_k(cfg.sae.d_in, cfg.sae.d_sae)
+    _warn_dead_window(cfg)
     if run is None:
         run = Run.create(KIND, to_dict(cfg), name=cfg.name, root=cfg.runs_dir)
 
@@ -265,6 +266,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
     finally:
         tracker.finish()
     return run
+
+
+def _warn_dead_window(cfg: TrainConfig) -> None:
+    """A dead window as long as the run means no latent can ever count as dead: say so."""
+    if cfg.dead_window >= cfg.tokens:
+        what = "aux_k never acts and " if cfg.aux == "aux_k" else ""
+        warnings.warn(f"--dead-window {cfg.dead_window} is not shorter than --tokens {cfg.tokens}: no latent can count as "
+                      f"dead during this run, so {what}the training dead fraction stays 0; pass e.g. "
+                      f"--dead-window {max(cfg.acts.batch_size, cfg.tokens // 10)}", stacklevel=3)
 
 
 def _finite(x: torch.Tensor, step: int, run: Run, last_ckpt: str | None) -> torch.Tensor:

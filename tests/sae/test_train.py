@@ -192,3 +192,17 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tiny_cfg, tiny_model):
     assert seen[0] == 5
     a, b = _weights(full), _weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_dead_window_as_long_as_the_run_is_flagged(tiny_cfg, tiny_model):
+    """With --dead-window >= --tokens no latent can be dead, so aux_k is silently a no-op: warn."""
+    import warnings
+
+    from sae.trainer import train
+
+    with pytest.warns(UserWarning, match="aux_k never acts"):
+        train(tiny_cfg(dead_window=10_000, tokens=128 * 2, name="long-window"), model=tiny_model, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tiny_cfg(dead_window=128, tokens=128 * 2, name="short-window"), model=tiny_model, progress=False)
+    assert not [w for w in caught if "dead-window" in str(w.message)]
