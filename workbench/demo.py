@@ -16,7 +16,8 @@ ROOT = Path("runs")
 
 HOOK = "blocks.1.hook_resid_post"
 SAE_COMMON = ["--hook", HOOK, "--cache", "runs/demo-acts/cache", "--expansion", "8", "--k", "8",
-              "--tokens", "400_000", "--batch-size", "2048", "--eval-tokens", "16384", "--runs-dir", "runs"]
+              "--tokens", "400_000", "--batch-size", "2048", "--eval-tokens", "16384", "--dead-window", "100_000",
+              "--runs-dir", "runs"]
 
 STEPS: list[tuple[str, list[str]]] = [
     ("Evaluate the shipped toy model on IOI",
