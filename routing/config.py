@@ -69,7 +69,7 @@ class GateConfig:
                     "raise --ot-group")
 
 
-TASKS = ("movielens", "synthetic", "planted")
+TASKS = ("movielens", "synthetic", "planted", "toy")
 
 
 @dataclass
@@ -88,6 +88,13 @@ class MoETrainConfig:
     max_examples: int = field(default=0, metadata={"help": "movielens: use this many examples (0 = all 200k)"})
     correlation: float = field(default=0.5, metadata={"help": "synthetic: task correlation rho in [-1, 1]"})
     clusters: int = field(default=8, metadata={"help": "planted: number of clusters"})
+    steps: int = field(default=300, metadata={
+        "help": "toy: optimizer steps (a batch = --batch-size toy-world sequences; --epochs is not used)"})
+    d_model: int = field(default=64, metadata={"help": "toy: transformer width"})
+    n_layers: int = field(default=2, metadata={"help": "toy: transformer layers, each MLP replaced by a MoE"})
+    n_heads: int = field(default=4, metadata={"help": "toy: attention heads"})
+    ioi_prompts: int = field(default=2000, metadata={
+        "help": "toy: IOI prompts for the accuracy and expert-specialisation evaluation"})
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
     log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl rows"})
@@ -102,7 +109,9 @@ class MoETrainConfig:
             self.routing = GateConfig(**self.routing)
         one_of(self, "task", TASKS)
         positive(self, "epochs", "batch_size", "lr", "d_emb", "d_hidden", "d_expert_out", "n_train", "log_every",
-                 "clusters")
+                 "clusters", "steps", "d_model", "n_layers", "n_heads", "ioi_prompts")
+        require(self.d_model % self.n_heads == 0, "d_model", f"{self.d_model} is not divisible by n_heads = {self.n_heads}",
+                "pass --d-model a multiple of --n-heads")
         require(-1 <= self.correlation <= 1, "correlation", f"must be in [-1, 1], got {self.correlation}",
                 "pass --correlation 0.5")
         require(self.max_examples >= 0 and self.threads >= 0, "max_examples/threads", "must be >= 0", "pass 0 or more")

@@ -100,16 +100,25 @@ class MultiGateMoE(nn.Module):
 
 class MoEFeedForward(nn.Module):
     """Drop-in replacement for a transformer MLP: (..., d_model) -> (..., d_model), tokens routed
-    independently. The last GateOutput and its aux loss are kept on the module for the trainer."""
+    independently. The last GateOutput and its aux loss are kept on the module for the trainer.
+
+    ``token_ids`` (..., same leading shape as x), when set by the caller before the forward pass, are
+    handed to the gate as ids (the hash gate hashes them; learned gates ignore them)."""
 
     def __init__(self, gate: Gate, d_model: int, d_hidden: int):
         super().__init__()
         self.moe = MoE(gate, d_model, d_hidden, d_model)
         self.last_route: GateOutput | None = None
+        self.token_ids: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        y, self.last_route = self.moe(flat)
+        ids = None
+        if self.token_ids is not None:
+            if self.token_ids.shape != x.shape[:-1]:
+                raise ValueError(f"token_ids {tuple(self.token_ids.shape)} do not match the tokens {tuple(x.shape[:-1])}")
+            ids = self.token_ids.reshape(-1)
+        y, self.last_route = self.moe(flat, ids)
         return y.view_as(x)
 
     def aux_loss(self) -> Tensor:

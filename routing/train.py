@@ -92,6 +92,10 @@ def train(cfg: MoETrainConfig, run: Run | None = None) -> dict:
     """Train the MoE model of cfg.task with gate cfg.routing; write the run dir; return results.json."""
     from routing.models import MultiTaskMoE
 
+    if cfg.task == "toy":
+        from routing.toy_moe import train_toy
+
+        return train_toy(cfg, run)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
