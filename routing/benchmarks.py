@@ -13,7 +13,9 @@ import contextlib
 import io
 import statistics
 import time
+import warnings
 
+import numpy as np
 import torch
 
 from routing.config import SolverBenchConfig
@@ -172,3 +174,143 @@ def run_solver_bench(cfg: SolverBenchConfig) -> dict:
         for g, v in gt.items():
             print(f"  {g:14s} {v['seconds'] * 1e3:8.2f} ms  {v['ratio_vs_topk']:.2f}x topk")
     return result
+
+
+# ---- limits: sparse OT vs exact OT (k -> 1) and Sinkhorn; balanced assignment vs scipy -----------------
+def _col_support_99(plan: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean number of entries per column needed to hold 99% of the column's mass (plan (..., n, m))."""
+    vals = plan.transpose(-1, -2).sort(-1, descending=True).values  # (..., m, n)
+    cum = vals.cumsum(-1)
+    return float(((cum < 0.99 * b.unsqueeze(-1)).sum(-1) + 1).clamp(max=plan.shape[-2]).float().mean())
+
+
+def ot_limits(n: int = 16, m: int = 512, problems: int = 4, ks=(1, 2, 4, 8, 16), gammas=(1000.0, 100.0, 10.0, 1.0, 0.01),
+              epsilons=(0.1, 0.01, 0.001), sinkhorn_iters=(100, 1000), seed: int = 0) -> dict:
+    """Sparse OT (ours, batched Newton f64) as k -> 1 and Sinkhorn (ours, batched; POT's per problem) vs ot.emd.
+
+    Same router costs as the solver bench (-softmax of N(0, 4) logits, n experts x m tokens), uniform
+    marginals summing to 1, so the regulariser acts per column through gamma * b_j = gamma / m: gamma = m
+    here is vmoe's setting (b_j = 1, gamma = 1), and gamma <= 1 is already close to unregularised OT.
+    For every method: transport cost <T, C> minus exact OT's (>= 0 up to
+    row-marginal errors; exact OT's cost is about -0.5 here), the max row-marginal error relative to a_i,
+    the mean number of entries per column holding 99% of its mass, and wall time for all problems.
+    """
+    import ot
+
+    from routing.sparse_ot import solve_sparse_ot
+    from workbench.simplex import sinkhorn_log
+
+    costs = router_costs(problems, n, m, seed)
+    a = torch.full((n,), 1 / n, dtype=torch.float64)
+    b = torch.full((m,), 1 / m, dtype=torch.float64)
+    t = time.perf_counter()
+    emd = torch.stack([torch.as_tensor(ot.emd(a.numpy(), b.numpy(), c.numpy())) for c in costs])
+    emd_s = time.perf_counter() - t
+    emd_cost = (emd * costs).sum((-2, -1))
+
+    def row(plan, seconds, **extra):
+        cost = (plan * costs).sum((-2, -1))
+        return {"cost_gap": float((cost - emd_cost).mean()), "cost_gap_max": float((cost - emd_cost).max()),
+                "row_err_rel": float((plan.sum(-1) - a).abs().max() / a.max()),
+                "support99": _col_support_99(plan, b), "seconds": seconds, **extra}
+
+    out = {"shape": [problems, n, m], "emd": {"seconds": emd_s, "cost_mean": float(emd_cost.mean()),
+                                              "support99": _col_support_99(emd, b)}, "sparse_ot": [], "sinkhorn": []}
+    for gamma in gammas:
+        for k in ks:
+            solve_sparse_ot(costs[:1], a, b, k, gamma)  # warm-up
+            t = time.perf_counter()
+            res = solve_sparse_ot(costs, a, b, k, gamma)
+            sec = time.perf_counter() - t
+            out["sparse_ot"].append(row(res.plan, sec, gamma=gamma, k=k, iters=res.n_iter,
+                                        converged=float(res.converged.double().mean()),
+                                        primal_gap=float((res.primal - emd_cost).mean())))
+    for eps in epsilons:
+        for iters in sinkhorn_iters:
+            t = time.perf_counter()
+            plan = sinkhorn_log(-costs / eps, a.log(), b.log(), n_iters=iters).exp()
+            sec = time.perf_counter() - t
+            out["sinkhorn"].append(row(plan, sec, impl="ours", eps=eps, iters=iters))
+        t = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plans = [torch.as_tensor(ot.sinkhorn(a.numpy(), b.numpy(), c.numpy(), eps, method="sinkhorn_log",
+                                                 numItermax=max(sinkhorn_iters), stopThr=1e-9)) for c in costs]
+        out["sinkhorn"].append(row(torch.stack(plans), time.perf_counter() - t, impl="pot", eps=eps,
+                                   iters=max(sinkhorn_iters)))
+    return out
+
+
+def assignment_limits(sizes=((512, 16), (2048, 16)), seed: int = 0, sinkhorn_iters: int = 20) -> dict:
+    """Balanced assignment of N tokens to E experts (N/E each), maximising the summed router logits.
+
+    Methods: scipy `linear_sum_assignment` on experts replicated N/E times (what the BASE gate runs),
+    exact OT as a transportation problem (`ot.emd`, a = N/E per expert, b = 1 per token; its vertex
+    solutions are assignments), our sparse OT with k = 1 (one expert per token by construction;
+    balanced when the row marginals converge), S-BASE (top-1 of 20 Sinkhorn iterations, approximate
+    balance) and greedy argmax (no balance). Reported: seconds, summed logit of the assignment
+    relative to scipy's optimum, max tokens per expert / (N/E).
+    """
+    import ot
+
+    from routing.gates.base import balanced_assignment
+    from routing.sparse_ot import solve_sparse_ot
+    from workbench.simplex import sinkhorn_log
+
+    out = {}
+    for n_tok, e in sizes:
+        g = torch.Generator().manual_seed(seed)
+        logits = 2 * torch.randn(n_tok, e, generator=g, dtype=torch.float64)
+        cap = n_tok // e
+        res = {}
+
+        def record(name, expert, seconds, **extra):
+            load = torch.bincount(expert, minlength=e)
+            res[name] = {"seconds": seconds, "score": float(logits[torch.arange(n_tok), expert].sum()),
+                         "max_load_ratio": float(load.max()) / cap, "balanced": bool((load == cap).all()), **extra}
+
+        t = time.perf_counter()
+        ex = balanced_assignment(logits)
+        record("scipy_lsa", ex, time.perf_counter() - t)
+        t = time.perf_counter()
+        plan = ot.emd(np.full(e, float(cap)), np.ones(n_tok), (-logits.T).numpy().copy())
+        ex = torch.as_tensor(plan.argmax(0))
+        record("ot_emd", ex, time.perf_counter() - t, integral=bool(((plan > 1e-9) & (plan < 1 - 1e-9)).sum() == 0))
+        a = torch.full((e,), 1 / e, dtype=torch.float64)
+        b = torch.full((n_tok,), 1 / n_tok, dtype=torch.float64)
+        for gamma in (1.0, 1e-2):
+            t = time.perf_counter()
+            sol = solve_sparse_ot(-logits.T, a, b, 1, gamma)
+            record(f"sparse_ot_k1_g{gamma:g}", sol.plan.argmax(0), time.perf_counter() - t,
+                   row_err_rel=float(sol.row_error / a[0]), converged=bool(sol.converged))
+        t = time.perf_counter()
+        ex = sinkhorn_log(logits, n_iters=sinkhorn_iters).argmax(-1)
+        record("s_base_sinkhorn20_top1", ex, time.perf_counter() - t)
+        t = time.perf_counter()
+        record("greedy_argmax", logits.argmax(-1), time.perf_counter() - t)
+        best = res["scipy_lsa"]["score"]
+        for v in res.values():
+            v["score_rel_gap"] = (best - v["score"]) / abs(best)
+        out[f"{n_tok}x{e}"] = res
+    return out
+
+
+def print_limits(ot_res: dict | None, asg: dict | None) -> None:
+    if ot_res:
+        p, n, m = ot_res["shape"]
+        e = ot_res["emd"]
+        print(f"sparse OT / Sinkhorn vs exact OT ({p} problems of {n} x {m}, ot.emd cost {e['cost_mean']:.6f}, "
+              f"{e['seconds'] * 1e3:.0f} ms for all, 99%-support {e['support99']:.2f}/column):")
+        print("  method                 cost gap   (max)      row err   99%-supp  ms (all)")
+        for r in ot_res["sparse_ot"]:
+            print(f"  sparse-ot g={r['gamma']:<5g} k={r['k']:<2d}  {r['cost_gap']:9.2e} ({r['cost_gap_max']:8.2e})"
+                  f"  {r['row_err_rel']:8.1e}  {r['support99']:8.2f}  {r['seconds'] * 1e3:8.1f}")
+        for r in ot_res["sinkhorn"]:
+            print(f"  sinkhorn {r['impl']:4s} e={r['eps']:<5g} it={r['iters']:<4d} {r['cost_gap']:9.2e} "
+                  f"({r['cost_gap_max']:8.2e})  {r['row_err_rel']:8.1e}  {r['support99']:8.2f}  {r['seconds'] * 1e3:8.1f}")
+    if asg:
+        for size, res in asg.items():
+            print(f"balanced assignment {size} (tokens x experts), score = summed logits:")
+            for name, v in res.items():
+                print(f"  {name:24s} {v['seconds'] * 1e3:9.1f} ms  score gap {v['score_rel_gap']:9.2e}"
+                      f"  max load {v['max_load_ratio']:.3f}x  balanced {v['balanced']}")
