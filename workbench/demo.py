@@ -45,6 +45,7 @@ STEPS: list[tuple[str, list[str]]] = [
       "--max-examples", "40000", "--name", "demo-moe-comet"]),
 ]
 
+
 def main() -> int:
     ROOT.mkdir(exist_ok=True)
     for old in ROOT.glob("demo-*"):
@@ -52,7 +53,9 @@ def main() -> int:
     t0 = time.time()
     for title, argv in STEPS:
         print(f"\n== {title}" if title else "", f"\n$ workbench {' '.join(argv)}", flush=True)
+        t_step = time.time()
         rc = cli(argv)
+        print(f"({time.time() - t_step:.0f}s)", flush=True)
         if rc:
             print(f"demo: step failed with exit code {rc}", file=sys.stderr)
             return rc
