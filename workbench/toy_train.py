@@ -26,7 +26,7 @@ from workbench.tracking import Tracker
 
 @dataclass
 class ModelTrainConfig:
-    steps: int = field(default=6000, metadata={"help": "optimizer steps"})
+    steps: int = field(default=8000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=128, metadata={"help": "sequences per step"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
