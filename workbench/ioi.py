@@ -47,9 +47,9 @@ def make_batch(model: "HookedTransformer", prompts: Sequence[toyworld.IOIPrompt]
     prompts = list(prompts)
     tokens = encode(model, [p.text for p in prompts])
     pad = model.tokenizer.pad_token_id
-    lengths = torch.tensor([len(model.to_tokens(p.text)[0]) for p in prompts]) if pad is None else None
-    if lengths is None:
-        # right padding: END = last non-pad token (BOS never equals pad for the toy tokenizer)
+    if pad is None:
+        lengths = torch.tensor([len(model.to_tokens(p.text)[0]) for p in prompts])
+    else:  # right padding: END = last non-pad token (position 0 counts even if BOS == pad)
         not_pad = tokens != pad
         not_pad[:, 0] = True
         lengths = not_pad.sum(1)

@@ -55,6 +55,13 @@ with ui.section("Approximation"):
         st.caption("Sufficiency: logit difference kept when the activations are replaced by the reconstruction; necessity: "
                    "LD lost when the reconstruction is removed (both 1 = perfect).")
 
+def pick_cross_section(col, table, key):
+    """Cross-section selectbox over a result table, preselecting the user's own ("custom") if present."""
+    sections = sorted(table["cross_section"].unique())
+    return col.selectbox("Cross-section", sections, key=key,
+                         index=sections.index("custom") if "custom" in sections else 0)
+
+
 # ---- control ------------------------------------------------------------------------------------
 control = data.read_table(path, "control")
 st.subheader("Control: edit accuracy")
@@ -63,9 +70,7 @@ with ui.section("Control"):
         ui.not_available("Edit accuracy", control.reason)
     else:
         c1, c2 = st.columns(2)
-        sections = sorted(control["cross_section"].unique())
-        cs = c1.selectbox("Cross-section", sections, key="ctrl_cs",
-                          index=sections.index("custom") if "custom" in sections else 0)
+        cs = pick_cross_section(c1, control, "ctrl_cs")
         attr = c2.selectbox("Attribute", sorted(control["attribute"].unique()), key="ctrl_attr")
         sub = control[(control["cross_section"] == cs) & (control["attribute"] == attr)]
         sae_rows = sub[sub["method"] != "supervised"].dropna(subset=["k"])
@@ -104,9 +109,7 @@ with ui.section("Interpretability"):
         ui.not_available("F1/coverage", interp.reason)
     else:
         c1, c2 = st.columns(2)
-        sections = sorted(interp["cross_section"].unique())
-        cs = c1.selectbox("Cross-section", sections, key="interp_cs",
-                          index=sections.index("custom") if "custom" in sections else 0)
+        cs = pick_cross_section(c1, interp, "interp_cs")
         tau = c2.selectbox("τ (activation threshold, fraction of a feature's max)", sorted(interp["tau"].unique()), key="tau")
         sub = interp[(interp["cross_section"] == cs) & (interp["tau"] == tau)]
         sub = sub.assign(dictionary_at=sub["dictionary"] + " @ " + sub["location"])
