@@ -34,8 +34,10 @@ class GateConfig:
         "help": "sparse-ot: tokens (tokens choose k experts) or experts (experts choose up to capacity)"})
     ot_combine: str = field(default="scores", metadata={
         "help": "sparse-ot: combine weights = softmax scores on the plan's support, or the plan itself"})
-    ot_method: str = field(default="newton", metadata={"help": "sparse-ot: solver, newton or adam"})
-    ot_iters: int = field(default=30, metadata={"help": "sparse-ot: solver iterations (max for newton)"})
+    ot_method: str = field(default="bfgs", metadata={"help": "sparse-ot: solver, bfgs, newton or adam"})
+    ot_iters: int = field(default=50, metadata={"help": "sparse-ot: max solver iterations (adam: its fixed step count)"})
+    ot_compile: str = field(default="auto", metadata={
+        "help": "sparse-ot: torch.compile the solver's evaluation: auto (large problems), on or off"})
     ot_group: int = field(default=512, metadata={"help": "sparse-ot: tokens per OT problem (batched)"})
     ls_fraction: float = field(default=0.1, metadata={
         "help": "local search: share of training (from the start) during which the permutation is learned"})
@@ -54,7 +56,8 @@ class GateConfig:
                 "pass --k at most --experts")
         one_of(self, "ot_orientation", ("tokens", "experts"))
         one_of(self, "ot_combine", ("scores", "plan"))
-        one_of(self, "ot_method", ("newton", "adam"))
+        one_of(self, "ot_method", ("bfgs", "newton", "adam"))
+        one_of(self, "ot_compile", ("auto", "on", "off"))
         require(0 <= self.ls_fraction <= 1, "ls_fraction", f"must be in [0, 1], got {self.ls_fraction}",
                 "pass --ls-fraction 0.1 (the permutation is learned in the first 10% of training)")
         for f in ("balance_coef", "z_coef", "entropy_reg", "ls_entropy", "ls_gumbel"):
@@ -143,10 +146,11 @@ class SolverBenchConfig:
     batch: int = field(default=64, metadata={"help": "problems in the batched case"})
     batch_cols: int = field(default=512, metadata={"help": "tokens per problem in the batched case"})
     problems: int = field(default=4, metadata={"help": "random single problems per regularisation"})
+    repeats: int = field(default=3, metadata={"help": "timed runs of each batched solver (the best is reported)"})
     threads: int = field(default=1, metadata={"help": "torch threads (1 = fair vs single-threaded POT)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     gates: bool = field(default=True, metadata={"help": "also time every gate (forward + backward)"})
     solver: bool = field(default=True, metadata={"help": "run the solver comparison"})
 
     def __post_init__(self):
-        positive(self, "rows", "cols", "k", "batch", "batch_cols", "problems", "threads")
+        positive(self, "rows", "cols", "k", "batch", "batch_cols", "problems", "repeats", "threads")

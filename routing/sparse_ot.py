@@ -12,14 +12,14 @@ Semi-dual (concave in alpha, maximised here)::
     grad D = a - sum_j b_j p*_j ;   plan T[:, j] = b_j p*_j
 
 Column sums (= b) and nnz <= k per column hold at any alpha; row sums equal a at the optimum when the
-problem is feasible. With k >= n this is quadratically regularised OT.
+problem is feasible and D is smooth there. With k >= n this is quadratically regularised OT.
 
-Solver ("newton", default): semismooth Newton ascent on alpha with Armijo backtracking, batched. On a
-fixed support, -Hessian = (1/gamma) sum_j J_j with J_j = diag(s_j) - s_j s_j^T / |s_j| (s_j the 0/1
-support of column j), i.e. M = diag(D) - U U^T with D = sum_j s_j and U[:, j] = s_j / sqrt(|s_j|). The
-Newton system is solved as an n x n system when n <= m, else through Woodbury with an m x m system,
-so both router orientations (16 experts x 512 tokens either way round) cost a 16 x 16 solve.
-"adam" is the cheap fixed-budget ascent vmoe uses (20 steps; our step is lr * gamma * mean(b), scale-free).
+Everything works in the cost's own layout (..., n, m), reducing over the rows (dim -2), which is
+contiguous across columns. One evaluation of D, its gradient and (optionally) P is `_evaluate`; for
+large problems it runs through torch.compile, which fuses its dozen elementwise passes into one
+(`compile="auto"`; it falls back to eager with a warning where compilation is unavailable). The ascent
+loops live in routing/ot_solvers.py: "bfgs" (default), "newton" (semismooth, to a zero gradient where
+one exists) and "adam" (vmoe's fixed budget).
 
 Gradients w.r.t. cost, a and b use the implicit function theorem at the solution: with alpha* fixed
 (no grad) we take one Newton step whose right-hand side carries the graph,
@@ -28,17 +28,17 @@ Gradients w.r.t. cost, a and b use the implicit function theorem at the solution
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from workbench.errors import WorkbenchError
-from workbench.simplex import project_sparse_simplex
+from workbench.simplex import project_sparse_simplex, sparse_simplex_parts
 
-
-LM_START = 1e6  # initial Levenberg-Marquardt damping, in units of `damping`
-STALL_RTOL = 1e-12  # a problem whose objective improves less than this (relative) in an iteration has stalled
+COMPILE_MIN_NUMEL = 1 << 15  # "auto" compiles the evaluation for cost tensors at least this large
+METHODS = ("bfgs", "newton", "adam")
 
 
 class MarginalError(WorkbenchError, ValueError):
@@ -102,147 +102,137 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
     return a, b
 
 
-def column_distributions(alpha: Tensor, cost_t: Tensor, b: Tensor, k: int, gamma: float) -> Tensor:
-    """P^T (..., m, n): row j = project_sparse_simplex((alpha - c_j) / (gamma b_j), k).
-
-    Works in the transposed layout cost_t = cost^T (..., m, n) so that each column's distribution is
-    contiguous (reductions over strided views are much slower on CPU)."""
-    x = (alpha.unsqueeze(-2) - cost_t) / (gamma * b.unsqueeze(-1))  # (..., m, n)
-    return project_sparse_simplex(x, k)
-
-
-def _semi_dual_t(alpha: Tensor, cost_t: Tensor, a: Tensor, b: Tensor, k: int, gamma: float
-                 ) -> tuple[Tensor, Tensor, Tensor]:
-    pt = column_distributions(alpha, cost_t, b, k, gamma)  # (..., m, n)
-    x = alpha.unsqueeze(-2) - cost_t
-    max_k = (pt * x).sum(-1) - 0.5 * gamma * b * (pt * pt).sum(-1)  # (..., m)
+def _evaluate_parts(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float | Tensor, with_plan: bool):
+    """D (...,), grad D (..., n), P (..., n, m) or None, and a tie flag (...,) for the fast top-k path."""
+    gb = gamma * b.unsqueeze(-2)  # (..., 1, m)
+    z = (alpha.unsqueeze(-1) - cost) / gb  # (..., n, m)
+    p, ties = sparse_simplex_parts(z, k, dim=-2)  # (..., n, m), (..., m)
+    max_k = gb.squeeze(-2) * ((p * z).sum(-2) - 0.5 * (p * p).sum(-2))  # (..., m)
     value = (alpha * a).sum(-1) - (b * max_k).sum(-1)
-    grad = a - (pt * b.unsqueeze(-1)).sum(-2)  # (..., n)
-    return value, grad, pt
+    grad = a - (p * b.unsqueeze(-2)).sum(-1)
+    return value, grad, (p if with_plan else None), ties.any()
+
+
+_compiled = None  # torch.compile(_evaluate_parts), built on first use; False once compilation failed
+
+
+def _compiled_parts():
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_evaluate_parts, dynamic=False)
+    return _compiled
+
+
+def _evaluate(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float, with_plan: bool = True,
+              compiled: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Semi-dual value (...,), gradient (..., n) and column distributions P (..., n, m) (None unless with_plan).
+
+    The fast path takes the top-k values by masked maxima; columns with tied entries are redone exactly."""
+    global _compiled
+    fn = _evaluate_parts
+    if compiled and _compiled is not False:
+        fn = _compiled_parts()
+    try:
+        value, grad, p, ties = fn(alpha, cost, a, b, k, gamma, with_plan)
+    except Exception as e:  # no C++ compiler, unsupported backend, ...: stay correct, just slower
+        if fn is _evaluate_parts:
+            raise
+        warnings.warn(f"torch.compile of the sparse-OT evaluation failed ({type(e).__name__}: {e}); "
+                      "using eager mode (pass compile=False to silence)", stacklevel=3)
+        _compiled = False
+        value, grad, p, ties = _evaluate_parts(alpha, cost, a, b, k, gamma, with_plan)
+    if bool(ties.any()):
+        return semi_dual(alpha, cost, a, b, k, gamma)
+    return value, grad, p
 
 
 def semi_dual(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float
               ) -> tuple[Tensor, Tensor, Tensor]:
-    """Semi-dual value (...,), its gradient (..., n) and the column distributions P (..., n, m)."""
-    value, grad, pt = _semi_dual_t(alpha, cost.transpose(-1, -2).contiguous(), a, b, k, gamma)
-    return value, grad, pt.transpose(-1, -2)
+    """Semi-dual value (...,), its gradient (..., n) and the column distributions P (..., n, m); exact with ties."""
+    gb = gamma * b.unsqueeze(-2)
+    z = (alpha.unsqueeze(-1) - cost) / gb
+    p = project_sparse_simplex(z, k, dim=-2)
+    max_k = gb.squeeze(-2) * ((p * z).sum(-2) - 0.5 * (p * p).sum(-2))
+    return (alpha * a).sum(-1) - (b * max_k).sum(-1), a - (p * b.unsqueeze(-2)).sum(-1), p
 
 
-def _newton_solve(support_t: Tensor, rhs: Tensor, damping: float | Tensor) -> Tensor:
-    """Solve (diag(D) - U U^T + damping I) x = rhs for the support pattern support_t (..., m, n).
+def newton_solve(support: Tensor, rhs: Tensor, damping: float | Tensor) -> Tensor:
+    """Solve (diag(D) - U U^T + damping I) x = rhs for the support pattern `support` (..., n, m).
 
-    See the module docstring; rows covered by no column get curvature 1 (a gradient step there)."""
-    st = support_t.to(rhs.dtype)  # (..., m, n)
-    m, n = st.shape[-2:]
-    d = st.sum(-2)  # (..., n) columns covering each row
+    On a fixed support the negative Hessian of D is (1/gamma) (diag(D) - U U^T), D = columns covering each
+    row, U[:, j] = s_j / sqrt(|s_j|). Solved as an n x n system when n <= m, else through Woodbury with an
+    m x m one, so both router orientations cost a small solve; uncovered rows get curvature 1."""
+    s = support.to(rhs.dtype)  # (..., n, m)
+    n, m = s.shape[-2:]
+    d = s.sum(-1)  # (..., n)
     damping = torch.as_tensor(damping, dtype=rhs.dtype, device=rhs.device)
     d = d + (d == 0).to(d.dtype) + (damping.unsqueeze(-1) if damping.ndim else damping)
-    u = (st / st.sum(-1, keepdim=True).clamp(min=1).sqrt()).transpose(-1, -2)  # (..., n, m)
+    u = s / s.sum(-2, keepdim=True).clamp(min=1).sqrt()  # (..., n, m)
     if n <= m:
         mat = torch.diag_embed(d) - u @ u.transpose(-1, -2)  # (..., n, n)
         return torch.linalg.solve(mat, rhs.unsqueeze(-1)).squeeze(-1)
     y = rhs / d  # Woodbury: (D - U U^T)^-1 = D^-1 + D^-1 U (I - U^T D^-1 U)^-1 U^T D^-1
     eye = torch.eye(m, dtype=rhs.dtype, device=rhs.device)
     small = eye - u.transpose(-1, -2) @ (u / d.unsqueeze(-1))  # (..., m, m)
-    z = torch.linalg.solve(small, (u.transpose(-1, -2) @ y.unsqueeze(-1)))  # (..., m, 1)
-    return y + (u @ z).squeeze(-1) / d
+    zz = torch.linalg.solve(small, (u.transpose(-1, -2) @ y.unsqueeze(-1)))  # (..., m, 1)
+    return y + (u @ zz).squeeze(-1) / d
 
 
-def _solve_newton(cost_t, a, b, k, gamma, max_iter, tol, damping):
-    """Levenberg-Marquardt-damped semismooth Newton ascent; only the problems still moving are evaluated.
-
-    Damping lam (per problem) starts at `damping`; a step that needed backtracking to length t sets
-    lam <- lam / t (the model was too optimistic), a full step sets lam <- lam / 4 (down to `damping`).
-
-    A problem stops when ||grad||_inf <= tol * max(1, max a) (converged) or when neither the Newton
-    direction nor, after it failed, the diagonally scaled gradient improves its objective (a kink of the
-    piecewise-quadratic semi-dual, where Newton's model is wrong, or rounding)."""
-    batch, (m, n) = a.shape[:-1], cost_t.shape[-2:]
-    ct, a, b = cost_t.reshape(-1, m, n), a.reshape(-1, n), b.reshape(-1, m)
-    alpha = torch.zeros_like(a)
-    value, grad, pt = _semi_dual_t(alpha, ct, a, b, k, gamma)
-    active = torch.ones_like(value, dtype=torch.bool)
-    use_grad = torch.zeros_like(active)  # Newton failed last time: try a scaled gradient step
-    lam = torch.full_like(value, damping * LM_START)
-    scale = a.abs().amax(-1).clamp(min=1)
-    it = 0
-    for it in range(1, max_iter + 1):
-        active &= grad.abs().amax(-1) > tol * scale
-        idx = active.nonzero().squeeze(-1)
-        if idx.numel() == 0:
-            it -= 1
-            break
-        c_i, a_i, b_i, al_i, v_i = ct[idx], a[idx], b[idx], alpha[idx], value[idx]
-        support = pt[idx] > 0
-        step = gamma * _newton_solve(support, grad[idx], lam[idx])  # ascent direction (p, n)
-        cover = support.sum(-2).clamp(min=1).to(step.dtype)  # diagonal of the curvature
-        step = torch.where(use_grad[idx].unsqueeze(-1), gamma * grad[idx] / cover, step)
-        slope = (grad[idx] * step).sum(-1)  # > 0
-        t = torch.ones_like(v_i)
-        acc = torch.zeros_like(v_i, dtype=torch.bool)
-        for _ in range(20):  # Armijo backtracking on the problems still searching (t down to 2^-19)
-            sub = (~acc).nonzero().squeeze(-1)
-            cand = al_i[sub] + t[sub].unsqueeze(-1) * step[sub]
-            v, g, pp = _semi_dual_t(cand, c_i[sub], a_i[sub], b_i[sub], k, gamma)
-            ok = v >= v_i[sub] + 1e-4 * t[sub] * slope[sub] - 1e-14 * v_i[sub].abs()
-            dst = idx[sub[ok]]
-            alpha[dst], value[dst], grad[dst], pt[dst] = cand[ok], v[ok], g[ok], pp[ok]
-            acc[sub[ok]] = True
-            if bool(acc.all()):
-                break
-            t[sub[~ok]] *= 0.5
-        lam[idx] = torch.where(t < 1, lam[idx] / t, lam[idx] / 4).clamp(min=damping, max=1e12)
-        moved = acc & (value[idx] - v_i > STALL_RTOL * v_i.abs())
-        active[idx[~moved & use_grad[idx]]] = False  # both directions failed: stalled
-        use_grad[idx] = ~moved
-    return alpha.reshape(*batch, n), it
+def _use_compile(compile: bool | str, cost: Tensor) -> bool:
+    if compile == "auto":
+        return cost.numel() >= COMPILE_MIN_NUMEL
+    if not isinstance(compile, bool):
+        raise MarginalError(f"compile must be True, False or 'auto', got {compile!r}")
+    return compile
 
 
-def _solve_adam(cost, a, b, k, gamma, max_iter, lr):
-    """Fixed-budget Adam ascent (as vmoe); the step is lr * gamma * mean(b) so it is scale-free."""
-    lr = lr * gamma * b.mean(-1, keepdim=True)
-    alpha = torch.zeros_like(a)
-    m1 = torch.zeros_like(a)
-    m2 = torch.zeros_like(a)
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    for it in range(1, max_iter + 1):
-        _, grad, _ = _semi_dual_t(alpha, cost, a, b, k, gamma)
-        m1 = b1 * m1 + (1 - b1) * grad
-        m2 = b2 * m2 + (1 - b2) * grad * grad
-        alpha = alpha + lr * (m1 / (1 - b1 ** it)) / ((m2 / (1 - b2 ** it)).sqrt() + eps)  # ascent
-    return alpha, max_iter
-
-
-def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1.0, method: str = "newton",
-                    max_iter: int | None = None, tol: float | None = None, lr: float = 1.0,
-                    damping: float | None = None) -> SparseOTResult:
+def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1.0, method: str = "bfgs",
+                    max_iter: int | None = None, tol: float | None = None, ftol: float | None = None,
+                    lr: float = 1.0, damping: float | None = None, compile: bool | str = "auto") -> SparseOTResult:
     """Solve a batch of sparsity-constrained OT problems.
 
     cost: (..., n, m); a: (..., n) or (n,); b: (..., m) or (m,); at most k nonzeros per column.
-    method: "newton" (to tolerance, default max_iter 50) or "adam" (fixed max_iter steps, default 20).
+    method: "bfgs" (default; stops at a zero gradient, or when an iteration gains less than ftol
+    relative, as L-BFGS-B does), "newton" (semismooth, to tolerance) or "adam" (fixed max_iter steps).
+    compile: "auto" (torch.compile the evaluation for large costs), True or False.
     Differentiable w.r.t. cost, a, b through the implicit function theorem (module docstring).
     """
+    from routing import ot_solvers
+
+    if method not in METHODS:
+        raise MarginalError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     a, b = check_problem(cost, a, b, k, gamma)
-    if tol is None:
-        tol = 1e-9 if cost.dtype == torch.float64 else 1e-5
+    f64 = cost.dtype == torch.float64
+    tol = tol if tol is not None else (1e-9 if f64 else 1e-5)
+    ftol = ftol if ftol is not None else (1e-10 if f64 else 1e-6)
     if damping is None:  # Levenberg-Marquardt term relative to the curvature scale (counts ~ m k / n)
-        damping = (1e-8 if cost.dtype == torch.float64 else 1e-4) * max(1.0, cost.shape[-1] * k / cost.shape[-2])
-    cost_t = cost.transpose(-1, -2).contiguous()  # (..., m, n), see column_distributions
+        damping = (1e-8 if f64 else 1e-4) * max(1.0, cost.shape[-1] * k / cost.shape[-2])
+    use_compile = _use_compile(compile, cost)
+    batch, (n, m) = cost.shape[:-2], cost.shape[-2:]
     with torch.no_grad():
-        c0, a0, b0 = cost_t.detach(), a.detach(), b.detach()
-        if method == "newton":
-            alpha, n_iter = _solve_newton(c0, a0, b0, k, gamma, max_iter or 50, tol, damping)
-        elif method == "adam":
-            alpha, n_iter = _solve_adam(c0, a0, b0, k, gamma, max_iter or 20, lr)
+        c0, a0, b0 = cost.detach().reshape(-1, n, m), a.detach().reshape(-1, n), b.detach().reshape(-1, m)
+
+        gamma_t = torch.tensor(gamma, dtype=cost.dtype, device=cost.device)  # a tensor: no recompile per gamma
+
+        def evaluate(alpha, with_plan=False):
+            return _evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile)
+
+        if method == "bfgs":
+            alpha, n_iter = ot_solvers.bfgs(evaluate, c0, a0, b0, k, gamma_t, max_iter or 200, tol, ftol, use_compile)
+            alpha, value, grad, p = ot_solvers.polish(evaluate, alpha, a0, gamma, tol, damping)
         else:
-            raise MarginalError(f"unknown method {method!r}; choose newton or adam")
-        _, grad0, p0 = _semi_dual_t(alpha, c0, a0, b0, k, gamma)
-        converged = grad0.abs().amax(-1) <= tol * a0.abs().amax(-1).clamp(min=1)
+            if method == "newton":
+                alpha, n_iter = ot_solvers.newton(evaluate, a0, gamma, max_iter or 50, tol, damping)
+            else:
+                alpha, n_iter = ot_solvers.adam(evaluate, a0, b0, gamma, max_iter or 20, lr)
+            value, grad, p = evaluate(alpha, with_plan=True)
+        alpha, value, p = alpha.reshape(*batch, n), value.reshape(batch), p.reshape(*batch, n, m)
+        converged = (grad.abs().amax(-1) <= tol * a0.abs().amax(-1).clamp(min=1)).reshape(batch)
     if torch.is_grad_enabled() and (cost.requires_grad or a.requires_grad or b.requires_grad):
-        _, grad, _ = _semi_dual_t(alpha, cost_t, a, b, k, gamma)  # carries the graph w.r.t. cost, a, b
-        alpha = alpha + gamma * _newton_solve(p0 > 0, grad, damping)
-    value, _, pt = _semi_dual_t(alpha, cost_t, a, b, k, gamma)
-    plan = (pt * b.unsqueeze(-1)).transpose(-1, -2)
+        _, grad, _ = semi_dual(alpha, cost, a, b, k, gamma)  # carries the graph w.r.t. cost, a, b
+        alpha = alpha + gamma * newton_solve(p > 0, grad, damping)
+        value, _, p = semi_dual(alpha, cost, a, b, k, gamma)
+    plan = p * b.unsqueeze(-2)
     primal = (plan * cost).sum((-2, -1)) + 0.5 * gamma * (plan * plan).sum((-2, -1))
     row_error = (plan.sum(-1) - a).abs().amax(-1).detach()
     return SparseOTResult(plan, alpha, value, primal, row_error, n_iter, converged)

@@ -23,38 +23,72 @@ import torch
 from torch import Tensor
 
 
-def _theta(u_sorted: Tensor, z: Tensor | float) -> Tensor:
-    """Threshold theta (..., 1) of the simplex projection, given entries sorted descending (..., d)."""
-    d = u_sorted.shape[-1]
+SMALL_K = 8  # up to this k the top-k values come from k masked maxima (fast along any dim, fusable)
+
+
+def _theta(u_sorted: Tensor, z: Tensor | float, dim: int = -1) -> Tensor:
+    """Threshold theta (size 1 along dim) of the simplex projection, given entries sorted descending along dim."""
+    d = u_sorted.shape[dim]
     z = torch.as_tensor(z, dtype=u_sorted.dtype, device=u_sorted.device)
     if z.ndim > 0:
-        z = z.unsqueeze(-1)  # (...,) -> (..., 1)
-    cssv = u_sorted.cumsum(-1) - z  # (..., d)
-    ind = torch.arange(1, d + 1, dtype=u_sorted.dtype, device=u_sorted.device)
-    rho = (u_sorted - cssv / ind > 0).sum(-1, keepdim=True).clamp(min=1)  # (..., 1), support size
-    return cssv.gather(-1, rho - 1) / rho.to(u_sorted.dtype)
+        z = z.unsqueeze(dim)  # (...,) -> (..., 1) along dim
+    cssv = u_sorted.cumsum(dim) - z
+    shape = [1] * u_sorted.ndim
+    shape[dim] = d
+    ind = torch.arange(1, d + 1, dtype=u_sorted.dtype, device=u_sorted.device).view(shape)
+    rho = (u_sorted - cssv / ind > 0).sum(dim, keepdim=True).clamp(min=1)  # support size
+    return cssv.gather(dim, rho - 1) / rho.to(u_sorted.dtype)
 
 
-def project_simplex(v: Tensor, z: Tensor | float = 1.0) -> Tensor:
-    """Euclidean projection of v (..., d) onto {p >= 0, sum p = z} along the last dim; z: scalar or (...,)."""
-    u = v.sort(dim=-1, descending=True).values
-    return (v - _theta(u, z)).clamp(min=0)
+def project_simplex(v: Tensor, z: Tensor | float = 1.0, dim: int = -1) -> Tensor:
+    """Euclidean projection of v onto {p >= 0, sum p = z} along dim; z: scalar or v's shape without dim."""
+    u = v.sort(dim=dim, descending=True).values
+    return (v - _theta(u, z, dim)).clamp(min=0)
 
 
-def project_sparse_simplex(v: Tensor, k: int, z: Tensor | float = 1.0) -> Tensor:
-    """Projection of v (..., d) onto the simplex of mass z with at most k nonzeros (last dim).
+def top_values(v: Tensor, k: int, dim: int = -1) -> Tensor:
+    """The k largest entries of v along dim, sorted descending (size k along dim).
 
-    The k largest entries (torch.topk, sorted) are projected densely; the others become 0. For k >= d
-    this is :func:`project_simplex`. Ties at the k-th entry are broken by torch.topk.
+    For k <= SMALL_K they are k successive maxima, each over the entries below the previous one: a few
+    elementwise passes that vectorise along any dim and that torch.compile fuses; torch.topk otherwise.
+    Tied entries count once here, so callers check for ties (see project_sparse_simplex)."""
+    if k > SMALL_K:
+        return v.topk(k, dim=dim, sorted=True).values
+    vals = [v.amax(dim, keepdim=True)]
+    for _ in range(k - 1):
+        vals.append(v.masked_fill(v >= vals[-1], float("-inf")).amax(dim, keepdim=True))
+    return torch.cat(vals, dim)
+
+
+def sparse_simplex_parts(v: Tensor, k: int, z: Tensor | float = 1.0, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """The k-sparse projection by masked maxima, and a flag per vector (v's shape without dim) marking ties.
+
+    Branch-free, so torch.compile fuses it; where a flag is set (more than k entries reach the k-th
+    largest value, so the support is ambiguous) the projection is wrong and the caller redoes it exactly.
     """
-    d = v.shape[-1]
+    d = v.shape[dim]
+    if k >= d:
+        return project_simplex(v, z, dim), torch.zeros_like(v.select(dim, 0), dtype=torch.bool)
+    u = top_values(v, k, dim)
+    kth = u.narrow(dim, k - 1, 1)
+    ties = u.isneginf().any(dim) | ((v >= kth).sum(dim) > k)
+    return torch.where(v >= kth, (v - _theta(u, z, dim)).clamp(min=0), 0.0), ties
+
+
+def project_sparse_simplex(v: Tensor, k: int, z: Tensor | float = 1.0, dim: int = -1) -> Tensor:
+    """Projection of v onto the simplex of mass z with at most k nonzeros, along dim.
+
+    The k largest entries are projected densely; the others become 0. For k >= size this is
+    :func:`project_simplex`. Ties at the k-th entry are broken by torch.topk's order, so the result never
+    has more than k nonzeros.
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if k >= d:
-        return project_simplex(v, z)
-    vals, idx = v.topk(k, dim=-1, sorted=True)  # (..., k) descending
-    p_top = (vals - _theta(vals, z)).clamp(min=0)
-    return torch.zeros_like(v).scatter(-1, idx, p_top)
+    p, ties = sparse_simplex_parts(v, k, z, dim)
+    if bool(ties.any()):
+        vals, idx = v.topk(k, dim=dim, sorted=True)
+        return torch.zeros_like(v).scatter(dim, idx, (vals - _theta(vals, z, dim)).clamp(min=0))
+    return p
 
 
 def sinkhorn_log(logits: Tensor, log_a: Tensor | None = None, log_b: Tensor | None = None,

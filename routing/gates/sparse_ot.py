@@ -22,12 +22,13 @@ from routing.sparse_ot import solve_sparse_ot
 
 class SparseOTGate(Gate):
     def __init__(self, d_in: int, n_experts: int, k: int, gamma: float = 1.0, orientation: str = "tokens",
-                 combine: str = "scores", method: str = "newton", iters: int = 30, group: int = 512,
-                 capacity_factor: float = 1.0):
+                 combine: str = "scores", method: str = "bfgs", iters: int = 50, group: int = 512,
+                 capacity_factor: float = 1.0, compile: str = "auto"):
         super().__init__(d_in, n_experts, k)
         self.router = nn.Linear(d_in, n_experts, bias=False)
         self.gamma, self.orientation, self.combine = gamma, orientation, combine
         self.method, self.iters, self.group, self.capacity_factor = method, iters, group, capacity_factor
+        self.compile = {"on": True, "off": False}.get(compile, compile)  # "auto": large problems only
         self.last_plan: Tensor | None = None  # (G, E) plan of the first group of the last call, for the app
 
     def _expert_mass(self, g: int, like: Tensor) -> Tensor:
@@ -46,12 +47,14 @@ class SparseOTGate(Gate):
         cost = -scores
         if self.orientation == "tokens":
             res = solve_sparse_ot(cost.transpose(1, 2), self._expert_mass(g, scores), scores.new_full((g,), 1 / g),
-                                  k=min(self.k, e), gamma=self.gamma, method=self.method, max_iter=self.iters)
+                                  k=min(self.k, e), gamma=self.gamma, method=self.method, max_iter=self.iters,
+                                  compile=self.compile)
             plan = res.plan.transpose(1, 2)  # (B, G, E)
         else:
             cap = expert_capacity(g, e, self.k, self.capacity_factor)
             res = solve_sparse_ot(cost, scores.new_full((g,), 1 / g), scores.new_full((e,), 1 / e),
-                                  k=cap, gamma=self.gamma, method=self.method, max_iter=self.iters)
+                                  k=cap, gamma=self.gamma, method=self.method, max_iter=self.iters,
+                                  compile=self.compile)
             plan = res.plan
         rows = e if self.orientation == "tokens" else g
         info = {"ot_row_error": res.row_error.max() * rows,  # relative to the row mass 1/rows

@@ -57,4 +57,4 @@ def test_solve_bench_runs_on_a_tiny_problem(capsys):
                "--problems", "1", "--gates", "false"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "batched 3 problems of 4 x 16" in out and "newton-f64" in out
+    assert "batched 3 problems of 4 x 16" in out and "bfgs-f64" in out

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from workbench.simplex import project_simplex, project_sparse_simplex, sinkhorn_log
+from workbench.simplex import project_simplex, project_sparse_simplex, sinkhorn_log, sparse_simplex_parts
 
 
 def _brute_sparse(v: torch.Tensor, k: int, z: float = 1.0) -> torch.Tensor:
@@ -70,3 +70,25 @@ def test_sinkhorn_marginals():
     t = sinkhorn_log(logits, n_iters=200).exp()
     torch.testing.assert_close(t.sum(-2), torch.full((2, 4), 3.0, dtype=torch.float64))  # columns n/m
     torch.testing.assert_close(t.sum(-1), torch.ones(2, 12, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 9])
+def test_sparse_projection_along_any_dim(k):
+    """dim=-2 (the OT solver's layout: rows reduced, columns contiguous) equals the last-dim projection;
+    k = 9 > SMALL_K takes the torch.topk path."""
+    torch.manual_seed(10 + k)
+    v = torch.randn(3, 12, 7, dtype=torch.float64)
+    ref = project_sparse_simplex(v.transpose(-1, -2), k).transpose(-1, -2)
+    torch.testing.assert_close(project_sparse_simplex(v, k, dim=-2), ref, atol=1e-15, rtol=0)
+
+
+def test_sparse_projection_with_ties_keeps_k_nonzeros():
+    """Tied entries defeat the masked-maxima path: parts flags them and the projection falls back to topk."""
+    v = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.5, 0.2, 0.5, 0.1], [0.3, 0.1, -0.2, 0.0]], dtype=torch.float64)
+    _, ties = sparse_simplex_parts(v, 2)
+    assert ties.tolist() == [True, True, False]
+    p = project_sparse_simplex(v, 2)
+    assert ((p > 0).sum(-1) <= 2).all()
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, dtype=torch.float64))
+    for row in range(3):
+        assert float((p[row] - v[row]).pow(2).sum()) <= float((_brute_sparse(v[row], 2) - v[row]).pow(2).sum()) + 1e-12

@@ -1,0 +1,195 @@
+"""Ascent loops for the sparse-OT semi-dual (routing/sparse_ot.py), batched over problems.
+
+Each takes `evaluate(alpha, with_plan) -> (value (B,), grad (B, n), P (B, n, m) or None)` and returns the
+potentials alpha (B, n) and the iteration count. Every problem is evaluated at every step (no gathering
+of the problems still running), so shapes stay fixed for the compiled evaluation; finished problems
+just stop moving.
+
+- bfgs: dense BFGS on the n potentials (n is small: experts, or tokens with Woodbury-free n x n
+  updates), Armijo backtracking with quadratic interpolation. The semi-dual of a router-sized problem is
+  close to piecewise linear (few columns split between two rows), which starves Newton's curvature
+  model; BFGS learns an averaged curvature instead, as POT's L-BFGS-B does. Stops a problem at a zero
+  gradient, or when an iteration gains less than ftol relative to |D| (L-BFGS-B's `factr` test), or
+  when the line search fails.
+- newton: Levenberg-Marquardt-damped semismooth Newton with Armijo backtracking; reaches a zero
+  gradient to `tol` where the semi-dual is smooth at its maximum.
+- adam: vmoe's fixed-budget ascent (its step is lr * gamma * mean(b), scale-free).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from routing.sparse_ot import newton_solve
+
+ARMIJO = 1e-4
+LINE_SEARCH_STEPS = 30
+FIRST_STEP = 0.01  # the first BFGS step moves the largest potential by this fraction of the cost's span
+LM_START = 1e6  # Newton: initial Levenberg-Marquardt damping, in units of `damping`
+STALL_RTOL = 1e-12  # Newton: a problem improving less than this (relative) in an iteration has stalled
+
+
+def _bfgs_step(alpha, value, grad, h, first, direction, slope, t, tries, iters, done,
+               cost, a, b, k: int, gamma: Tensor, tol: float, ftol: float, max_iter: int, exact: bool):
+    """One evaluation of the batched BFGS ascent: every problem tests its own trial point alpha + t d.
+
+    Accepted (Armijo): BFGS update of H (skipped when the curvature pair is unusable), new direction
+    H grad, t = 1. Rejected: t <- the maximiser of the quadratic through D(0), D'(0) and D(t), clamped to
+    [0.1 t, 0.5 t]. Pure and branch-free, so torch.compile fuses it with the evaluation; returns the new
+    state and a tie flag (the fast top-k path was ambiguous: redo the step with exact=True)."""
+    from routing.sparse_ot import _evaluate_parts, semi_dual
+
+    n = alpha.shape[-1]
+    eye = torch.eye(n, dtype=alpha.dtype, device=alpha.device)
+    cand = alpha + t.unsqueeze(-1) * direction
+    if exact:
+        v, g, _ = semi_dual(cand, cost, a, b, k, gamma)
+        ties = torch.zeros((), dtype=torch.bool, device=alpha.device)
+    else:
+        v, g, _, ties = _evaluate_parts(cand, cost, a, b, k, gamma, False)
+    ok = ~done & (v >= value + ARMIJO * t * slope)
+    s, y = cand - alpha, grad - g  # y: change of the gradient of -D
+    sy = (s * y).sum(-1)
+    update = ok & (sy > 1e-10 * s.norm(dim=-1) * y.norm(dim=-1))
+    h = torch.where((update & first).view(-1, 1, 1), eye * (sy / (y * y).sum(-1).clamp(min=1e-300)).view(-1, 1, 1), h)
+    rho = (1 / sy.clamp(min=1e-300)).view(-1, 1, 1)
+    vmat = eye - rho * s.unsqueeze(-1) * y.unsqueeze(-2)  # (B, n, n)
+    h = torch.where(update.view(-1, 1, 1), vmat @ h @ vmat.transpose(-1, -2) + rho * s.unsqueeze(-1) * s.unsqueeze(-2), h)
+    first = first & ~ok
+    small_gain = v - value <= ftol * torch.maximum(v.abs(), value.abs())
+    curv = (v - value - slope * t) / (t * t)  # < 0 where Armijo failed on a concave function
+    t_back = torch.minimum(torch.maximum(-slope / (2 * curv.clamp(max=-1e-300)), 0.1 * t), 0.5 * t)
+    alpha = torch.where(ok.unsqueeze(-1), cand, alpha)
+    value, grad = torch.where(ok, v, value), torch.where(ok.unsqueeze(-1), g, grad)
+    iters = iters + ok.long()
+    new_dir = (h @ grad.unsqueeze(-1)).squeeze(-1)
+    new_slope = (grad * new_dir).sum(-1)
+    converged = grad.abs().amax(-1) <= tol * a.abs().amax(-1).clamp(min=1)
+    done = done | (ok & (small_gain | converged | ~(new_slope > 0) | (iters >= max_iter)))
+    direction = torch.where(ok.unsqueeze(-1), new_dir, direction)
+    slope = torch.where(ok, new_slope, slope)
+    tries = torch.where(ok, 0, tries + 1)
+    done = done | (tries >= LINE_SEARCH_STEPS)  # no ascent along this direction: stalled (a kink, or rounding)
+    t = torch.where(ok, torch.ones_like(t), t_back)
+    return (alpha, value, grad, h, first, direction, slope, t, tries, iters, done), ties
+
+
+_compiled_step = None
+
+
+def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, max_iter: int, tol: float,
+         ftol: float, compiled: bool = False) -> tuple[Tensor, int]:
+    """Batched dense BFGS ascent on D from alpha = 0; H (B, n, n) approximates the inverse of -Hessian.
+
+    Each problem runs its own line search and every evaluation serves all problems at their own trial
+    points, so a problem that backtracks does not hold the others back. The first step moves the largest
+    potential by FIRST_STEP of the cost's span; H takes its scale from that step (as L-BFGS does).
+    Returns alpha and the most iterations any problem took."""
+    global _compiled_step
+    step = _bfgs_step
+    if compiled:
+        if _compiled_step is None:
+            _compiled_step = torch.compile(_bfgs_step, dynamic=False)
+        step = _compiled_step
+    bsz, n = a.shape
+    alpha = torch.zeros_like(a)
+    value, grad, _ = evaluate(alpha)
+    span = (cost.amax((-2, -1)) - cost.amin((-2, -1))).clamp(min=torch.finfo(a.dtype).tiny)  # (B,)
+    direction = grad * (FIRST_STEP * span / grad.abs().amax(-1).clamp(min=1e-300)).unsqueeze(-1)
+    slope = (grad * direction).sum(-1)
+    done = (grad.abs().amax(-1) <= tol * a.abs().amax(-1).clamp(min=1)) | ~(slope > 0)
+    zeros = torch.zeros_like(value, dtype=torch.int64)
+    state = (alpha, value, grad, torch.eye(n, dtype=a.dtype, device=a.device).expand(bsz, n, n).clone(),
+             torch.ones_like(done), direction, slope, torch.ones_like(value), zeros, zeros.clone(), done)
+    for _ in range(max_iter * 4):
+        if bool(state[-1].all()):
+            break
+        new, ties = step(*state, cost, a, b, k, gamma, tol, ftol, max_iter, False)
+        if bool(ties):
+            new, _ = _bfgs_step(*state, cost, a, b, k, gamma, tol, ftol, max_iter, True)
+        state = new
+    return state[0], int(state[9].max())
+
+
+def polish(evaluate, alpha: Tensor, a: Tensor, gamma: float, tol: float, damping: float, steps: int = 3
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Full Newton steps from alpha, each kept only where it raises D: once the ascent has found the
+    right piece of the piecewise-quadratic semi-dual, one such step lands on its maximum exactly.
+    Returns alpha and D, grad D, P there."""
+    value, grad, p = evaluate(alpha, with_plan=True)
+    scale = tol * a.abs().amax(-1).clamp(min=1)
+    for _ in range(steps):
+        todo = grad.abs().amax(-1) > scale
+        if not bool(todo.any()):
+            break
+        cand = alpha + gamma * newton_solve(p > 0, grad, damping)
+        v, g, pp = evaluate(cand, with_plan=True)
+        ok = todo & (v >= value)
+        if not bool(ok.any()):
+            break
+        alpha = torch.where(ok.unsqueeze(-1), cand, alpha)
+        value, grad = torch.where(ok, v, value), torch.where(ok.unsqueeze(-1), g, grad)
+        p = torch.where(ok.view(-1, 1, 1), pp, p)
+    return alpha, value, grad, p
+
+
+def newton(evaluate, a: Tensor, gamma: float, max_iter: int, tol: float, damping: float) -> tuple[Tensor, int]:
+    """Levenberg-Marquardt-damped semismooth Newton ascent.
+
+    Damping lam (per problem) starts at LM_START * damping; a step that needed backtracking to length t
+    sets lam <- lam / t, a full step lam <- lam / 4 (down to `damping`). A problem stops at a zero
+    gradient (||grad||_inf <= tol * max(1, max a)) or when neither the Newton direction nor, after it
+    failed, the diagonally scaled gradient improves its objective (a kink, or rounding)."""
+    alpha = torch.zeros_like(a)
+    value, grad, p = evaluate(alpha, with_plan=True)
+    done = torch.zeros_like(value, dtype=torch.bool)
+    use_grad = torch.zeros_like(done)  # Newton failed last time: try a scaled gradient step
+    lam = torch.full_like(value, damping * LM_START)
+    scale = a.abs().amax(-1).clamp(min=1)
+    it = 0
+    for it in range(1, max_iter + 1):
+        done |= grad.abs().amax(-1) <= tol * scale
+        if bool(done.all()):
+            return alpha, it - 1
+        support = p > 0
+        step = gamma * newton_solve(support, grad, lam)
+        cover = support.sum(-1).clamp(min=1).to(step.dtype)  # diagonal of the curvature
+        step = torch.where(use_grad.unsqueeze(-1), gamma * grad / cover, step)
+        slope = (grad * step).sum(-1)
+        t = torch.ones_like(value)
+        pending = ~done
+        found = torch.zeros_like(done)
+        old = value
+        for _ in range(20):  # Armijo backtracking, t down to 2^-19
+            cand = alpha + t.unsqueeze(-1) * step
+            v, g, pp = evaluate(cand, with_plan=True)
+            ok = pending & (v >= old + ARMIJO * t * slope - 1e-14 * old.abs())
+            alpha = torch.where(ok.unsqueeze(-1), cand, alpha)
+            value, grad = torch.where(ok, v, value), torch.where(ok.unsqueeze(-1), g, grad)
+            p = torch.where(ok.view(-1, 1, 1), pp, p)
+            found |= ok
+            pending &= ~ok
+            if not bool(pending.any()):
+                break
+            t = torch.where(pending, t * 0.5, t)
+        lam = torch.where(t < 1, lam / t, lam / 4).clamp(min=damping, max=1e12)
+        moved = found & (value - old > STALL_RTOL * old.abs())
+        done |= ~moved & use_grad  # both directions failed: stalled
+        use_grad = ~moved & ~done
+    return alpha, it
+
+
+def adam(evaluate, a: Tensor, b: Tensor, gamma: float, max_iter: int, lr: float) -> tuple[Tensor, int]:
+    """Fixed-budget Adam ascent (as vmoe); the step is lr * gamma * mean(b) so it is scale-free."""
+    lr = lr * gamma * b.mean(-1, keepdim=True)
+    alpha = torch.zeros_like(a)
+    m1 = torch.zeros_like(a)
+    m2 = torch.zeros_like(a)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for it in range(1, max_iter + 1):
+        _, grad, _ = evaluate(alpha)
+        m1 = b1 * m1 + (1 - b1) * grad
+        m2 = b2 * m2 + (1 - b2) * grad * grad
+        alpha = alpha + lr * (m1 / (1 - b1 ** it)) / ((m2 / (1 - b2 ** it)).sqrt() + eps)  # ascent
+    return alpha, max_iter
