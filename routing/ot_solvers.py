@@ -112,11 +112,11 @@ def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, ma
     return state[0], int(state[9].max())
 
 
-def polish(evaluate, alpha: Tensor, a: Tensor, gamma: float, tol: float, damping: float, steps: int = 3
+def polish(evaluate, alpha: Tensor, a: Tensor, gamma: float, tol: float, damping: float, steps: int = 1
            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Full Newton steps from alpha, each kept only where it raises D: once the ascent has found the
-    right piece of the piecewise-quadratic semi-dual, one such step lands on its maximum exactly.
-    Returns alpha and D, grad D, P there."""
+    """Full Newton steps from alpha (one by default), each kept only where it raises D: once the ascent
+    has found the right piece of the piecewise-quadratic semi-dual, one such step lands on its maximum
+    exactly (row errors ~1e-11 instead of BFGS's ~1e-5). Returns alpha and D, grad D, P there."""
     value, grad, p = evaluate(alpha, with_plan=True)
     scale = tol * a.abs().amax(-1).clamp(min=1)
     for _ in range(steps):

@@ -19,9 +19,12 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from routing.gate import Gate, GateOutput, routing_metrics
-from routing.gates.smooth_step import entropy, smooth_step
+from routing.gates.smooth_step import smooth_step
+
+DEAD_LOGP = -60.0  # a hard branch adds log(1e-30) = -69 to a path; live paths stay far above this
 
 
 def leaf_paths(n_experts: int) -> tuple[Tensor, Tensor]:
@@ -53,31 +56,43 @@ class CometGate(Gate):
         for leaf in range(n_experts):
             for d in range(nodes.shape[1]):
                 (on_left if left[leaf, d] else on_right)[nodes[leaf, d], leaf] = 1.0
-        self.register_buffer("left_of", on_left)  # (E-1, E): leaf l's path goes left at node i
-        self.register_buffer("right_of", on_right)
+        self.register_buffer("paths", torch.cat([on_left, on_right]))  # (2(E-1), E): [goes left; goes right] at node i
+
+    def _projections(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Node pre-activations (N k, E-1) and leaf logits (N, k, E) from one matmul."""
+        n, e, k = x.shape[0], self.n_experts, self.k
+        w = torch.cat([self.nodes.weight, self.leaves.weight])
+        bias = torch.cat([self.leaves.bias.new_zeros(k * (e - 1)), self.leaves.bias])
+        out = F.linear(x, w, bias)  # (N, k (E-1) + k E)
+        return out[:, :k * (e - 1)].reshape(n * k, e - 1), out[:, k * (e - 1):].reshape(n, k, e)
+
+    def log_reach(self, x: Tensor, pre: Tensor | None = None) -> Tensor:
+        """log p (N, k, E): log-probability that tree j reaches leaf l, -inf where p = 0.
+
+        log p = [log s, log(1 - s)] @ [L; R] with L, R (E-1, E) the 0/1 "goes left / right at node i on
+        the way to leaf l" matrices (one small matmul instead of a gather over paths). A hard branch
+        (s exactly 0 or 1) contributes log(1e-30) = -69 to every leaf below its closed side, so a path
+        total below DEAD_LOGP marks a leaf that cannot be reached (p = 0 exactly)."""
+        n, e = x.shape[0], self.n_experts
+        if pre is None:
+            pre = self._projections(x)[0]
+        s = smooth_step(pre, self.gamma)  # (N k, E-1) P(left)
+        logp = torch.cat([s, 1 - s], -1).clamp(min=1e-30).log() @ self.paths.to(x.dtype)  # (N k, E)
+        return logp.masked_fill(logp < DEAD_LOGP, -torch.inf).view(n, self.k, e)
 
     def reach_probabilities(self, x: Tensor) -> Tensor:
-        """p (N, k, E): probability that tree j reaches leaf l.
-
-        log p = log(s) @ L + log(1 - s) @ R with L, R (E-1, E) the 0/1 "goes left / right at node i on
-        the way to leaf l" matrices (two small matmuls instead of a gather over paths); p is set to
-        exactly 0 where a branch on the path has probability 0 (hard nodes)."""
-        n, e = x.shape[0], self.n_experts
-        s = smooth_step(self.nodes(x).view(n * self.k, e - 1), self.gamma)  # (N k, E-1) P(left)
-        left, right = self.left_of.to(x.dtype), self.right_of.to(x.dtype)
-        logp = s.clamp(min=1e-30).log() @ left + (1 - s).clamp(min=1e-30).log() @ right  # (N k, E)
-        dead = ((s == 0).to(x.dtype) @ left + (s == 1).to(x.dtype) @ right) > 0
-        return torch.where(dead, torch.zeros_like(logp), logp.exp()).view(n, self.k, e)
+        """p (N, k, E): probability that tree j reaches leaf l (exactly 0 behind a hard branch)."""
+        return self.log_reach(x).exp()
 
     def forward(self, x: Tensor, ids: Tensor | None = None) -> GateOutput:
         n, e = x.shape[0], self.n_experts
-        p = self.reach_probabilities(x)  # (N, k, E)
-        o = self.leaves(x).view(n, self.k, e)
-        logp = torch.where(p > 0, p.clamp(min=1e-30).log(), torch.full_like(p, -torch.inf))
+        pre, o = self._projections(x)
+        logp = self.log_reach(x, pre)  # (N, k, E)
         g = (o + logp).view(n, self.k * e).softmax(-1).view(n, self.k, e)
         weights = g.sum(1)
         mask = weights > 0
-        aux = {"entropy": self.entropy_reg * entropy(p).sum(-1).mean()}
+        p = logp.exp()
+        aux = {"entropy": -self.entropy_reg * (p * logp.clamp(min=DEAD_LOGP)).sum(-1).sum(-1).mean()}
         metrics = routing_metrics(weights, mask)
-        metrics["soft_trees"] = ((p > 0) & (p < 1)).any(-1).to(x.dtype).mean()
+        metrics["soft_trees"] = (p.detach().amax(-1) < 1).to(x.dtype).mean()  # hard tree: one leaf has p = 1
         return GateOutput(weights, mask, aux, metrics)

@@ -13,8 +13,10 @@ from torch import Tensor
 
 
 def smooth_step(t: Tensor, gamma: float) -> Tensor:
-    inner = -2 * t.pow(3) / gamma**3 + 3 * t / (2 * gamma) + 0.5
-    return torch.where(t <= -gamma / 2, torch.zeros_like(t), torch.where(t >= gamma / 2, torch.ones_like(t), inner))
+    """S(t), as the cubic of u = clamp(t, -gamma/2, gamma/2) / gamma: u = -1/2 and 1/2 are exact in
+    binary and give exactly 0 and 1, so saturated nodes are exactly hard (and get zero gradient)."""
+    u = t.clamp(-gamma / 2, gamma / 2) / gamma
+    return u * (1.5 - 2 * u * u) + 0.5
 
 
 def entropy(p: Tensor, dim: int = -1) -> Tensor:

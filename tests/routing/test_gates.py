@@ -126,3 +126,34 @@ def test_sparse_ot_k1_groups_not_divisible_by_experts():
     gate = make_gate(GateConfig(gate="sparse-ot", experts=E, k=1, ot_group=20), D)
     out = gate(_x(n=60))
     assert (out.mask.sum(1) <= 1).all()
+
+
+def test_smooth_step_is_exactly_hard_outside_its_band():
+    from routing.gates.smooth_step import smooth_step
+
+    for gamma in (10.0, 0.3, 7.0):
+        t = torch.tensor([-1e9, -gamma / 2, -gamma / 4, 0.0, gamma / 4, gamma / 2, 1e9], dtype=torch.float64)
+        s = smooth_step(t, gamma)
+        assert s[0] == 0 and s[1] == 0 and s[-1] == 1 and s[-2] == 1 and s[3] == 0.5
+        u = t[2:5] / gamma  # the paper's cubic inside the band
+        torch.testing.assert_close(s[2:5], -2 * u**3 + 1.5 * u + 0.5)
+
+
+def test_comet_reach_probabilities_are_path_products():
+    """log_reach (two matmuls of log-probabilities, hard branches -> p = 0) equals the product of branch
+    probabilities along each root-to-leaf path, with some nodes saturated."""
+    from routing.gates.comet import leaf_paths
+    from routing.gates.smooth_step import smooth_step
+
+    gate = _gate("comet").double()
+    with torch.no_grad():
+        gate.nodes.weight[::3].mul_(1e6)  # every third node hard
+    x = _x(torch.float64, n=16)
+    s = smooth_step(gate.nodes(x).view(16, K, E - 1), gate.gamma)  # (N, k, E-1) P(left)
+    nodes, left = leaf_paths(E)
+    branch = torch.where(left.bool(), s[..., nodes], 1 - s[..., nodes])  # (N, k, E, depth)
+    ref = branch.prod(-1)
+    p = gate.reach_probabilities(x)
+    torch.testing.assert_close(p, ref, atol=1e-12, rtol=1e-9)
+    assert (ref == 0).any() and ((p == 0) == (ref == 0)).all()
+    torch.testing.assert_close(p.sum(-1), torch.ones(16, K, dtype=torch.float64))
