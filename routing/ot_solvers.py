@@ -5,8 +5,8 @@ potentials alpha (B, n) and the iteration count. Every problem is evaluated at e
 of the problems still running), so shapes stay fixed for the compiled evaluation; finished problems
 just stop moving.
 
-- bfgs: dense BFGS on the n potentials (n is small: experts, or tokens with Woodbury-free n x n
-  updates), Armijo backtracking with quadratic interpolation. The semi-dual of a router-sized problem is
+- bfgs: dense BFGS on the n potentials (n small: the experts of a tokens-choose-experts router; the
+  caller uses newton above sparse_ot.BFGS_MAX_ROWS rows), Armijo backtracking with quadratic interpolation. The semi-dual of a router-sized problem is
   close to piecewise linear (few columns split between two rows), which starves Newton's curvature
   model; BFGS learns an averaged curvature instead, as POT's L-BFGS-B does. Stops a problem at a zero
   gradient, or when an iteration gains less than ftol relative to |D| (L-BFGS-B's `factr` test), or

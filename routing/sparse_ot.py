@@ -37,8 +37,9 @@ from torch import Tensor
 from workbench.errors import WorkbenchError
 from workbench.simplex import project_sparse_simplex, sparse_simplex_parts
 
-COMPILE_MIN_NUMEL = 1 << 15  # "auto" compiles the evaluation for cost tensors at least this large
+COMPILE_MIN_NUMEL = 1 << 12  # "auto" compiles the evaluation for cost tensors at least this large
 METHODS = ("bfgs", "newton", "adam")
+BFGS_MAX_ROWS = 64  # dense BFGS keeps an n x n matrix per problem; above this "bfgs" runs Newton (m x m Woodbury)
 
 
 class MarginalError(WorkbenchError, ValueError):
@@ -193,7 +194,8 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
 
     cost: (..., n, m); a: (..., n) or (n,); b: (..., m) or (m,); at most k nonzeros per column.
     method: "bfgs" (default; stops at a zero gradient, or when an iteration gains less than ftol
-    relative, as L-BFGS-B does), "newton" (semismooth, to tolerance) or "adam" (fixed max_iter steps).
+    relative, as L-BFGS-B does; problems with more than BFGS_MAX_ROWS rows, e.g. a router's experts
+    orientation, run "newton" instead), "newton" (semismooth, to tolerance) or "adam" (fixed max_iter steps).
     compile: "auto" (torch.compile the evaluation for large costs), True or False.
     Differentiable w.r.t. cost, a, b through the implicit function theorem (module docstring).
     """
@@ -217,6 +219,8 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
         def evaluate(alpha, with_plan=False):
             return _evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile)
 
+        if method == "bfgs" and n > BFGS_MAX_ROWS:
+            method = "newton"
         if method == "bfgs":
             alpha, n_iter = ot_solvers.bfgs(evaluate, c0, a0, b0, k, gamma_t, max_iter or 200, tol, ftol, use_compile)
             alpha, value, grad, p = ot_solvers.polish(evaluate, alpha, a0, gamma, tol, damping)

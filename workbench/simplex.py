@@ -4,14 +4,15 @@ The one place these live; the sparsity-constrained OT solver, S-BASE and the loc
 all call them. Everything is batched over leading dimensions, differentiable (almost everywhere) by
 plain autograd, and device-agnostic.
 
-Simplex projection (Held et al. 1974; Duchi et al. 2008), along the last dimension::
+Simplex projection (Held et al. 1974; Duchi et al. 2008), along a chosen dimension (the last by default)::
 
     P(v; z) = argmin_{p >= 0, sum(p) = z} ||p - v||^2 = max(v - theta, 0)
     u = sort(v, descending);  rho = max{ j : u_j - (sum_{i<=j} u_i - z) / j > 0 }
     theta = (sum_{i<=rho} u_i - z) / rho
 
 k-sparse projection (Kyrillidis et al. 2013): argmin over the simplex with ||p||_0 <= k is the dense
-projection of the k largest entries of v, the rest set to 0.
+projection of the k largest entries of v, the rest set to 0. For small k the k largest values come from
+k masked maxima (elementwise passes that vectorise along any dim and fuse under torch.compile).
 
 Log-domain Sinkhorn: for logits L (..., n, m) and marginals a (n), b (m), alternately
 ``f = log a - logsumexp_j(L + g)`` and ``g = log b - logsumexp_i(L + f)``; the plan is ``exp(L + f + g)``.

@@ -7,7 +7,8 @@
                           c = ceil(cf * G * k / E) tokens per expert; marginals 1/G per token, 1/E per expert
     dispatch = support of the plan T; combine = S on the support ("scores", vmoe's default) or the
     plan rescaled to token mass 1 ("plan", differentiable through the implicit OT gradient).
-Marginals are normalised to sum 1, so ot_gamma is relative to that scale (gamma -> 0: exact OT).
+Marginals are normalised to sum 1, so ot_gamma is relative to that scale (gamma -> 0: exact OT);
+vmoe's setting (marginals 1 per token, gamma = 1) is ot_gamma = G here.
 """
 
 from __future__ import annotations

@@ -170,3 +170,15 @@ def test_unknown_method_and_compile_are_clear_errors():
         solve_sparse_ot(cost, a, b, 2, method="lbfgs")
     with pytest.raises(MarginalError, match="compile"):
         solve_sparse_ot(cost, a, b, 2, compile="yes")
+
+
+def test_many_rows_run_newton_and_keep_the_invariants():
+    """Above BFGS_MAX_ROWS rows (the experts orientation: rows = tokens) "bfgs" runs Newton's m x m system."""
+    from routing.sparse_ot import BFGS_MAX_ROWS
+
+    cost, a, b = _instance(BFGS_MAX_ROWS + 16, 6, 31)
+    res = solve_sparse_ot(cost, a, b, 20, 0.5)
+    ref = solve_sparse_ot(cost, a, b, 20, 0.5, method="newton")
+    torch.testing.assert_close(res.plan, ref.plan)
+    assert ((res.plan > 0).sum(-2) <= 20).all()
+    torch.testing.assert_close(res.plan.sum(-2), b, atol=1e-14, rtol=0)
