@@ -59,9 +59,9 @@ class CometGate(Gate):
         self.register_buffer("paths", torch.cat([on_left, on_right]))  # (2(E-1), E): [goes left; goes right] at node i
 
     def _projections(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Node pre-activations (N k, E-1) and leaf logits (N, k, E) from one matmul."""
+        """Node pre-activations divided by gamma (N k, E-1) and leaf logits (N, k, E), from one matmul."""
         n, e, k = x.shape[0], self.n_experts, self.k
-        w = torch.cat([self.nodes.weight, self.leaves.weight])
+        w = torch.cat([self.nodes.weight / self.gamma, self.leaves.weight])
         bias = torch.cat([self.leaves.bias.new_zeros(k * (e - 1)), self.leaves.bias])
         out = F.linear(x, w, bias)  # (N, k (E-1) + k E)
         return out[:, :k * (e - 1)].reshape(n * k, e - 1), out[:, k * (e - 1):].reshape(n, k, e)
@@ -71,13 +71,13 @@ class CometGate(Gate):
 
         log p = [log s, log(1 - s)] @ [L; R] with L, R (E-1, E) the 0/1 "goes left / right at node i on
         the way to leaf l" matrices (one small matmul instead of a gather over paths). A hard branch
-        (s exactly 0 or 1) contributes log(1e-30) = -69 to every leaf below its closed side, so a path
+        (s exactly 0 or 1) contributes log(0 + 1e-30) = -69 to every leaf below its closed side, so a path
         total below DEAD_LOGP marks a leaf that cannot be reached (p = 0 exactly)."""
         n, e = x.shape[0], self.n_experts
         if pre is None:
             pre = self._projections(x)[0]
-        s = smooth_step(pre, self.gamma)  # (N k, E-1) P(left)
-        logp = torch.cat([s, 1 - s], -1).clamp(min=1e-30).log() @ self.paths.to(x.dtype)  # (N k, E)
+        s = smooth_step(pre, 1.0)  # (N k, E-1) P(left); pre is already (u . x) / gamma
+        logp = (torch.cat([s, 1 - s], -1) + 1e-30).log() @ self.paths.to(x.dtype)  # (N k, E); log 0 -> -69
         return logp.masked_fill(logp < DEAD_LOGP, -torch.inf).view(n, self.k, e)
 
     def reach_probabilities(self, x: Tensor) -> Tensor:
@@ -92,7 +92,7 @@ class CometGate(Gate):
         weights = g.sum(1)
         mask = weights > 0
         p = logp.exp()
-        aux = {"entropy": -self.entropy_reg * (p * logp.clamp(min=DEAD_LOGP)).sum(-1).sum(-1).mean()}
+        aux = {"entropy": -self.entropy_reg * (p * logp.clamp(min=DEAD_LOGP)).sum((-2, -1)).mean()}
         metrics = routing_metrics(weights, mask)
         metrics["soft_trees"] = (p.detach().amax(-1) < 1).to(x.dtype).mean()  # hard tree: one leaf has p = 1
         return GateOutput(weights, mask, aux, metrics)
