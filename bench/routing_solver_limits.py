@@ -1,16 +1,17 @@
 """Solver limits: sparsity-constrained OT vs exact OT (ot.emd) as k -> 1 and vs Sinkhorn; balanced
-assignment (BASE's scipy linear_sum_assignment) vs the alternatives.
+assignment (BASE's successive shortest paths, routing.assignment) vs scipy and the alternatives.
 
     .venv/bin/python bench/routing_solver_limits.py [--rows 16 --cols 512 --problems 4 --threads 1
         --json runs/solver-limits.json]
 
 Part 1 (routing.benchmarks.ot_limits): P router-cost problems (16 experts x 512 tokens, marginals summing
-to 1); our batched sparse-OT Newton solver for k = 1, 2, 4, 8, 16 and gamma = 1000, 100, 10, 1, 0.01
+to 1); our batched sparse-OT solver (default BFGS) for k = 1, 2, 4, 8, 16 and gamma = 1000, 100, 10, 1, 0.01
 (gamma = 512 is vmoe's gamma = 1 with unit column marginals); our batched log-domain Sinkhorn
 (workbench.simplex.sinkhorn_log) and POT's `ot.sinkhorn(method="sinkhorn_log")`
 for eps = 0.1, 0.01, 0.001; each against `ot.emd`: transport-cost gap, row-marginal error, entries per
 column holding 99% of its mass, time. Part 2 (routing.benchmarks.assignment_limits): 512 x 16 and
-2048 x 16 balanced assignments by scipy (the BASE gate's solver), ot.emd as a transportation problem,
+2048 x 16 balanced assignments by scipy (the reference optimum), ours (the BASE gate's solver, also on
+skewed logits against scipy), ot.emd as a transportation problem,
 sparse OT with k = 1, S-BASE's Sinkhorn top-1 and greedy argmax: time, summed-logit gap to scipy's
 optimum, max load. Needs POT (pip install -c constraints.txt POT).
 """

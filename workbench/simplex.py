@@ -92,14 +92,11 @@ def project_sparse_simplex(v: Tensor, k: int, z: Tensor | float = 1.0, dim: int 
     return p
 
 
-def sinkhorn_log(logits: Tensor, log_a: Tensor | None = None, log_b: Tensor | None = None,
-                 n_iters: int = 50) -> Tensor:
-    """Log of the Sinkhorn plan for logits (..., n, m) with row marginals a and column marginals b.
+def sinkhorn_potentials(logits: Tensor, log_a: Tensor | None = None, log_b: Tensor | None = None,
+                        n_iters: int = 50) -> tuple[Tensor, Tensor]:
+    """Log-domain Sinkhorn potentials f (..., n), g (..., m) for logits (..., n, m); see sinkhorn_log.
 
-    log_a: (..., n) or None (each row has mass 1); log_b: (..., m) or None (columns share the n units
-    of mass equally, n/m each). Returns log T (..., n, m) with T's column sums exactly b after the last
-    (column) update and row sums approaching a. Differentiable by autograd through the iterations.
-    """
+    -inf logits (forbidden pairs) are allowed as long as every row and column keeps a finite entry."""
     n, m = logits.shape[-2:]
     if log_a is None:
         log_a = logits.new_zeros(n)
@@ -110,4 +107,16 @@ def sinkhorn_log(logits: Tensor, log_a: Tensor | None = None, log_b: Tensor | No
     for _ in range(n_iters):
         f = log_a - torch.logsumexp(logits + g.unsqueeze(-2), dim=-1)
         g = log_b - torch.logsumexp(logits + f.unsqueeze(-1), dim=-2)
+    return f, g
+
+
+def sinkhorn_log(logits: Tensor, log_a: Tensor | None = None, log_b: Tensor | None = None,
+                 n_iters: int = 50) -> Tensor:
+    """Log of the Sinkhorn plan for logits (..., n, m) with row marginals a and column marginals b.
+
+    log_a: (..., n) or None (each row has mass 1); log_b: (..., m) or None (columns share the n units
+    of mass equally, n/m each). Returns log T (..., n, m) with T's column sums exactly b after the last
+    (column) update and row sums approaching a. Differentiable by autograd through the iterations.
+    """
+    f, g = sinkhorn_potentials(logits, log_a, log_b, n_iters)
     return logits + f.unsqueeze(-1) + g.unsqueeze(-2)
