@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.sparse_ot import newton_solve
+from routing.sparse_ot import Compiled, newton_solve
 
 ARMIJO = 1e-4
 LINE_SEARCH_STEPS = 30
@@ -75,7 +75,7 @@ def _bfgs_step(alpha, value, grad, h, first, direction, slope, t, tries, iters, 
     return (alpha, value, grad, h, first, direction, slope, t, tries, iters, done), ties
 
 
-_compiled_step = None
+_compiled_step = Compiled(_bfgs_step)
 
 
 def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, max_iter: int, tol: float,
@@ -86,12 +86,7 @@ def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, ma
     points, so a problem that backtracks does not hold the others back. The first step moves the largest
     potential by FIRST_STEP of the cost's span; H takes its scale from that step (as L-BFGS does).
     Returns alpha and the most iterations any problem took."""
-    global _compiled_step
-    step = _bfgs_step
-    if compiled:
-        if _compiled_step is None:
-            _compiled_step = torch.compile(_bfgs_step, dynamic=False)
-        step = _compiled_step
+    step = _compiled_step if compiled else _bfgs_step
     bsz, n = a.shape
     alpha = torch.zeros_like(a)
     value, grad, _ = evaluate(alpha)

@@ -104,7 +104,7 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
 
 
 def _evaluate_parts(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float | Tensor, with_plan: bool):
-    """D (...,), grad D (..., n), P (..., n, m) or None, and a tie flag (...,) for the fast top-k path."""
+    """D (...,), grad D (..., n), P (..., n, m) or None, and a tie flag (any column ambiguous on the fast path)."""
     gb = gamma * b.unsqueeze(-2)  # (..., 1, m)
     z = (alpha.unsqueeze(-1) - cost) / gb  # (..., n, m)
     p, ties = sparse_simplex_parts(z, k, dim=-2)  # (..., n, m), (..., m)
@@ -114,35 +114,40 @@ def _evaluate_parts(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, g
     return value, grad, (p if with_plan else None), ties.any()
 
 
-_compiled = None  # torch.compile(_evaluate_parts), built on first use; False once compilation failed
+class Compiled:
+    """fn through torch.compile (built on first call, fixed shapes), or fn itself once compilation has
+    failed anywhere (no C++ compiler, unsupported backend): results stay correct, only slower."""
+
+    failed = False  # shared by every instance: one warning, then eager everywhere
+
+    def __init__(self, fn):
+        self.fn, self.compiled = fn, None
+
+    def __call__(self, *args):
+        if not Compiled.failed:
+            try:
+                if self.compiled is None:
+                    self.compiled = torch.compile(self.fn, dynamic=False)
+                return self.compiled(*args)
+            except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                Compiled.failed = True
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); the sparse-OT solver runs in "
+                              "eager mode (pass compile=False to skip compiling)", stacklevel=2)
+        return self.fn(*args)
 
 
-def _compiled_parts():
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(_evaluate_parts, dynamic=False)
-    return _compiled
+_evaluate_compiled = Compiled(_evaluate_parts)
 
 
-def _evaluate(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float, with_plan: bool = True,
-              compiled: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+def _evaluate(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float | Tensor,
+              with_plan: bool = True, compiled: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Semi-dual value (...,), gradient (..., n) and column distributions P (..., n, m) (None unless with_plan).
 
-    The fast path takes the top-k values by masked maxima; columns with tied entries are redone exactly."""
-    global _compiled
-    fn = _evaluate_parts
-    if compiled and _compiled is not False:
-        fn = _compiled_parts()
-    try:
-        value, grad, p, ties = fn(alpha, cost, a, b, k, gamma, with_plan)
-    except Exception as e:  # no C++ compiler, unsupported backend, ...: stay correct, just slower
-        if fn is _evaluate_parts:
-            raise
-        warnings.warn(f"torch.compile of the sparse-OT evaluation failed ({type(e).__name__}: {e}); "
-                      "using eager mode (pass compile=False to silence)", stacklevel=3)
-        _compiled = False
-        value, grad, p, ties = _evaluate_parts(alpha, cost, a, b, k, gamma, with_plan)
-    if bool(ties.any()):
+    The fast path takes the top-k values by masked maxima; if any column has tied entries the
+    evaluation is redone exactly (torch.topk)."""
+    fn = _evaluate_compiled if compiled else _evaluate_parts
+    value, grad, p, ties = fn(alpha, cost, a, b, k, gamma, with_plan)
+    if bool(ties):
         return semi_dual(alpha, cost, a, b, k, gamma)
     return value, grad, p
 

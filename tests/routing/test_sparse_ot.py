@@ -182,3 +182,25 @@ def test_many_rows_run_newton_and_keep_the_invariants():
     torch.testing.assert_close(res.plan, ref.plan)
     assert ((res.plan > 0).sum(-2) <= 20).all()
     torch.testing.assert_close(res.plan.sum(-2), b, atol=1e-14, rtol=0)
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    """Where torch.compile cannot work (no C++ compiler), the solver warns once and stays correct."""
+    import routing.ot_solvers as solvers
+    import routing.sparse_ot as sot
+
+    def broken_compile(fn, **kw):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(sot.Compiled, "failed", False)
+    monkeypatch.setattr(sot, "_evaluate_compiled", sot.Compiled(sot._evaluate_parts))
+    monkeypatch.setattr(solvers, "_compiled_step", sot.Compiled(solvers._bfgs_step))
+    cost = _router_batch(2, 8, 64, 23)
+    a, b = torch.full((8,), 1 / 8, dtype=f64), torch.full((64,), 1 / 64, dtype=f64)
+    with pytest.warns(UserWarning, match="eager mode") as record:
+        res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True)
+    assert len([w for w in record if "eager mode" in str(w.message)]) == 1
+    torch.testing.assert_close(res.plan, solve_sparse_ot(cost, a, b, 2, 1.0, compile=False).plan, atol=0, rtol=0)
