@@ -12,9 +12,10 @@ cheapest way to move one token's worth of load from j to j' is
 Zero-score dummy tokens pad the problem until the capacities sum to the token count, so every expert
 ends exactly full and the prices need no sign condition. Start from every token at its best expert
 under some prices (0, or, when that leaves much overload, prices from a few Sinkhorn iterations):
-every token then maximises its reduced profit, so W >= 0. While an expert is over capacity: Dijkstra over the E experts from all overloaded ones to the
-nearest underloaded one, prices p_j -= min(dist_j, D) (which keeps W >= 0 and puts the path on
-zero-cost edges), and move one token along each edge of the path. Each round removes one token of
+every token then maximises its reduced profit, so W >= 0. While an expert is over capacity: Dijkstra
+over the E experts from all overloaded ones to the nearest underloaded one, prices
+p_j -= min(dist_j, D) (which keeps W >= 0 and puts the path on zero-cost edges), and move one token
+along each edge of the path. Each round removes one token of
 overload and keeps every token at a profit-maximising expert, the optimality condition of the
 transportation LP, so the final assignment is optimal (Ahuja, Magnanti & Orlin, ch. 9). Work per round:
 O(E^2) for Dijkstra plus O(N) per expert on the path; rounds = the initial overload.
