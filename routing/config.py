@@ -37,7 +37,8 @@ class GateConfig:
     ot_method: str = field(default="bfgs", metadata={"help": "sparse-ot: solver, bfgs, newton or adam"})
     ot_iters: int = field(default=50, metadata={"help": "sparse-ot: max solver iterations (adam: its fixed step count)"})
     ot_compile: str = field(default="auto", metadata={
-        "help": "sparse-ot: torch.compile the solver's evaluation: auto (large problems), on or off"})
+        "help": "sparse-ot: torch.compile the solver (auto: problems of >= 4,096 cost entries; the first call "
+                "compiles, ~15 s in a fresh process), on or off"})
     ot_group: int = field(default=512, metadata={"help": "sparse-ot: tokens per OT problem (batched)"})
     ls_fraction: float = field(default=0.1, metadata={
         "help": "local search: share of training (from the start) during which the permutation is learned"})
