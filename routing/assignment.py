@@ -67,7 +67,7 @@ def balanced_assignment_ssp(scores: np.ndarray, capacity: np.ndarray) -> np.ndar
     p = np.zeros(e)
     sigma = s.argmax(1)
     load = np.bincount(sigma, minlength=e)
-    if np.maximum(load - cap, 0).sum() > s.shape[0] // 8:  # heavily skewed: start from Sinkhorn's prices instead
+    if np.maximum(load - cap, 0).sum() > s.shape[0] // 32:  # much overload: start from Sinkhorn's prices instead
         p = _sinkhorn_prices(s, cap)
         sigma = (s - p).argmax(1)
         load = np.bincount(sigma, minlength=e)
