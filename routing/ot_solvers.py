@@ -1,16 +1,17 @@
 """Ascent loops for the sparse-OT semi-dual (routing/sparse_ot.py), batched over problems.
 
-Each takes `evaluate(alpha, with_plan) -> (value (B,), grad (B, n), P (B, n, m) or None)` and returns the
-potentials alpha (B, n) and the iteration count. Every problem is evaluated at every step (no gathering
-of the problems still running), so shapes stay fixed for the compiled evaluation; finished problems
-just stop moving.
+Each returns the potentials alpha (B, n) and an iteration count; `evaluate(alpha, with_plan)` gives
+(D (B,), grad D (B, n), P (B, n, m) or None). Every problem is evaluated at every step (no gathering of
+the problems still running), so shapes stay fixed for the compiled code; finished problems just stop
+moving.
 
 - bfgs: dense BFGS on the n potentials (n small: the experts of a tokens-choose-experts router; the
-  caller uses newton above sparse_ot.BFGS_MAX_ROWS rows), Armijo backtracking with quadratic interpolation. The semi-dual of a router-sized problem is
-  close to piecewise linear (few columns split between two rows), which starves Newton's curvature
-  model; BFGS learns an averaged curvature instead, as POT's L-BFGS-B does. Stops a problem at a zero
-  gradient, or when an iteration gains less than ftol relative to |D| (L-BFGS-B's `factr` test), or
-  when the line search fails.
+  caller uses newton above sparse_ot.BFGS_MAX_ROWS rows), Armijo backtracking with quadratic
+  interpolation, one branch-free step (`_bfgs_step`) that torch.compile fuses with the evaluation.
+  A router's semi-dual is close to piecewise linear (few columns split between two rows), which
+  starves Newton's curvature model; BFGS learns an averaged curvature instead, as POT's L-BFGS-B does.
+  Stops a problem at a zero gradient, when an iteration gains less than ftol relative to |D|
+  (L-BFGS-B's `factr` test), or when the line search fails. `polish` then takes one Newton step.
 - newton: Levenberg-Marquardt-damped semismooth Newton with Armijo backtracking; reaches a zero
   gradient to `tol` where the semi-dual is smooth at its maximum.
 - adam: vmoe's fixed-budget ascent (its step is lr * gamma * mean(b), scale-free).
@@ -55,7 +56,8 @@ def _bfgs_step(alpha, value, grad, h, first, direction, slope, t, tries, iters, 
     h = torch.where((update & first).view(-1, 1, 1), eye * (sy / (y * y).sum(-1).clamp(min=1e-300)).view(-1, 1, 1), h)
     rho = (1 / sy.clamp(min=1e-300)).view(-1, 1, 1)
     vmat = eye - rho * s.unsqueeze(-1) * y.unsqueeze(-2)  # (B, n, n)
-    h = torch.where(update.view(-1, 1, 1), vmat @ h @ vmat.transpose(-1, -2) + rho * s.unsqueeze(-1) * s.unsqueeze(-2), h)
+    h_new = vmat @ h @ vmat.transpose(-1, -2) + rho * s.unsqueeze(-1) * s.unsqueeze(-2)
+    h = torch.where(update.view(-1, 1, 1), h_new, h)
     first = first & ~ok
     small_gain = v - value <= ftol * torch.maximum(v.abs(), value.abs())
     curv = (v - value - slope * t) / (t * t)  # < 0 where Armijo failed on a concave function

@@ -3,9 +3,9 @@
 BASE, training: k rounds of an exact balanced assignment. Each round assigns the N tokens to E experts
 with at most c = ceil(N/E) tokens each, maximising the summed router logits (successive shortest
 paths over the experts, routing/assignment.py, on the host: the indices come back to x's device;
-the same optimum as scipy's linear_sum_assignment on experts replicated c times, ~30x faster at
-N = 2048); experts taken in earlier rounds are excluded, so every token gets k distinct experts and every expert gets
-exactly k N / E tokens when E divides N. Evaluation: greedy top-k (as in the paper).
+the same optimum as scipy's linear_sum_assignment on experts replicated c times, ~40x faster at
+N = 2048); experts taken in earlier rounds are excluded, so every token gets k distinct experts and
+every expert gets exactly k N / E tokens when E divides N. Evaluation: greedy top-k (as in the paper).
 S-BASE: the balanced plan exp(sinkhorn_log(logits)) (rows 1, columns N/E) replaces the assignment;
 its top-k per token (workbench.alloc.topk_per_row) is the support, in training and evaluation.
 Weights for both: softmax probabilities on the support (renormalised when k > 1), so the router
