@@ -22,13 +22,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.sparse_ot import Compiled, newton_solve
+from routing.sparse_ot import Compiled, _evaluate_parts, grad_converged, newton_solve
 
 ARMIJO = 1e-4
 LINE_SEARCH_STEPS = 30
 FIRST_STEP = 0.01  # the first BFGS step moves the largest potential by this fraction of the cost's span
 LM_START = 1e6  # Newton: initial Levenberg-Marquardt damping, in units of `damping`
 STALL_RTOL = 1e-12  # Newton: a problem improving less than this (relative) in an iteration has stalled
+
+
+def _accept(ok: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Per problem (ok (B,)), the new tensors where ok else the old ones; any trailing shape."""
+    return tuple(torch.where(ok.view(-1, *([1] * (x.ndim - 1))), x, y) for x, y in zip(new, old))
 
 
 def _bfgs_step(alpha, value, grad, h, first, direction, slope, t, tries, iters, done,
@@ -39,16 +44,10 @@ def _bfgs_step(alpha, value, grad, h, first, direction, slope, t, tries, iters, 
     H grad, t = 1. Rejected: t <- the maximiser of the quadratic through D(0), D'(0) and D(t), clamped to
     [0.1 t, 0.5 t]. Pure and branch-free, so torch.compile fuses it with the evaluation; returns the new
     state and a tie flag (the fast top-k path was ambiguous: redo the step with exact=True)."""
-    from routing.sparse_ot import _evaluate_parts, semi_dual
-
     n = alpha.shape[-1]
     eye = torch.eye(n, dtype=alpha.dtype, device=alpha.device)
     cand = alpha + t.unsqueeze(-1) * direction
-    if exact:
-        v, g, _ = semi_dual(cand, cost, a, b, k, gamma)
-        ties = torch.zeros((), dtype=torch.bool, device=alpha.device)
-    else:
-        v, g, _, ties = _evaluate_parts(cand, cost, a, b, k, gamma, False)
+    v, g, _, ties = _evaluate_parts(cand, cost, a, b, k, gamma, False, exact)
     ok = ~done & (v >= value + ARMIJO * t * slope)
     s, y = cand - alpha, grad - g  # y: change of the gradient of -D
     sy = (s * y).sum(-1)
@@ -62,13 +61,11 @@ def _bfgs_step(alpha, value, grad, h, first, direction, slope, t, tries, iters, 
     small_gain = v - value <= ftol * torch.maximum(v.abs(), value.abs())
     curv = (v - value - slope * t) / (t * t)  # < 0 where Armijo failed on a concave function
     t_back = torch.minimum(torch.maximum(-slope / (2 * curv.clamp(max=-1e-300)), 0.1 * t), 0.5 * t)
-    alpha = torch.where(ok.unsqueeze(-1), cand, alpha)
-    value, grad = torch.where(ok, v, value), torch.where(ok.unsqueeze(-1), g, grad)
+    alpha, value, grad = _accept(ok, (cand, v, g), (alpha, value, grad))
     iters = iters + ok.long()
     new_dir = (h @ grad.unsqueeze(-1)).squeeze(-1)
     new_slope = (grad * new_dir).sum(-1)
-    converged = grad.abs().amax(-1) <= tol * a.abs().amax(-1).clamp(min=1)
-    done = done | (ok & (small_gain | converged | ~(new_slope > 0) | (iters >= max_iter)))
+    done = done | (ok & (small_gain | grad_converged(grad, a, tol) | ~(new_slope > 0) | (iters >= max_iter)))
     direction = torch.where(ok.unsqueeze(-1), new_dir, direction)
     slope = torch.where(ok, new_slope, slope)
     tries = torch.where(ok, 0, tries + 1)
@@ -95,7 +92,7 @@ def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, ma
     span = (cost.amax((-2, -1)) - cost.amin((-2, -1))).clamp(min=torch.finfo(a.dtype).tiny)  # (B,)
     direction = grad * (FIRST_STEP * span / grad.abs().amax(-1).clamp(min=1e-300)).unsqueeze(-1)
     slope = (grad * direction).sum(-1)
-    done = (grad.abs().amax(-1) <= tol * a.abs().amax(-1).clamp(min=1)) | ~(slope > 0)
+    done = grad_converged(grad, a, tol) | ~(slope > 0)
     zeros = torch.zeros_like(value, dtype=torch.int64)
     state = (alpha, value, grad, torch.eye(n, dtype=a.dtype, device=a.device).expand(bsz, n, n).clone(),
              torch.ones_like(done), direction, slope, torch.ones_like(value), zeros, zeros.clone(), done)
@@ -115,9 +112,8 @@ def polish(evaluate, alpha: Tensor, a: Tensor, gamma: float, tol: float, damping
     has found the right piece of the piecewise-quadratic semi-dual, one such step lands on its maximum
     exactly (row errors ~1e-11 instead of BFGS's ~1e-5). Returns alpha and D, grad D, P there."""
     value, grad, p = evaluate(alpha, with_plan=True)
-    scale = tol * a.abs().amax(-1).clamp(min=1)
     for _ in range(steps):
-        todo = grad.abs().amax(-1) > scale
+        todo = ~grad_converged(grad, a, tol)
         if not bool(todo.any()):
             break
         cand = alpha + gamma * newton_solve(p > 0, grad, damping)
@@ -125,9 +121,7 @@ def polish(evaluate, alpha: Tensor, a: Tensor, gamma: float, tol: float, damping
         ok = todo & (v >= value)
         if not bool(ok.any()):
             break
-        alpha = torch.where(ok.unsqueeze(-1), cand, alpha)
-        value, grad = torch.where(ok, v, value), torch.where(ok.unsqueeze(-1), g, grad)
-        p = torch.where(ok.view(-1, 1, 1), pp, p)
+        alpha, value, grad, p = _accept(ok, (cand, v, g, pp), (alpha, value, grad, p))
     return alpha, value, grad, p
 
 
@@ -143,10 +137,9 @@ def newton(evaluate, a: Tensor, gamma: float, max_iter: int, tol: float, damping
     done = torch.zeros_like(value, dtype=torch.bool)
     use_grad = torch.zeros_like(done)  # Newton failed last time: try a scaled gradient step
     lam = torch.full_like(value, damping * LM_START)
-    scale = a.abs().amax(-1).clamp(min=1)
     it = 0
     for it in range(1, max_iter + 1):
-        done |= grad.abs().amax(-1) <= tol * scale
+        done |= grad_converged(grad, a, tol)
         if bool(done.all()):
             return alpha, it - 1
         support = p > 0
@@ -162,9 +155,7 @@ def newton(evaluate, a: Tensor, gamma: float, max_iter: int, tol: float, damping
             cand = alpha + t.unsqueeze(-1) * step
             v, g, pp = evaluate(cand, with_plan=True)
             ok = pending & (v >= old + ARMIJO * t * slope - 1e-14 * old.abs())
-            alpha = torch.where(ok.unsqueeze(-1), cand, alpha)
-            value, grad = torch.where(ok, v, value), torch.where(ok.unsqueeze(-1), g, grad)
-            p = torch.where(ok.view(-1, 1, 1), pp, p)
+            alpha, value, grad, p = _accept(ok, (cand, v, g, pp), (alpha, value, grad, p))
             found |= ok
             pending &= ~ok
             if not bool(pending.any()):

@@ -103,15 +103,27 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
     return a, b
 
 
-def _evaluate_parts(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float | Tensor, with_plan: bool):
-    """D (...,), grad D (..., n), P (..., n, m) or None, and a tie flag (any column ambiguous on the fast path)."""
+def _evaluate_parts(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float | Tensor,
+                    with_plan: bool, exact: bool = False):
+    """D (...,), grad D (..., n), P (..., n, m) or None, and a tie flag (any column ambiguous on the fast path).
+
+    exact=False: branch-free masked-maxima projection (compilable); exact=True: project_sparse_simplex,
+    which resolves ties with torch.topk (the flag is then False)."""
     gb = gamma * b.unsqueeze(-2)  # (..., 1, m)
     z = (alpha.unsqueeze(-1) - cost) / gb  # (..., n, m)
-    p, ties = sparse_simplex_parts(z, k, dim=-2)  # (..., n, m), (..., m)
+    if exact:
+        p, ties = project_sparse_simplex(z, k, dim=-2), torch.zeros((), dtype=torch.bool, device=z.device)
+    else:
+        p, ties = sparse_simplex_parts(z, k, dim=-2)  # (..., n, m), (..., m)
     max_k = gb.squeeze(-2) * ((p * z).sum(-2) - 0.5 * (p * p).sum(-2))  # (..., m)
     value = (alpha * a).sum(-1) - (b * max_k).sum(-1)
     grad = a - (p * b.unsqueeze(-2)).sum(-1)
     return value, grad, (p if with_plan else None), ties.any()
+
+
+def grad_converged(grad: Tensor, a: Tensor, tol: float) -> Tensor:
+    """(...,) bool: the semi-dual gradient is zero to tolerance, ||grad||_inf <= tol * max(1, max |a|)."""
+    return grad.abs().amax(-1) <= tol * a.abs().amax(-1).clamp(min=1)
 
 
 class Compiled:
@@ -155,11 +167,7 @@ def _evaluate(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: 
 def semi_dual(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float
               ) -> tuple[Tensor, Tensor, Tensor]:
     """Semi-dual value (...,), its gradient (..., n) and the column distributions P (..., n, m); exact with ties."""
-    gb = gamma * b.unsqueeze(-2)
-    z = (alpha.unsqueeze(-1) - cost) / gb
-    p = project_sparse_simplex(z, k, dim=-2)
-    max_k = gb.squeeze(-2) * ((p * z).sum(-2) - 0.5 * (p * p).sum(-2))
-    return (alpha * a).sum(-1) - (b * max_k).sum(-1), a - (p * b.unsqueeze(-2)).sum(-1), p
+    return _evaluate_parts(alpha, cost, a, b, k, gamma, True, exact=True)[:3]
 
 
 def newton_solve(support: Tensor, rhs: Tensor, damping: float | Tensor) -> Tensor:
@@ -236,7 +244,7 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
                 alpha, n_iter = ot_solvers.adam(evaluate, a0, b0, gamma, max_iter or 20, lr)
             value, grad, p = evaluate(alpha, with_plan=True)
         alpha, value, p = alpha.reshape(*batch, n), value.reshape(batch), p.reshape(*batch, n, m)
-        converged = (grad.abs().amax(-1) <= tol * a0.abs().amax(-1).clamp(min=1)).reshape(batch)
+        converged = grad_converged(grad, a0, tol).reshape(batch)
     if torch.is_grad_enabled() and (cost.requires_grad or a.requires_grad or b.requires_grad):
         _, grad, _ = semi_dual(alpha, cost, a, b, k, gamma)  # carries the graph w.r.t. cost, a, b
         alpha = alpha + gamma * newton_solve(p > 0, grad, damping)
