@@ -1,9 +1,9 @@
 """Ascent loops for the sparse-OT semi-dual (routing/sparse_ot.py), batched over problems.
 
 Each returns the potentials alpha (B, n) and an iteration count; `evaluate(alpha, with_plan)` gives
-(D (B,), grad D (B, n), P (B, n, m) or None). Every problem is evaluated at every step (no gathering of
-the problems still running), so shapes stay fixed for the compiled code; finished problems just stop
-moving.
+(D (B,), grad D (B, n), P (B, n, m) or None). Finished problems stop moving; bfgs also drops them from
+the batch once they are half of it (the step is compiled for any batch size), newton and adam keep
+evaluating the whole batch.
 
 - bfgs: dense BFGS on the n potentials (n small: the experts of a tokens-choose-experts router; the
   caller uses newton above sparse_ot.BFGS_MAX_ROWS rows), Armijo backtracking with quadratic
@@ -29,6 +29,7 @@ LINE_SEARCH_STEPS = 30
 FIRST_STEP = 0.01  # the first BFGS step moves the largest potential by this fraction of the cost's span
 LM_START = 1e6  # Newton: initial Levenberg-Marquardt damping, in units of `damping`
 STALL_RTOL = 1e-12  # Newton: a problem improving less than this (relative) in an iteration has stalled
+COMPACT_MIN = 4  # bfgs: once at most half the problems still run, carry on with those alone (down to this many)
 
 
 def _accept(ok: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -96,14 +97,25 @@ def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, ma
     zeros = torch.zeros_like(value, dtype=torch.int64)
     state = (alpha, value, grad, torch.eye(n, dtype=a.dtype, device=a.device).expand(bsz, n, n).clone(),
              torch.ones_like(done), direction, slope, torch.ones_like(value), zeros, zeros.clone(), done)
+    out_alpha, out_iters = alpha.clone(), zeros.clone()
+    idx = torch.arange(bsz, device=a.device)  # the problems still in `state`, as rows of the full batch
     for _ in range(max_iter * 4):
-        if bool(state[-1].all()):
+        done = state[-1]
+        if bool(done.all()):
             break
+        running = int((~done).sum())
+        if running <= len(idx) // 2 and len(idx) > COMPACT_MIN:  # drop the finished problems
+            out_alpha[idx], out_iters[idx] = state[0], state[9]
+            keep = (~done).nonzero().squeeze(1)
+            state = tuple(x[keep] for x in state)
+            idx, cost = idx[keep], cost[keep]
+            a, b = (x[keep] if x.shape[0] > 1 else x for x in (a, b))
         new, ties = step(*state, cost, a, b, k, gamma, tol, ftol, max_iter, False)
         if bool(ties):
             new, _ = _bfgs_step(*state, cost, a, b, k, gamma, tol, ftol, max_iter, True)
         state = new
-    return state[0], int(state[9].max())
+    out_alpha[idx], out_iters[idx] = state[0], state[9]
+    return out_alpha, int(out_iters.max())
 
 
 def polish(evaluate, alpha: Tensor, a: Tensor, gamma: float, tol: float, damping: float, steps: int = 1

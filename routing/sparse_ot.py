@@ -127,7 +127,8 @@ def grad_converged(grad: Tensor, a: Tensor, tol: float) -> Tensor:
 
 
 class Compiled:
-    """fn through torch.compile (built on first call, fixed shapes), or fn itself once compilation has
+    """fn through torch.compile (built on first call, dynamic shapes: one build serves every batch and
+    problem size), or fn itself once compilation has
     failed anywhere (no C++ compiler, unsupported backend): results stay correct, only slower."""
 
     failed = False  # shared by every instance: one warning, then eager everywhere
@@ -139,7 +140,7 @@ class Compiled:
         if not Compiled.failed:
             try:
                 if self.compiled is None:
-                    self.compiled = torch.compile(self.fn, dynamic=False)
+                    self.compiled = torch.compile(self.fn, dynamic=True)
                 return self.compiled(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
                 Compiled.failed = True

@@ -139,6 +139,24 @@ def test_bfgs_reaches_pot_objective_on_router_batches(row_mass, col_mass, rtol):
     torch.testing.assert_close(res.plan.sum(-2), b.expand(4, 64), atol=1e-12 * col_mass, rtol=0)
 
 
+def test_bfgs_drops_finished_problems_without_changing_any_result(monkeypatch):
+    """Once half the batch has finished, BFGS carries on with the rest alone (a smaller batch): every
+    problem, with its own marginals, must end exactly where it ends when solved by itself."""
+    from routing import ot_solvers
+
+    cost = _router_batch(12, 8, 64, 31)
+    scale = torch.arange(1, 13, dtype=f64).unsqueeze(-1)  # (12, 1): per-problem masses
+    a, b = scale * torch.full((12, 8), 1 / 8, dtype=f64), scale * torch.full((12, 64), 1 / 64, dtype=f64)
+    sizes, step = [], ot_solvers._bfgs_step
+    monkeypatch.setattr(ot_solvers, "_bfgs_step", lambda *s: sizes.append(len(s[0])) or step(*s))
+    res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False)
+    assert sizes[0] == 12 and min(sizes) < 6  # it did shrink the batch
+    for i in range(12):
+        alone = solve_sparse_ot(cost[i], a[i], b[i], 2, 1.0, compile=False)
+        torch.testing.assert_close(alone.alpha, res.alpha[i], atol=1e-12 * float(scale[i]), rtol=0)
+        torch.testing.assert_close(alone.plan, res.plan[i], atol=1e-12 * float(scale[i]), rtol=0)
+
+
 def test_compiled_evaluation_matches_eager():
     """torch.compile fuses the evaluation (the default for large problems); it must not change the result."""
     cost = _router_batch(3, 8, 96, 22)
