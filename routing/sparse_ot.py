@@ -127,9 +127,9 @@ def grad_converged(grad: Tensor, a: Tensor, tol: float) -> Tensor:
 
 
 class Compiled:
-    """fn through torch.compile (built on first call, dynamic shapes: one build serves every batch and
-    problem size), or fn itself once compilation has
-    failed anywhere (no C++ compiler, unsupported backend): results stay correct, only slower."""
+    """fn through torch.compile (built on first call with dynamic shapes, so one build serves every batch
+    and problem size), or fn itself once compilation has failed anywhere (no C++ compiler, unsupported
+    backend): results stay correct, only slower."""
 
     failed = False  # shared by every instance: one warning, then eager everywhere
 
