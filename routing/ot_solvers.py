@@ -88,6 +88,7 @@ def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, ma
     Returns alpha and the most iterations any problem took."""
     step = _compiled_step if compiled else _bfgs_step
     bsz, n = a.shape
+    a, b = a.contiguous(), b.contiguous()  # (B, n), (B, m) or one shared row: same strides after compaction
     alpha = torch.zeros_like(a)
     value, grad, _ = evaluate(alpha)
     span = (cost.amax((-2, -1)) - cost.amin((-2, -1))).clamp(min=torch.finfo(a.dtype).tiny)  # (B,)
