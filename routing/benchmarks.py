@@ -80,7 +80,7 @@ def solver_comparison(cfg: SolverBenchConfig) -> dict:
         ab = torch.full((n,), row_mass, dtype=torch.float64)
         bb = torch.full((mb,), col_mass, dtype=torch.float64)
         out["batched"][convention] = {"shape": [nb, n, mb], "k": k, "gamma": 1.0, "a_i": row_mass, "b_j": col_mass,
-                                      **_batched_case(costs, ab, bb, k, cfg.repeats, pot)}
+                                      **_batched_case(costs, ab, bb, k, cfg.repeats, pot, cfg.device)}
     # exact OT limit: k = 1 with tiny gamma vs ot.emd (tokens per expert integral)
     if pot:
         import ot
@@ -103,7 +103,13 @@ BATCHED_SOLVERS = (  # label, dtype, method, compile
 )
 
 
-def _batched_case(costs, ab, bb, k: int, repeats: int, pot: bool) -> dict:
+def _sync(device: str) -> None:
+    """Wait for queued kernels, so a timer around a solve on an accelerator measures the solve."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batched_case(costs, ab, bb, k: int, repeats: int, pot: bool, device: str = "cpu") -> dict:
     """Every solver in BATCHED_SOLVERS on the whole batch (best of `repeats`, after a warm-up that also
     compiles), and POT problem by problem; D of each solution is evaluated in float64 by one function."""
     from routing.sparse_ot import semi_dual, solve_sparse_ot
@@ -117,16 +123,18 @@ def _batched_case(costs, ab, bb, k: int, repeats: int, pot: bool) -> dict:
             d_pot.append(semi_dual(alpha, costs[i], ab, bb, k, 1.0)[0])
         res_out["pot"] = {"seconds": t_total, "D_mean": float(torch.stack(d_pot).mean())}
     for label, dtype, method, comp in BATCHED_SOLVERS:
-        c, a, b = costs.to(dtype), ab.to(dtype), bb.to(dtype)
+        c, a, b = (x.to(device, dtype) for x in (costs, ab, bb))
         solve_sparse_ot(c, a, b, k, 1.0, method=method, compile=comp)  # warm-up (and compilation)
         times = []
         for _ in range(repeats):
+            _sync(device)
             t = time.perf_counter()
             res = solve_sparse_ot(c, a, b, k, 1.0, method=method, compile=comp)
+            _sync(device)
             times.append(time.perf_counter() - t)
-        d_vals = semi_dual(res.alpha.double(), costs, ab, bb, k, 1.0)[0]
+        d_vals = semi_dual(res.alpha.double().cpu(), costs, ab, bb, k, 1.0)[0]
         row = {"seconds": min(times), "seconds_all": times, "D_mean": float(d_vals.mean()), "iters": res.n_iter,
-               "converged": float(res.converged.float().mean()), "row_err_rel_max": float(res.row_error.max() / ab[0])}
+               "converged": float(res.converged.float().mean()), "row_err_rel_max": float(res.row_error.max().cpu() / ab[0])}
         if pot:
             gap = (torch.stack(d_pot) - d_vals) / torch.stack(d_pot).abs()  # > 0: POT's objective is higher
             row.update(speedup_vs_pot=res_out["pot"]["seconds"] / row["seconds"], D_gap_rel_max=float(gap.max()),
@@ -135,25 +143,28 @@ def _batched_case(costs, ab, bb, k: int, repeats: int, pot: bool) -> dict:
     return res_out
 
 
-def gate_timings(n_tokens: int = 2048, d: int = 64, experts: int = 16, k: int = 2, reps: int = 10) -> dict:
+def gate_timings(n_tokens: int = 2048, d: int = 64, experts: int = 16, k: int = 2, reps: int = 10,
+                 device: str = "cpu") -> dict:
     """Median forward+backward seconds of each gate on (n_tokens, d), and the ratio to softmax top-k."""
     from routing.config import GATES, GateConfig
     from routing.gates import make_gate
 
     torch.manual_seed(0)
-    x = torch.randn(n_tokens, d)
+    x = torch.randn(n_tokens, d, device=device)
     out = {}
     for name in GATES + tuple(g + "+" for g in ("topk", "comet", "dselect", "hash")):
         cfg = GateConfig(gate=name.rstrip("+"), experts=experts, k=k, local_search=name.endswith("+"))
-        gate = make_gate(cfg, d)
+        gate = make_gate(cfg, d).to(device)
         xg = x.clone().requires_grad_(True)
         times = []
         for r in range(reps + 2):
+            _sync(device)
             t = time.perf_counter()
             o = gate(xg)
-            loss = (o.weights * torch.arange(experts, dtype=x.dtype)).sum() + o.aux_loss()
+            loss = (o.weights * torch.arange(experts, dtype=x.dtype, device=device)).sum() + o.aux_loss()
             if loss.requires_grad:  # hash has nothing to differentiate
                 loss.backward()
+            _sync(device)
             if r >= 2:
                 times.append(time.perf_counter() - t)
         out[name] = statistics.median(times)
@@ -179,7 +190,8 @@ def run_solver_bench(cfg: SolverBenchConfig) -> dict:
             print(line)
         for convention, bt in sol["batched"].items():
             print(f"batched {bt['shape'][0]} problems of {bt['shape'][1]} x {bt['shape'][2]}, k={bt['k']}, gamma 1, "
-                  f"marginals {convention} (a_i {bt['a_i']:.4g}, b_j {bt['b_j']:.4g}); D gap > 0 = POT higher:")
+                  f"marginals {convention} (a_i {bt['a_i']:.4g}, b_j {bt['b_j']:.4g}), ours on {cfg.device}; "
+                  "D gap > 0 = POT higher:")
             for label, v in bt.items():
                 if isinstance(v, dict):
                     extra = (f"  {v['speedup_vs_pot']:5.1f}x POT  D gap max {v['D_gap_rel_max']:8.1e} median "

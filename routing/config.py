@@ -152,6 +152,8 @@ class SolverBenchConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     gates: bool = field(default=True, metadata={"help": "also time every gate (forward + backward)"})
     solver: bool = field(default=True, metadata={"help": "run the solver comparison"})
+    device: str = field(default="cpu", metadata={
+        "help": "torch device of our solver in the batched case (POT always runs on the CPU), e.g. cuda"})
 
     def __post_init__(self):
         positive(self, "rows", "cols", "k", "batch", "batch_cols", "problems", "repeats", "threads")
