@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from routing.benchmarks import router_costs
 from routing.config import GATES, GateConfig
 from routing.gates import make_gate
 from routing.moe import Experts, combine
@@ -14,15 +15,10 @@ from routing.sparse_ot import solve_sparse_ot
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _router_costs(problems, n, m, seed, dtype):
-    g = torch.Generator().manual_seed(seed)
-    return -(2 * torch.randn(problems, m, n, generator=g, dtype=dtype)).softmax(-1).transpose(-1, -2).contiguous()
-
-
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("compile", [False, True])
 def test_sparse_ot_on_cuda_matches_cpu(dtype, rtol, compile):
-    cost = _router_costs(12, 16, 256, 0, dtype)  # 12 problems: BFGS shrinks the batch on the way
+    cost = router_costs(12, 16, 256, 0, dtype)  # 12 problems: BFGS shrinks the batch on the way
     a, b = torch.full((16,), 1 / 16, dtype=dtype), torch.full((256,), 1 / 256, dtype=dtype)
     cpu = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False)
     gpu = solve_sparse_ot(cost.cuda(), a.cuda(), b.cuda(), 2, 1.0, compile=compile)

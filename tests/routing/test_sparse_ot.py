@@ -6,6 +6,7 @@ import io
 import pytest
 import torch
 
+from routing.benchmarks import router_costs
 from routing.sparse_ot import MarginalError, semi_dual, solve_sparse_ot
 
 f64 = torch.float64
@@ -114,11 +115,6 @@ def test_k1_small_gamma_approaches_exact_ot():
     assert abs(float((res.plan * cost).sum() - (emd * cost).sum())) < 1e-3
 
 
-def _router_batch(problems, n, m, seed):
-    g = torch.Generator().manual_seed(seed)
-    return -(2 * torch.randn(problems, m, n, generator=g, dtype=f64)).softmax(-1).transpose(-1, -2).contiguous()
-
-
 @pytest.mark.parametrize("row_mass,col_mass,rtol", [(1 / 8, 1 / 64, 1e-9), (8.0, 1.0, 5e-6)])
 def test_bfgs_reaches_pot_objective_on_router_batches(row_mass, col_mass, rtol):
     """The default BFGS solver ends at POT's objective on router-shaped problems, batched = one by one.
@@ -126,7 +122,7 @@ def test_bfgs_reaches_pot_objective_on_router_batches(row_mass, col_mass, rtol):
     Most of them end on a kink of the semi-dual, where no solver reaches a zero gradient: with marginals
     summing to 1 BFGS ends at or above POT's D; with vmoe's marginals (1 per token) the semi-dual is
     kinkier and both solvers stop a few 1e-6 (relative) apart, either side."""
-    cost = _router_batch(4, 8, 64, 21)
+    cost = router_costs(4, 8, 64, 21)
     a, b = torch.full((8,), row_mass, dtype=f64), torch.full((64,), col_mass, dtype=f64)
     res = solve_sparse_ot(cost, a, b, 2, 1.0)
     for i in range(4):
@@ -144,7 +140,7 @@ def test_bfgs_drops_finished_problems_without_changing_any_result(monkeypatch):
     problem, with its own marginals, must end exactly where it ends when solved by itself."""
     from routing import ot_solvers
 
-    cost = _router_batch(12, 8, 64, 31)
+    cost = router_costs(12, 8, 64, 31)
     scale = torch.arange(1, 13, dtype=f64).unsqueeze(-1)  # (12, 1): per-problem masses
     a, b = scale * torch.full((12, 8), 1 / 8, dtype=f64), scale * torch.full((12, 64), 1 / 64, dtype=f64)
     sizes, step = [], ot_solvers._bfgs_step
@@ -159,7 +155,7 @@ def test_bfgs_drops_finished_problems_without_changing_any_result(monkeypatch):
 
 def test_compiled_evaluation_matches_eager():
     """torch.compile fuses the evaluation (the default for large problems); it must not change the result."""
-    cost = _router_batch(3, 8, 96, 22)
+    cost = router_costs(3, 8, 96, 22)
     a, b = torch.full((8,), 1 / 8, dtype=f64), torch.full((96,), 1 / 96, dtype=f64)
     eager = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False)
     fused = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True)
@@ -216,7 +212,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     monkeypatch.setattr(sot.Compiled, "failed", False)
     monkeypatch.setattr(sot, "_evaluate_compiled", sot.Compiled(sot._evaluate_parts))
     monkeypatch.setattr(solvers, "_compiled_step", sot.Compiled(solvers._bfgs_step))
-    cost = _router_batch(2, 8, 64, 23)
+    cost = router_costs(2, 8, 64, 23)
     a, b = torch.full((8,), 1 / 8, dtype=f64), torch.full((64,), 1 / 64, dtype=f64)
     with pytest.warns(UserWarning, match="eager mode") as record:
         res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True)
