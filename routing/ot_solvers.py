@@ -100,21 +100,20 @@ def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, ma
              torch.ones_like(done), direction, slope, torch.ones_like(value), zeros, zeros.clone(), done)
     out_alpha, out_iters = alpha.clone(), zeros.clone()
     idx = torch.arange(bsz, device=a.device)  # the problems still in `state`, as rows of the full batch
-    running = int((~done).sum())
     for _ in range(max_iter * 4):
-        if running == 0:
+        done = state[-1]
+        if bool(done.all()):
             break
+        running = int((~done).sum())
         if running <= len(idx) // 2 and len(idx) > COMPACT_MIN:  # drop the finished problems
             out_alpha[idx], out_iters[idx] = state[0], state[9]
-            keep = (~state[-1]).nonzero().squeeze(1)
+            keep = (~done).nonzero().squeeze(1)
             state = tuple(x[keep] for x in state)
             idx, cost = idx[keep], cost[keep]
             a, b = (x[keep] if x.shape[0] > 1 else x for x in (a, b))
         new, ties = step(*state, cost, a, b, k, gamma, tol, ftol, max_iter, False)
-        ties, running = torch.stack([ties.long(), (~new[-1]).sum()]).tolist()  # one host sync per step
-        if ties:
+        if bool(ties):
             new, _ = _bfgs_step(*state, cost, a, b, k, gamma, tol, ftol, max_iter, True)
-            running = int((~new[-1]).sum())
         state = new
     out_alpha[idx], out_iters[idx] = state[0], state[9]
     return out_alpha, int(out_iters.max())
