@@ -102,9 +102,9 @@ def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, ma
     idx = torch.arange(bsz, device=a.device)  # the problems still in `state`, as rows of the full batch
     for _ in range(max_iter * 4):
         done = state[-1]
-        if bool(done.all()):
-            break
         running = int((~done).sum())
+        if running == 0:
+            break
         if running <= len(idx) // 2 and len(idx) > COMPACT_MIN:  # drop the finished problems
             out_alpha[idx], out_iters[idx] = state[0], state[9]
             keep = (~done).nonzero().squeeze(1)
