@@ -26,7 +26,7 @@ def main() -> None:
     args = p.parse_args()
 
     from workbench.acts import ActivationStream, ActsConfig, select_positions
-    from workbench.commands.acts import cache_activations
+    from workbench.acts import cache_activations
     from workbench.models import encode, load_model
 
     torch.manual_seed(0)

@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from evals.cli import load_cross_sections
-    from workbench.cli import main as wb
+    from cli.ioi import load_cross_sections
+    from cli.main import main as wb
 
     record = {"model": args.model, "corpus": args.corpus, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "torch": torch.__version__, "python": platform.python_version(), "timings": {}}

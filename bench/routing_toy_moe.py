@@ -46,7 +46,7 @@ def specialisation_table(root: Path) -> str:
 
 
 if __name__ == "__main__":
-    from workbench.cli import main
+    from cli.main import main
 
     argv = sys.argv[1:]
     if "-h" in argv or "--help" in argv:

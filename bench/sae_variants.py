@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", nargs="+", default=None, help="only print the table of these run names (no training)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `workbench sae train` flags")
     a = p.parse_args(argv)
-    from workbench.cli import main as wb
+    from cli.main import main as wb
 
     root = Path(a.runs_dir)
     if a.names:

@@ -1,4 +1,4 @@
-"""`workbench sae analyze RUN`: the feature browser's heavy computation, done once, stored in the run dir.
+"""The feature browser's heavy computation, done once, stored in the run dir.
 
 Runs the SAE over held-out text of the run's corpus (the run's seed + ``HELD_OUT_SEED``, the text
 ``sae eval`` uses) and writes, each file atomically:
@@ -274,25 +274,3 @@ def _write_parquet(run: Run, name: str, columns: dict) -> None:
     buf = io.BytesIO()
     pd.DataFrame(columns).to_parquet(buf, index=False)
     atomic_write_bytes(run.path / name, buf.getvalue())
-
-
-# ---- CLI (wired into `workbench sae` by sae/cli.py) --------------------------------------------
-def add_parser(sub) -> None:
-    """Add the `analyze` subcommand to `workbench sae`'s subparsers."""
-    from workbench.config import add_arguments
-
-    a = sub.add_parser("analyze", help="precompute the app's feature browser data (top contexts, histograms, output tokens)",
-                       prog="workbench sae analyze", description=__doc__.split("\n\n")[0])
-    a.add_argument("run", help="run directory written by `workbench sae train`")
-    add_arguments(a, AnalyzeConfig)
-    a.add_argument("--no-progress", action="store_true", help="hide progress")
-
-
-def main(args) -> int:
-    """Run `workbench sae analyze` from parsed args."""
-    from workbench.config import from_args
-
-    s = analyze(args.run, from_args(AnalyzeConfig, args), progress=not args.no_progress)
-    print(f"{args.run}: {s['n_tokens']} tokens, {s['d_sae'] - s['dead']}/{s['d_sae']} latents active, "
-          f"L0 {s['l0_mean']:.2f} ± {s['l0_std']:.2f} ({s['mode']} mode); wrote {', '.join(FILES)} in {s['time_s']:.1f}s")
-    return 0

@@ -23,7 +23,7 @@ BROKEN = ("broken-config", "unknown-kind", "not-a-run")
 
 
 def _cli(*argv: str) -> None:
-    from workbench.cli import main
+    from cli.main import main
 
     rc = main(list(argv))
     assert rc == 0, f"workbench {' '.join(argv)} exited with {rc}"

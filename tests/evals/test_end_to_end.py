@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.cli import main
+from cli.main import main
 
 EVAL_FLAGS = ["--n-train", "100", "--n-eval", "24", "--ks", "1", "2", "--quiet"]
 

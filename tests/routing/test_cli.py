@@ -2,7 +2,7 @@
 
 import json
 
-from workbench.cli import main
+from cli.main import main
 from workbench.runs import Run
 
 

@@ -11,7 +11,7 @@ pytest.importorskip("transformer_lens")
 from routing.config import GateConfig, MoETrainConfig  # noqa: E402
 from routing.toy_moe import ROLES, ToyMoETransformer, ioi_set, specialisation, summary_rows  # noqa: E402
 from workbench import toyworld  # noqa: E402
-from workbench.cli import main  # noqa: E402
+from cli.main import main  # noqa: E402
 from workbench.runs import Run  # noqa: E402
 from workbench.toy_train import WordEncoder  # noqa: E402
 

@@ -137,7 +137,7 @@ def test_train_config_errors(tiny_cfg, kw, field):
 
 
 def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from workbench.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     runs = tmp_path / "runs"
@@ -161,7 +161,7 @@ def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_p
 
 
 def test_cli_resume_rejects_a_changed_flag(tiny_cfg, tiny_model, capsys):
-    from workbench.cli import main
+    from cli.main import main
 
     cfg = tiny_cfg(name="r")
     with pytest.raises(Kill):
@@ -171,7 +171,7 @@ def test_cli_resume_rejects_a_changed_flag(tiny_cfg, tiny_model, capsys):
 
 
 def test_cli_reports_bad_hook_width_as_one_line(tiny_model_dir, tmp_path, capsys):
-    from workbench.cli import main
+    from cli.main import main
 
     rc = main(["sae", "train", "--model", str(tiny_model_dir), "--d-in", "64", "--runs-dir", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err

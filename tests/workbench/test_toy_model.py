@@ -2,7 +2,7 @@
 
 import torch
 
-from workbench.cli import main as cli
+from cli.main import main as cli
 from workbench.runs import Run
 from workbench.toy_train import ModelTrainConfig, evaluate, train
 

@@ -1,4 +1,4 @@
-"""`workbench sae train | eval | analyze`: thin argparse front ends over sae.trainer and sae.metrics.
+"""`workbench sae train | eval | analyze`: thin argparse front ends over sae.trainer, sae.metrics and sae.analyze.
 
 Every training flag maps to one config field (``--k`` -> SAEConfig.k, ``--hook`` -> ActsConfig.hook,
 ``--tokens`` -> TrainConfig.tokens); ``--resume RUN`` continues a run from its last checkpoint with the
@@ -32,10 +32,32 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help="torch device (default: the run's)")
     e.add_argument("--no-ce", action="store_true", help="skip the CE-loss-recovered forward passes")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
-    from sae.analyze import add_parser as add_analyze
-
-    add_analyze(sub)  # `workbench sae analyze RUN`: the app's feature-browser data
+    _add_analyze(sub)
     return p
+
+
+def _add_analyze(sub) -> None:
+    """`workbench sae analyze RUN`: the app's feature-browser data."""
+    from workbench.config import add_arguments
+
+    from sae import analyze
+
+    a = sub.add_parser("analyze", help="precompute the app's feature browser data (top contexts, histograms, output tokens)",
+                       prog="workbench sae analyze", description=analyze.__doc__.split("\n\n")[0])
+    a.add_argument("run", help="run directory written by `workbench sae train`")
+    add_arguments(a, analyze.AnalyzeConfig)
+    a.add_argument("--no-progress", action="store_true", help="hide progress")
+
+
+def _analyze(args) -> int:
+    from workbench.config import from_args
+
+    from sae.analyze import FILES, AnalyzeConfig, analyze
+
+    s = analyze(args.run, from_args(AnalyzeConfig, args), progress=not args.no_progress)
+    print(f"{args.run}: {s['n_tokens']} tokens, {s['d_sae'] - s['dead']}/{s['d_sae']} latents active, "
+          f"L0 {s['l0_mean']:.2f} ± {s['l0_std']:.2f} ({s['mode']} mode); wrote {', '.join(FILES)} in {s['time_s']:.1f}s")
+    return 0
 
 
 def _config_from_args(args):
@@ -140,7 +162,5 @@ def _eval(args) -> int:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "analyze":
-        from sae.analyze import main as analyze_main
-
-        return analyze_main(args)
+        return _analyze(args)
     return _train(args) if args.cmd == "train" else _eval(args)

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
 def _cache(args) -> int:
     from pathlib import Path
 
-    from workbench.acts import ActsConfig
+    from workbench.acts import ActsConfig, cache_activations
     from workbench.runs import Run
 
     cfg = from_args(ActsConfig, args, shuffle_buffer=0)
@@ -60,30 +60,3 @@ def _cache(args) -> int:
         run.write_json("cache_stats.json", stats)
         run.set_status("done")
     return 0
-
-
-def cache_activations(cfg, n_tokens: int, out, dtype: str = "float32", model=None, progress: bool = True):
-    """Stream cfg.hook activations into a cache at out; returns (path, stats)."""
-    import time
-
-    from tqdm import tqdm
-
-    from workbench.acts import ActivationStream
-    from workbench.cache import CacheWriter
-    from workbench.models import hook_dim, load_model
-
-    model = model or load_model(cfg.model, cfg.device)
-    d = hook_dim(model, cfg.hook, cfg.head)
-    stream = ActivationStream(model, cfg)
-    meta = {"model": cfg.model, "hook": cfg.hook, "head": cfg.head, "corpus": cfg.corpus,
-            "positions": cfg.positions, "seed": cfg.seed}
-    writer = CacheWriter(out, d, meta, dtype=dtype)
-    t0 = time.time()
-    with tqdm(total=n_tokens, desc=f"caching {cfg.hook}", unit="tok", disable=not progress) as bar:
-        while writer.rows < n_tokens:
-            acts = stream.forward_chunk()[: n_tokens - writer.rows]
-            writer.write(acts)
-            bar.update(len(acts))
-    path = writer.close()
-    secs = time.time() - t0
-    return path, {"rows": writer.rows, "d": d, "seconds": secs, "tokens_per_s": writer.rows / secs}

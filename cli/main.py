@@ -10,13 +10,13 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "model": ("workbench.commands.model", "train / evaluate the embedded toy model (toy-ioi)"),
-    "acts": ("workbench.commands.acts", "stream or cache activations at a hook to disk"),
-    "runs": ("workbench.commands.runs", "list run directories and their status"),
-    "sae": ("sae.cli", "train / evaluate / analyse sparse autoencoders"),
-    "ioi": ("evals.cli", "IOI supervised-dictionary evaluation: locate the circuit, evaluate dictionaries"),
-    "moe": ("routing.cli", "mixture-of-experts gates: train, benchmark, OT solver benchmarks"),
-    "app": ("workbench.commands.app", "open the Streamlit app on a runs directory"),
+    "model": ("cli.model", "train / evaluate the embedded toy model (toy-ioi)"),
+    "acts": ("cli.acts", "stream or cache activations at a hook to disk"),
+    "runs": ("cli.runs", "list run directories and their status"),
+    "sae": ("cli.sae", "train / evaluate / analyse sparse autoencoders"),
+    "ioi": ("cli.ioi", "IOI supervised-dictionary evaluation: locate the circuit, evaluate dictionaries"),
+    "moe": ("cli.moe", "mixture-of-experts gates: train, benchmark, OT solver benchmarks"),
+    "app": ("cli.app", "open the Streamlit app on a runs directory"),
 }
 
 USAGE = """usage: workbench <command> [options]   (workbench <command> --help for its options)

@@ -8,7 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-APP = Path(__file__).resolve().parents[2] / "app" / "Home.py"
+
+def app_home() -> Path | None:
+    """app/Home.py of the installed (or checked-out) `app` package, found without importing it; None if absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("app")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        home = Path(folder) / "Home.py"
+        if home.is_file():
+            return home.resolve()
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -17,10 +27,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--headless", action="store_true", help="do not open a browser")
     args = p.parse_args(argv)
-    if not APP.is_file():
-        print(f"workbench app: {APP} not found; the app ships in the repository checkout (app/)", file=sys.stderr)
+    home = app_home()
+    if home is None:
+        print("workbench app: the `app` package (app/Home.py) is not installed; reinstall the project "
+              "(pip install -e .) or run from the repository checkout", file=sys.stderr)
         return 2
     env = {**os.environ, "WORKBENCH_RUNS": str(Path(args.runs).resolve())}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
+    cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(args.port),
            "--browser.gatherUsageStats", "false", "--server.headless", str(args.headless).lower()]
     return subprocess.call(cmd, env=env)
