@@ -11,15 +11,14 @@
         log (metrics.jsonl, wandb, progress bar) / evaluate CE / checkpoint, every so many steps
     save    = cfg.json + sae_weights.safetensors (scale folded in) and eval.json in the run dir
 
-A checkpoint (``checkpoints/step-XXXXXXXX.pt``, written atomically) holds everything the loop
-reads: SAE parameters and buffers (dead counters, densities, thresholds), optimizer, scheduler,
-RNG states and the data position, so ``--resume`` continues bit-identically on CPU.
+A checkpoint (``checkpoints/step-XXXXXXXX.pt``, through ``workbench.checkpoint.CheckpointStore``)
+holds everything the loop reads: SAE parameters and buffers (dead counters, densities, thresholds),
+optimizer, scheduler, RNG states and the data position, so ``--resume`` continues bit-identically on CPU.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 import warnings
 from dataclasses import replace
@@ -30,7 +29,8 @@ import torch
 
 from workbench.config import to_dict
 from workbench.errors import ConfigError, RunError
-from workbench.runs import Run, atomic_save_torch
+from workbench.checkpoint import CheckpointStore, rng_state, set_rng_state
+from workbench.runs import Run
 
 from sae import io
 from sae.config import TrainConfig
@@ -136,28 +136,16 @@ class Source:
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
-def checkpoints(run: Run) -> list[Path]:
-    return sorted((run.path / "checkpoints").glob("step-*.pt"))
+CHECKPOINT_KEYS = ("scale", "sae", "opt", "sched", "rng", "data", "tokens")
+
+
+def checkpoint_store(run: Run) -> CheckpointStore:
+    return CheckpointStore(run.path / "checkpoints", keep=KEEP_CHECKPOINTS)
 
 
 def load_latest_checkpoint(run: Run) -> dict | None:
     """The newest checkpoint that loads (a corrupt one is skipped with a warning), or None."""
-    for p in reversed(checkpoints(run)):
-        try:
-            ck = torch.load(p, map_location="cpu", weights_only=False)
-            ck["path"] = str(p)
-            return ck
-        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to the previous one
-            warnings.warn(f"checkpoint {p} is unreadable ({e}); trying the previous one")
-    return None
-
-
-def save_checkpoint(run: Run, state: dict) -> Path:
-    path = run.path / "checkpoints" / f"step-{state['completed']:08d}.pt"
-    atomic_save_torch(path, state)
-    for old in checkpoints(run)[:-KEEP_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
-    return path
+    return checkpoint_store(run).load_latest(required=CHECKPOINT_KEYS)
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -174,6 +162,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         run = Run.open(resume)
         if run.kind != KIND:
             raise RunError(f"{resume} is a {run.kind!r} run, not an SAE run")
+        run.clean_tmp()
     device = torch.device(cfg.acts.device)
     model = model if model is not None else load_model(cfg.acts.model, device=cfg.acts.device)
     source = Source(cfg, model)
@@ -185,7 +174,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
 
     sae = build_sae(cfg.sae)
     total = cfg.steps
-    ck = load_latest_checkpoint(run) if resume is not None else None
+    store = checkpoint_store(run)
+    ck = store.load_latest(required=CHECKPOINT_KEYS) if resume is not None else None
     first = None
     if ck is None:  # fresh start: scale and b_dec from the first batch
         run.truncate_metrics(0)  # a resumed run killed before its first checkpoint starts over
@@ -206,9 +196,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         source.load_state_dict(ck["data"])
-        torch.set_rng_state(ck["rng_torch"])
-        random.setstate(ck["rng_python"])
-        start = ck["completed"]
+        set_rng_state(ck["rng"])
+        start = ck["step"]
         run.truncate_metrics(start)
     last_ckpt = ck["path"] if ck is not None else None
 
@@ -242,10 +231,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
             if completed % cfg.checkpoint_every == 0 or completed == total:
                 if not all(torch.isfinite(p).all() for p in sae.parameters()):
                     raise _diverged(run, step, last_ckpt, "the parameters became non-finite")
-                last_ckpt = str(save_checkpoint(run, {
-                    "completed": completed, "tokens": completed * n, "scale": scale, "sae": sae.state_dict(),
-                    "opt": opt.state_dict(), "sched": sched.state_dict(), "rng_torch": torch.get_rng_state(),
-                    "rng_python": random.getstate(), "data": source.state_dict(), "config": to_dict(cfg)}))
+                last_ckpt = str(store.save(completed, {
+                    "tokens": completed * n, "scale": scale, "sae": sae.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "rng": rng_state(), "data": source.state_dict(), "config": to_dict(cfg)}))
             bar.update(1)
             if on_step is not None:
                 on_step(completed)

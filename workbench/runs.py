@@ -39,6 +39,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def remove_tmp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files (``.NAME.XXXX.tmp``) that atomic writes killed before their rename left in
+    directory; returns them. Call it when the directory's writer starts or resumes, not while one runs."""
+    directory = Path(directory)
+    gone = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -168,6 +178,10 @@ class Run:
             return json.loads(p.read_text()).get("status", "unknown")
         except (OSError, json.JSONDecodeError):
             return "unknown"
+
+    def clean_tmp(self) -> list[Path]:
+        """Delete leftover temp files of killed atomic writes in the run dir and its checkpoints/."""
+        return remove_tmp_files(self.path) + remove_tmp_files(self.path / "checkpoints")
 
     def set_status(self, status: str, **info: Any) -> None:
         atomic_write_json(self.path / "status.json", {"status": status, "time": time.time(), **info})

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from workbench import ioi, toyworld
 from workbench.config import ConfigError, positive, require, to_dict
 from workbench.models import make_model, save_model, build_tokenizer, toy_config_dict
-from workbench.runs import Run, atomic_save_torch
+from workbench.checkpoint import CheckpointStore
+from workbench.runs import Run
 from workbench.tracking import Tracker
 
 
@@ -124,15 +125,18 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
     start = 0
-    ckpt_path = run.path / "checkpoints" / "last.pt"
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+    store = CheckpointStore(run.path / "checkpoints")
+    if resume:
+        run.clean_tmp()
+    ck = store.load_latest(required=("model", "optimizer", "py_rng", "torch_rng")) if resume else None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         rng.setstate(ck["py_rng"])
         torch.set_rng_state(ck["torch_rng"])
         start = ck["step"]
         run.truncate_metrics(start)
+    last_ckpt = ck["path"] if ck is not None else "none yet"
     enc = WordEncoder(toyworld.vocabulary(), cfg.n_ctx)
     pad = enc.pad
     tracker = Tracker(run, cfg.wandb_project, to_dict(cfg))
@@ -147,7 +151,7 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
         logits = model(tokens)  # (batch, pos, vocab)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; last good checkpoint: {ckpt_path}")
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}; last good checkpoint: {last_ckpt}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -163,8 +167,8 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
             tracker.log(row, done)
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc_heldout=f"{row['heldout_names/accuracy']:.2f}",
                             ld_heldout=f"{row['heldout_names/logit_diff']:.2f}")
-            atomic_save_torch(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                          "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "step": done})
+            last_ckpt = store.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                          "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state()})
     tracker.finish()
     meta = {"recipe": to_dict(cfg), "train_seconds": time.time() - t0}
     save_model(model, arch, run.path / "model", meta)

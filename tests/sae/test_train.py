@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.trainer import Diverged, Source, checkpoints, train
+from sae.trainer import Diverged, Source, checkpoint_store, train
 from workbench.errors import ConfigError
 from workbench.runs import Run
 
@@ -16,7 +16,7 @@ class Kill(Exception):
 
 
 def _weights(run):
-    ck = torch.load(checkpoints(run)[-1], weights_only=False)
+    ck = torch.load(checkpoint_store(run).paths()[-1], weights_only=False)
     return ck["sae"]
 
 
@@ -84,7 +84,7 @@ def test_nan_activations_stop_with_step_and_last_checkpoint(tiny_cfg, tiny_model
     msg = str(e.value)
     assert "step 7" in msg and "step-00000004.pt" in msg and "non-finite" in msg
     run = Run.open(Path(cfg.runs_dir) / "nan")
-    assert [p.name for p in checkpoints(run)] == ["step-00000004.pt"]
+    assert [p.name for p in checkpoint_store(run).paths()] == ["step-00000004.pt"]
     assert not (run.path / "sae_weights.safetensors").exists()
     assert run.status() == "failed"
 
@@ -184,7 +184,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tiny_cfg, tiny_model):
     with pytest.raises(Kill):
         train(cfg, model=tiny_model, progress=False, on_step=_kill_at(10))  # checkpoints at 4 and 8
     run = Run.open(Path(cfg.runs_dir) / "torn")
-    newest = checkpoints(run)[-1]
+    newest = checkpoint_store(run).paths()[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # as if the disk lost its tail
     seen = []
     with pytest.warns(UserWarning, match="unreadable"):
