@@ -62,7 +62,7 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
     """Compute the analysis of an SAE run and write its three files; returns analysis.json's content."""
     from workbench.acts import TextSource, select_positions
     from workbench.config import from_dict
-    from workbench.models import encode, load_model
+    from workbench.models import capture, encode, load_model
 
     from sae import io as sae_io
     from sae.config import TrainConfig
@@ -95,7 +95,7 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
             tokens = encode(model, text.next(cfg.seq_batch))[:, :n_ctx]  # (batch, <= n_ctx)
             tokens = torch.nn.functional.pad(tokens, (0, n_ctx - tokens.shape[1]), value=0 if pad is None else pad)
             mask = select_positions(tokens, pad, acts.positions)  # (batch, n_ctx) positions the SAE reads
-            x = _hook_acts(model, tokens.to(model.cfg.device), acts.hook, acts.head)[mask.to(model.cfg.device)]
+            x = capture(model, tokens.to(model.cfg.device), acts.hook, acts.head)[mask.to(model.cfg.device)]
             if x.shape[0] == 0:
                 continue
             out = sae(x.float().to(sae.W_enc.device))
@@ -142,23 +142,6 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
     summary["time_s"] = time.perf_counter() - t0
     run.write_json("analysis.json", summary)  # written last: its presence means the tables are complete
     return summary
-
-
-def _hook_acts(model, tokens: torch.Tensor, hook: str, head: int | None) -> torch.Tensor:
-    """(batch, pos, d) activations at hook (one head, or all heads concatenated, for per-head hooks)."""
-    from workbench.acts import stop_layer
-
-    store = {}
-
-    def grab(act, hook):
-        store["act"] = act
-        return act
-
-    model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)], stop_at_layer=stop_layer(hook))
-    act = store["act"]
-    if act.ndim == 4:  # (batch, pos, head, d_head)
-        act = act[:, :, head] if head is not None else act.flatten(2)
-    return act
 
 
 class _Vocab:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from workbench.acts import ActsConfig, TextSource, select_positions
-from workbench.models import encode
+from workbench.models import capture_with_logits, encode, head_view
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -89,16 +89,8 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
     while n_seen < n_tokens:
         tokens = encode(model, text.next(cfg.seq_batch))[:, : model.cfg.n_ctx].to(model.cfg.device)
         mask = select_positions(tokens.cpu(), pad, cfg.positions).to(tokens.device)
-        store = {}
-
-        def grab(act, hook):
-            store["act"] = act
-            return act
-
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(cfg.hook, grab)])
-        act = store["act"]
-        sel = act[:, :, cfg.head] if (act.ndim == 4 and cfg.head is not None) else act.flatten(2) if act.ndim == 4 else act
-        x = sel[mask].float().to(dev)  # (n_sel, d_in)
+        logits, act = capture_with_logits(model, tokens, cfg.hook)  # act as the hook saw it, for splicing
+        x = head_view(act, cfg.head)[mask].float().to(dev)  # (n_sel, d_in)
         if x.shape[0] == 0:
             continue
         n_seen += x.shape[0]

@@ -15,7 +15,7 @@ import torch
 
 from workbench import toyworld
 from workbench.config import one_of, positive, require
-from workbench.models import check_hook, encode
+from workbench.models import capture, check_hook, encode
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -43,16 +43,6 @@ class ActsConfig:
         require(self.positions in ("all", "end") or re.fullmatch(r"-?\d+(,-?\d+)*", self.positions) is not None,
                 "positions", f"cannot parse {self.positions!r}", "use all, end, or indices like 3,5,-1")
         require(self.head is None or self.head >= 0, "head", f"must be >= 0, got {self.head}", "pass a head index")
-
-
-def stop_layer(hook: str) -> int | None:
-    """Layer after which the forward pass can stop for this hook (None: run the whole model)."""
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    if m:
-        return int(m.group(1)) + 1
-    if hook in ("hook_embed", "hook_pos_embed", "hook_tokens"):
-        return 0
-    return None
 
 
 class TextSource:
@@ -125,18 +115,9 @@ class ActivationStream:
         """One model forward over seq_batch sequences: (n_selected_positions, d)."""
         cfg, model = self.cfg, self.model
         texts = self.text.next(cfg.seq_batch)
-        tokens = encode(model, texts)[:, : model.cfg.n_ctx]
-        store = {}
-
-        def grab(act, hook):
-            store["act"] = act
-            return act
-
-        model.run_with_hooks(tokens, fwd_hooks=[(cfg.hook, grab)], stop_at_layer=stop_layer(cfg.hook))
-        act = store["act"]  # (batch, pos, d) or (batch, pos, head, d_head)
-        if act.ndim == 4:
-            act = act[:, :, cfg.head] if cfg.head is not None else act.flatten(2)
-        mask = select_positions(tokens, model.tokenizer.pad_token_id, cfg.positions)
+        tokens = encode(model, texts)[:, : model.cfg.n_ctx]  # (batch, pos)
+        act = capture(model, tokens.to(model.cfg.device), cfg.hook, cfg.head)  # (batch, pos, d)
+        mask = select_positions(tokens, model.tokenizer.pad_token_id, cfg.positions).to(act.device)
         self.tokens_seen += int(mask.sum())
         return act[mask].float().cpu()
 
