@@ -70,12 +70,12 @@ def table(root: Path, names: list[str]) -> str:
     for name in names:
         run = Run.open(root / name)
         ev = run.read_json("eval.json")
-        last = [r for r in run.metrics() if "dead_frac" in r][-1]
+        last = [r for r in run.metrics() if "dead_fraction" in r][-1]
         for mode, r in ev["modes"].items():
             arch = ev["arch"] + (" (zipf capacities)" if ev.get("capacity") == "zipf" else "")
             lines.append(f"| {arch} | {ev['aux']} | {mode} | {r['fvu']:.4f} | {r['l0_mean']:.2f} | {r['l0_std']:.2f} | "
-                         f"{r['l0_p05']:.0f}–{r['l0_p95']:.0f} ({r['l0_max']}) | {100 * last['dead_frac']:.1f} | "
-                         f"{100 * r['dead_frac']:.1f} | {r.get('ce_recovered', float('nan')):.4f} |")
+                         f"{r['l0_p05']:.0f}–{r['l0_p95']:.0f} ({r['l0_max']}) | {100 * last['dead_fraction']:.1f} | "
+                         f"{100 * r['dead_fraction']:.1f} | {r.get('ce_recovered', float('nan')):.4f} |")
     return "\n".join(lines)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from workbench.config import add_arguments, from_args, to_dict
 

@@ -112,7 +112,7 @@ def format_eval(s: dict) -> str:
         ce = f"{r['ce_recovered']:.4f}" if r.get("ce_recovered") is not None else "-"
         lines.append(f"  {mode:<9} FVU {r['fvu']:.4f}  L0 {r['l0_mean']:.2f} ± {r['l0_std']:.2f} "
                      f"(p05 {r['l0_p05']:.0f}, p50 {r['l0_p50']:.0f}, p95 {r['l0_p95']:.0f}, max {r['l0_max']})  "
-                     f"dead {100 * r['dead_frac']:.1f}%  CE recovered {ce}")
+                     f"dead {100 * r['dead_fraction']:.1f}%  CE recovered {ce}")
     return "\n".join(lines)
 
 

@@ -72,7 +72,7 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
     """Metrics of `sae` (taking raw activations) on >= n_tokens held-out tokens, per allocation mode.
 
     In batch mode FC/MC allocate over each chunk of ``acts.seq_batch`` sequences at once.
-    Returns {mode: {fvu, mse, l0_* , dead_frac, ce_clean, ce_zero, ce_sae, ce_recovered}}.
+    Returns {mode: {fvu, mse, l0_* , dead_fraction, ce_clean, ce_zero, ce_sae, ce_recovered}}.
     """
     modes = modes or sae.modes
     old_mode = sae.mode
@@ -121,7 +121,7 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
         a = acc[m]
         l0 = torch.cat(a["l0"])
         r = {"tokens": n_seen, "fvu": a["sq"] / max(var, 1e-12), "mse": a["sq"] / n_seen, **l0_stats(l0),
-             "l0_hist": torch.bincount(l0).tolist(), "dead_frac": (a["counts"] == 0).double().mean().item()}
+             "l0_hist": torch.bincount(l0).tolist(), "dead_fraction": (a["counts"] == 0).double().mean().item()}
         if ce:
             clean, zero, spliced = ce_clean / n_tgt, ce_zero / n_tgt, a["ce"] / n_tgt
             r.update(ce_clean=clean, ce_zero=zero, ce_sae=spliced,

@@ -224,7 +224,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
                 row["tok_per_s"] = (completed - s_log) * n / max(now - t_log, 1e-9)
                 t_log, s_log = now, completed
                 tracker.log(row, step=completed)
-                bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_frac']:.1f}%")
+                bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_fraction']:.1f}%")
             if cfg.ce_every and completed % cfg.ce_every == 0 and completed != total:
                 ev = _evaluate(sae, scale, model, cfg, modes=("batch",))["batch"]
                 tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed)
@@ -303,7 +303,7 @@ def _train_metrics(sae: SAE, out: SAEOutput, parts: dict, cfg: TrainConfig, opt,
     from sae.metrics import density_histogram, l0_stats
 
     row = {"tokens": tokens, **{k: v.item() for k, v in parts.items()}, **l0_stats(out.l0()),
-           "dead_frac": sae.dead_mask(cfg.dead_window).float().mean().item(), "lr": opt.param_groups[0]["lr"]}
+           "dead_fraction": sae.dead_mask(cfg.dead_window).float().mean().item(), "lr": opt.param_groups[0]["lr"]}
     h = density_histogram(sae.density)
     row.update({f"density_1e{e:.0f}": c for e, c in zip(h["density_decades"], h["density_counts"])})
     return row
@@ -328,4 +328,4 @@ def eval_summary(result: dict, cfg: TrainConfig, tokens_trained: int) -> dict:
             "capacity": cfg.sae.capacity, "model": cfg.acts.model, "hook": cfg.acts.hook, "head": cfg.acts.head,
             "tokens_trained": tokens_trained, "eval_tokens": head["tokens"],
             "fvu": head["fvu"], "l0_mean": head["l0_mean"], "l0_std": head["l0_std"],
-            "dead_pct": 100 * head["dead_frac"], "ce_recovered": head.get("ce_recovered"), "modes": result}
+            "dead_fraction": head["dead_fraction"], "ce_recovered": head.get("ce_recovered"), "modes": result}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from workbench import toyworld
-from workbench.config import one_of, positive, require
+from workbench.config import positive, require
 from workbench.models import capture, check_hook, encode
 
 if TYPE_CHECKING:
