@@ -103,7 +103,7 @@ def _load_dir(path: Path, device: str | None) -> "HookedTransformer":
     missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise ModelError(f"{path / 'model.safetensors'} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.to(device or "cpu")
+    model.to(device or "cpu", print_details=False)  # not TransformerLens' "Moving model to device" on every command
     model.eval()
     return model
 
