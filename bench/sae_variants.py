@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             flags = ["sae", "train", "--model", a.model, "--hook", a.hook, "--arch", arch, "--aux", aux, "--k", str(a.k),
                      "--expansion", str(a.expansion), "--tokens", str(a.tokens), "--cache", str(cache),
-                     "--runs-dir", str(root), "--no-progress", *a.extra]
+                     "--runs-dir", str(root), "--quiet", *a.extra]
             run = root / name
             rc = wb(flags + (["--resume", str(run)] if (run / "config.json").is_file() else ["--name", name]))
             if rc:

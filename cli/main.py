@@ -1,7 +1,8 @@
 """The `workbench` front door: dispatches to each package's subcommands, imported lazily.
 
-Each entry maps a command group to a module with ``main(argv: list[str]) -> int | None``; the
-module builds its own argparse parser, so ``workbench --help`` imports nothing heavy.
+Each entry maps a command group to a module of this package with ``main(argv: list[str]) -> int | None``;
+the module builds its argparse parser from config dataclasses that import no torch, so ``--help`` of
+every group and subcommand is fast, and it checks its arguments before it loads a model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ The Sparse Allocation Workbench: SAEs, IOI evaluation and MoE routing as sparse 
 
 commands:
 {cmds}
+
+flags every command spells the same way: --runs-dir DIR (where run directories live; default runs),
+--name NAME (a run's name), --quiet (no progress bars or progress messages), --device (torch device)
 """
 
 

@@ -26,36 +26,18 @@ from __future__ import annotations
 import io
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from workbench.config import one_of, positive, require
+from sae.config import AnalyzeConfig
 from workbench.errors import RunError
 from workbench.runs import Run, atomic_write_bytes
 
 FILES = ("analysis.json", "analysis_latents.parquet", "analysis_contexts.parquet")
 VERSION = 1
-
-
-@dataclass
-class AnalyzeConfig:
-    tokens: int = field(default=32_768, metadata={"help": "held-out tokens to run the SAE over"})
-    top_n: int = field(default=12, metadata={"help": "top-activating contexts stored per latent"})
-    bins: int = field(default=24, metadata={"help": "bins of each latent's activation histogram"})
-    n_logits: int = field(default=10, metadata={"help": "promoted / suppressed output tokens stored per latent"})
-    before: int = field(default=16, metadata={"help": "context tokens shown before the activating token"})
-    after: int = field(default=4, metadata={"help": "context tokens shown after the activating token"})
-    mode: str = field(default="auto", metadata={"help": "allocation mode: auto (threshold for feature/mutual choice, else batch), batch, threshold"})
-    seq_batch: int = field(default=64, metadata={"help": "sequences per model forward pass"})
-    device: str | None = field(default=None, metadata={"help": "torch device (default: the run's)"})
-
-    def __post_init__(self):
-        positive(self, "tokens", "top_n", "bins", "n_logits", "seq_batch")
-        require(self.before >= 0 and self.after >= 0, "before/after", "must be >= 0", "pass --before 16 --after 4")
-        one_of(self, "mode", ("auto", "batch", "threshold"))
 
 
 def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=None, progress: bool = False) -> dict:

@@ -164,9 +164,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
             raise RunError(f"{resume} is a {run.kind!r} run, not an SAE run")
         run.clean_tmp()
     device = torch.device(cfg.acts.device)
+    source = Source(cfg, None) if cfg.cache else None  # a missing or mismatched --cache fails before the model loads
+    if source is not None:
+        cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))
     model = model if model is not None else load_model(cfg.acts.model, device=cfg.acts.device)
-    source = Source(cfg, model)
-    cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))  # k <= d_sae, d_in vs hook
+    if source is None:
+        source = Source(cfg, model)
+        cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))  # k <= d_sae, d_in vs hook
     k_aux = cfg.aux_k(cfg.sae.d_in, cfg.sae.d_sae)
     _warn_dead_window(cfg)
     if run is None:

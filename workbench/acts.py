@@ -7,42 +7,16 @@ shuffle buffer, so a trainer that saves it resumes at exactly the same data posi
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from workbench import toyworld
-from workbench.config import positive, require
+from workbench.config import CORPORA, ActsConfig
 from workbench.models import capture, check_hook, encode
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
-
-CORPORA = ("toy", "ioi")
-
-
-@dataclass
-class ActsConfig:
-    model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
-    hook: str = field(default="blocks.1.hook_resid_post", metadata={"help": "TransformerLens hook name"})
-    head: int | None = field(default=None, metadata={"help": "head index for per-head hooks (attn.hook_q/k/v/z); default: all heads concatenated"})
-    corpus: str = field(default="toy", metadata={"help": "toy (general text + IOI), ioi (IOI prompts), or a datasets name / local text file"})
-    text_column: str = field(default="text", metadata={"help": "text column of a datasets corpus"})
-    positions: str = field(default="all", metadata={"help": "all (every real token but BOS), end (last token), or comma-separated indices"})
-    batch_size: int = field(default=4096, metadata={"help": "activations per yielded batch"})
-    seq_batch: int = field(default=128, metadata={"help": "sequences per model forward pass"})
-    shuffle_buffer: int = field(default=16384, metadata={"help": "activations held for shuffling (0: no shuffle)"})
-    seed: int = field(default=0, metadata={"help": "seed for corpus sampling and shuffling"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-
-    def __post_init__(self):
-        positive(self, "batch_size", "seq_batch")
-        require(self.shuffle_buffer >= 0, "shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}", "pass 0 to disable shuffling")
-        require(self.positions in ("all", "end") or re.fullmatch(r"-?\d+(,-?\d+)*", self.positions) is not None,
-                "positions", f"cannot parse {self.positions!r}", "use all, end, or indices like 3,5,-1")
-        require(self.head is None or self.head >= 0, "head", f"must be >= 0, got {self.head}", "pass a head index")
 
 
 class TextSource:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from workbench.errors import RunError
+from workbench.errors import ConfigError, RunError
 
 DEFAULT_ROOT = Path("runs")
 _UMASK = os.umask(0)
@@ -78,6 +79,17 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=@-]{0,199}")
+
+
+def check_run_name(name: str) -> str:
+    """Raise ConfigError unless name is one directory name that `workbench runs` and the app will list."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise ConfigError(f"name: {name!r} is not a valid run name (one directory name under the runs directory: "
+                          f"letters, digits and - _ . + = @, not starting with '.' or '-'); pass e.g. --name my-run")
+    return name
+
+
 @dataclass
 class Run:
     """A handle on one run directory."""
@@ -88,7 +100,7 @@ class Run:
     def create(cls, kind: str, config: dict, name: str | None = None, root: str | Path = DEFAULT_ROOT,
                exist_ok: bool = False) -> "Run":
         """Make runs/<name>/ with config.json = {"kind": kind, "config": config, "created": ...}."""
-        name = name or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+        name = check_run_name(name) if name else f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
         path = Path(root) / name
         if path.exists() and not exist_ok and (path / "config.json").exists():
             raise RunError(f"run dir {path} already exists; pass --resume {path} to continue it or choose another --name")

@@ -11,46 +11,17 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from workbench import ioi, toyworld
-from workbench.config import ConfigError, positive, require, to_dict
+from workbench.config import ConfigError, ModelTrainConfig, to_dict
 from workbench.models import make_model, save_model, build_tokenizer, toy_config_dict
 from workbench.checkpoint import CheckpointStore
 from workbench.runs import Run
 from workbench.tracking import Tracker
-
-
-@dataclass
-class ModelTrainConfig:
-    steps: int = field(default=8000, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=128, metadata={"help": "sequences per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=200, metadata={"help": "linear warm-up steps, then cosine decay"})
-    min_lr_frac: float = field(default=0.1, metadata={"help": "final lr as a fraction of --lr"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
-    ioi_fraction: float = field(default=0.8, metadata={"help": "fraction of sequences that are IOI prompts"})
-    n_layers: int = field(default=2, metadata={"help": "transformer layers"})
-    d_model: int = field(default=128, metadata={"help": "residual width"})
-    n_heads: int = field(default=4, metadata={"help": "attention heads per layer"})
-    n_ctx: int = field(default=24, metadata={"help": "context length"})
-    seed: int = field(default=0, metadata={"help": "seed for init and data"})
-    eval_every: int = field(default=250, metadata={"help": "steps between IOI evaluations and checkpoints"})
-    eval_prompts: int = field(default=400, metadata={"help": "prompts per IOI evaluation split"})
-    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
-    out: str | None = field(default=None, metadata={"help": "also save the final model to this directory"})
-    wandb_project: str | None = field(default=None, metadata={"help": "wandb project (offline unless configured)"})
-
-    def __post_init__(self):
-        positive(self, "steps", "batch_size", "lr", "n_layers", "d_model", "n_heads", "n_ctx", "eval_every", "eval_prompts")
-        require(0 <= self.ioi_fraction <= 1, "ioi_fraction", f"must be in [0, 1], got {self.ioi_fraction}", "pass e.g. --ioi-fraction 0.8")
-        require(self.d_model % self.n_heads == 0, "d_model", f"{self.d_model} is not divisible by n_heads={self.n_heads}", "choose d_model a multiple of n_heads")
-        require(0 <= self.warmup_steps < self.steps, "warmup_steps", f"must be in [0, steps), got {self.warmup_steps}", "lower --warmup-steps")
 
 
 class WordEncoder:

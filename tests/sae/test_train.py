@@ -144,7 +144,7 @@ def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_p
     rc = main(["sae", "train", "--model", str(tiny_model_dir), "--hook", "blocks.1.hook_resid_post", "--arch", "feature-choice",
                "--k", "4", "--expansion", "2", "--tokens", "1_024", "--batch-size", "128", "--seq-batch", "16",
                "--shuffle-buffer", "256", "--eval-tokens", "256", "--log-every", "2", "--runs-dir", str(runs), "--name", "e2e",
-               "--wandb-project", "p", "--no-progress"])
+               "--wandb-project", "p", "--quiet"])
     assert rc == 0
     run = runs / "e2e"
     for f in ("config.json", "cfg.json", "sae_weights.safetensors", "eval.json", "metrics.jsonl", "status.json"):
@@ -173,7 +173,7 @@ def test_cli_resume_rejects_a_changed_flag(tiny_cfg, tiny_model, capsys):
 def test_cli_reports_bad_hook_width_as_one_line(tiny_model_dir, tmp_path, capsys):
     from cli.main import main
 
-    rc = main(["sae", "train", "--model", str(tiny_model_dir), "--d-in", "64", "--runs-dir", str(tmp_path), "--no-progress"])
+    rc = main(["sae", "train", "--model", str(tiny_model_dir), "--d-in", "64", "--runs-dir", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "d_in:" in err and "width 32" in err and "Traceback" not in err
 
