@@ -9,6 +9,8 @@ second. Nothing here raises on a bad run dir: a missing or corrupt file comes ba
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - every page imports this module first of ours: OMP_WAIT_POLICY=PASSIVE
+
 import math
 import os
 from dataclasses import dataclass

@@ -9,6 +9,8 @@ Target: ratio >= 0.7.
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import tempfile
 import time

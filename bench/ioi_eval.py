@@ -16,6 +16,8 @@ Writes a JSON record (``--out``) with the timings, the machine and the SAEs' app
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import json
 import os

@@ -11,6 +11,8 @@ share of the routing entropy explained by the IO name and by Pos (ABB/BAB) at th
 positions (see routing/toy_moe.py). All flags of `workbench moe bench` are accepted.
 """
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import json
 import shlex
 import sys

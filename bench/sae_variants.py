@@ -12,6 +12,8 @@ CE loss recovered, in batch mode and, for FC/MC, threshold (inference) mode.
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import sys
 from pathlib import Path
