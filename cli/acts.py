@@ -53,7 +53,7 @@ def _cache(args) -> int:
     from workbench.errors import ConfigError
 
     cfg = from_args(ActsConfig, args, shuffle_buffer=0)
-    check_name(args.name)
+    check_name(args.name, None if args.out else args.runs_dir)
     if args.tokens <= 0:
         raise ConfigError(f"tokens: must be positive, got {args.tokens}; pass --tokens > 0")
     from workbench.acts import cache_activations

@@ -70,12 +70,20 @@ def say(quiet: bool) -> Callable[[str], None]:
     return (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
 
 
-def check_name(name: str | None) -> None:
-    """A run name is checked with the arguments, before any model loads (workbench.runs.check_run_name)."""
+def check_name(name: str | None, runs_dir: str | None = None) -> None:
+    """A run name is checked with the arguments, before any model loads: its spelling
+    (workbench.runs.check_run_name) and, given the runs dir, that no run of that name exists yet."""
+    from pathlib import Path
+
+    from workbench.errors import RunError
     from workbench.runs import check_run_name
 
-    if name is not None:
-        check_run_name(name)
+    if not name:
+        return
+    check_run_name(name)
+    path = Path(runs_dir) / name if runs_dir is not None else None
+    if path is not None and (path / "config.json").exists():
+        raise RunError(f"run dir {path} already exists; pass --resume {path} to continue it or choose another --name")
 
 
 def parse_int(s: str) -> int:

@@ -67,7 +67,7 @@ def _locate(args) -> int:
     from evals.config import LocateConfig
 
     cfg = from_args(LocateConfig, args)
-    check_name(args.name)
+    check_name(args.name, args.runs_dir)
     from evals.locate import format_locate, locate
     from evals.report import write_locate
     from workbench.models import load_model
@@ -126,7 +126,7 @@ def _eval(args) -> int:
     from workbench.errors import ConfigError
 
     cfg = from_args(EvalConfig, args)
-    check_name(args.name)
+    check_name(args.name, args.runs_dir)
     say_ = say(args.quiet)
     # everything a typo can break is checked before the model loads and before the run dir exists
     found = None

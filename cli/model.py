@@ -50,7 +50,7 @@ def _train(args) -> int:
         run = Run.open(args.resume)
         cfg = from_args(ModelTrainConfig, args, base=ModelTrainConfig(**run.config))
     else:
-        check_name(args.name)
+        check_name(args.name, args.runs_dir)
         cfg = from_args(ModelTrainConfig, args)
         run = Run.create("model", to_dict(cfg), name=args.name, root=args.runs_dir)
     if not args.quiet:

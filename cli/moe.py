@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import shlex
 import typing
+from pathlib import Path
 
 from cli.common import add_quiet, add_runs_dir, check_name, deprecated_progress, examples
 
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> int:
         run_solver_bench(from_args(SolverBenchConfig, args))
         return 0
     cfg = from_args(MoETrainConfig, args, routing=from_args(GateConfig, args), out=args.runs_dir, progress=not args.quiet)
-    check_name(cfg.name or None)
+    check_name(cfg.name or None, cfg.out if args.command == "train" else None)
     if args.command == "train":
         from routing.train import train
 
@@ -83,5 +84,9 @@ def main(argv: list[str]) -> int:
 
     bench = from_args(BenchConfig, args)
     check_name(bench.bench_name or None)
+    if bench.bench_name and any((Path(cfg.out) / bench.bench_name).glob("*/config.json")):
+        from workbench.errors import RunError
+
+        raise RunError(f"{Path(cfg.out) / bench.bench_name} already holds bench runs; choose another --bench-name")
     run_bench(bench, cfg, command="workbench moe " + shlex.join(argv))
     return 0

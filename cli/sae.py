@@ -116,7 +116,7 @@ def _train(args) -> int:
     from sae.trainer import train
 
     cfg = _resume_config(args) if args.resume else _config_from_args(args)
-    check_name(cfg.name)
+    check_name(cfg.name, None if args.resume else cfg.runs_dir)
     run = train(cfg, resume=args.resume, progress=not args.quiet)
     s = run.read_json("eval.json")
     print(f"run {run.path}: {format_eval(s)}")

@@ -73,3 +73,22 @@ def test_the_check_would_see_a_load(no_model, tmp_path):
     """Good arguments do reach the model load (so the tests above are not vacuous)."""
     with pytest.raises(ModelLoaded):
         main(["ioi", "locate", "--runs-dir", str(tmp_path), "--quiet"])
+
+
+@pytest.mark.parametrize("argv", [["ioi", "locate", "--name", "taken"], ["sae", "train", "--name", "taken"],
+                                  ["model", "train", "--name", "taken"], ["acts", "cache", "--name", "taken"],
+                                  ["moe", "train", "--task", "synthetic", "--name", "taken"]])
+def test_a_taken_run_name_fails_before_the_model_loads(argv, no_model, tmp_path, capsys):
+    from workbench.runs import Run
+
+    Run.create("sae", {}, name="taken", root=tmp_path)
+    err = _run([*argv, "--runs-dir", str(tmp_path)], capsys)
+    assert "already exists" in err and "--resume" in err
+
+
+def test_a_used_bench_name_fails_before_training(tmp_path, capsys):
+    from workbench.runs import Run
+
+    Run.create("moe", {}, name="topk-s0", root=tmp_path / "b")
+    err = _run(["moe", "bench", "--task", "synthetic", "--gates", "topk", "--bench-name", "b", "--runs-dir", str(tmp_path)], capsys)
+    assert "already holds bench runs" in err
