@@ -48,7 +48,8 @@ def _have_pot() -> bool:
 
 
 def solver_comparison(cfg: SolverBenchConfig) -> dict:
-    from routing.sparse_ot import semi_dual, solve_sparse_ot
+    from routing.ot_semidual import semi_dual
+    from routing.sparse_ot import solve_sparse_ot
 
     n, m, k = cfg.rows, cfg.cols, cfg.k
     a = torch.full((n,), 1 / n, dtype=torch.float64)
@@ -112,7 +113,8 @@ def _sync(device: str) -> None:
 def _batched_case(costs, ab, bb, k: int, repeats: int, pot: bool, device: str = "cpu") -> dict:
     """Every solver in BATCHED_SOLVERS on the whole batch (best of `repeats`, after a warm-up that also
     compiles), and POT problem by problem; D of each solution is evaluated in float64 by one function."""
-    from routing.sparse_ot import semi_dual, solve_sparse_ot
+    from routing.ot_semidual import semi_dual
+    from routing.sparse_ot import solve_sparse_ot
 
     res_out = {}
     if pot:

@@ -1,4 +1,4 @@
-"""Ascent loops for the sparse-OT semi-dual (routing/sparse_ot.py), batched over problems.
+"""Ascent loops for the sparse-OT semi-dual (routing/ot_semidual.py), batched over problems.
 
 Each returns the potentials alpha (B, n) and an iteration count; `evaluate(alpha, with_plan)` gives
 (D (B,), grad D (B, n), P (B, n, m) or None). Finished problems stop moving; bfgs also drops them from
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.sparse_ot import Compiled, _evaluate_parts, grad_converged, newton_solve
+from routing.ot_semidual import Compiled, evaluate_parts, grad_converged, newton_solve
 
 ARMIJO = 1e-4
 LINE_SEARCH_STEPS = 30
@@ -48,7 +48,7 @@ def _bfgs_step(alpha, value, grad, h, first, direction, slope, t, tries, iters, 
     n = alpha.shape[-1]
     eye = torch.eye(n, dtype=alpha.dtype, device=alpha.device)
     cand = alpha + t.unsqueeze(-1) * direction
-    v, g, _, ties = _evaluate_parts(cand, cost, a, b, k, gamma, False, exact)
+    v, g, _, ties = evaluate_parts(cand, cost, a, b, k, gamma, False, exact)
     ok = ~done & (v >= value + ARMIJO * t * slope)
     s, y = cand - alpha, grad - g  # y: change of the gradient of -D
     sy = (s * y).sum(-1)

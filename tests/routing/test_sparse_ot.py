@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from routing.benchmarks import router_costs
-from routing.sparse_ot import MarginalError, semi_dual, solve_sparse_ot
+from routing.ot_semidual import semi_dual
+from routing.sparse_ot import MarginalError, solve_sparse_ot
 
 f64 = torch.float64
 
@@ -200,8 +201,8 @@ def test_many_rows_run_newton_and_keep_the_invariants():
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     """Where torch.compile cannot work (no C++ compiler), the solver warns once and stays correct."""
+    import routing.ot_semidual as sd
     import routing.ot_solvers as solvers
-    import routing.sparse_ot as sot
 
     def broken_compile(fn, **kw):
         def run(*args):
@@ -209,9 +210,9 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(sot.Compiled, "failed", False)
-    monkeypatch.setattr(sot, "_evaluate_compiled", sot.Compiled(sot._evaluate_parts))
-    monkeypatch.setattr(solvers, "_compiled_step", sot.Compiled(solvers._bfgs_step))
+    monkeypatch.setattr(sd.Compiled, "failed", False)
+    monkeypatch.setattr(sd, "evaluate_compiled", sd.Compiled(sd.evaluate_parts))
+    monkeypatch.setattr(solvers, "_compiled_step", sd.Compiled(solvers._bfgs_step))
     cost = router_costs(2, 8, 64, 23)
     a, b = torch.full((8,), 1 / 8, dtype=f64), torch.full((64,), 1 / 64, dtype=f64)
     with pytest.warns(UserWarning, match="eager mode") as record:
