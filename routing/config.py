@@ -74,6 +74,7 @@ class GateConfig:
 
 
 TASKS = ("movielens", "synthetic", "planted", "toy")
+MIN_MOVIELENS_EXAMPLES = 1000  # 100 validation and 100 test examples: both classes of both tasks, in practice
 
 
 @dataclass
@@ -119,6 +120,12 @@ class MoETrainConfig:
         require(-1 <= self.correlation <= 1, "correlation", f"must be in [-1, 1], got {self.correlation}",
                 "pass --correlation 0.5")
         require(self.max_examples >= 0 and self.threads >= 0, "max_examples/threads", "must be >= 0", "pass 0 or more")
+        if self.task == "movielens" and self.max_examples:
+            n = self.max_examples
+            val, test = int(0.9 * n) - int(0.8 * n), n - int(0.9 * n)  # the 80/10/10 split of routing.data.movielens
+            require(n >= MIN_MOVIELENS_EXAMPLES, "max_examples",
+                    f"{n} examples leave {val} validation and {test} test examples, too few to score ROC-AUC",
+                    f"pass --max-examples {MIN_MOVIELENS_EXAMPLES} or more, or 0 for all 200,000")
 
 
 DEFAULT_GATES = "hash,hash+,topk,topk+,dselect,dselect+,comet,comet+,expert-choice,base,s-base,sparse-ot"

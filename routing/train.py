@@ -59,7 +59,7 @@ def evaluate(model, split: Split, data: TaskData, device: str, batch: int = 4096
         p, routes = model(x, ids)
         preds.append(p.float().cpu())
         tops.append(routes[0].weights.argmax(-1).cpu())
-        batch_load = torch.stack([r.mask.sum(0).float().cpu() for r in routes])  # (gates, E)
+        batch_load = torch.stack([r.allocation.col_counts().float().cpu() for r in routes])  # (gates, E)
         loads = batch_load if loads is None else loads + batch_load
         if sample is None:
             sample = routes[0].weights[:64].float().cpu()

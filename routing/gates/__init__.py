@@ -7,7 +7,7 @@ from routing.gate import Gate
 
 
 def make_gate(cfg: GateConfig, d_in: int, seed: int = 12345) -> Gate:
-    from routing.gates.base import BaseGate, SBaseGate
+    from routing.gates.base_layers import BaseGate, SBaseGate
     from routing.gates.comet import CometGate
     from routing.gates.dselect import DSelectKGate
     from routing.gates.expert_choice import ExpertChoiceGate

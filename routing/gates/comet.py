@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from routing.gate import Gate, GateOutput, routing_metrics
+from workbench.alloc import from_dense
 from routing.gates.smooth_step import smooth_step
 
 DEAD_LOGP = -60.0  # a hard branch adds log(1e-30) = -69 to a path; live paths stay far above this
@@ -90,9 +91,9 @@ class CometGate(Gate):
         logp = self.log_reach(x, pre)  # (N, k, E)
         g = (o + logp).view(n, self.k * e).softmax(-1).view(n, self.k, e)
         weights = g.sum(1)
-        mask = weights > 0
+        a = from_dense(weights)  # the support where every tree/selector is hard is <= k per token
         p = logp.exp()
         aux = {"entropy": -self.entropy_reg * (p * logp.clamp(min=DEAD_LOGP)).sum((-2, -1)).mean()}
-        metrics = routing_metrics(weights, mask)
+        metrics = routing_metrics(a)
         metrics["soft_trees"] = (p.detach().amax(-1) < 1).to(x.dtype).mean()  # hard tree: one leaf has p = 1
-        return GateOutput(weights, mask, aux, metrics)
+        return GateOutput(a, aux, metrics)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from routing.gate import Gate, GateOutput, routing_metrics
 from routing.gates.smooth_step import entropy
+from workbench.alloc import Allocation, from_dense
 from workbench.simplex import sinkhorn_log
 
 
@@ -65,15 +66,12 @@ class LocalSearchGate(Gate):
     def forward(self, x: Tensor, ids: Tensor | None = None) -> GateOutput:
         out = self.inner(x, ids)
         aux = dict(out.aux_losses)
-        if bool(self.hard):
-            weights = torch.zeros_like(out.weights).index_copy(1, self.perm, out.weights)
-            mask = torch.zeros_like(out.mask).index_copy(1, self.perm, out.mask)
-            indices = self.perm[out.indices] if out.indices is not None else None
+        inner = out.allocation
+        if bool(self.hard):  # expert e's pairs go to expert perm[e]; rows (and their order) unchanged
+            a = Allocation(inner.rows, self.perm[inner.cols], inner.values, inner.shape)
         else:
             pi = self.soft_permutation()
-            weights = out.weights @ pi
-            mask = weights > 0
+            a = from_dense(inner.dense() @ pi)  # (N, E): a soft permutation mixes every expert's weight
             aux["perm_entropy"] = self.entropy_coef * entropy(pi).sum()
-            indices = None
-        metrics = {**out.metrics, **routing_metrics(weights, mask)}
-        return GateOutput(weights, mask, aux, metrics, indices)
+        metrics = {**out.metrics, **routing_metrics(a)}
+        return GateOutput(a, aux, metrics)

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from routing.gate import Gate, GateOutput, routing_metrics
-from routing.gates.expert_choice import expert_capacity
 from routing.sparse_ot import solve_sparse_ot
+from workbench.alloc import Allocation, budget_capacity
 
 
 class SparseOTGate(Gate):
@@ -52,7 +52,7 @@ class SparseOTGate(Gate):
                                   compile=self.compile)
             plan = res.plan.transpose(1, 2)  # (B, G, E)
         else:
-            cap = expert_capacity(g, e, self.k, self.capacity_factor)
+            cap = min(g, budget_capacity(self.k, g, e, self.capacity_factor))
             res = solve_sparse_ot(cost, scores.new_full((g,), 1 / g), scores.new_full((e,), 1 / e),
                                   k=cap, gamma=self.gamma, method=self.method, max_iter=self.iters,
                                   compile=self.compile)
@@ -72,15 +72,17 @@ class SparseOTGate(Gate):
             chunk = scores[start:start + size * count].view(count, size, e)
             parts.append(self._solve(chunk))
             start += size * count
-        plan = torch.cat([p.reshape(-1, e) for p, _, _ in parts])
+        plan = torch.cat([p.reshape(-1, e) for p, _, _ in parts])  # (N, E) dense: the solver's own output
         mask = torch.cat([m.reshape(-1, e) for _, m, _ in parts])
         self.last_plan = plan[:g].detach() / g
-        weights = scores * mask if self.combine == "scores" else plan
-        metrics = routing_metrics(weights, mask)
+        rows, cols = torch.nonzero(mask, as_tuple=True)  # the plan's support, sorted by token
+        weights = scores if self.combine == "scores" else plan
+        a = Allocation(rows, cols, weights[rows, cols], (n, e))
+        metrics = routing_metrics(a)
         for _, _, info in parts:
             for key, v in info.items():
                 metrics[key] = torch.maximum(metrics.get(key, v), v).detach()
-        return GateOutput(weights, mask, {}, metrics)
+        return GateOutput(a, {}, metrics)
 
 
 def _runs(sizes: list[int]) -> list[tuple[int, int]]:

@@ -6,6 +6,7 @@ import torch
 from routing.config import GATES, GateConfig
 from routing.gate import switch_balance_loss
 from routing.gates import make_gate
+from workbench.alloc import from_dense
 
 N, D, E, K = 64, 12, 8, 2
 
@@ -72,7 +73,7 @@ def test_tree_gates_are_on_the_simplex_and_k_sparse_once_hard(name):
 def test_balance_loss_is_coef_for_uniform_routing():
     probs = torch.full((16, 4), 0.25)
     mask = torch.eye(4, dtype=torch.bool).repeat(4, 1)
-    torch.testing.assert_close(switch_balance_loss(probs, mask, 0.01), torch.tensor(0.01))
+    torch.testing.assert_close(switch_balance_loss(probs, from_dense(mask.float()), 0.01), torch.tensor(0.01))
 
 
 @pytest.mark.parametrize("name,kw", [("topk", {}), ("dselect", {}), ("comet", {}), ("s-base", {}),

@@ -75,3 +75,45 @@ def test_zipf_capacities_sum_and_order():
     c = alloc.zipf_capacities(100, 4, ranks=ranks)
     assert int(c.sum()) == 100 and c[1] == c.max()
     assert alloc.budget_capacity(8, 100, 64) == 13
+
+
+def test_by_unit_groups_every_pair_under_its_unit(scores):
+    a = alloc.topk_per_row(scores, 3)
+    g = a.by_unit
+    assert g is a.by_unit  # computed once
+    assert torch.equal(g.counts, a.col_counts()) and g.split_sizes() == a.col_counts().tolist()
+    assert sorted(g.order.tolist()) == list(range(a.nnz))
+    for u in range(scores.shape[1]):
+        lo, n = int(g.offsets[u]), int(g.counts[u])
+        pairs = g.order[lo:lo + n]
+        assert torch.all(a.cols[pairs] == u)
+        assert torch.equal(g.rows[lo:lo + n], a.rows[pairs])
+        assert torch.equal(a.rows[pairs], torch.nonzero(a.mask()[:, u]).squeeze(1))  # stable: row order kept
+
+
+def test_by_unit_drives_a_unit_wise_embedding_bag(scores):
+    a = alloc.topk_per_col(scores, 5)
+    x = torch.randn(scores.shape[0], 4)
+    g = a.by_unit
+    per_unit = torch.nn.functional.embedding_bag(g.rows, x, g.offsets, mode="sum", per_sample_weights=a.values[g.order])
+    torch.testing.assert_close(per_unit, a.dense().t() @ x)
+
+
+def test_normalized_and_from_dense(scores):
+    w = scores.relu()
+    a = alloc.from_dense(w)
+    assert torch.equal(a.mask(), w > 0) and torch.equal(a.dense(), w)
+    n = a.normalized()
+    nonempty = a.row_counts() > 0
+    torch.testing.assert_close(n.row_sums()[nonempty], torch.ones(int(nonempty.sum())))
+    torch.testing.assert_close(n.dense(), w / w.sum(1, keepdim=True).clamp(min=1e-12))
+
+
+def test_budget_capacity_is_the_one_capacity_formula():
+    assert alloc.budget_capacity(2, 512, 16) == 64  # Expert Choice at cf 1: k N / E
+    assert alloc.budget_capacity(2, 500, 16, factor=1.25) == 79  # ceil(78.125)
+    assert alloc.budget_capacity(1, 500, 16, multiple_of=4) == 32  # vmoe: ceil(31.25) = 32, a multiple of 4
+    assert alloc.budget_capacity(1, 100, 16, multiple_of=4) == 8  # ceil(6.25) = 7 -> 8
+    assert alloc.budget_capacity(3, 10, 10, factor=0.1) == 1
+    with pytest.raises(ValueError):
+        alloc.budget_capacity(2, 0, 16)
