@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from workbench.config import one_of, positive, require
 
 GATES = ("topk", "hash", "expert-choice", "base", "s-base", "dselect", "comet", "sparse-ot")
-TREE_GATES = ("dselect", "comet")
 
 
 @dataclass
@@ -63,10 +62,13 @@ class GateConfig:
                 "pass --ls-fraction 0.1 (the permutation is learned in the first 10% of training)")
         for f in ("balance_coef", "z_coef", "entropy_reg", "ls_entropy", "ls_gumbel"):
             require(getattr(self, f) >= 0, f, f"must be >= 0, got {getattr(self, f)}", f"pass --{f.replace('_', '-')} 0 or more")
-        if self.gate in TREE_GATES:
+        if self.gate == "dselect":
             require(self.experts >= 2 and self.experts & (self.experts - 1) == 0, "experts",
-                    f"{self.gate} needs a power of two experts (binary codes / trees), got {self.experts}",
-                    "pass --experts 8, 16 or 32")
+                    f"dselect needs a power of two experts (binary codes), got {self.experts}",
+                    "pass --experts 8, 16 or 32, or use --gate comet (any number of experts)")
+        if self.gate == "comet":
+            require(self.experts >= 2, "experts", f"comet needs at least 2 experts (one split), got {self.experts}",
+                    "pass --experts 2 or more")
         if self.gate == "sparse-ot" and self.ot_orientation == "tokens":
             require(self.ot_group * self.k >= self.experts, "ot_group",
                     f"{self.ot_group} tokens x k = {self.k} cannot cover {self.experts} experts",

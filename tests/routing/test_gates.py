@@ -140,21 +140,42 @@ def test_smooth_step_is_exactly_hard_outside_its_band():
         torch.testing.assert_close(s[2:5], -2 * u**3 + 1.5 * u + 0.5)
 
 
-def test_comet_reach_probabilities_are_path_products():
+@pytest.mark.parametrize("experts", [E, 3, 12])
+def test_comet_reach_probabilities_are_path_products(experts):
     """log_reach (two matmuls of log-probabilities, hard branches -> p = 0) equals the product of branch
-    probabilities along each root-to-leaf path, with some nodes saturated."""
+    probabilities along each root-to-leaf path, with some nodes saturated; any number of experts."""
     from routing.gates.comet import leaf_paths
     from routing.gates.smooth_step import smooth_step
 
-    gate = _gate("comet").double()
+    torch.manual_seed(0)
+    gate = make_gate(GateConfig(gate="comet", experts=experts, k=K), D).double()
     with torch.no_grad():
         gate.nodes.weight[::3].mul_(1e6)  # every third node hard
     x = _x(torch.float64, n=16)
-    s = smooth_step(gate.nodes(x).view(16, K, E - 1), gate.gamma)  # (N, k, E-1) P(left)
-    nodes, left = leaf_paths(E)
-    branch = torch.where(left.bool(), s[..., nodes], 1 - s[..., nodes])  # (N, k, E, depth)
-    ref = branch.prod(-1)
+    s = smooth_step(gate.nodes(x).view(16, K, experts - 1), gate.gamma)  # (N, k, E-1) P(left)
+    ref = torch.stack([torch.stack([s[..., node] if left else 1 - s[..., node] for node, left in path], -1).prod(-1)
+                       for path in leaf_paths(experts)], -1)  # (N, k, E)
     p = gate.reach_probabilities(x)
     torch.testing.assert_close(p, ref, atol=1e-12, rtol=1e-9)
     assert (ref == 0).any() and ((p == 0) == (ref == 0)).all()
     torch.testing.assert_close(p.sum(-1), torch.ones(16, K, dtype=torch.float64))
+
+
+def test_comet_tree_for_any_number_of_experts():
+    """The heap-ordered tree with E leaves (the authors' recursion): E = 12 has 8 leaves at depth 4 and
+    4 at depth 3, every internal node on some path; hard trees give <= k experts per token."""
+    from routing.gates.comet import leaf_paths
+
+    paths = leaf_paths(12)
+    assert sorted(len(p) for p in paths) == [3] * 4 + [4] * 8
+    assert {node for p in paths for node, _ in p} == set(range(11))
+    assert leaf_paths(4) == [[(0, True), (1, True)], [(0, True), (1, False)], [(0, False), (2, True)],
+                             [(0, False), (2, False)]]
+    torch.manual_seed(0)
+    gate = make_gate(GateConfig(gate="comet", experts=12, k=K), D)
+    out = gate(_x())
+    torch.testing.assert_close(out.weights.sum(1), torch.ones(N))
+    with torch.no_grad():
+        gate.nodes.weight.mul_(1e7)
+    out = gate(_x())
+    assert (out.allocation.row_counts() <= K).all() and (out.allocation.col_counts() > 0).sum() > 2
