@@ -2,7 +2,8 @@
 
 A learned permutation of the experts is applied to the inner gate's weights, w' = w Pi (N, E):
 during the search phase Pi = exp(sinkhorn_log(P / tau)) is a doubly stochastic relaxation of the
-permutation matrix with logits P (E, E); tau is annealed log-linearly from ls_temp_start to
+permutation matrix with logits P (E, E), initialised U(+-0.05) as in the authors' code (at tau = 1e-3
+the first relaxed permutation is already nearly hard: its largest entry per row is ~0.8); tau is annealed log-linearly from ls_temp_start to
 ls_temp_end and the Sinkhorn iterations linearly from ls_iters_start to ls_iters_end (optional Gumbel
 noise on P). The aux loss ls_entropy * sum_rows H(Pi) pushes Pi towards a permutation. At the end of
 the phase (progress >= ls_fraction) Pi is hardened with the Hungarian algorithm
@@ -28,7 +29,7 @@ class LocalSearchGate(Gate):
         super().__init__(inner.d_in, inner.n_experts, inner.k)
         self.inner = inner
         e = inner.n_experts
-        self.perm_logits = nn.Parameter(torch.rand(e, e) * temp_start)  # (E, E), soft at the start
+        self.perm_logits = nn.Parameter(torch.empty(e, e).uniform_(-0.05, 0.05))  # (E, E), as the authors' init
         self.register_buffer("perm", torch.arange(e))
         self.register_buffer("hard", torch.tensor(False))
         self.fraction, self.temp_start, self.temp_end = fraction, temp_start, temp_end

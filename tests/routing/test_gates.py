@@ -179,3 +179,13 @@ def test_comet_tree_for_any_number_of_experts():
         gate.nodes.weight.mul_(1e7)
     out = gate(_x())
     assert (out.allocation.row_counts() <= K).all() and (out.allocation.col_counts() > 0).sum() > 2
+
+
+def test_local_search_starts_near_a_permutation():
+    """The authors' U(+-0.05) logits at tau = 1e-3 give a nearly hard first permutation (largest entry per
+    row ~0.8; the old U(0, 1e-3) init gave ~0.09, so '+' gates sent every token to all experts early on)."""
+    torch.manual_seed(0)
+    gate = make_gate(GateConfig(gate="comet", experts=16, k=2, local_search=True), D)
+    gate.set_progress(0.0)
+    with torch.no_grad():
+        assert float(gate.soft_permutation().amax(1).mean()) > 0.6
