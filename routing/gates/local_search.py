@@ -6,8 +6,10 @@ permutation matrix with logits P (E, E), initialised U(+-0.05) as in the authors
 the first relaxed permutation is already nearly hard: its largest entry per row is ~0.8); tau is annealed log-linearly from ls_temp_start to
 ls_temp_end and the Sinkhorn iterations linearly from ls_iters_start to ls_iters_end (optional Gumbel
 noise on P). The aux loss ls_entropy * sum_rows H(Pi) pushes Pi towards a permutation. At the end of
-the phase (progress >= ls_fraction) Pi is hardened with the Hungarian algorithm
-(scipy.optimize.linear_sum_assignment on P) and frozen; w'[:, perm[e]] = w[:, e] from then on.
+the phase (progress >= ls_fraction) the last soft permutation Pi of training (not the logits P: at
+tau -> 1e-7 they differ wherever Sinkhorn had not converged) is hardened with the Hungarian algorithm
+(scipy.optimize.linear_sum_assignment) and frozen; w'[:, perm[e]] = w[:, e] from then on. An evaluation
+during the search phase uses the Hungarian permutation of the last soft one, as the authors' inference does.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class LocalSearchGate(Gate):
         self.perm_logits = nn.Parameter(torch.empty(e, e).uniform_(-0.05, 0.05))  # (E, E), as the authors' init
         self.register_buffer("perm", torch.arange(e))
         self.register_buffer("hard", torch.tensor(False))
+        self.register_buffer("last_soft", torch.full((e, e), float("nan")))  # (E, E) last training Pi
         self.fraction, self.temp_start, self.temp_end = fraction, temp_start, temp_end
         self.iters_start, self.iters_end, self.entropy_coef, self.gumbel = iters_start, iters_end, entropy_coef, gumbel
         self.temperature, self.iters = temp_start, iters_start
@@ -48,12 +51,20 @@ class LocalSearchGate(Gate):
         self.temperature = 10 ** (lo + s * (hi - lo))
         self.iters = round(self.iters_start + s * (self.iters_end - self.iters_start))
 
-    def harden(self) -> None:
-        """Hungarian algorithm on the logits -> a permutation; freeze it."""
+    def hungarian(self) -> Tensor:
+        """(E,) the permutation closest to the last soft one of training (maximum-weight matching)."""
         from scipy.optimize import linear_sum_assignment
 
-        _, cols = linear_sum_assignment(self.perm_logits.detach().double().cpu().numpy(), maximize=True)
-        self.perm.copy_(torch.as_tensor(cols, device=self.perm.device))
+        soft = self.last_soft
+        if torch.isnan(soft).any():  # no training step yet: the relaxation at the current temperature
+            with torch.no_grad():
+                soft = self.soft_permutation()
+        _, cols = linear_sum_assignment(soft.detach().double().cpu().numpy(), maximize=True)
+        return torch.as_tensor(cols, device=self.perm.device)
+
+    def harden(self) -> None:
+        """Hungarian algorithm on the last soft permutation -> a permutation; freeze it."""
+        self.perm.copy_(self.hungarian())
         self.hard.fill_(True)
         self.perm_logits.requires_grad_(False)
 
@@ -68,10 +79,12 @@ class LocalSearchGate(Gate):
         out = self.inner(x, ids)
         aux = dict(out.aux_losses)
         inner = out.allocation
-        if bool(self.hard):  # expert e's pairs go to expert perm[e]; rows (and their order) unchanged
-            a = Allocation(inner.rows, self.perm[inner.cols], inner.values, inner.shape)
+        if bool(self.hard) or not self.training:  # expert e's pairs go to expert perm[e]; rows keep their order
+            perm = self.perm if bool(self.hard) else self.hungarian()
+            a = Allocation(inner.rows, perm[inner.cols], inner.values, inner.shape)
         else:
             pi = self.soft_permutation()
+            self.last_soft.copy_(pi.detach())
             a = from_dense(inner.dense() @ pi)  # (N, E): a soft permutation mixes every expert's weight
             aux["perm_entropy"] = self.entropy_coef * entropy(pi).sum()
         metrics = {**out.metrics, **routing_metrics(a)}

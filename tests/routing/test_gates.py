@@ -189,3 +189,24 @@ def test_local_search_starts_near_a_permutation():
     gate.set_progress(0.0)
     with torch.no_grad():
         assert float(gate.soft_permutation().amax(1).mean()) > 0.6
+
+
+def test_local_search_hardens_the_last_soft_permutation_not_the_logits():
+    """As the authors: Hungarian on the last relaxed permutation of training; an evaluation during the
+    search uses that matching without freezing it."""
+    torch.manual_seed(0)
+    gate = _gate("topk", local_search=True, ls_fraction=0.5)
+    gate.set_progress(0.1)
+    gate(_x())  # a training step stores its relaxed permutation
+    torch.testing.assert_close(gate.last_soft, gate.soft_permutation().detach())
+    target = torch.randperm(E)
+    with torch.no_grad():
+        gate.last_soft.copy_(torch.eye(E)[target] * 0.9 + 0.1 / E)  # a soft permutation the logits do not give
+        gate.perm_logits.copy_(torch.eye(E) * 10)  # whose own matching is the identity
+    gate.eval()
+    ev = gate(_x())
+    assert not bool(gate.hard)
+    torch.testing.assert_close(ev.weights[:, target], gate.inner(_x()).weights)
+    gate.train()
+    gate.set_progress(0.5)
+    assert bool(gate.hard) and torch.equal(gate.perm, target)
