@@ -5,7 +5,10 @@ during the search phase Pi = exp(sinkhorn_log(P / tau)) is a doubly stochastic r
 permutation matrix with logits P (E, E), initialised U(+-0.05) as in the authors' code (at tau = 1e-3
 the first relaxed permutation is already nearly hard: its largest entry per row is ~0.8); tau is annealed log-linearly from ls_temp_start to
 ls_temp_end and the Sinkhorn iterations linearly from ls_iters_start to ls_iters_end (optional Gumbel
-noise on P). The aux loss ls_entropy * sum_rows H(Pi) pushes Pi towards a permutation. At the end of
+noise on P); the permuted weights are renormalised to sum 1 per token (Pi is only approximately doubly
+stochastic after finitely many Sinkhorn iterations). The aux loss has the authors' two entropy terms,
+ls_entropy * (H(Pi) + H(row-normalised Pi)), entries summed (eps 1e-6 inside the log), pushing Pi towards
+a permutation. At the end of
 the phase (progress >= ls_fraction) the last soft permutation Pi of training (not the logits P: at
 tau -> 1e-7 they differ wherever Sinkhorn had not converged) is hardened with the Hungarian algorithm
 (scipy.optimize.linear_sum_assignment) and frozen; w'[:, perm[e]] = w[:, e] from then on. An evaluation
@@ -20,9 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from routing.gate import Gate, GateOutput, routing_metrics
-from routing.gates.smooth_step import entropy
 from workbench.alloc import Allocation, from_dense
 from workbench.simplex import sinkhorn_log
+
+
+def permutation_entropy(pi: Tensor, eps: float = 1e-6) -> Tensor:
+    """The authors' penalty: sum of -p log(p + eps) over the entries of Pi and of Pi with rows normalised."""
+    rows = pi / pi.sum(-1, keepdim=True)
+    return -(pi * (pi + eps).log()).sum() - (rows * (rows + eps).log()).sum()
 
 
 class LocalSearchGate(Gate):
@@ -85,7 +93,8 @@ class LocalSearchGate(Gate):
         else:
             pi = self.soft_permutation()
             self.last_soft.copy_(pi.detach())
-            a = from_dense(inner.dense() @ pi)  # (N, E): a soft permutation mixes every expert's weight
-            aux["perm_entropy"] = self.entropy_coef * entropy(pi).sum()
+            w = inner.dense() @ pi  # (N, E): a soft permutation mixes every expert's weight
+            a = from_dense(w / w.sum(-1, keepdim=True).clamp(min=1e-12))
+            aux["perm_entropy"] = self.entropy_coef * permutation_entropy(pi)
         metrics = {**out.metrics, **routing_metrics(a)}
         return GateOutput(a, aux, metrics)

@@ -210,3 +210,16 @@ def test_local_search_hardens_the_last_soft_permutation_not_the_logits():
     gate.train()
     gate.set_progress(0.5)
     assert bool(gate.hard) and torch.equal(gate.perm, target)
+
+
+def test_local_search_penalty_has_both_entropy_terms_and_weights_stay_on_the_simplex():
+    from routing.gates.local_search import permutation_entropy
+
+    pi = torch.tensor([[0.5, 0.5], [0.5, 0.3]])  # rows of a truncated Sinkhorn need not sum to 1
+    rows = torch.tensor([[0.5, 0.5], [0.625, 0.375]])
+    h = lambda p: -(p * (p + 1e-6).log()).sum()  # noqa: E731
+    torch.testing.assert_close(permutation_entropy(pi), h(pi) + h(rows))
+    assert float(permutation_entropy(torch.eye(3))) < 1e-4
+    gate = _gate("comet", local_search=True, ls_iters_start=2)  # few iterations: Pi far from doubly stochastic
+    gate.set_progress(0.0)
+    torch.testing.assert_close(gate(_x()).weights.sum(1), torch.ones(N))
