@@ -106,18 +106,19 @@ def test_gradients_reach_learned_gates_only(name):
 @pytest.mark.parametrize("name", ["topk", "comet", "hash", "dselect"])
 def test_local_search_hardens_into_a_permutation(name):
     gate = _gate(name, local_search=True, ls_fraction=0.5)
+    p = gate.permutation
     gate.set_progress(0.2)
     soft = gate(_x())
-    assert "perm_entropy" in soft.aux_losses and gate.iters > gate.iters_start
-    assert gate.temperature < gate.temp_start
-    pi = gate.soft_permutation()
+    assert "perm_entropy" in soft.aux_losses and p.iters > p.iters_start
+    assert p.temperature < p.temp_start
+    pi = p.soft()
     torch.testing.assert_close(pi.sum(0), torch.ones(E), atol=1e-4, rtol=0)
     gate.set_progress(0.5)
-    assert bool(gate.hard) and not gate.perm_logits.requires_grad
-    assert sorted(gate.perm.tolist()) == list(range(E))
+    assert bool(p.hard) and not p.perm_logits.requires_grad
+    assert sorted(p.perm.tolist()) == list(range(E))
     out = gate(_x())
     inner = gate.inner(_x())
-    torch.testing.assert_close(out.weights[:, gate.perm], inner.weights)
+    torch.testing.assert_close(out.weights[:, p.perm], inner.weights)
     assert (out.mask.sum(1) == inner.mask.sum(1)).all()
 
 
@@ -188,7 +189,7 @@ def test_local_search_starts_near_a_permutation():
     gate = make_gate(GateConfig(gate="comet", experts=16, k=2, local_search=True), D)
     gate.set_progress(0.0)
     with torch.no_grad():
-        assert float(gate.soft_permutation().amax(1).mean()) > 0.6
+        assert float(gate.permutation.soft().amax(1).mean()) > 0.6
 
 
 def test_local_search_hardens_the_last_soft_permutation_not_the_logits():
@@ -196,20 +197,21 @@ def test_local_search_hardens_the_last_soft_permutation_not_the_logits():
     search uses that matching without freezing it."""
     torch.manual_seed(0)
     gate = _gate("topk", local_search=True, ls_fraction=0.5)
+    p = gate.permutation
     gate.set_progress(0.1)
     gate(_x())  # a training step stores its relaxed permutation
-    torch.testing.assert_close(gate.last_soft, gate.soft_permutation().detach())
+    torch.testing.assert_close(p.last_soft, p.soft().detach())
     target = torch.randperm(E)
     with torch.no_grad():
-        gate.last_soft.copy_(torch.eye(E)[target] * 0.9 + 0.1 / E)  # a soft permutation the logits do not give
-        gate.perm_logits.copy_(torch.eye(E) * 10)  # whose own matching is the identity
+        p.last_soft.copy_(torch.eye(E)[target] * 0.9 + 0.1 / E)  # a soft permutation the logits do not give
+        p.perm_logits.copy_(torch.eye(E) * 10)  # whose own matching is the identity
     gate.eval()
     ev = gate(_x())
-    assert not bool(gate.hard)
+    assert not bool(p.hard)
     torch.testing.assert_close(ev.weights[:, target], gate.inner(_x()).weights)
     gate.train()
     gate.set_progress(0.5)
-    assert bool(gate.hard) and torch.equal(gate.perm, target)
+    assert bool(p.hard) and torch.equal(p.perm, target)
 
 
 def test_local_search_penalty_has_both_entropy_terms_and_weights_stay_on_the_simplex():
@@ -223,3 +225,22 @@ def test_local_search_penalty_has_both_entropy_terms_and_weights_stay_on_the_sim
     gate = _gate("comet", local_search=True, ls_iters_start=2)  # few iterations: Pi far from doubly stochastic
     gate.set_progress(0.0)
     torch.testing.assert_close(gate(_x()).weights.sum(1), torch.ones(N))
+
+
+def test_task_gates_share_one_learned_permutation():
+    """The multi-task model's gates share one permutation (the authors' MovieLens setup): one set of
+    permutation logits, trained by both tasks' losses, hardened once."""
+    from routing.models import MultiTaskMoE
+
+    torch.manual_seed(0)
+    model = MultiTaskMoE(D, 2, GateConfig(gate="comet", experts=E, k=K, local_search=True, ls_fraction=0.5))
+    g0, g1 = model.moe.gates
+    assert g0.permutation is g1.permutation
+    logits = [p for n, p in model.named_parameters() if n.endswith("perm_logits")]
+    assert len(logits) == 1
+    model.set_progress(0.1)
+    pred, routes = model(_x())
+    pred[:, 1].sum().backward()  # task 1's loss alone reaches the shared permutation
+    assert logits[0].grad is not None and logits[0].grad.abs().sum() > 0
+    model.set_progress(0.6)
+    assert bool(g0.permutation.hard)
