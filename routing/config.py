@@ -24,11 +24,16 @@ class GateConfig:
     balance_coef: float = field(default=0.01, metadata={"help": "Switch load-balancing loss weight alpha"})
     z_coef: float = field(default=0.001, metadata={"help": "router z-loss weight (topk, expert-choice, base)"})
     capacity_factor: float = field(default=1.0, metadata={
-        "help": "expert-choice / sparse-ot experts orientation: capacity = ceil(cf * N * k / E)"})
+        "help": "expert-choice and sparse-ot: expert capacity = ceil(cf * N * k / E) tokens (N = tokens routed "
+                "together, a sparse-ot group); vmoe's capacity factor counts k inside it: for vmoe's experts "
+                "orientation with factor C pass C / k"})
     smooth_gamma: float = field(default=10.0, metadata={"help": "dselect/comet: smooth-step width gamma"})
     entropy_reg: float = field(default=0.1, metadata={"help": "dselect/comet: entropy regulariser lambda"})
     sinkhorn_iters: int = field(default=20, metadata={"help": "s-base: Sinkhorn iterations"})
-    ot_gamma: float = field(default=1.0, metadata={"help": "sparse-ot: L2 regularisation gamma"})
+    ot_gamma: float = field(default=1.0, metadata={
+        "help": "sparse-ot: L2 regularisation gamma with vmoe's marginals (1 per token, G/E per expert); 1 = vmoe's"})
+    ot_capacity_multiple_of: int = field(default=4, metadata={
+        "help": "sparse-ot: round expert capacities up to a multiple of this (vmoe: 4; 1 = no rounding)"})
     ot_orientation: str = field(default="tokens", metadata={
         "help": "sparse-ot: tokens (tokens choose k experts) or experts (experts choose up to capacity)"})
     ot_combine: str = field(default="scores", metadata={
@@ -51,6 +56,7 @@ class GateConfig:
     def __post_init__(self):
         one_of(self, "gate", GATES)
         positive(self, "experts", "k", "capacity_factor", "smooth_gamma", "sinkhorn_iters", "ot_gamma",
+                 "ot_capacity_multiple_of",
                  "ot_iters", "ot_group", "ls_temp_start", "ls_temp_end", "ls_iters_start", "ls_iters_end")
         require(self.k <= self.experts, "k", f"k = {self.k} exceeds experts = {self.experts}",
                 "pass --k at most --experts")

@@ -23,7 +23,10 @@ one exists) and "adam" (vmoe's fixed budget).
 
 Gradients w.r.t. cost, a and b use the implicit function theorem at the solution: with alpha* fixed
 (no grad) we take one Newton step whose right-hand side carries the graph,
-``alpha~ = alpha* + gamma M^{-1} grad D(alpha*; C)``, so d alpha~/dC = -H^{-1} d(grad D)/dC exactly.
+``alpha~ = alpha* + gamma M^{-1} grad D(alpha*; C)``, so d alpha~/dC = -H^{-1} d(grad D)/dC exactly. Where
+the step stays on alpha*'s piece of the semi-dual (same support, D does not drop) it also polishes alpha*
+to that piece's maximum; elsewhere (a maximum on a kink, or max_iter reached far from the maximum) only
+its derivative is kept (``step - step.detach()``), so the returned plan is the solver's.
 """
 
 from __future__ import annotations
@@ -157,7 +160,12 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
         converged = grad_converged(grad, a0, tol).reshape(batch)
     if torch.is_grad_enabled() and (cost.requires_grad or a.requires_grad or b.requires_grad):
         _, grad, _ = semi_dual(alpha, cost, a, b, k, gamma)  # carries the graph w.r.t. cost, a, b
-        alpha = alpha + gamma * newton_solve(p > 0, grad, damping)
+        step = gamma * newton_solve(p > 0, grad, damping)
+        with torch.no_grad():
+            v_new, _, p_new = semi_dual(alpha + step, cost, a, b, k, gamma)
+            same_piece = ((p_new > 0) == (p > 0)).flatten(-2).all(-1) & (v_new >= value - 1e-12 * value.abs())
+        off = (~same_piece).unsqueeze(-1).to(step.dtype)  # off the piece: keep the derivative only
+        alpha = alpha + step - off * step.detach()
         value, _, p = semi_dual(alpha, cost, a, b, k, gamma)
     plan = p * b.unsqueeze(-2)
     primal = (plan * cost).sum((-2, -1)) + 0.5 * gamma * (plan * plan).sum((-2, -1))

@@ -184,6 +184,23 @@ def threshold(scores: Tensor, theta: float | Tensor) -> Allocation:
     return Allocation(rows, cols, scores[rows, cols], tuple(scores.shape))
 
 
+def drop_over_capacity(a: Allocation, rank: Tensor, capacity: int) -> Allocation:
+    """Keep at most `capacity` pairs per unit, by priority: every row's first choice before any second
+    choice (rank (nnz,) = the pair's choice rank within its row, 0 = first), then earlier rows first.
+    This is vmoe's "vanilla" Top-Experts-Per-Item dispatch (token choice with expert capacity); pairs
+    past an expert's capacity are dropped. The kept pairs stay in a's order (sorted by row)."""
+    n, f = a.shape
+    if a.nnz == 0:
+        return a
+    key = (a.cols * (int(rank.max()) + 1) + rank) * n + a.rows  # unit, then rank, then row
+    order = torch.argsort(key)
+    counts = a.col_counts()
+    slot = torch.arange(a.nnz, device=a.rows.device) - (torch.cumsum(counts, 0) - counts)[a.cols[order]]
+    keep = torch.zeros(a.nnz, dtype=torch.bool, device=a.rows.device)
+    keep[order] = slot < capacity
+    return Allocation(a.rows[keep], a.cols[keep], a.values[keep], a.shape)
+
+
 def from_dense(weights: Tensor) -> Allocation:
     """The nonzero entries of a dense (n_rows, n_units) matrix (a soft gate's weights), values kept
     differentiable. For methods whose computation is dense anyway; sparse selections build their

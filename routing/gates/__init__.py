@@ -37,7 +37,7 @@ def make_gate(cfg: GateConfig, d_in: int, seed: int = 12345, permutation=None) -
         "comet": lambda: CometGate(d_in, e, k, cfg.smooth_gamma, cfg.entropy_reg),
         "sparse-ot": lambda: SparseOTGate(d_in, e, k, cfg.ot_gamma, cfg.ot_orientation, cfg.ot_combine,
                                           cfg.ot_method, cfg.ot_iters, cfg.ot_group, cfg.capacity_factor,
-                                          cfg.ot_compile),
+                                          cfg.ot_compile, cfg.ot_capacity_multiple_of),
     }
     gate = builders[cfg.gate]()
     if cfg.local_search:

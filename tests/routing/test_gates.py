@@ -51,10 +51,64 @@ def test_expert_choice_and_base_are_exactly_balanced():
     assert (base.mask.sum(1) == K).all()  # k distinct experts per token
 
 
-def test_sparse_ot_experts_orientation_respects_capacity():
+def test_sparse_ot_experts_orientation_gives_each_expert_its_capacity():
+    """vmoe's Top-Items-Per-Expert dispatch: each expert takes its C largest plan entries, C = ceil(G k / E)
+    rounded up to a multiple of 4 (here 8 per group of 32)."""
     out = _gate("sparse-ot", ot_orientation="experts")(_x())
-    cap = -(-32 * K // E)  # per group of 32 tokens
-    assert (out.mask.view(2, 32, E).sum(1) <= cap).all()
+    assert (out.mask.view(2, 32, E).sum(1) == 8).all()
+    gate = _gate("sparse-ot", ot_orientation="experts", capacity_factor=0.75)  # ceil(6) = 6 -> 8 with rounding
+    assert gate.capacity(32) == 8
+    assert _gate("sparse-ot", ot_orientation="experts", capacity_factor=0.75, ot_capacity_multiple_of=1).capacity(32) == 6
+
+
+@pytest.mark.parametrize("cf,cap", [(2.0, 16), (0.5, 4)])
+def test_sparse_ot_tokens_orientation_is_vmoe_top_k_with_capacity(cf, cap):
+    """Each token's k largest plan entries (zeros too, ordered by score) are its choices; an expert takes at
+    most C = ceil(cf G k / E) (a multiple of 4) of them per group, and a choice is dropped only when its
+    expert is full."""
+    torch.manual_seed(0)
+    gate = make_gate(GateConfig(gate="sparse-ot", experts=E, k=K, ot_group=32, capacity_factor=cf), D)
+    x = _x()
+    out = gate(x)
+    assert gate.capacity(32) == cap
+    mask = out.mask[:32]  # the first group, whose plan the gate keeps
+    scores = gate.router(x[:32]).softmax(-1).detach()
+    key = torch.where(gate.last_plan > 0, gate.last_plan + 2, scores - 2)
+    choices = torch.zeros_like(mask).scatter_(1, key.topk(K, dim=1).indices, True)
+    assert (choices | ~mask).all() and (mask.sum(1) <= K).all()  # dispatched pairs are choices
+    assert (mask.sum(0) <= cap).all()
+    dropped = choices & ~mask
+    assert (mask.sum(0)[dropped.nonzero()[:, 1]] == cap).all()  # only into full experts
+
+
+def test_sparse_ot_gate_uses_vmoe_marginals():
+    """ot_gamma = 1 with marginals 1 per token and G/E per expert is the same plan as gamma = G with
+    marginals summing to 1, scaled by G."""
+    from routing.sparse_ot import solve_sparse_ot
+
+    torch.manual_seed(0)
+    gate = make_gate(GateConfig(gate="sparse-ot", experts=E, k=K, ot_group=32, ot_iters=200), D).double()
+    x = _x(torch.float64, n=32)
+    gate(x)
+    scores = gate.router(x).softmax(-1).detach()
+    ref = solve_sparse_ot(-scores.t(), torch.full((E,), 1 / E, dtype=torch.float64),
+                          torch.full((32,), 1 / 32, dtype=torch.float64), K, gamma=32.0, max_iter=200)
+    torch.testing.assert_close(gate.last_plan, ref.plan.t() * 32, atol=1e-9, rtol=1e-9)
+
+
+def test_sparse_ot_small_remainder_joins_the_last_group_and_bad_shapes_are_one_line_errors():
+    from routing.gate import RoutingShapeError
+
+    gate = _gate("sparse-ot")  # groups of 32, k = 2, 8 experts: a group needs >= 4 tokens
+    assert gate.groups(67) == [32, 35] and gate.groups(70) == [32, 32, 6] and gate.groups(3) == [3]
+    assert gate(_x(n=67)).allocation.shape == (67, E)
+    with pytest.raises(RoutingShapeError, match="route at least 4 tokens"):
+        gate(_x(n=3))
+    with pytest.raises(RoutingShapeError, match="raise --capacity-factor to 1 or more"):
+        make_gate(GateConfig(gate="sparse-ot", experts=E, k=1, ot_group=64, ot_orientation="experts",
+                             capacity_factor=0.25, ot_capacity_multiple_of=1), D)
+    with pytest.raises(RoutingShapeError, match="at least as many tokens as experts"):
+        _gate("expert-choice")(_x(n=E - 1))
 
 
 @pytest.mark.parametrize("name", ["dselect", "comet"])
@@ -77,10 +131,10 @@ def test_balance_loss_is_coef_for_uniform_routing():
 
 
 @pytest.mark.parametrize("name,kw", [("topk", {}), ("dselect", {}), ("comet", {}), ("s-base", {}),
-                                     ("sparse-ot", {"ot_combine": "plan", "k": E})])
+                                     ("sparse-ot", {"ot_combine": "plan", "k": E, "ot_gamma": 0.125})])
 def test_gradcheck_weights_wrt_inputs(name, kw):
     """Combine weights are differentiable in x where the method says so (sparse-ot with plan weights:
-    through the implicit OT gradient; k = E keeps the small problem away from support switches)."""
+    through the implicit OT gradient; k = E and gamma 1/8 keep the small problem away from support switches)."""
     kw = {"k": K, **kw}
     torch.manual_seed(0)
     gate = make_gate(GateConfig(gate=name, experts=E, ot_group=32, **kw), D).double()

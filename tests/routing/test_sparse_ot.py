@@ -219,3 +219,15 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
         res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True)
     assert len([w for w in record if "eager mode" in str(w.message)]) == 1
     torch.testing.assert_close(res.plan, solve_sparse_ot(cost, a, b, 2, 1.0, compile=False).plan, atol=0, rtol=0)
+
+
+def test_differentiable_solve_returns_the_solvers_plan_even_off_the_optimum():
+    """The implicit-gradient step carries the derivative only: with a cost that requires grad the plan is
+    the same as without, also when the solver stopped early (a nonzero semi-dual gradient)."""
+    cost = router_costs(3, 8, 32, 5)
+    a, b = torch.full((8,), 4.0, dtype=f64), torch.ones(32, dtype=f64)
+    ref = solve_sparse_ot(cost, a, b, 2, 1.0, max_iter=3)
+    assert not ref.converged.all()
+    res = solve_sparse_ot(cost.clone().requires_grad_(True), a, b, 2, 1.0, max_iter=3)
+    torch.testing.assert_close(res.plan, ref.plan, atol=1e-12, rtol=0)
+    res.plan.sum().backward()  # and a gradient exists

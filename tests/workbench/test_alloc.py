@@ -117,3 +117,24 @@ def test_budget_capacity_is_the_one_capacity_formula():
     assert alloc.budget_capacity(3, 10, 10, factor=0.1) == 1
     with pytest.raises(ValueError):
         alloc.budget_capacity(2, 0, 16)
+
+
+def test_drop_over_capacity_keeps_first_choices_then_earlier_rows():
+    """vmoe's vanilla priority, against a direct loop: rank 0 of every row before any rank 1, then row order."""
+    g = torch.Generator().manual_seed(3)
+    n, f, k, cap = 40, 5, 2, 9
+    idx = torch.rand(n, f, generator=g).argsort(1)[:, :k]  # (n, k) distinct units per row, rank order
+    rows = torch.arange(n).repeat_interleave(k)
+    rank = torch.arange(k).repeat(n)
+    a = alloc.Allocation(rows, idx.reshape(-1), torch.rand(n * k, generator=g), (n, f))
+    kept = alloc.drop_over_capacity(a, rank, cap)
+    load, ref = [0] * f, []
+    for r in range(k):
+        for i in range(n):
+            u = int(idx[i, r])
+            if load[u] < cap:
+                load[u] += 1
+                ref.append((i, u))
+    assert sorted(zip(kept.rows.tolist(), kept.cols.tolist())) == sorted(ref)
+    assert torch.all(kept.rows[1:] >= kept.rows[:-1]) and (kept.col_counts() <= cap).all()
+    assert kept.nnz < a.nnz  # something was dropped
