@@ -48,7 +48,7 @@ def _have_pot() -> bool:
 
 
 def solver_comparison(cfg: SolverBenchConfig) -> dict:
-    from routing.ot_semidual import semi_dual
+    from routing.ot_duals import semi_dual
     from routing.sparse_ot import solve_sparse_ot
 
     n, m, k = cfg.rows, cfg.cols, cfg.k
@@ -113,7 +113,7 @@ def _sync(device: str) -> None:
 def _batched_case(costs, ab, bb, k: int, repeats: int, pot: bool, device: str = "cpu") -> dict:
     """Every solver in BATCHED_SOLVERS on the whole batch (best of `repeats`, after a warm-up that also
     compiles), and POT problem by problem; D of each solution is evaluated in float64 by one function."""
-    from routing.ot_semidual import semi_dual
+    from routing.ot_duals import semi_dual
     from routing.sparse_ot import solve_sparse_ot
 
     res_out = {}

@@ -1,4 +1,4 @@
-"""Ascent loops for the sparse-OT semi-dual (routing/ot_semidual.py), batched over problems.
+"""Ascent loops for the sparse-OT semi-dual (routing/ot_duals.py), batched over problems.
 
 Each returns the potentials alpha (B, n) and an iteration count; `evaluate(alpha, with_plan)` gives
 (D (B,), grad D (B, n), P (B, n, m) or None). Finished problems stop moving; bfgs also drops them from
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.ot_semidual import Compiled, evaluate_parts, grad_converged, newton_solve
+from routing.ot_duals import Compiled, evaluate_parts, grad_converged, newton_solve
 
 ARMIJO = 1e-4
 LINE_SEARCH_STEPS = 30

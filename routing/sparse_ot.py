@@ -15,10 +15,10 @@ Column sums (= b) and nnz <= k per column hold at any alpha; row sums equal a at
 problem is feasible and D is smooth there. With k >= n this is quadratically regularised OT.
 
 Everything works in the cost's own layout (..., n, m), reducing over the rows (dim -2), which is
-contiguous across columns. One evaluation of D, its gradient and (optionally) P is `ot_semidual.evaluate`; for
+contiguous across columns. One evaluation of D, its gradient and (optionally) P is `ot_duals.evaluate`; for
 large problems it runs through torch.compile, which fuses its dozen elementwise passes into one
 (`compile="auto"`; it falls back to eager with a warning where compilation is unavailable). The ascent
-loops live in routing/ot_solvers.py (both build on routing/ot_semidual.py): "bfgs" (default), "newton" (semismooth, to a zero gradient where
+loops live in routing/ot_solvers.py (both build on routing/ot_duals.py): "bfgs" (default), "newton" (semismooth, to a zero gradient where
 one exists) and "adam" (vmoe's fixed budget).
 
 Gradients w.r.t. cost, a and b use the implicit function theorem at the solution: with alpha* fixed
@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from routing import ot_solvers
-from routing import ot_semidual
-from routing.ot_semidual import grad_converged, newton_solve, semi_dual
+from routing import ot_duals
+from routing.ot_duals import dual_potentials, grad_converged, newton_solve, semi_dual
 from workbench.errors import WorkbenchError
 
 COMPILE_MIN_NUMEL = 1 << 12  # "auto" compiles the evaluation for cost tensors at least this large
@@ -53,7 +53,8 @@ class MarginalError(WorkbenchError, ValueError):
 @dataclass
 class SparseOTResult:
     plan: Tensor  # (..., n, m): <= k nonzeros per column, column sums = b
-    alpha: Tensor  # (..., n) semi-dual potentials
+    alpha: Tensor  # (..., n) semi-dual potentials (the dual's row potentials)
+    beta: Tensor  # (..., m) the dual's column potentials that go with alpha (ot_duals.dual_potentials)
     value: Tensor  # (...,) semi-dual objective D(alpha)
     primal: Tensor  # (...,) <T, C> + gamma/2 ||T||^2 of the returned plan
     row_error: Tensor  # (...,) max_i |(T 1)_i - a_i|
@@ -143,7 +144,7 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
         gamma_t = torch.tensor(gamma, dtype=cost.dtype, device=cost.device)  # a tensor: no recompile per gamma
 
         def evaluate(alpha, with_plan=False):
-            return ot_semidual.evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile)
+            return ot_duals.evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile)
 
         if method == "bfgs" and n > BFGS_MAX_ROWS:
             method = "newton"
@@ -170,4 +171,5 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
     plan = p * b.unsqueeze(-2)
     primal = (plan * cost).sum((-2, -1)) + 0.5 * gamma * (plan * plan).sum((-2, -1))
     row_error = (plan.sum(-1) - a).abs().amax(-1).detach()
-    return SparseOTResult(plan, alpha, value, primal, row_error, n_iter, converged)
+    beta = dual_potentials(alpha.detach(), p.detach(), cost.detach(), b.detach(), gamma)
+    return SparseOTResult(plan, alpha, beta, value, primal, row_error, n_iter, converged)

@@ -51,8 +51,8 @@ def test_routing_has_no_import_cycles():
 def test_cycle_finder_reports_a_lazy_import_cycle(tmp_path):
     """A function-level import counts (the old sparse_ot <-> ot_solvers cycle was one)."""
     lazy = tmp_path / "sparse_ot.py"
-    lazy.write_text("from routing.ot_semidual import semi_dual\n\ndef f():\n    from routing import ot_solvers\n")
-    assert _routing_imports(lazy) >= {"routing.ot_semidual", "routing.ot_solvers"}
+    lazy.write_text("from routing.ot_duals import semi_dual\n\ndef f():\n    from routing import ot_solvers\n")
+    assert _routing_imports(lazy) >= {"routing.ot_duals", "routing.ot_solvers"}
     graph = {"routing.sparse_ot": {"routing.ot_solvers"}, "routing.ot_solvers": {"routing.sparse_ot"}, "x": set()}
     assert _cycle(graph) == ["routing.ot_solvers", "routing.sparse_ot", "routing.ot_solvers"]
     assert _cycle({"a": {"b"}, "b": set()}) is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from routing.benchmarks import router_costs
-from routing.ot_semidual import semi_dual
+from routing.ot_duals import semi_dual
 from routing.sparse_ot import MarginalError, solve_sparse_ot
 
 f64 = torch.float64
@@ -201,7 +201,7 @@ def test_many_rows_run_newton_and_keep_the_invariants():
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     """Where torch.compile cannot work (no C++ compiler), the solver warns once and stays correct."""
-    import routing.ot_semidual as sd
+    import routing.ot_duals as sd
     import routing.ot_solvers as solvers
 
     def broken_compile(fn, **kw):
@@ -231,3 +231,35 @@ def test_differentiable_solve_returns_the_solvers_plan_even_off_the_optimum():
     res = solve_sparse_ot(cost.clone().requires_grad_(True), a, b, 2, 1.0, max_iter=3)
     torch.testing.assert_close(res.plan, ref.plan, atol=1e-12, rtol=0)
     res.plan.sum().backward()  # and a gradient exists
+
+
+@pytest.mark.parametrize("n,m,k,gamma,seed", [(4, 40, 2, 1.0, 0), (8, 64, 2, 0.1, 1), (6, 30, 3, 0.5, 2),
+                                              (16, 128, 2, 1.0, 4)])
+def test_dual_formulation_matches_pot_smooth_ot_dual(n, m, k, gamma, seed):
+    """The dual (top-k of max(x, 0)^2 / 2 gamma per column) equals POT's at any potentials; at our solution
+    (alpha, beta = dual_potentials) it equals the semi-dual's value and plan, and reaches POT's
+    smooth_ot_dual optimum (sparsity-constrained, max_nz = k)."""
+    ot = pytest.importorskip("ot")
+    from routing.ot_duals import dual
+
+    cost, a, b = _instance(n, m, seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    al, be = torch.randn(n, generator=g, dtype=f64) * 0.3, torch.randn(m, generator=g, dtype=f64) * 0.3
+    regul = ot.smooth.SparsityConstrained(max_nz=k, gamma=gamma)
+    v, ga, gb = ot.smooth.dual_obj_grad(al.numpy(), be.numpy(), a.numpy(), b.numpy(), cost.numpy(), regul)
+    ours = dual(al, be, cost, a, b, k, gamma)
+    torch.testing.assert_close(ours[0], torch.tensor(v, dtype=f64), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ours[1], torch.as_tensor(ga), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ours[2], torch.as_tensor(gb), atol=1e-12, rtol=1e-12)
+
+    res = solve_sparse_ot(cost, a, b, k, gamma)
+    value, _, _, plan = dual(res.alpha, res.beta, cost, a, b, k, gamma)
+    torch.testing.assert_close(value, res.value, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(plan, res.plan, atol=1e-12, rtol=1e-9)
+    with contextlib.redirect_stdout(io.StringIO()):
+        pot_plan, log = ot.smooth.smooth_ot_dual(a.numpy(), b.numpy(), cost.numpy(), gamma,
+                                                 reg_type="sparsity_constrained", max_nz=k, log=True)
+    pot_value = dual(torch.as_tensor(log["alpha"]), torch.as_tensor(log["beta"]), cost, a, b, k, gamma)[0]
+    assert float(value) >= float(pot_value) - 1e-9 * abs(float(pot_value))  # ours at least POT's
+    assert abs(float(value - pot_value)) <= 1e-6 * abs(float(pot_value))
+    assert (plan - torch.as_tensor(pot_plan)).abs().max() <= 1e-2 * float(plan.max())

@@ -1,8 +1,18 @@
-"""The semi-dual of sparsity-constrained OT: one evaluation (value, gradient, plan), the curvature solve
-on a fixed support, the convergence test, and the compiled evaluation.
+"""The dual and semi-dual of sparsity-constrained OT: one evaluation of each (value, gradient, plan), the
+dual potentials of a semi-dual solution, the curvature solve on a fixed support, the convergence test,
+and the compiled evaluation.
 
 Shared by the solver front end (routing/sparse_ot.py) and the ascent loops (routing/ot_solvers.py);
-it imports neither. For a cost C (..., n, m), marginals a (..., n), b (..., m)::
+it imports neither. For a cost C (..., n, m), marginals a (..., n), b (..., m), at most k nonzeros per
+column and the regulariser (gamma/2)||T||^2 (Liu, Puigcerver & Blondel 2023):
+
+dual (POT's ``smooth_ot_dual(..., reg_type="sparsity_constrained", max_nz=k)``)::
+
+    D2(alpha, beta) = <alpha, a> + <beta, b> - sum_j delta(alpha + beta_j - c_j)
+    delta(x) = (1 / 2 gamma) * sum of the k largest max(x_i, 0)^2       T[:, j] = top-k of max(x, 0) / gamma
+
+semi-dual (beta maximised out in closed form: the maximiser is beta_j = -gamma b_j theta_j, theta_j the
+threshold of the sparse simplex projection below, so max_beta D2(alpha, beta) = D(alpha))::
 
     D(alpha) = <alpha, a> - sum_j b_j max_k(alpha - c_j; b_j)
     p*_j = project_sparse_simplex((alpha - c_j) / (gamma b_j), k)        grad D = a - sum_j b_j p*_j
@@ -93,6 +103,30 @@ def semi_dual(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: 
               ) -> tuple[Tensor, Tensor, Tensor]:
     """Semi-dual value (...,), its gradient (..., n) and the column distributions P (..., n, m); exact with ties."""
     return evaluate_parts(alpha, cost, a, b, k, gamma, True, exact=True)[:3]
+
+
+def dual(alpha: Tensor, beta: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Dual value (...,), its gradients w.r.t. alpha (..., n) and beta (..., m), and the plan (..., n, m).
+
+    Per column only the k largest entries of x = alpha + beta_j - c_j count (exactly POT's
+    SparsityConstrained.delta_Omega); the plan is max(x, 0) / gamma on them. Exact at ties (torch.topk)."""
+    x = alpha.unsqueeze(-1) + beta.unsqueeze(-2) - cost  # (..., n, m)
+    top = torch.zeros_like(x, dtype=torch.bool).scatter_(-2, x.topk(min(k, x.shape[-2]), dim=-2).indices, True)
+    plan = torch.where(top, x.clamp(min=0), torch.zeros_like(x)) / gamma  # (..., n, m)
+    value = (alpha * a).sum(-1) + (beta * b).sum(-1) - 0.5 * gamma * plan.pow(2).sum((-2, -1))
+    return value, a - plan.sum(-1), b - plan.sum(-2), plan
+
+
+def dual_potentials(alpha: Tensor, p: Tensor, cost: Tensor, b: Tensor, gamma: float) -> Tensor:
+    """beta (..., m) maximising the dual for fixed alpha, from the semi-dual's column distributions p:
+    beta_j = -gamma b_j theta_j with theta_j = z_ij - p_ij on any active row i (z = (alpha - c_j) / (gamma b_j)).
+    Columns with no active entry cannot occur (each p_j sums to 1)."""
+    gb = gamma * b.unsqueeze(-2)  # (..., 1, m)
+    z = (alpha.unsqueeze(-1) - cost) / gb
+    on = (p > 0).to(p.dtype)
+    theta = ((z - p) * on).sum(-2) / on.sum(-2).clamp(min=1)  # (..., m), the same on every active row
+    return -gb.squeeze(-2) * theta
 
 
 def newton_solve(support: Tensor, rhs: Tensor, damping: float | Tensor) -> Tensor:
