@@ -41,8 +41,9 @@ class GateConfig:
     ot_method: str = field(default="bfgs", metadata={"help": "sparse-ot: solver, bfgs, newton or adam"})
     ot_iters: int = field(default=50, metadata={"help": "sparse-ot: max solver iterations (adam: its fixed step count)"})
     ot_compile: str = field(default="auto", metadata={
-        "help": "sparse-ot: torch.compile the solver (auto: problems of >= 4,096 cost entries; the first call "
-                "compiles, ~15 s in a fresh process), on or off"})
+        "help": "sparse-ot: torch.compile the solver: auto (problems of >= 4,096 cost entries, from the 4th solve "
+                "of a problem family on; each build announces itself on stderr and takes ~15-30 s on an idle CPU), "
+                "on or off"})
     ot_group: int = field(default=512, metadata={"help": "sparse-ot: tokens per OT problem (batched)"})
     ls_fraction: float = field(default=0.1, metadata={
         "help": "local search: share of training (from the start) during which the permutation is learned"})

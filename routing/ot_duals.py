@@ -22,6 +22,7 @@ Everything works in the cost's own layout (..., n, m), reducing over the rows (d
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
@@ -57,15 +58,30 @@ class Compiled:
     """fn through torch.compile, or fn itself once compilation has failed anywhere (no C++ compiler,
     unsupported backend): results stay correct, only slower.
 
-    The leading (batch) dim of every tensor argument is marked dynamic, so one build serves every batch
-    size (BFGS shrinks its batch as problems finish); the problem dims stay static, which keeps the
-    reductions over the n rows specialised (about 1.7x faster on one 16 x 2048 problem than fully
-    dynamic code)."""
+    The leading (batch) dim of every tensor argument and the column dim of the arguments named in
+    `columns` ({argument index: dim}) are marked dynamic, so one build serves every batch size (BFGS
+    shrinks its batch as problems finish) and every number of columns (a router's groups and its last,
+    smaller batch); the row dim stays static, which keeps the reductions over the n rows specialised
+    (fully dynamic code was ~1.7x slower on one 16 x 2048 problem). A new build (per number of rows,
+    k, dtype, device and flags) prints one line to stderr first: compiling takes seconds to minutes
+    (15-30 s on an idle 2-core CPU, far longer under load); torch's on-disk cache shortens it in later
+    processes."""
 
     failed = False  # shared by every instance: one warning, then eager everywhere
 
-    def __init__(self, fn):
-        self.fn, self.compiled = fn, None
+    def __init__(self, fn, columns: dict[int, int] | None = None):
+        self.fn, self.compiled, self.columns = fn, None, columns or {}
+        self.builds: set[tuple] = set()
+
+    def _announce(self, args) -> None:
+        cost = next(x for x in args if isinstance(x, Tensor) and x.ndim == 3)  # (B, n, m)
+        rows = cost.shape[-2]
+        key = (rows, cost.dtype, cost.device.type) + tuple(x for x in args if isinstance(x, (int, bool, float)))
+        if key not in self.builds:
+            self.builds.add(key)
+            print(f"sparse-OT: compiling {self.fn.__name__} for problems with {rows} rows (once per process and "
+                  "problem family; seconds to minutes, cached on disk by torch for later runs)",
+                  file=sys.stderr, flush=True)
 
     def __call__(self, *args):
         if not Compiled.failed:
@@ -75,6 +91,11 @@ class Compiled:
                 for x in args:
                     if isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] > 1:
                         torch._dynamo.mark_dynamic(x, 0)
+                for i, dim in self.columns.items():
+                    x = args[i]
+                    if isinstance(x, Tensor) and x.ndim > 1 and x.shape[dim] > 1:
+                        torch._dynamo.mark_dynamic(x, x.ndim + dim if dim < 0 else dim)
+                self._announce(args)
                 return self.compiled(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
                 Compiled.failed = True
@@ -83,7 +104,7 @@ class Compiled:
         return self.fn(*args)
 
 
-evaluate_compiled = Compiled(evaluate_parts)
+evaluate_compiled = Compiled(evaluate_parts, columns={1: -1, 3: -1})  # cost (B, n, m), b (B, m)
 
 
 def evaluate(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float | Tensor,

@@ -75,7 +75,7 @@ def _bfgs_step(alpha, value, grad, h, first, direction, slope, t, tries, iters, 
     return (alpha, value, grad, h, first, direction, slope, t, tries, iters, done), ties
 
 
-_compiled_step = Compiled(_bfgs_step)
+_compiled_step = Compiled(_bfgs_step, columns={11: -1, 13: -1})  # cost (B, n, m), b (B, m)
 
 
 def bfgs(evaluate, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: Tensor, max_iter: int, tol: float,

@@ -42,6 +42,8 @@ from routing.ot_duals import dual_potentials, grad_converged, newton_solve, semi
 from workbench.errors import WorkbenchError
 
 COMPILE_MIN_NUMEL = 1 << 12  # "auto" compiles the evaluation for cost tensors at least this large
+AUTO_COMPILE_AFTER = 3  # ... once this many solves of the same problem family ran eagerly in this process
+_solves: dict[tuple, int] = {}  # solves so far per problem family (rows, k, dtype, device)
 METHODS = ("bfgs", "newton", "adam")
 BFGS_MAX_ROWS = 64  # dense BFGS keeps an n x n matrix per problem; above this "bfgs" runs Newton (m x m Woodbury)
 
@@ -108,9 +110,16 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
     return a, b
 
 
-def _use_compile(compile: bool | str, cost: Tensor) -> bool:
+def _use_compile(compile: bool | str, cost: Tensor, k: int) -> bool:
+    """compile="auto": eager for small problems and for the first AUTO_COMPILE_AFTER solves of a problem
+    family (rows, k, dtype, device) in this process, compiled from then on: a one-off solve never waits
+    for a compilation, repeated solves (a router's every step, a benchmark) pay it once."""
     if compile == "auto":
-        return cost.numel() >= COMPILE_MIN_NUMEL
+        if cost.numel() < COMPILE_MIN_NUMEL:
+            return False
+        key = (cost.shape[-2], k, cost.dtype, cost.device.type)
+        _solves[key] = _solves.get(key, 0) + 1
+        return _solves[key] > AUTO_COMPILE_AFTER
     if not isinstance(compile, bool):
         raise MarginalError(f"compile must be True, False or 'auto', got {compile!r}")
     return compile
@@ -136,7 +145,7 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
     ftol = ftol if ftol is not None else (1e-10 if f64 else 1e-6)
     if damping is None:  # Levenberg-Marquardt term relative to the curvature scale (counts ~ m k / n)
         damping = (1e-8 if f64 else 1e-4) * max(1.0, cost.shape[-1] * k / cost.shape[-2])
-    use_compile = _use_compile(compile, cost)
+    use_compile = _use_compile(compile, cost, k)
     batch, (n, m) = cost.shape[:-2], cost.shape[-2:]
     with torch.no_grad():
         c0, a0, b0 = cost.detach().reshape(-1, n, m), a.detach().reshape(-1, n), b.detach().reshape(-1, m)

@@ -263,3 +263,25 @@ def test_dual_formulation_matches_pot_smooth_ot_dual(n, m, k, gamma, seed):
     assert float(value) >= float(pot_value) - 1e-9 * abs(float(pot_value))  # ours at least POT's
     assert abs(float(value - pot_value)) <= 1e-6 * abs(float(pot_value))
     assert (plan - torch.as_tensor(pot_plan)).abs().max() <= 1e-2 * float(plan.max())
+
+
+def test_auto_compile_waits_for_repeated_solves_and_announces_each_build(monkeypatch, capsys):
+    """compile="auto": a one-off solve runs eagerly (no compile wait); the AUTO_COMPILE_AFTER + 1-th solve
+    of a problem family compiles. A new build says so on stderr once; other column counts and batch
+    sizes reuse it (only the rows, k, dtype and flags make a family)."""
+    import routing.sparse_ot as sot
+    from routing.ot_duals import Compiled
+
+    monkeypatch.setattr(sot, "_solves", {})
+    big, small = torch.zeros(16, 512, dtype=f64), torch.zeros(4, 8, dtype=f64)
+    uses = [sot._use_compile("auto", big, 2) for _ in range(sot.AUTO_COMPILE_AFTER + 2)]
+    assert uses == [False] * sot.AUTO_COMPILE_AFTER + [True, True]
+    assert not sot._use_compile("auto", small, 2) and sot._use_compile(True, small, 2)
+    assert not sot._use_compile("auto", torch.zeros(8, 512, dtype=f64), 2)  # another family: counted apart
+
+    c = Compiled(lambda *a: None)
+    c._announce((torch.zeros(3, 16), torch.zeros(3, 16, 512), 2, True))
+    c._announce((torch.zeros(5, 16), torch.zeros(5, 16, 300), 2, True))  # other batch and columns: same build
+    c._announce((torch.zeros(3, 8), torch.zeros(3, 8, 512), 2, True))  # 8 rows: a new build
+    err = capsys.readouterr().err
+    assert err.count("sparse-OT: compiling") == 2 and "16 rows" in err and "8 rows" in err
