@@ -81,6 +81,11 @@ class GateConfig:
                     f"{self.ot_group} tokens x k = {self.k} cannot cover {self.experts} experts",
                     "raise --ot-group")
 
+    @property
+    def tag(self) -> str:
+        """The gate's name in benches and results: comet, comet+ (with local search), ..."""
+        return self.gate + ("+" if self.local_search else "")
+
 
 TASKS = ("movielens", "synthetic", "planted", "toy")
 MIN_MOVIELENS_EXAMPLES = 1000  # 100 validation and 100 test examples: both classes of both tasks, in practice
