@@ -148,15 +148,19 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
     use_compile = _use_compile(compile, cost, k)
     batch, (n, m) = cost.shape[:-2], cost.shape[-2:]
     with torch.no_grad():
-        c0, a0, b0 = cost.detach().reshape(-1, n, m), a.detach().reshape(-1, n), b.detach().reshape(-1, m)
+        # one memory layout (rows contiguous across columns) whatever view the caller passed: the row
+        # reductions read memory in order, and a compiled build never sees a second stride pattern
+        c0 = cost.detach().reshape(-1, n, m).contiguous()
+        a0, b0 = a.detach().reshape(-1, n).contiguous(), b.detach().reshape(-1, m).contiguous()
 
         gamma_t = torch.tensor(gamma, dtype=cost.dtype, device=cost.device)  # a tensor: no recompile per gamma
 
-        def evaluate(alpha, with_plan=False):
-            return ot_duals.evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile)
-
         if method == "bfgs" and n > BFGS_MAX_ROWS:
             method = "newton"
+
+        def evaluate(alpha, with_plan=False):  # BFGS asks for the plan once or twice per solve: eager then
+            plan_eager = with_plan and method == "bfgs"
+            return ot_duals.evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile and not plan_eager)
         if method == "bfgs":
             alpha, n_iter = ot_solvers.bfgs(evaluate, c0, a0, b0, k, gamma_t, max_iter or 200, tol, ftol, use_compile)
             alpha, value, grad, p = ot_solvers.polish(evaluate, alpha, a0, gamma, tol, damping)
