@@ -225,7 +225,7 @@ def fit(task, run: Run, cfg: MoETrainConfig, tracker: Tracker) -> tuple[int, flo
             model.set_progress((step + 1) / total)
             row = task.end_epoch(step // per_epoch)
             if row:
-                tracker.log({"epoch": step // per_epoch, **row}, step)
+                tracker.log({"epoch": step // per_epoch, **row}, step + 1)
     if bar is not None:
         bar.close()
     return total, time.time() - t0
