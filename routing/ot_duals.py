@@ -73,29 +73,35 @@ class Compiled:
         self.fn, self.compiled, self.columns = fn, None, columns or {}
         self.builds: set[tuple] = set()
 
-    def _announce(self, args) -> None:
+    def _new_build(self, args) -> bool:
+        """Whether this call needs a build this instance has not made yet (rows, dtype, device, flags and
+        single problem vs batch; batch size and columns are dynamic); announces it on stderr if so."""
         cost = next(x for x in args if isinstance(x, Tensor) and x.ndim == 3)  # (B, n, m)
         rows = cost.shape[-2]
-        key = (rows, cost.dtype, cost.device.type) + tuple(x for x in args if isinstance(x, (int, bool, float)))
-        if key not in self.builds:
-            self.builds.add(key)
+        key = (rows, cost.dtype, cost.device.type, cost.shape[0] > 1) + tuple(
+            x for x in args if isinstance(x, (int, bool, float)))
+        if key in self.builds:
+            return False
+        self.builds.add(key)
+        if not any(b[:3] == key[:3] and b[4:] == key[4:] for b in self.builds if b != key):  # once per family
             print(f"sparse-OT: compiling {self.fn.__name__} for problems with {rows} rows (once per process and "
                   "problem family; seconds to minutes, cached on disk by torch for later runs)",
                   file=sys.stderr, flush=True)
+        return True
 
     def __call__(self, *args):
         if not Compiled.failed:
             try:
                 if self.compiled is None:
                     self.compiled = torch.compile(self.fn)
-                for x in args:
-                    if isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] > 1:
-                        torch._dynamo.mark_dynamic(x, 0)
-                for i, dim in self.columns.items():
-                    x = args[i]
-                    if isinstance(x, Tensor) and x.ndim > 1 and x.shape[dim] > 1:
-                        torch._dynamo.mark_dynamic(x, x.ndim + dim if dim < 0 else dim)
-                self._announce(args)
+                if self._new_build(args):  # dims marked dynamic before the build that traces them
+                    for x in args:
+                        if isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] > 1:
+                            torch._dynamo.mark_dynamic(x, 0)
+                    for i, dim in self.columns.items():
+                        x = args[i]
+                        if isinstance(x, Tensor) and x.ndim > 1 and x.shape[dim] > 1:
+                            torch._dynamo.mark_dynamic(x, x.ndim + dim if dim < 0 else dim)
                 return self.compiled(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
                 Compiled.failed = True

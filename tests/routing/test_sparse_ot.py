@@ -280,8 +280,9 @@ def test_auto_compile_waits_for_repeated_solves_and_announces_each_build(monkeyp
     assert not sot._use_compile("auto", torch.zeros(8, 512, dtype=f64), 2)  # another family: counted apart
 
     c = Compiled(lambda *a: None)
-    c._announce((torch.zeros(3, 16), torch.zeros(3, 16, 512), 2, True))
-    c._announce((torch.zeros(5, 16), torch.zeros(5, 16, 300), 2, True))  # other batch and columns: same build
-    c._announce((torch.zeros(3, 8), torch.zeros(3, 8, 512), 2, True))  # 8 rows: a new build
+    assert c._new_build((torch.zeros(3, 16), torch.zeros(3, 16, 512), 2, True))
+    assert not c._new_build((torch.zeros(5, 16), torch.zeros(5, 16, 300), 2, True))  # other batch and columns
+    assert c._new_build((torch.zeros(1, 16), torch.zeros(1, 16, 300), 2, True))  # one problem: its own build
+    assert c._new_build((torch.zeros(3, 8), torch.zeros(3, 8, 512), 2, True))  # 8 rows: a new family
     err = capsys.readouterr().err
     assert err.count("sparse-OT: compiling") == 2 and "16 rows" in err and "8 rows" in err
