@@ -48,19 +48,22 @@ def _have_pot() -> bool:
 
 
 def solver_comparison(cfg: SolverBenchConfig) -> dict:
-    from routing.sparse_ot import semi_dual, solve_sparse_ot
+    from routing.ot_duals import semi_dual
+    from routing.sparse_ot import solve_sparse_ot
 
     n, m, k = cfg.rows, cfg.cols, cfg.k
     a = torch.full((n,), 1 / n, dtype=torch.float64)
     b = torch.full((m,), 1 / m, dtype=torch.float64)
     out = {"single": [], "batched": {}}
     pot = _have_pot()
+    comp = _compiles(n * m)
+    solve_sparse_ot(router_costs(1, n, m, cfg.seed + 99)[0], a, b, k, 1.0, compile=comp)  # compiles, untimed
     for gamma in (0.1, 1.0):
         costs = router_costs(cfg.problems, n, m, cfg.seed)
         for i in range(cfg.problems):
             c = costs[i]
             t = time.perf_counter()
-            res = solve_sparse_ot(c, a, b, k, gamma)
+            res = solve_sparse_ot(c, a, b, k, gamma, compile=comp)
             ours_s = time.perf_counter() - t
             row = {"gamma": gamma, "shape": [n, m], "k": k, "ours_s": ours_s, "ours_D": float(res.value),
                    "ours_primal": float(res.primal), "ours_row_err": float(res.row_error), "ours_iters": res.n_iter}
@@ -95,12 +98,19 @@ def solver_comparison(cfg: SolverBenchConfig) -> dict:
 
 
 BATCHED_SOLVERS = (  # label, dtype, method, compile
-    ("bfgs-f64", torch.float64, "bfgs", "auto"),
+    ("bfgs-f64", torch.float64, "bfgs", True),
     ("bfgs-f64-eager", torch.float64, "bfgs", False),
-    ("newton-f64", torch.float64, "newton", "auto"),
-    ("bfgs-f32", torch.float32, "bfgs", "auto"),
-    ("adam20-f32", torch.float32, "adam", "auto"),
+    ("newton-f64", torch.float64, "newton", True),
+    ("bfgs-f32", torch.float32, "bfgs", True),
+    ("adam20-f32", torch.float32, "adam", True),
 )
+
+
+def _compiles(numel: int) -> bool:
+    """The benches compile (before timing) what solve_sparse_ot's compile="auto" compiles in a long run."""
+    from routing.sparse_ot import COMPILE_MIN_NUMEL
+
+    return numel >= COMPILE_MIN_NUMEL
 
 
 def _sync(device: str) -> None:
@@ -112,7 +122,8 @@ def _sync(device: str) -> None:
 def _batched_case(costs, ab, bb, k: int, repeats: int, pot: bool, device: str = "cpu") -> dict:
     """Every solver in BATCHED_SOLVERS on the whole batch (best of `repeats`, after a warm-up that also
     compiles), and POT problem by problem; D of each solution is evaluated in float64 by one function."""
-    from routing.sparse_ot import semi_dual, solve_sparse_ot
+    from routing.ot_duals import semi_dual
+    from routing.sparse_ot import solve_sparse_ot
 
     res_out = {}
     if pot:
@@ -123,6 +134,7 @@ def _batched_case(costs, ab, bb, k: int, repeats: int, pot: bool, device: str = 
             d_pot.append(semi_dual(alpha, costs[i], ab, bb, k, 1.0)[0])
         res_out["pot"] = {"seconds": t_total, "D_mean": float(torch.stack(d_pot).mean())}
     for label, dtype, method, comp in BATCHED_SOLVERS:
+        comp = comp and _compiles(costs.numel())
         c, a, b = (x.to(device, dtype) for x in (costs, ab, bb))
         solve_sparse_ot(c, a, b, k, 1.0, method=method, compile=comp)  # warm-up (and compilation)
         times = []
@@ -253,9 +265,9 @@ def ot_limits(n: int = 16, m: int = 512, problems: int = 4, ks=(1, 2, 4, 8, 16),
                                               "support99": _col_support_99(emd, b)}, "sparse_ot": [], "sinkhorn": []}
     for gamma in gammas:
         for k in ks:
-            solve_sparse_ot(costs, a, b, k, gamma)  # warm-up (same shape: compiles outside the timing)
+            solve_sparse_ot(costs, a, b, k, gamma, compile=_compiles(costs.numel()))  # warm-up, compiles
             t = time.perf_counter()
-            res = solve_sparse_ot(costs, a, b, k, gamma)
+            res = solve_sparse_ot(costs, a, b, k, gamma, compile=_compiles(costs.numel()))
             sec = time.perf_counter() - t
             out["sparse_ot"].append(row(res.plan, sec, gamma=gamma, k=k, iters=res.n_iter,
                                         converged=float(res.converged.double().mean()),
@@ -330,9 +342,9 @@ def assignment_limits(sizes=((512, 16), (2048, 16)), seed: int = 0, sinkhorn_ite
         a = torch.full((e,), 1 / e, dtype=torch.float64)
         b = torch.full((n_tok,), 1 / n_tok, dtype=torch.float64)
         for gamma in (1.0, 1e-2):
-            solve_sparse_ot(-logits.T, a, b, 1, gamma)  # warm-up: compiles outside the timing
+            solve_sparse_ot(-logits.T, a, b, 1, gamma, compile=_compiles(logits.numel()))  # warm-up, compiles
             t = time.perf_counter()
-            sol = solve_sparse_ot(-logits.T, a, b, 1, gamma)
+            sol = solve_sparse_ot(-logits.T, a, b, 1, gamma, compile=_compiles(logits.numel()))
             record(f"sparse_ot_k1_g{gamma:g}", sol.plan.argmax(0), time.perf_counter() - t,
                    row_err_rel=float(sol.row_error / a[0]), converged=bool(sol.converged))
         t = time.perf_counter()

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from workbench.config import one_of, positive, require
 
 GATES = ("topk", "hash", "expert-choice", "base", "s-base", "dselect", "comet", "sparse-ot")
-TREE_GATES = ("dselect", "comet")
 
 
 @dataclass
@@ -25,11 +24,16 @@ class GateConfig:
     balance_coef: float = field(default=0.01, metadata={"help": "Switch load-balancing loss weight alpha"})
     z_coef: float = field(default=0.001, metadata={"help": "router z-loss weight (topk, expert-choice, base)"})
     capacity_factor: float = field(default=1.0, metadata={
-        "help": "expert-choice / sparse-ot experts orientation: capacity = ceil(cf * N * k / E)"})
+        "help": "expert-choice and sparse-ot: expert capacity = ceil(cf * N * k / E) tokens (N = tokens routed "
+                "together, a sparse-ot group); vmoe's capacity factor counts k inside it: for vmoe's experts "
+                "orientation with factor C pass C / k"})
     smooth_gamma: float = field(default=10.0, metadata={"help": "dselect/comet: smooth-step width gamma"})
     entropy_reg: float = field(default=0.1, metadata={"help": "dselect/comet: entropy regulariser lambda"})
     sinkhorn_iters: int = field(default=20, metadata={"help": "s-base: Sinkhorn iterations"})
-    ot_gamma: float = field(default=1.0, metadata={"help": "sparse-ot: L2 regularisation gamma"})
+    ot_gamma: float = field(default=1.0, metadata={
+        "help": "sparse-ot: L2 regularisation gamma with vmoe's marginals (1 per token, G/E per expert); 1 = vmoe's"})
+    ot_capacity_multiple_of: int = field(default=4, metadata={
+        "help": "sparse-ot: round expert capacities up to a multiple of this (vmoe: 4; 1 = no rounding)"})
     ot_orientation: str = field(default="tokens", metadata={
         "help": "sparse-ot: tokens (tokens choose k experts) or experts (experts choose up to capacity)"})
     ot_combine: str = field(default="scores", metadata={
@@ -37,8 +41,9 @@ class GateConfig:
     ot_method: str = field(default="bfgs", metadata={"help": "sparse-ot: solver, bfgs, newton or adam"})
     ot_iters: int = field(default=50, metadata={"help": "sparse-ot: max solver iterations (adam: its fixed step count)"})
     ot_compile: str = field(default="auto", metadata={
-        "help": "sparse-ot: torch.compile the solver (auto: problems of >= 4,096 cost entries; the first call "
-                "compiles, ~15 s in a fresh process), on or off"})
+        "help": "sparse-ot: torch.compile the solver: auto (problems of >= 4,096 cost entries, from the 4th solve "
+                "of a problem family on; each build announces itself on stderr and takes ~15-30 s on an idle CPU), "
+                "on or off"})
     ot_group: int = field(default=512, metadata={"help": "sparse-ot: tokens per OT problem (batched)"})
     ls_fraction: float = field(default=0.1, metadata={
         "help": "local search: share of training (from the start) during which the permutation is learned"})
@@ -52,6 +57,7 @@ class GateConfig:
     def __post_init__(self):
         one_of(self, "gate", GATES)
         positive(self, "experts", "k", "capacity_factor", "smooth_gamma", "sinkhorn_iters", "ot_gamma",
+                 "ot_capacity_multiple_of",
                  "ot_iters", "ot_group", "ls_temp_start", "ls_temp_end", "ls_iters_start", "ls_iters_end")
         require(self.k <= self.experts, "k", f"k = {self.k} exceeds experts = {self.experts}",
                 "pass --k at most --experts")
@@ -63,17 +69,26 @@ class GateConfig:
                 "pass --ls-fraction 0.1 (the permutation is learned in the first 10% of training)")
         for f in ("balance_coef", "z_coef", "entropy_reg", "ls_entropy", "ls_gumbel"):
             require(getattr(self, f) >= 0, f, f"must be >= 0, got {getattr(self, f)}", f"pass --{f.replace('_', '-')} 0 or more")
-        if self.gate in TREE_GATES:
+        if self.gate == "dselect":
             require(self.experts >= 2 and self.experts & (self.experts - 1) == 0, "experts",
-                    f"{self.gate} needs a power of two experts (binary codes / trees), got {self.experts}",
-                    "pass --experts 8, 16 or 32")
+                    f"dselect needs a power of two experts (binary codes), got {self.experts}",
+                    "pass --experts 8, 16 or 32, or use --gate comet (any number of experts)")
+        if self.gate == "comet":
+            require(self.experts >= 2, "experts", f"comet needs at least 2 experts (one split), got {self.experts}",
+                    "pass --experts 2 or more")
         if self.gate == "sparse-ot" and self.ot_orientation == "tokens":
             require(self.ot_group * self.k >= self.experts, "ot_group",
                     f"{self.ot_group} tokens x k = {self.k} cannot cover {self.experts} experts",
                     "raise --ot-group")
 
+    @property
+    def tag(self) -> str:
+        """The gate's name in benches and results: comet, comet+ (with local search), ..."""
+        return self.gate + ("+" if self.local_search else "")
+
 
 TASKS = ("movielens", "synthetic", "planted", "toy")
+MIN_MOVIELENS_EXAMPLES = 1000  # 100 validation and 100 test examples: both classes of both tasks, in practice
 
 
 @dataclass
@@ -119,6 +134,12 @@ class MoETrainConfig:
         require(-1 <= self.correlation <= 1, "correlation", f"must be in [-1, 1], got {self.correlation}",
                 "pass --correlation 0.5")
         require(self.max_examples >= 0 and self.threads >= 0, "max_examples/threads", "must be >= 0", "pass 0 or more")
+        if self.task == "movielens" and self.max_examples:
+            n = self.max_examples
+            val, test = int(0.9 * n) - int(0.8 * n), n - int(0.9 * n)  # the 80/10/10 split of routing.data.movielens
+            require(n >= MIN_MOVIELENS_EXAMPLES, "max_examples",
+                    f"{n} examples leave {val} validation and {test} test examples, too few to score ROC-AUC",
+                    f"pass --max-examples {MIN_MOVIELENS_EXAMPLES} or more, or 0 for all 200,000")
 
 
 DEFAULT_GATES = "hash,hash+,topk,topk+,dselect,dselect+,comet,comet+,expert-choice,base,s-base,sparse-ot"

@@ -1,7 +1,8 @@
 """Expert-parallel dispatch: experts sharded over ranks, tokens exchanged with all_to_all.
 
 Rank r owns experts [r E/W, (r+1) E/W). Each rank routes its own tokens with its gate, then
-    1. sorts its (token, expert) pairs by owning rank and exchanges the counts (all_to_all_single),
+    1. takes its (token, expert) pairs grouped by expert (``Allocation.by_unit``; experts of one rank are
+       contiguous, so this also groups them by owning rank) and exchanges the counts (all_to_all_single),
     2. sends the token features and local expert ids to the owners (all_to_all_single, uneven splits),
     3. runs its local experts on what it received and sends the outputs back the same way,
     4. combines y_n = sum_e w_{n,e} f_e(x_n) locally.
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from routing.gate import GateOutput
 from routing.moe import Experts
+from workbench.alloc import Allocation
 
 
 def shard_experts(full: Experts, rank: int, world: int) -> Experts:
@@ -65,15 +67,14 @@ def _exchange(t: Tensor, send: list[int], recv: list[int], group) -> Tensor:
 def expert_parallel_combine(x: Tensor, route: GateOutput, local: Experts, group=None) -> Tensor:
     """y (N, d_out) for this rank's tokens x (N, d_in) routed by `route`, with experts sharded over ranks."""
     world = dist.get_world_size(group)
-    n, e = route.mask.shape
+    a = route.allocation
+    n, e = a.shape
     e_local = local.n_experts
     if e_local * world != e:
         raise ValueError(f"gate has {e} experts but {world} ranks x {e_local} local experts = {e_local * world}")
-    rows, cols = torch.nonzero(route.mask, as_tuple=True)
-    dest = cols // e_local
-    order = torch.argsort(dest, stable=True)
-    rows, cols, dest = rows[order], cols[order], dest[order]
-    send_counts = torch.bincount(dest, minlength=world)
+    g = a.by_unit  # pairs expert by expert, hence rank by rank
+    rows, cols = g.rows, a.cols[g.order]
+    send_counts = g.counts.view(world, e_local).sum(1)  # (world,) pairs for each owning rank
     recv_counts = torch.empty_like(send_counts)
     dist.all_to_all_single(recv_counts, send_counts, group=group)
     send, recv = send_counts.tolist(), recv_counts.tolist()
@@ -81,7 +82,9 @@ def expert_parallel_combine(x: Tensor, route: GateOutput, local: Experts, group=
     recv_ids = local_ids.new_empty(sum(recv))
     dist.all_to_all_single(recv_ids, local_ids, output_split_sizes=recv, input_split_sizes=send, group=group)
     recv_x = _exchange(x[rows], send, recv, group)  # (received pairs, d_in)
-    out = local.pairs(recv_x, torch.arange(len(recv_ids), device=x.device), recv_ids)
+    received = Allocation(torch.arange(len(recv_ids), device=x.device), recv_ids, recv_x.new_zeros(0),
+                          (len(recv_ids), e_local))  # one row per received pair
+    out = local.pairs(recv_x, received)
     back = _exchange(out, recv, send, group)  # (sent pairs, d_out), aligned with rows/cols
-    w = route.weights[rows, cols].unsqueeze(-1)
+    w = a.values[g.order].unsqueeze(-1)
     return back.new_zeros(n, back.shape[-1]).index_add(0, rows, w * back)

@@ -1,7 +1,8 @@
 """Multi-task MoE models for the routing benchmarks.
 
     inputs -> x (N, d_in): categorical features embedded and concatenated (MovieLens) or dense features
-    x -> MultiGateMoE (one gate per task, shared experts; a single gate for the planted task)
+    x -> MultiGateMoE (one gate per task, shared experts; a single gate for the planted task); with local
+         search the task gates share one learned expert permutation, as in the authors' MovieLens model
       -> per-task tower (Linear-ReLU-Linear) -> prediction per task
 """
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 from routing.config import GateConfig
 from routing.gate import GateOutput
-from routing.gates import make_gate
+from routing.gates import make_gate, make_permutation
 from routing.moe import MultiGateMoE
 
 
@@ -23,7 +24,8 @@ class MultiTaskMoE(nn.Module):
         self.embs = nn.ModuleList(nn.Embedding(c, d_emb) for c in (cardinalities or []))
         d_in = d_emb * len(self.embs) if self.embs else d_features
         n_gates = 1 if shared_gate else n_tasks
-        gates = [make_gate(gate_cfg, d_in, seed=12345 + seed * 100 + t) for t in range(n_gates)]
+        shared = make_permutation(gate_cfg) if gate_cfg.local_search else None
+        gates = [make_gate(gate_cfg, d_in, seed=12345 + seed * 100 + t, permutation=shared) for t in range(n_gates)]
         self.moe = MultiGateMoE(gates, d_in, d_hidden, d_expert_out)
         outs = [n_tasks] if shared_gate else [1] * n_tasks
         self.towers = nn.ModuleList(nn.Sequential(nn.Linear(d_expert_out, d_expert_out), nn.ReLU(),

@@ -1,12 +1,13 @@
 """MoE layers over any gate: experts, a MoE layer, a multi-gate MoE (one gate per task) and a MoE
 feed-forward block that can replace a transformer MLP.
 
-    y_n = sum_e w_{n,e} f_e(x_n)        over the gate's dispatch mask (N, E)
+    y_n = sum_e w_{n,e} f_e(x_n)        over the gate's Allocation (dispatched pairs, values = w)
 
 Experts are E two-layer MLPs with stacked weights W1 (E, d_in, h), W2 (E, h, d_out). Sparse dispatch
-gathers each expert's tokens (pairs sorted by expert) and scatters the weighted outputs back with
-index_add; when the mask is dense (soft DSelect-k / COMET / local-search phases) all experts run on
-all tokens with one einsum.
+takes each expert's tokens from the Allocation's group-by-unit (``Allocation.by_unit``), runs the
+expert once on them and scatters the weighted outputs back with index_add; when more than half of all
+pairs are dispatched (soft DSelect-k / COMET / local-search phases) all experts run on all tokens with
+one einsum instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from routing.gate import Gate, GateOutput
+from workbench.alloc import Allocation
 
 
 class Experts(nn.Module):
@@ -41,31 +43,37 @@ class Experts(nn.Module):
         h = torch.relu(torch.einsum("nd,edh->neh", x, self.w1) + self.b1)
         return torch.einsum("neh,eho->neo", h, self.w2) + self.b2
 
-    def pairs(self, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        """f_{cols[i]}(x[rows[i]]) for each dispatched pair: (nnz, d_out)."""
-        order = torch.argsort(cols, stable=True)
-        counts = torch.bincount(cols, minlength=self.n_experts).tolist()
-        xs = x[rows[order]].split(counts)
+    def pairs(self, x: Tensor, a: Allocation) -> Tensor:
+        """f_{cols[i]}(x[rows[i]]) for each pair i of the allocation: (nnz, d_out), in a's pair order."""
+        g = a.by_unit
+        xs = x[g.rows].split(g.split_sizes())  # expert e's tokens, expert after expert
         out = torch.cat([self.expert(e, xe) for e, xe in enumerate(xs)])
-        return torch.empty_like(out).index_copy(0, order, out)
+        return torch.empty_like(out).index_copy(0, g.order, out)
+
+
+def union(allocations: list[Allocation]) -> tuple[Allocation, list[Tensor]]:
+    """The pairs dispatched by any of the allocations (sorted by row, then unit; values unused) and, for
+    each allocation, its values on those pairs (nnz_union,), 0 where it did not dispatch (differentiable)."""
+    if len(allocations) == 1:
+        return allocations[0], [allocations[0].values]
+    n, e = allocations[0].shape
+    keys = [a.rows * e + a.cols for a in allocations]
+    merged = torch.unique(torch.cat(keys))  # sorted: row-major
+    u = Allocation(merged // e, merged % e, merged.new_zeros(0), (n, e))
+    vals = [a.values.new_zeros(len(merged)).index_put((torch.searchsorted(merged, key),), a.values)
+            for a, key in zip(allocations, keys)]
+    return u, vals
 
 
 def combine(experts: Experts, x: Tensor, routes: list[GateOutput]) -> list[Tensor]:
     """y_t = sum_e w^t_{n,e} f_e(x_n) for each gate output t, sharing expert evaluations across gates."""
-    n, e = routes[0].mask.shape
-    union = routes[0].mask
-    for r in routes[1:]:
-        union = union | r.mask
-    if union.sum() > 0.5 * n * e:
+    n, e = routes[0].allocation.shape
+    u, weights = union([r.allocation for r in routes])
+    if u.nnz > 0.5 * n * e:
         out = experts.dense(x)  # (N, E, d_out)
         return [torch.einsum("ne,neo->no", r.weights, out) for r in routes]
-    rows, cols = torch.nonzero(union, as_tuple=True)
-    out = experts.pairs(x, rows, cols)  # (nnz, d_out)
-    ys = []
-    for r in routes:
-        w = r.weights[rows, cols].unsqueeze(-1)
-        ys.append(out.new_zeros(n, out.shape[-1]).index_add(0, rows, w * out))
-    return ys
+    out = experts.pairs(x, u)  # (nnz, d_out)
+    return [out.new_zeros(n, out.shape[-1]).index_add(0, u.rows, w.unsqueeze(-1) * out) for w in weights]
 
 
 class MoE(nn.Module):

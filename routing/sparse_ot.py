@@ -15,29 +15,35 @@ Column sums (= b) and nnz <= k per column hold at any alpha; row sums equal a at
 problem is feasible and D is smooth there. With k >= n this is quadratically regularised OT.
 
 Everything works in the cost's own layout (..., n, m), reducing over the rows (dim -2), which is
-contiguous across columns. One evaluation of D, its gradient and (optionally) P is `_evaluate`; for
+contiguous across columns. One evaluation of D, its gradient and (optionally) P is `ot_duals.evaluate`; for
 large problems it runs through torch.compile, which fuses its dozen elementwise passes into one
 (`compile="auto"`; it falls back to eager with a warning where compilation is unavailable). The ascent
-loops live in routing/ot_solvers.py: "bfgs" (default), "newton" (semismooth, to a zero gradient where
+loops live in routing/ot_solvers.py (both build on routing/ot_duals.py): "bfgs" (default), "newton" (semismooth, to a zero gradient where
 one exists) and "adam" (vmoe's fixed budget).
 
 Gradients w.r.t. cost, a and b use the implicit function theorem at the solution: with alpha* fixed
 (no grad) we take one Newton step whose right-hand side carries the graph,
-``alpha~ = alpha* + gamma M^{-1} grad D(alpha*; C)``, so d alpha~/dC = -H^{-1} d(grad D)/dC exactly.
+``alpha~ = alpha* + gamma M^{-1} grad D(alpha*; C)``, so d alpha~/dC = -H^{-1} d(grad D)/dC exactly. Where
+the step stays on alpha*'s piece of the semi-dual (same support, D does not drop) it also polishes alpha*
+to that piece's maximum; elsewhere (a maximum on a kink, or max_iter reached far from the maximum) only
+its derivative is kept (``step - step.detach()``), so the returned plan is the solver's.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from routing import ot_solvers
+from routing import ot_duals
+from routing.ot_duals import dual_potentials, grad_converged, newton_solve, semi_dual
 from workbench.errors import WorkbenchError
-from workbench.simplex import project_sparse_simplex, sparse_simplex_parts
 
 COMPILE_MIN_NUMEL = 1 << 12  # "auto" compiles the evaluation for cost tensors at least this large
+AUTO_COMPILE_AFTER = 3  # ... once this many solves of the same problem family ran eagerly in this process
+_solves: dict[tuple, int] = {}  # solves so far per problem family (rows, k, dtype, device)
 METHODS = ("bfgs", "newton", "adam")
 BFGS_MAX_ROWS = 64  # dense BFGS keeps an n x n matrix per problem; above this "bfgs" runs Newton (m x m Woodbury)
 
@@ -49,7 +55,8 @@ class MarginalError(WorkbenchError, ValueError):
 @dataclass
 class SparseOTResult:
     plan: Tensor  # (..., n, m): <= k nonzeros per column, column sums = b
-    alpha: Tensor  # (..., n) semi-dual potentials
+    alpha: Tensor  # (..., n) semi-dual potentials (the dual's row potentials)
+    beta: Tensor  # (..., m) the dual's column potentials that go with alpha (ot_duals.dual_potentials)
     value: Tensor  # (...,) semi-dual objective D(alpha)
     primal: Tensor  # (...,) <T, C> + gamma/2 ||T||^2 of the returned plan
     row_error: Tensor  # (...,) max_i |(T 1)_i - a_i|
@@ -103,106 +110,16 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
     return a, b
 
 
-def _evaluate_parts(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float | Tensor,
-                    with_plan: bool, exact: bool = False):
-    """D (...,), grad D (..., n), P (..., n, m) or None, and a tie flag (any column ambiguous on the fast path).
-
-    exact=False: branch-free masked-maxima projection (compilable); exact=True: project_sparse_simplex,
-    which resolves ties with torch.topk (the flag is then False)."""
-    gb = gamma * b.unsqueeze(-2)  # (..., 1, m)
-    z = (alpha.unsqueeze(-1) - cost) / gb  # (..., n, m)
-    if exact:
-        p, ties = project_sparse_simplex(z, k, dim=-2), torch.zeros((), dtype=torch.bool, device=z.device)
-    else:
-        p, ties = sparse_simplex_parts(z, k, dim=-2)  # (..., n, m), (..., m)
-    max_k = gb.squeeze(-2) * ((p * z).sum(-2) - 0.5 * (p * p).sum(-2))  # (..., m)
-    value = (alpha * a).sum(-1) - (b * max_k).sum(-1)
-    grad = a - (p * b.unsqueeze(-2)).sum(-1)
-    return value, grad, (p if with_plan else None), ties.any()
-
-
-def grad_converged(grad: Tensor, a: Tensor, tol: float) -> Tensor:
-    """(...,) bool: the semi-dual gradient is zero to tolerance, ||grad||_inf <= tol * max(1, max |a|)."""
-    return grad.abs().amax(-1) <= tol * a.abs().amax(-1).clamp(min=1)
-
-
-class Compiled:
-    """fn through torch.compile, or fn itself once compilation has failed anywhere (no C++ compiler,
-    unsupported backend): results stay correct, only slower.
-
-    The leading (batch) dim of every tensor argument is marked dynamic, so one build serves every batch
-    size (BFGS shrinks its batch as problems finish); the problem dims stay static, which keeps the
-    reductions over the n rows specialised (about 1.7x faster on one 16 x 2048 problem than fully
-    dynamic code)."""
-
-    failed = False  # shared by every instance: one warning, then eager everywhere
-
-    def __init__(self, fn):
-        self.fn, self.compiled = fn, None
-
-    def __call__(self, *args):
-        if not Compiled.failed:
-            try:
-                if self.compiled is None:
-                    self.compiled = torch.compile(self.fn)
-                for x in args:
-                    if isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] > 1:
-                        torch._dynamo.mark_dynamic(x, 0)
-                return self.compiled(*args)
-            except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
-                Compiled.failed = True
-                warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); the sparse-OT solver runs in "
-                              "eager mode (pass compile=False to skip compiling)", stacklevel=2)
-        return self.fn(*args)
-
-
-_evaluate_compiled = Compiled(_evaluate_parts)
-
-
-def _evaluate(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float | Tensor,
-              with_plan: bool = True, compiled: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Semi-dual value (...,), gradient (..., n) and column distributions P (..., n, m) (None unless with_plan).
-
-    The fast path takes the top-k values by masked maxima; if any column has tied entries the
-    evaluation is redone exactly (torch.topk)."""
-    fn = _evaluate_compiled if compiled else _evaluate_parts
-    value, grad, p, ties = fn(alpha, cost, a, b, k, gamma, with_plan)
-    if bool(ties):
-        return semi_dual(alpha, cost, a, b, k, gamma)
-    return value, grad, p
-
-
-def semi_dual(alpha: Tensor, cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float
-              ) -> tuple[Tensor, Tensor, Tensor]:
-    """Semi-dual value (...,), its gradient (..., n) and the column distributions P (..., n, m); exact with ties."""
-    return _evaluate_parts(alpha, cost, a, b, k, gamma, True, exact=True)[:3]
-
-
-def newton_solve(support: Tensor, rhs: Tensor, damping: float | Tensor) -> Tensor:
-    """Solve (diag(D) - U U^T + damping I) x = rhs for the support pattern `support` (..., n, m).
-
-    On a fixed support the negative Hessian of D is (1/gamma) (diag(D) - U U^T), D = columns covering each
-    row, U[:, j] = s_j / sqrt(|s_j|). Solved as an n x n system when n <= m, else through Woodbury with an
-    m x m one, so both router orientations cost a small solve; uncovered rows get curvature 1."""
-    s = support.to(rhs.dtype)  # (..., n, m)
-    n, m = s.shape[-2:]
-    d = s.sum(-1)  # (..., n)
-    damping = torch.as_tensor(damping, dtype=rhs.dtype, device=rhs.device)
-    d = d + (d == 0).to(d.dtype) + (damping.unsqueeze(-1) if damping.ndim else damping)
-    u = s / s.sum(-2, keepdim=True).clamp(min=1).sqrt()  # (..., n, m)
-    if n <= m:
-        mat = torch.diag_embed(d) - u @ u.transpose(-1, -2)  # (..., n, n)
-        return torch.linalg.solve(mat, rhs.unsqueeze(-1)).squeeze(-1)
-    y = rhs / d  # Woodbury: (D - U U^T)^-1 = D^-1 + D^-1 U (I - U^T D^-1 U)^-1 U^T D^-1
-    eye = torch.eye(m, dtype=rhs.dtype, device=rhs.device)
-    small = eye - u.transpose(-1, -2) @ (u / d.unsqueeze(-1))  # (..., m, m)
-    zz = torch.linalg.solve(small, (u.transpose(-1, -2) @ y.unsqueeze(-1)))  # (..., m, 1)
-    return y + (u @ zz).squeeze(-1) / d
-
-
-def _use_compile(compile: bool | str, cost: Tensor) -> bool:
+def _use_compile(compile: bool | str, cost: Tensor, k: int) -> bool:
+    """compile="auto": eager for small problems and for the first AUTO_COMPILE_AFTER solves of a problem
+    family (rows, k, dtype, device) in this process, compiled from then on: a one-off solve never waits
+    for a compilation, repeated solves (a router's every step, a benchmark) pay it once."""
     if compile == "auto":
-        return cost.numel() >= COMPILE_MIN_NUMEL
+        if cost.numel() < COMPILE_MIN_NUMEL:
+            return False
+        key = (cost.shape[-2], k, cost.dtype, cost.device.type)
+        _solves[key] = _solves.get(key, 0) + 1
+        return _solves[key] > AUTO_COMPILE_AFTER
     if not isinstance(compile, bool):
         raise MarginalError(f"compile must be True, False or 'auto', got {compile!r}")
     return compile
@@ -220,8 +137,6 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
     compile: "auto" (torch.compile the evaluation for large costs), True or False.
     Differentiable w.r.t. cost, a, b through the implicit function theorem (module docstring).
     """
-    from routing import ot_solvers
-
     if method not in METHODS:
         raise MarginalError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     a, b = check_problem(cost, a, b, k, gamma)
@@ -230,18 +145,22 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
     ftol = ftol if ftol is not None else (1e-10 if f64 else 1e-6)
     if damping is None:  # Levenberg-Marquardt term relative to the curvature scale (counts ~ m k / n)
         damping = (1e-8 if f64 else 1e-4) * max(1.0, cost.shape[-1] * k / cost.shape[-2])
-    use_compile = _use_compile(compile, cost)
+    use_compile = _use_compile(compile, cost, k)
     batch, (n, m) = cost.shape[:-2], cost.shape[-2:]
     with torch.no_grad():
-        c0, a0, b0 = cost.detach().reshape(-1, n, m), a.detach().reshape(-1, n), b.detach().reshape(-1, m)
+        # one memory layout (rows contiguous across columns) whatever view the caller passed: the row
+        # reductions read memory in order, and a compiled build never sees a second stride pattern
+        c0 = cost.detach().reshape(-1, n, m).contiguous()
+        a0, b0 = a.detach().reshape(-1, n).contiguous(), b.detach().reshape(-1, m).contiguous()
 
         gamma_t = torch.tensor(gamma, dtype=cost.dtype, device=cost.device)  # a tensor: no recompile per gamma
 
-        def evaluate(alpha, with_plan=False):
-            return _evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile)
-
         if method == "bfgs" and n > BFGS_MAX_ROWS:
             method = "newton"
+
+        def evaluate(alpha, with_plan=False):  # BFGS asks for the plan once or twice per solve: eager then
+            plan_eager = with_plan and method == "bfgs"
+            return ot_duals.evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile and not plan_eager)
         if method == "bfgs":
             alpha, n_iter = ot_solvers.bfgs(evaluate, c0, a0, b0, k, gamma_t, max_iter or 200, tol, ftol, use_compile)
             alpha, value, grad, p = ot_solvers.polish(evaluate, alpha, a0, gamma, tol, damping)
@@ -255,9 +174,15 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
         converged = grad_converged(grad, a0, tol).reshape(batch)
     if torch.is_grad_enabled() and (cost.requires_grad or a.requires_grad or b.requires_grad):
         _, grad, _ = semi_dual(alpha, cost, a, b, k, gamma)  # carries the graph w.r.t. cost, a, b
-        alpha = alpha + gamma * newton_solve(p > 0, grad, damping)
+        step = gamma * newton_solve(p > 0, grad, damping)
+        with torch.no_grad():
+            v_new, _, p_new = semi_dual(alpha + step, cost, a, b, k, gamma)
+            same_piece = ((p_new > 0) == (p > 0)).flatten(-2).all(-1) & (v_new >= value - 1e-12 * value.abs())
+        off = (~same_piece).unsqueeze(-1).to(step.dtype)  # off the piece: keep the derivative only
+        alpha = alpha + step - off * step.detach()
         value, _, p = semi_dual(alpha, cost, a, b, k, gamma)
     plan = p * b.unsqueeze(-2)
     primal = (plan * cost).sum((-2, -1)) + 0.5 * gamma * (plan * plan).sum((-2, -1))
     row_error = (plan.sum(-1) - a).abs().amax(-1).detach()
-    return SparseOTResult(plan, alpha, value, primal, row_error, n_iter, converged)
+    beta = dual_potentials(alpha.detach(), p.detach(), cost.detach(), b.detach(), gamma)
+    return SparseOTResult(plan, alpha, beta, value, primal, row_error, n_iter, converged)

@@ -5,9 +5,10 @@ learned positions) at width ``--d-model`` with every block's MLP replaced by a `
 ``--experts`` ReLU experts (hidden ``--d-hidden``) behind any gate. The hash gate hashes the current
 token id (Roller et al.); the learned gates route on the residual stream.
 
-Data and schedule reuse ``workbench.toy_train``: sequences from ``toyworld.training_text`` (80% IOI
-prompts with their answer, 20% general text), encoded by ``WordEncoder``; AdamW with the warm-up +
-cosine schedule ``lr_at`` (warm-up = 10% of ``--steps``), gradient clip 1. The loss is next-token
+Trained by routing.train's one MoE loop through ToyTask: sequences from ``toyworld.training_text`` (80%
+IOI prompts with their answer, 20% general text), encoded by ``workbench.toy_train.WordEncoder``; AdamW
+with the warm-up + cosine schedule ``workbench.toy_train.warmup_cosine`` (warm-up = 10% of ``--steps``),
+gradient clip 1. The loss is next-token
 cross-entropy (pads ignored) plus every layer's gate aux losses. Pad tokens are routed too (they pass
 through the gate like any token) but are left out of every load and specialisation number.
 
@@ -30,7 +31,6 @@ on later tokens of other sequences in the batch); its numbers are evaluated with
 from __future__ import annotations
 
 import random
-import time
 
 import numpy as np
 import torch
@@ -41,10 +41,8 @@ from routing.config import MoETrainConfig
 from routing.gates import make_gate
 from routing.moe import MoEFeedForward
 from workbench import ioi, toyworld
-from workbench.config import to_dict
-from workbench.runs import Run, atomic_save_torch
-from workbench.toy_train import ModelTrainConfig, WordEncoder, lr_at
-from workbench.tracking import Tracker
+from workbench.runs import Run
+from workbench.toy_train import WordEncoder, warmup_cosine
 
 N_CTX = 24
 HELDOUT_SEQS = 512
@@ -188,71 +186,52 @@ def evaluate_toy(model: ToyMoETransformer, heldout: Tensor, ioi_data: dict, pad:
             "specialisation": spec, "role_nmi": role_nmi}
 
 
-def train_toy(cfg: MoETrainConfig, run: Run | None = None) -> dict:
-    """Train the tiny MoE transformer with gate cfg.routing; write the run dir; return results.json."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    gate_tag = cfg.routing.gate + ("+" if cfg.routing.local_search else "")
-    run = run or Run.create("moe", to_dict(cfg), name=cfg.name or None, root=cfg.out)
-    tracker = Tracker(run, cfg.wandb_project or None, to_dict(cfg))
-    device = cfg.device
-    model = ToyMoETransformer(cfg).to(device)
-    sched = ModelTrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10,
-                             batch_size=cfg.batch_size, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
-                             n_ctx=N_CTX, seed=cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=sched.weight_decay)
-    enc = WordEncoder(toyworld.vocabulary(), N_CTX)
-    rng = random.Random(cfg.seed)
-    hrng = random.Random(HELDOUT_SEED)
-    heldout = enc([toyworld.training_text(hrng) for _ in range(HELDOUT_SEQS)])
-    ioi_data = ioi_set(enc, cfg.ioi_prompts)
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
+class ToyTask:
+    """The tiny MoE transformer for routing.train's loop: `steps` batches of freshly sampled toy-world text
+    (one epoch), AdamW (weight decay 0.01) on a warm-up (10% of the steps) + cosine schedule to 0.1x,
+    gradient clip 1; evaluated once at the end (held-out loss, IOI, expert specialisation)."""
 
-        bar = tqdm(total=cfg.steps, desc=f"moe toy {gate_tag} s{cfg.seed}", leave=False)
-    t0 = time.time()
-    for step in range(cfg.steps):
-        model.set_progress(step / cfg.steps)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, sched)
-        tokens = enc([toyworld.training_text(rng) for _ in range(cfg.batch_size)]).to(device)
-        task = lm_loss(model(tokens), tokens, enc.pad)
-        aux = model.aux_loss()
-        loss = task + aux
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr or the aux weights")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), sched.grad_clip)
-        opt.step()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            row = {"loss": loss.item(), "lm_loss": task.item(), "aux": float(aux.detach()), "lr": lr_at(step, sched)}
-            for layer, r in enumerate(model.routes()):
-                for k, v in r.metrics.items():
-                    row[f"gate{layer}/{k}"] = v.tolist() if v.ndim else float(v)
-            tracker.log(row, step)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    train_time = time.time() - t0
-    model.set_progress(1.0)
-    test = evaluate_toy(model, heldout, ioi_data, enc.pad, cfg.batch_size, device)
-    results = {"task": "toy", "gate": gate_tag, "seed": cfg.seed, "experts": cfg.routing.experts, "k": cfg.routing.k,
-               "train_time_s": train_time, "steps": cfg.steps, "n_params": sum(p.numel() for p in model.parameters()),
-               "test_loss": test["loss"], "ioi": test["ioi"], "role_nmi": test["role_nmi"],
-               "test": {"loss": test["loss"], "load": test["load"]}, "specialisation": test["specialisation"]}
-    tracker.log({"test/loss": test["loss"], "test/ioi_accuracy": test["ioi"]["accuracy"]}, cfg.steps)
-    run.write_json("load.json", {"experts": cfg.routing.experts,
-                                 "gates": [f"{gate_tag}:L{layer}" for layer in range(cfg.n_layers)],
-                                 "epochs": [{"epoch": 0, "load": test["load"]}], "weights_sample": test["weights_sample"]})
-    run.write_json("results.json", results)
-    atomic_save_torch(run.file("checkpoints") / "final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
-    tracker.finish()
-    run.set_status("done")
-    return results
+    grad_clip = 1.0
+    weight_decay = 0.01
+    min_lr_frac = 0.1
+
+    def __init__(self, cfg: MoETrainConfig):
+        self.cfg, self.device = cfg, cfg.device
+        self.model = ToyMoETransformer(cfg).to(cfg.device)
+        self.total_steps = self.steps_per_epoch = cfg.steps
+        self.enc = WordEncoder(toyworld.vocabulary(), N_CTX)
+        self.rng = random.Random(cfg.seed)  # the training text
+        hrng = random.Random(HELDOUT_SEED)
+        self.heldout = self.enc([toyworld.training_text(hrng) for _ in range(HELDOUT_SEQS)])
+        self.ioi_data = ioi_set(self.enc, cfg.ioi_prompts)
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.weight_decay)
+
+    def lr(self, step: int) -> float:
+        return warmup_cosine(step, self.cfg.steps, self.cfg.lr, self.cfg.steps // 10, self.min_lr_frac)
+
+    def batch_loss(self, step: int) -> tuple[Tensor, dict, list]:
+        tokens = self.enc([toyworld.training_text(self.rng) for _ in range(self.cfg.batch_size)]).to(self.device)
+        loss = lm_loss(self.model(tokens), tokens, self.enc.pad)
+        return loss, {"lm_loss": loss.item()}, self.model.routes()
+
+    def end_epoch(self, epoch: int) -> dict:
+        return {}
+
+    def finish(self, run: Run, train_time: float, steps: int) -> dict:
+        cfg, tag = self.cfg, self.cfg.routing.tag
+        test = evaluate_toy(self.model, self.heldout, self.ioi_data, self.enc.pad, cfg.batch_size, self.device)
+        results = {"task": "toy", "gate": tag, "seed": cfg.seed, "experts": cfg.routing.experts, "k": cfg.routing.k,
+                   "train_time_s": train_time, "steps": steps,
+                   "n_params": sum(p.numel() for p in self.model.parameters()),
+                   "test_loss": test["loss"], "ioi": test["ioi"], "role_nmi": test["role_nmi"],
+                   "test": {"loss": test["loss"], "load": test["load"]}, "specialisation": test["specialisation"]}
+        run.write_json("load.json", {"experts": cfg.routing.experts,
+                                     "gates": [f"{tag}:L{layer}" for layer in range(cfg.n_layers)],
+                                     "epochs": [{"epoch": 0, "load": test["load"]}],
+                                     "weights_sample": test["weights_sample"]})
+        return results
 
 
 def summary_rows(results: dict) -> dict:

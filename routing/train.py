@@ -1,9 +1,17 @@
-"""MoE trainer: one loop from data to a run directory.
+"""MoE trainer: one loop for every task, from data to a run directory.
+
+What differs between tasks lives in a small task object (the multi-task recommender / regression /
+planted-routing model here, the tiny MoE transformer in routing/toy_moe.py): it owns the model and the
+data order, says how many steps make an epoch, which optimizer and learning rate to use, computes a
+batch's task loss, and evaluates. The loop itself is the same for all of them:
+
+    for each step: set the gates' training progress -> learning rate -> task loss + every gate's aux
+    losses -> backward (gradient clip if the task asks) -> optimizer step -> metrics.jsonl row every
+    `log_every` steps -> at each epoch end the task's evaluation
 
 Run dir (kind "moe"): config.json, metrics.jsonl (loss, aux losses, per-expert load of every gate
-every `log_every` steps), load.json (per-epoch expert load on the test split + a token x expert
-weight sample for the app's heatmaps), results.json (test AUC or loss at the best validation epoch,
-NMI/ARI for the planted task), ot_plan.json (sparse-ot: one small transport plan),
+every `log_every` steps), load.json (expert load on the evaluation split + a token x expert weight
+sample for the app's heatmaps), results.json, ot_plan.json (sparse-ot: one small transport plan),
 checkpoints/final.pt (model state, written atomically), status.json.
 """
 
@@ -14,13 +22,16 @@ import time
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from routing.config import MoETrainConfig
 from routing.data import Split, TaskData
+from routing.gate import GateOutput
 from workbench.config import to_dict
 from workbench.runs import Run, atomic_save_torch
 from workbench.tracking import Tracker
+
 
 def load_task(cfg: MoETrainConfig) -> TaskData:
     if cfg.task == "movielens":
@@ -59,7 +70,7 @@ def evaluate(model, split: Split, data: TaskData, device: str, batch: int = 4096
         p, routes = model(x, ids)
         preds.append(p.float().cpu())
         tops.append(routes[0].weights.argmax(-1).cpu())
-        batch_load = torch.stack([r.mask.sum(0).float().cpu() for r in routes])  # (gates, E)
+        batch_load = torch.stack([r.allocation.col_counts().float().cpu() for r in routes])  # (gates, E)
         loads = batch_load if loads is None else loads + batch_load
         if sample is None:
             sample = routes[0].weights[:64].float().cpu()
@@ -80,108 +91,159 @@ def evaluate(model, split: Split, data: TaskData, device: str, batch: int = 4096
     return out
 
 
-def _scalar_metrics(routes, aux_by_name: dict) -> dict:
-    row = {k: float(v.detach()) for k, v in aux_by_name.items()}
+class MultiTask:
+    """MovieLens (two classification tasks), the synthetic regression tasks and planted routing: a
+    multi-gate MoE (routing/models.py), epochs over the training split in a seeded random order, Adam at
+    a constant learning rate, validation after every epoch, test metrics at the best validation epoch."""
+
+    grad_clip: float | None = None
+
+    def __init__(self, cfg: MoETrainConfig):
+        from routing.models import MultiTaskMoE
+
+        self.cfg, self.device = cfg, cfg.device
+        self.data = load_task(cfg)
+        self.model = MultiTaskMoE(self.data.train.x.shape[1], len(self.data.tasks), cfg.routing, cfg.d_hidden,
+                                  cfg.d_expert_out, self.data.info.get("cardinalities"), cfg.d_emb,
+                                  shared_gate=cfg.task == "planted", seed=cfg.seed).to(cfg.device)
+        self.n = len(self.data.train.y)
+        self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # the batch order of every epoch
+        self.perm: Tensor | None = None
+        self.best: dict | None = None
+        self.history: list[dict] = []
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr)
+
+    def lr(self, step: int) -> float:
+        return self.cfg.lr
+
+    def batch_loss(self, step: int) -> tuple[Tensor, dict, list[GateOutput]]:
+        i = step % self.steps_per_epoch
+        if i == 0:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+        idx = self.perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        tr, dev = self.data.train, self.device
+        ids = tr.ids[idx].to(dev) if tr.ids is not None else None
+        pred, routes = self.model(tr.x[idx].to(dev), ids)
+        losses = task_losses(pred, tr.y[idx].to(dev), tr.y_mask[idx].to(dev), self.data.kind)
+        return losses.sum(), {f"loss/{t}": float(v) for t, v in zip(self.data.tasks, losses)}, routes
+
+    def end_epoch(self, epoch: int) -> dict:
+        """Validation (and test when it is the best epoch so far); the row logged for the epoch."""
+        val = evaluate(self.model, self.data.val, self.data, self.device)
+        score = val["auc_mean"] if self.data.kind == "classification" else -val["loss"]
+        if self.best is None or score > self.best["score"]:
+            test = evaluate(self.model, self.data.test, self.data, self.device)
+            self.best = {"score": score, "epoch": epoch, "val": val, "test": test}
+        self.history.append({"epoch": epoch, "val_loss": val["loss"], "val_auc_mean": val.get("auc_mean"),
+                             "load": val["load"]})
+        return {"val/loss": val["loss"], **({"val/auc_mean": val["auc_mean"]} if "auc_mean" in val else {}),
+                **({"val/nmi": val["nmi"]} if "nmi" in val else {})}
+
+    def finish(self, run: Run, train_time: float, steps: int) -> dict:
+        cfg, data, tag = self.cfg, self.data, self.cfg.routing.tag
+        final_test = evaluate(self.model, data.test, data, self.device)
+        best = self.best
+        results = {"task": cfg.task, "gate": tag, "seed": cfg.seed, "experts": cfg.routing.experts,
+                   "k": cfg.routing.k, "best_epoch": best["epoch"], "train_time_s": train_time, "steps": steps,
+                   "n_params": sum(p.numel() for p in self.model.parameters()),
+                   "test": {k: v for k, v in best["test"].items() if k not in ("weights_sample",)},
+                   "final_test": {k: v for k, v in final_test.items() if k not in ("weights_sample", "load")}}
+        if data.kind == "classification":
+            results["test_auc_mean"] = best["test"]["auc_mean"]
+        results["test_loss"] = best["test"]["loss"]
+        if "nmi" in final_test:
+            results["nmi"], results["ari"] = final_test["nmi"], final_test["ari"]
+        gates = [f"{tag}:{t}" for t in (data.tasks if cfg.task != "planted" else ["all"])]
+        run.write_json("load.json", {"experts": cfg.routing.experts, "gates": gates,
+                                     "epochs": [{"epoch": h["epoch"], "load": h["load"]} for h in self.history],
+                                     "weights_sample": final_test["weights_sample"]})
+        gate0 = self.model.moe.gates[0]
+        gate0 = getattr(gate0, "inner", gate0)
+        if getattr(gate0, "last_plan", None) is not None:
+            plan = gate0.last_plan[:32].cpu()
+            run.write_json("ot_plan.json", {"orientation": gate0.orientation, "gamma": gate0.gamma, "k": gate0.k,
+                                            "rows": "tokens", "cols": "experts", "plan": plan.tolist()})
+        return results
+
+
+def make_task(cfg: MoETrainConfig):
+    """The task object for cfg.task (routing/toy_moe.py's ToyTask for --task toy)."""
+    if cfg.task == "toy":
+        from routing.toy_moe import ToyTask
+
+        return ToyTask(cfg)
+    return MultiTask(cfg)
+
+
+def _gate_metrics(routes: list[GateOutput]) -> dict:
+    row = {}
     for g, r in enumerate(routes):
         for k, v in r.metrics.items():
             row[f"gate{g}/{k}"] = v.tolist() if v.ndim else float(v)
     return row
 
 
-def train(cfg: MoETrainConfig, run: Run | None = None) -> dict:
-    """Train the MoE model of cfg.task with gate cfg.routing; write the run dir; return results.json."""
-    from routing.models import MultiTaskMoE
-
-    if cfg.task == "toy":
-        from routing.toy_moe import train_toy
-
-        return train_toy(cfg, run)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    data = load_task(cfg)
-    gate_tag = cfg.routing.gate + ("+" if cfg.routing.local_search else "")
-    run = run or Run.create("moe", to_dict(cfg), name=cfg.name or None, root=cfg.out)
-    tracker = Tracker(run, cfg.wandb_project or None, to_dict(cfg))
-    device = cfg.device
-    model = MultiTaskMoE(data.train.x.shape[1], len(data.tasks), cfg.routing, cfg.d_hidden, cfg.d_expert_out,
-                         data.info.get("cardinalities"), cfg.d_emb, shared_gate=cfg.task == "planted",
-                         seed=cfg.seed).to(device)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    tr = data.train
-    n = len(tr.y)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best, history, step, t0 = None, [], 0, time.time()
+def fit(task, run: Run, cfg: MoETrainConfig, tracker: Tracker) -> tuple[int, float]:
+    """The training loop (module docstring); returns the steps taken and the training seconds."""
+    model: nn.Module = task.model
+    opt = task.optimizer()
+    total, per_epoch = task.total_steps, task.steps_per_epoch
     bar = None
     if cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=f"moe {cfg.task} {gate_tag} s{cfg.seed}", leave=False)
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
-        for lo in range(0, n, cfg.batch_size):
-            idx = perm[lo:lo + cfg.batch_size]
-            model.set_progress(step / total)
-            x, y, m = tr.x[idx].to(device), tr.y[idx].to(device), tr.y_mask[idx].to(device)
-            ids = tr.ids[idx].to(device) if tr.ids is not None else None
-            pred, routes = model(x, ids)
-            losses = task_losses(pred, y, m, data.kind)
-            aux = {}
-            for g, r in enumerate(routes):
-                for k, v in r.aux_losses.items():
-                    aux[f"aux/{k}"] = aux.get(f"aux/{k}", 0.0) + v
-            loss = losses.sum() + sum(aux.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr or the aux weights")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if step % cfg.log_every == 0:
-                tracker.log({"epoch": epoch, "loss": loss.item(), **{f"loss/{t}": v.item() for t, v in
-                                                                     zip(data.tasks, losses)},
-                             **_scalar_metrics(routes, aux)}, step)
-            step += 1
-            if bar is not None:
-                bar.update(1)
+        bar = tqdm(total=total, desc=f"moe {cfg.task} {cfg.routing.tag} s{cfg.seed}", leave=False)
+    t0 = time.time()
+    for step in range(total):
         model.set_progress(step / total)
-        val = evaluate(model, data.val, data, device)
-        score = val["auc_mean"] if data.kind == "classification" else -val["loss"]
-        test = None
-        if best is None or score > best["score"]:
-            test = evaluate(model, data.test, data, device)
-            best = {"score": score, "epoch": epoch, "val": val, "test": test}
-        history.append({"epoch": epoch, "val_loss": val["loss"], "val_auc_mean": val.get("auc_mean"),
-                        "load": val["load"], "weights_sample": val["weights_sample"] if epoch == cfg.epochs - 1 else None})
-        tracker.log({"epoch": epoch, "val/loss": val["loss"], **({"val/auc_mean": val["auc_mean"]} if "auc_mean" in val
-                                                                 else {}), **({"val/nmi": val["nmi"]} if "nmi" in val else {})},
-                    step)
+        lr = task.lr(step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        task_loss, logs, routes = task.batch_loss(step)
+        aux: dict[str, Tensor] = {}
+        for r in routes:
+            for name, v in r.aux_losses.items():
+                aux[f"aux/{name}"] = aux.get(f"aux/{name}", 0.0) + v
+        loss = task_loss + sum(aux.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr or the aux weights")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if task.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
+        opt.step()
+        if step % cfg.log_every == 0 or step == total - 1:
+            tracker.log({"epoch": step // per_epoch, "loss": loss.item(), "task_loss": task_loss.item(), "lr": lr,
+                         **logs, **{k: float(v.detach()) for k, v in aux.items()}, **_gate_metrics(routes)}, step)
+        if bar is not None:
+            bar.update(1)
+        if (step + 1) % per_epoch == 0:
+            model.set_progress((step + 1) / total)
+            row = task.end_epoch(step // per_epoch)
+            if row:
+                tracker.log({"epoch": step // per_epoch, **row}, step + 1)
     if bar is not None:
         bar.close()
-    final_test = evaluate(model, data.test, data, device)
-    results = {"task": cfg.task, "gate": gate_tag, "seed": cfg.seed, "experts": cfg.routing.experts,
-               "k": cfg.routing.k, "best_epoch": best["epoch"], "train_time_s": time.time() - t0, "steps": step,
-               "n_params": sum(p.numel() for p in model.parameters()),
-               "test": {k: v for k, v in best["test"].items() if k not in ("weights_sample",)},
-               "final_test": {k: v for k, v in final_test.items() if k not in ("weights_sample", "load")}}
-    if data.kind == "classification":
-        results["test_auc_mean"] = best["test"]["auc_mean"]
-    results["test_loss"] = best["test"]["loss"]
-    if "nmi" in final_test:
-        results["nmi"], results["ari"] = final_test["nmi"], final_test["ari"]
-    run.write_json("load.json", {"experts": cfg.routing.experts, "gates": [f"{gate_tag}:{t}" for t in
-                                                                         (data.tasks if cfg.task != "planted" else ["all"])],
-                                 "epochs": [{"epoch": h["epoch"], "load": h["load"]} for h in history],
-                                 "weights_sample": final_test["weights_sample"]})
+    return total, time.time() - t0
+
+
+def train(cfg: MoETrainConfig, run: Run | None = None) -> dict:
+    """Train the MoE model of cfg.task with gate cfg.routing; write the run dir; return results.json."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg)  # data and model first: a config they reject leaves no run dir behind
+    run = run or Run.create("moe", to_dict(cfg), name=cfg.name or None, root=cfg.out)
+    tracker = Tracker(run, cfg.wandb_project or None, to_dict(cfg))
+    steps, train_time = fit(task, run, cfg, tracker)
+    task.model.set_progress(1.0)
+    results = task.finish(run, train_time, steps)
     run.write_json("results.json", results)
-    atomic_save_torch(run.file("checkpoints") / "final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
-    gate0 = model.moe.gates[0]
-    gate0 = getattr(gate0, "inner", gate0)
-    if getattr(gate0, "last_plan", None) is not None:
-        plan = gate0.last_plan[:32].cpu()
-        run.write_json("ot_plan.json", {"orientation": gate0.orientation, "gamma": gate0.gamma, "k": gate0.k,
-                                        "rows": "tokens", "cols": "experts", "plan": plan.tolist()})
+    atomic_save_torch(run.file("checkpoints") / "final.pt", {"model": task.model.state_dict(), "config": to_dict(cfg)})
     tracker.finish()
     run.set_status("done")
     return results

@@ -24,7 +24,6 @@ reference the tests compare against.
 from __future__ import annotations
 
 import warnings
-from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +36,12 @@ class Plan:
     """Index bookkeeping for one Allocation, shared by the encoder and decoder kernels.
 
     rows, cols: (nnz,) sorted by row. Row-wise bags (for per-token sums) come straight from the
-    Allocation; column-wise bags (per-latent sums) need one argsort of cols, computed lazily.
+    Allocation; column-wise bags (per-latent sums) use its group-by-unit (``Allocation.by_unit``,
+    one argsort of cols, computed lazily and only when a weight gradient needs it).
     """
 
     def __init__(self, alloc: Allocation):
+        self.alloc = alloc
         self.rows, self.cols = alloc.rows, alloc.cols
         self.n_rows, self.n_units = alloc.shape
         counts = alloc.row_counts()  # (N,)
@@ -48,12 +49,11 @@ class Plan:
         self.row_offsets = ends - counts  # (N,) start of each token's pairs
         self.crow = torch.cat([ends.new_zeros(1), ends])  # (N+1,) CSR row pointer
 
-    @cached_property
+    @property
     def by_col(self) -> tuple[Tensor, Tensor, Tensor]:
         """(order, rows[order], col_offsets): the pairs regrouped latent by latent."""
-        order = torch.argsort(self.cols, stable=True)  # (nnz,)
-        counts = torch.bincount(self.cols, minlength=self.n_units)  # (F,)
-        return order, self.rows[order], torch.cumsum(counts, 0) - counts
+        g = self.alloc.by_unit
+        return g.order, g.rows, g.offsets
 
 
 def _bag(indices: Tensor, table: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:

@@ -9,16 +9,34 @@ support of the score matrix under a budget (see docs/design.md):
 - :func:`threshold`     — entries above a (per-unit) threshold (inference for FC/MC)
 
 Each returns an :class:`Allocation`: COO entries sorted by row, so the decoder can run as an
-``embedding_bag`` over rows (``offsets``) and dispatch can gather per unit.
+``embedding_bag`` over rows (``offsets``), and :meth:`Allocation.by_unit` regroups the same pairs unit by
+unit (one stable sort, cached) for per-unit sums: the SAE kernels' latent-wise backward, MoE dispatch to
+experts and expert parallelism all read that one grouping. :func:`budget_capacity` is the one per-unit
+capacity formula (Feature Choice, Expert Choice, BASE, the sparse-OT router).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class UnitGroups:
+    """The pairs of an Allocation regrouped unit by unit (stable: row order kept inside a unit)."""
+
+    order: Tensor  # (nnz,) pair indices sorted by unit: pairs of unit u are order[offsets[u]:offsets[u]+counts[u]]
+    rows: Tensor  # (nnz,) rows[order], the rows of each unit's pairs, unit after unit
+    counts: Tensor  # (n_units,) pairs per unit
+    offsets: Tensor  # (n_units,) start of each unit's pairs in `order`, for ``F.embedding_bag(rows, T, offsets)``
+
+    def split_sizes(self) -> list[int]:
+        """counts as a host list (one device sync), for ``tensor.split`` per unit."""
+        return self.counts.tolist()
 
 
 @dataclass
@@ -29,6 +47,25 @@ class Allocation:
     cols: Tensor  # (nnz,) long
     values: Tensor  # (nnz,) scores at the active entries (differentiable w.r.t. the scores)
     shape: tuple[int, int]
+
+    @cached_property
+    def by_unit(self) -> UnitGroups:
+        """The pairs grouped by unit (computed once per Allocation): one stable argsort of cols."""
+        order = torch.argsort(self.cols, stable=True)  # (nnz,)
+        counts = self.col_counts()  # (n_units,)
+        return UnitGroups(order, self.rows[order], counts, torch.cumsum(counts, 0) - counts)
+
+    def with_values(self, values: Tensor) -> Allocation:
+        """The same pairs carrying other values (nnz,), e.g. combine weights instead of scores."""
+        return Allocation(self.rows, self.cols, values, self.shape)
+
+    def row_sums(self) -> Tensor:
+        """(n_rows,) sum of the values of each row's pairs (differentiable)."""
+        return self.values.new_zeros(self.shape[0]).index_add(0, self.rows, self.values)
+
+    def normalized(self) -> Allocation:
+        """Values divided by their row's sum, so each row with pairs sums to 1 (differentiable)."""
+        return self.with_values(self.values / self.row_sums().clamp(min=1e-12)[self.rows])
 
     @property
     def nnz(self) -> int:
@@ -147,9 +184,45 @@ def threshold(scores: Tensor, theta: float | Tensor) -> Allocation:
     return Allocation(rows, cols, scores[rows, cols], tuple(scores.shape))
 
 
-def budget_capacity(k: int, n_rows: int, n_units: int) -> int:
-    """Uniform per-unit capacity m = ceil(k * n_rows / n_units) giving the same budget as TopK."""
-    return -(-k * n_rows // n_units)
+def drop_over_capacity(a: Allocation, rank: Tensor, capacity: int) -> Allocation:
+    """Keep at most `capacity` pairs per unit, by priority: every row's first choice before any second
+    choice (rank (nnz,) = the pair's choice rank within its row, 0 = first), then earlier rows first.
+    This is vmoe's "vanilla" Top-Experts-Per-Item dispatch (token choice with expert capacity); pairs
+    past an expert's capacity are dropped. The kept pairs stay in a's order (sorted by row)."""
+    n, f = a.shape
+    if a.nnz == 0:
+        return a
+    key = (a.cols * (int(rank.max()) + 1) + rank) * n + a.rows  # unit, then rank, then row
+    order = torch.argsort(key)
+    counts = a.col_counts()
+    slot = torch.arange(a.nnz, device=a.rows.device) - (torch.cumsum(counts, 0) - counts)[a.cols[order]]
+    keep = torch.zeros(a.nnz, dtype=torch.bool, device=a.rows.device)
+    keep[order] = slot < capacity
+    return Allocation(a.rows[keep], a.cols[keep], a.values[keep], a.shape)
+
+
+def from_dense(weights: Tensor) -> Allocation:
+    """The nonzero entries of a dense (n_rows, n_units) matrix (a soft gate's weights), values kept
+    differentiable. For methods whose computation is dense anyway; sparse selections build their
+    Allocation directly."""
+    rows, cols = torch.nonzero(weights, as_tuple=True)  # row-major: sorted by row
+    return Allocation(rows, cols, weights[rows, cols], tuple(weights.shape))
+
+
+def budget_capacity(k: int, n_rows: int, n_units: int, factor: float = 1.0, multiple_of: int = 1) -> int:
+    """Uniform per-unit capacity ceil(factor * k * n_rows / n_units), rounded up to a multiple of
+    `multiple_of`: with factor 1 the same budget as TopK (k per row). The one capacity formula:
+    Feature Choice SAEs, Expert Choice (Zhou et al.: c = k N cf / E), BASE (k = 1) and the sparse-OT
+    router. vmoe rounds every capacity up to a multiple of 4 (``vmoe.moe.compute_capacity``) and folds k
+    into its capacity factor, so vmoe's (capacity_factor C, multiple_of 4) = ours (factor C / k, 4)."""
+    if min(k, n_rows, n_units, multiple_of) < 1 or not factor > 0:
+        raise ValueError(f"capacity needs k, rows, units, multiple_of >= 1 and factor > 0; got k={k}, "
+                         f"rows={n_rows}, units={n_units}, factor={factor}, multiple_of={multiple_of}")
+    if factor == 1:
+        cap = -(-k * n_rows // n_units)  # exact integer ceil
+    else:
+        cap = math.ceil(factor * k * n_rows / n_units - 1e-9)  # 1e-9: an exact product does not round up
+    return cap + (-cap) % multiple_of
 
 
 def zipf_capacities(total: int, n_units: int, alpha: float = 1.0, ranks: Tensor | None = None) -> Tensor:

@@ -41,11 +41,16 @@ class WordEncoder:
         return out
 
 
+def warmup_cosine(step: int, steps: int, lr: float, warmup_steps: int, min_lr_frac: float) -> float:
+    """Learning rate at `step`: linear warm-up over warmup_steps, then cosine decay to min_lr_frac * lr."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def lr_at(step: int, cfg: ModelTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+    return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac)
 
 
 def eval_splits(model, n: int, seed: int = 1234) -> dict[str, ioi.IOIBatch]:

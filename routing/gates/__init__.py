@@ -1,4 +1,5 @@
-"""Gate registry: ``make_gate(cfg, d_in)`` builds any gate (wrapped in local search when asked)."""
+"""Gate registry: ``make_gate(cfg, d_in)`` builds any gate (wrapped in local search when asked), and
+``make_permutation(cfg)`` the learned expert permutation that several gates may share."""
 
 from __future__ import annotations
 
@@ -6,8 +7,17 @@ from routing.config import GateConfig
 from routing.gate import Gate
 
 
-def make_gate(cfg: GateConfig, d_in: int, seed: int = 12345) -> Gate:
-    from routing.gates.base import BaseGate, SBaseGate
+def make_permutation(cfg: GateConfig):
+    """The learned expert permutation of local search (COMET+), with cfg's schedule."""
+    from routing.gates.local_search import LearnedPermutation
+
+    return LearnedPermutation(cfg.experts, cfg.ls_fraction, cfg.ls_temp_start, cfg.ls_temp_end, cfg.ls_iters_start,
+                              cfg.ls_iters_end, cfg.ls_entropy, cfg.ls_gumbel)
+
+
+def make_gate(cfg: GateConfig, d_in: int, seed: int = 12345, permutation=None) -> Gate:
+    """The gate cfg.gate; with cfg.local_search it is followed by `permutation` (shared) or its own."""
+    from routing.gates.base_layers import BaseGate, SBaseGate
     from routing.gates.comet import CometGate
     from routing.gates.dselect import DSelectKGate
     from routing.gates.expert_choice import ExpertChoiceGate
@@ -27,10 +37,9 @@ def make_gate(cfg: GateConfig, d_in: int, seed: int = 12345) -> Gate:
         "comet": lambda: CometGate(d_in, e, k, cfg.smooth_gamma, cfg.entropy_reg),
         "sparse-ot": lambda: SparseOTGate(d_in, e, k, cfg.ot_gamma, cfg.ot_orientation, cfg.ot_combine,
                                           cfg.ot_method, cfg.ot_iters, cfg.ot_group, cfg.capacity_factor,
-                                          cfg.ot_compile),
+                                          cfg.ot_compile, cfg.ot_capacity_multiple_of),
     }
     gate = builders[cfg.gate]()
     if cfg.local_search:
-        gate = LocalSearchGate(gate, cfg.ls_fraction, cfg.ls_temp_start, cfg.ls_temp_end, cfg.ls_iters_start,
-                               cfg.ls_iters_end, cfg.ls_entropy, cfg.ls_gumbel)
+        gate = LocalSearchGate(gate, permutation if permutation is not None else make_permutation(cfg))
     return gate

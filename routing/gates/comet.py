@@ -1,21 +1,23 @@
-"""COMET gate (Ibrahim et al. 2023): k soft binary trees of depth log2(E) select k experts.
+"""COMET gate (Ibrahim et al. 2023): k soft binary trees select k experts, for any number of experts E.
 
-Tree j has E - 1 internal nodes in heap order (children of node i are 2i+1, 2i+2); node i routes left
-with probability S(u_{j,i} . x) (smooth step). Leaf l's reach probability p_{j,l} is the product of
-the branch probabilities on its root-to-leaf path (bits of l, MSB first; 0 = left). Leaf logits are
-linear in x: o_{j,l} = w_{j,l} . x + c_{j,l}.
+Each tree is the heap-ordered complete binary tree with E leaves, as in the authors' code: internal nodes
+0..E-2 (children of node i are 2i+1 and 2i+2), every node index >= E-1 a leaf, experts = the leaves from
+left to right. For E a power of 2 every leaf sits at depth log2 E; otherwise the leaves sit at two depths
+(E = 12: 8 leaves at depth 4, 4 at depth 3), which is how the authors' recursion builds it.
+Node i of tree j routes left with probability S(u_{j,i} . x + b_{j,i}) (smooth step of width gamma);
+leaf l's reach probability p_{j,l} is the product of the branch probabilities on its root-to-leaf path.
+Leaf logits are linear in x: o_{j,l} = w_{j,l} . x + c_{j,l}.
 
     g = softmax over all k * E values of (o_{j,l} + log p_{j,l})   (-inf where p = 0)
     weights_e = sum_j g_{j,e}                                      (N, E), on the simplex
     aux: entropy_reg * mean_N sum_j H(p_{j,.})
 
-Init: node weights U(+-gamma/100), leaf weights U(+-0.05), leaf bias 0. When every tree is hard
-(p_{j,.} one-hot) a token has at most k nonzero weights.
+Init as the authors' TF code (mazumder-lab/COMET, model/gates/comet.py): node weights and biases
+U(+-gamma/100), leaf weights and biases U(+-0.05) (Keras' RandomUniform default). When every tree is
+hard (p_{j,.} one-hot) a token has at most k nonzero weights.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
@@ -23,46 +25,49 @@ from torch.nn import functional as F
 
 from routing.gate import Gate, GateOutput, routing_metrics
 from routing.gates.smooth_step import smooth_step
+from workbench.alloc import from_dense
 
 DEAD_LOGP = -60.0  # a hard branch adds log(1e-30) = -69 to a path; live paths stay far above this
 
 
-def leaf_paths(n_experts: int) -> tuple[Tensor, Tensor]:
-    """For each leaf l: the D = log2(E) internal nodes on its path (E, D) and directions (E, D), 1 = left."""
-    depth = int(math.log2(n_experts))
-    nodes = torch.zeros(n_experts, depth, dtype=torch.long)
-    left = torch.zeros(n_experts, depth)
-    for leaf in range(n_experts):
-        node = 0
-        for d in range(depth):
-            bit = (leaf >> (depth - 1 - d)) & 1
-            nodes[leaf, d], left[leaf, d] = node, 1.0 - bit
-            node = 2 * node + 1 + bit
-    return nodes, left
+def leaf_paths(n_experts: int) -> list[list[tuple[int, bool]]]:
+    """Root-to-leaf path of each expert (leaves left to right) as [(internal node, goes left), ...]."""
+    paths: list[list[tuple[int, bool]]] = []
+
+    def walk(node: int, path: list[tuple[int, bool]]) -> None:
+        if node >= n_experts - 1:  # a leaf
+            paths.append(path)
+            return
+        walk(2 * node + 1, path + [(node, True)])
+        walk(2 * node + 2, path + [(node, False)])
+
+    walk(0, [])
+    return paths
 
 
 class CometGate(Gate):
     def __init__(self, d_in: int, n_experts: int, k: int, gamma: float = 10.0, entropy_reg: float = 0.1):
         super().__init__(d_in, n_experts, k)
+        if n_experts < 2:
+            raise ValueError(f"COMET needs at least 2 experts (a tree with one split), got {n_experts}")
         self.gamma, self.entropy_reg = gamma, entropy_reg
-        self.nodes = nn.Linear(d_in, k * (n_experts - 1), bias=False)  # one hyperplane per tree per node
+        self.nodes = nn.Linear(d_in, k * (n_experts - 1))  # one hyperplane (with bias) per tree per node
         self.leaves = nn.Linear(d_in, k * n_experts)  # one logit per tree per leaf
         nn.init.uniform_(self.nodes.weight, -gamma / 100, gamma / 100)
+        nn.init.uniform_(self.nodes.bias, -gamma / 100, gamma / 100)
         nn.init.uniform_(self.leaves.weight, -0.05, 0.05)
-        nn.init.zeros_(self.leaves.bias)
-        nodes, left = leaf_paths(n_experts)  # (E, D) each
-        on_left = torch.zeros(n_experts - 1, n_experts)
-        on_right = torch.zeros(n_experts - 1, n_experts)
-        for leaf in range(n_experts):
-            for d in range(nodes.shape[1]):
-                (on_left if left[leaf, d] else on_right)[nodes[leaf, d], leaf] = 1.0
-        self.register_buffer("paths", torch.cat([on_left, on_right]))  # (2(E-1), E): [goes left; goes right] at node i
+        nn.init.uniform_(self.leaves.bias, -0.05, 0.05)
+        paths = torch.zeros(2 * (n_experts - 1), n_experts)  # [goes left; goes right] at node i on the way to leaf l
+        for leaf, path in enumerate(leaf_paths(n_experts)):
+            for node, left in path:
+                paths[node if left else n_experts - 1 + node, leaf] = 1.0
+        self.register_buffer("paths", paths)  # (2(E-1), E)
 
     def _projections(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Node pre-activations divided by gamma (N k, E-1) and leaf logits (N, k, E), from one matmul."""
         n, e, k = x.shape[0], self.n_experts, self.k
         w = torch.cat([self.nodes.weight / self.gamma, self.leaves.weight])
-        bias = torch.cat([self.leaves.bias.new_zeros(k * (e - 1)), self.leaves.bias])
+        bias = torch.cat([self.nodes.bias / self.gamma, self.leaves.bias])
         out = F.linear(x, w, bias)  # (N, k (E-1) + k E)
         return out[:, :k * (e - 1)].reshape(n * k, e - 1), out[:, k * (e - 1):].reshape(n, k, e)
 
@@ -70,13 +75,13 @@ class CometGate(Gate):
         """log p (N, k, E): log-probability that tree j reaches leaf l, -inf where p = 0.
 
         log p = [log s, log(1 - s)] @ [L; R] with L, R (E-1, E) the 0/1 "goes left / right at node i on
-        the way to leaf l" matrices (one small matmul instead of a gather over paths). A hard branch
-        (s exactly 0 or 1) contributes log(0 + 1e-30) = -69 to every leaf below its closed side, so a path
-        total below DEAD_LOGP marks a leaf that cannot be reached (p = 0 exactly)."""
+        the way to leaf l" matrices (one small matmul instead of a gather over paths of unequal length).
+        A hard branch (s exactly 0 or 1) contributes log(0 + 1e-30) = -69 to every leaf below its closed
+        side, so a path total below DEAD_LOGP marks a leaf that cannot be reached (p = 0 exactly)."""
         n, e = x.shape[0], self.n_experts
         if pre is None:
             pre = self._projections(x)[0]
-        s = smooth_step(pre, 1.0)  # (N k, E-1) P(left); pre is already (u . x) / gamma
+        s = smooth_step(pre, 1.0)  # (N k, E-1) P(left); pre is already (u . x + b) / gamma
         logp = (torch.cat([s, 1 - s], -1) + 1e-30).log() @ self.paths.to(x.dtype)  # (N k, E); log 0 -> -69
         return logp.masked_fill(logp < DEAD_LOGP, -torch.inf).view(n, self.k, e)
 
@@ -90,9 +95,9 @@ class CometGate(Gate):
         logp = self.log_reach(x, pre)  # (N, k, E)
         g = (o + logp).view(n, self.k * e).softmax(-1).view(n, self.k, e)
         weights = g.sum(1)
-        mask = weights > 0
+        a = from_dense(weights)  # the support; <= k per token once every tree is hard
         p = logp.exp()
         aux = {"entropy": -self.entropy_reg * (p * logp.clamp(min=DEAD_LOGP)).sum((-2, -1)).mean()}
-        metrics = routing_metrics(weights, mask)
+        metrics = routing_metrics(a)
         metrics["soft_trees"] = (p.detach().amax(-1) < 1).to(x.dtype).mean()  # hard tree: one leaf has p = 1
-        return GateOutput(weights, mask, aux, metrics)
+        return GateOutput(a, aux, metrics)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from routing.gate import Gate, GateOutput, routing_metrics
+from workbench.alloc import from_dense
 from routing.gates.smooth_step import entropy, smooth_step
 
 
@@ -38,8 +39,8 @@ class DSelectKGate(Gate):
         r = (bits * s + (1 - bits) * (1 - s)).prod(-1)  # (N, k, E)
         alpha = self.mix(x).softmax(-1)  # (N, k)
         weights = torch.einsum("nk,nke->ne", alpha, r)
-        mask = weights > 0
+        a = from_dense(weights)  # the support where every tree/selector is hard is <= k per token
         aux = {"entropy": self.entropy_reg * entropy(r).sum(-1).mean()}
-        metrics = routing_metrics(weights, mask)
+        metrics = routing_metrics(a)
         metrics["soft_selectors"] = ((s > 0) & (s < 1)).any(-1).to(x.dtype).mean()
-        return GateOutput(weights, mask, aux, metrics)
+        return GateOutput(a, aux, metrics)

@@ -26,7 +26,6 @@ class HashGate(Gate):
             scores = self.table[ids.long() % self.table.shape[0]].to(x.dtype)
         else:
             scores = x.detach() @ self.proj.to(x.dtype)
-        alloc = topk_per_row(scores, self.k)
-        mask = alloc.mask()
-        weights = mask.to(x.dtype) / self.k
-        return GateOutput(weights, mask, {}, routing_metrics(weights, mask), alloc.cols.view(-1, self.k))
+        chosen = topk_per_row(scores, self.k)
+        a = chosen.with_values(torch.full_like(chosen.values, 1 / self.k))
+        return GateOutput(a, {}, routing_metrics(a))

@@ -1,12 +1,24 @@
 """Local search over expert permutations (COMET+, Ibrahim et al. 2023), a wrapper for any gate.
 
-A learned permutation of the experts is applied to the inner gate's weights, w' = w Pi (N, E):
-during the search phase Pi = exp(sinkhorn_log(P / tau)) is a doubly stochastic relaxation of the
-permutation matrix with logits P (E, E); tau is annealed log-linearly from ls_temp_start to
-ls_temp_end and the Sinkhorn iterations linearly from ls_iters_start to ls_iters_end (optional Gumbel
-noise on P). The aux loss ls_entropy * sum_rows H(Pi) pushes Pi towards a permutation. At the end of
-the phase (progress >= ls_fraction) Pi is hardened with the Hungarian algorithm
-(scipy.optimize.linear_sum_assignment on P) and frozen; w'[:, perm[e]] = w[:, e] from then on.
+A learned permutation of the experts is applied to the inner gate's weights, w' = w Pi (N, E). As in
+the authors' code (mazumder-lab/COMET, model/permutations/learn_permutations.py):
+
+- during the search phase (progress < ls_fraction) Pi = exp(sinkhorn_log(P / tau)) is a doubly
+  stochastic relaxation of the permutation matrix with logits P (E, E), initialised U(+-0.05) (at
+  tau = 1e-3 the first relaxed permutation is already nearly hard: its largest entry per row is ~0.8);
+  tau is annealed log-linearly from ls_temp_start to ls_temp_end and the Sinkhorn iterations linearly
+  from ls_iters_start to ls_iters_end (optional Gumbel noise on P). The permuted weights are
+  renormalised to sum 1 per token (after finitely many Sinkhorn iterations Pi is only approximately
+  doubly stochastic). The aux loss has the authors' two entropy terms,
+  ls_entropy * (H(Pi) + H(Pi with rows normalised)), entries summed, eps 1e-6 inside the log;
+- at the end of the phase the last soft permutation of training (not the logits P: at tau -> 1e-7 they
+  differ wherever Sinkhorn had not converged) is hardened with the Hungarian algorithm
+  (scipy.optimize.linear_sum_assignment) and frozen: w'[:, perm[e]] = w[:, e] from then on. An
+  evaluation during the search phase uses the Hungarian permutation of the last soft one, as the
+  authors' inference does.
+
+The permutation is its own module (LearnedPermutation) so that several gates can share one: the
+authors' MovieLens model learns a single permutation for all task gates (and for the k trees).
 """
 
 from __future__ import annotations
@@ -17,25 +29,33 @@ import torch
 from torch import Tensor, nn
 
 from routing.gate import Gate, GateOutput, routing_metrics
-from routing.gates.smooth_step import entropy
+from workbench.alloc import Allocation, from_dense
 from workbench.simplex import sinkhorn_log
 
 
-class LocalSearchGate(Gate):
-    def __init__(self, inner: Gate, fraction: float = 0.1, temp_start: float = 1e-3, temp_end: float = 1e-7,
+def permutation_entropy(pi: Tensor, eps: float = 1e-6) -> Tensor:
+    """The authors' penalty: sum of -p log(p + eps) over the entries of Pi and of Pi with rows normalised."""
+    rows = pi / pi.sum(-1, keepdim=True)
+    return -(pi * (pi + eps).log()).sum() - (rows * (rows + eps).log()).sum()
+
+
+class LearnedPermutation(nn.Module):
+    """A permutation of E experts learned through its Sinkhorn relaxation, then hardened and frozen."""
+
+    def __init__(self, n_experts: int, fraction: float = 0.1, temp_start: float = 1e-3, temp_end: float = 1e-7,
                  iters_start: int = 20, iters_end: int = 150, entropy_coef: float = 1e-4, gumbel: float = 0.0):
-        super().__init__(inner.d_in, inner.n_experts, inner.k)
-        self.inner = inner
-        e = inner.n_experts
-        self.perm_logits = nn.Parameter(torch.rand(e, e) * temp_start)  # (E, E), soft at the start
+        super().__init__()
+        e = n_experts
+        self.perm_logits = nn.Parameter(torch.empty(e, e).uniform_(-0.05, 0.05))  # (E, E), the authors' init
         self.register_buffer("perm", torch.arange(e))
         self.register_buffer("hard", torch.tensor(False))
+        self.register_buffer("last_soft", torch.full((e, e), float("nan")))  # (E, E) last training Pi
         self.fraction, self.temp_start, self.temp_end = fraction, temp_start, temp_end
         self.iters_start, self.iters_end, self.entropy_coef, self.gumbel = iters_start, iters_end, entropy_coef, gumbel
         self.temperature, self.iters = temp_start, iters_start
 
     def set_progress(self, progress: float) -> None:
-        self.inner.set_progress(progress)
+        """Anneal tau and the Sinkhorn iterations; harden at the end of the search (idempotent per progress)."""
         if bool(self.hard):
             return
         if progress >= self.fraction:
@@ -46,34 +66,58 @@ class LocalSearchGate(Gate):
         self.temperature = 10 ** (lo + s * (hi - lo))
         self.iters = round(self.iters_start + s * (self.iters_end - self.iters_start))
 
-    def harden(self) -> None:
-        """Hungarian algorithm on the logits -> a permutation; freeze it."""
-        from scipy.optimize import linear_sum_assignment
-
-        _, cols = linear_sum_assignment(self.perm_logits.detach().double().cpu().numpy(), maximize=True)
-        self.perm.copy_(torch.as_tensor(cols, device=self.perm.device))
-        self.hard.fill_(True)
-        self.perm_logits.requires_grad_(False)
-
-    def soft_permutation(self) -> Tensor:
+    def soft(self) -> Tensor:
+        """(E, E) the relaxed permutation at the current temperature (rows/columns sum ~1)."""
         logits = self.perm_logits
         if self.gumbel > 0 and self.training:
             u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-10)
             logits = logits - self.gumbel * torch.log(-torch.log(u))
-        return sinkhorn_log(logits / self.temperature, n_iters=self.iters).exp()  # (E, E), rows/cols sum 1
+        return sinkhorn_log(logits / self.temperature, n_iters=self.iters).exp()
+
+    def hungarian(self) -> Tensor:
+        """(E,) the permutation closest to the last soft one of training (maximum-weight matching)."""
+        from scipy.optimize import linear_sum_assignment
+
+        soft = self.last_soft
+        if torch.isnan(soft).any():  # no training step yet: the relaxation at the current temperature
+            with torch.no_grad():
+                soft = self.soft()
+        _, cols = linear_sum_assignment(soft.detach().double().cpu().numpy(), maximize=True)
+        return torch.as_tensor(cols, device=self.perm.device)
+
+    def harden(self) -> None:
+        """Hungarian algorithm on the last soft permutation -> a permutation; freeze it."""
+        self.perm.copy_(self.hungarian())
+        self.hard.fill_(True)
+        self.perm_logits.requires_grad_(False)
+
+    def apply(self, a: Allocation, training: bool) -> tuple[Allocation, dict[str, Tensor]]:
+        """The allocation with its experts permuted (hard) or mixed by Pi (soft), and the aux losses."""
+        if bool(self.hard) or not training:  # expert e's pairs go to expert perm[e]; rows keep their order
+            perm = self.perm if bool(self.hard) else self.hungarian()
+            return Allocation(a.rows, perm[a.cols], a.values, a.shape), {}
+        pi = self.soft()
+        self.last_soft.copy_(pi.detach())
+        w = a.dense() @ pi  # (N, E): a soft permutation mixes every expert's weight
+        w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+        return from_dense(w), {"perm_entropy": self.entropy_coef * permutation_entropy(pi)}
+
+
+class LocalSearchGate(Gate):
+    """Any gate followed by a learned permutation of its experts (its own, or one shared with other gates)."""
+
+    def __init__(self, inner: Gate, permutation: LearnedPermutation):
+        super().__init__(inner.d_in, inner.n_experts, inner.k)
+        self.inner, self.permutation = inner, permutation
+
+    def set_progress(self, progress: float) -> None:
+        self.inner.set_progress(progress)
+        self.permutation.set_progress(progress)
+
+    def check_tokens(self, n_tokens: int) -> None:
+        self.inner.check_tokens(n_tokens)
 
     def forward(self, x: Tensor, ids: Tensor | None = None) -> GateOutput:
         out = self.inner(x, ids)
-        aux = dict(out.aux_losses)
-        if bool(self.hard):
-            weights = torch.zeros_like(out.weights).index_copy(1, self.perm, out.weights)
-            mask = torch.zeros_like(out.mask).index_copy(1, self.perm, out.mask)
-            indices = self.perm[out.indices] if out.indices is not None else None
-        else:
-            pi = self.soft_permutation()
-            weights = out.weights @ pi
-            mask = weights > 0
-            aux["perm_entropy"] = self.entropy_coef * entropy(pi).sum()
-            indices = None
-        metrics = {**out.metrics, **routing_metrics(weights, mask)}
-        return GateOutput(weights, mask, aux, metrics, indices)
+        a, extra = self.permutation.apply(out.allocation, self.training)
+        return GateOutput(a, {**out.aux_losses, **extra}, {**out.metrics, **routing_metrics(a)})

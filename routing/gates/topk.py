@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from routing.gate import Gate, GateOutput, renormalize, router_z_loss, routing_metrics, switch_balance_loss
+from routing.gate import Gate, GateOutput, router_z_loss, routing_metrics, switch_balance_loss
 from workbench.alloc import topk_per_row
 
 
@@ -29,11 +29,8 @@ class TopKGate(Gate):
         if self.noise is not None and self.training:
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
         probs = logits.softmax(-1)
-        alloc = topk_per_row(probs, self.k)
-        weights = alloc.dense()
-        if self.k > 1:
-            weights = renormalize(weights)
-        mask = alloc.mask()
-        aux = {"balance": switch_balance_loss(probs, mask, self.balance_coef),
+        chosen = topk_per_row(probs, self.k)  # values = probs on the support
+        a = chosen.normalized() if self.k > 1 else chosen
+        aux = {"balance": switch_balance_loss(probs, chosen, self.balance_coef),
                "z_loss": router_z_loss(logits, self.z_coef)}
-        return GateOutput(weights, mask, aux, routing_metrics(weights, mask), alloc.cols.view(-1, self.k))
+        return GateOutput(a, aux, routing_metrics(a))

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from cli.main import main
 from workbench.runs import Run
 
@@ -45,11 +47,20 @@ def test_bench_summarises_gates_over_seeds(tmp_path, capsys):
     assert "| topk |" in capsys.readouterr().out
 
 
-def test_bad_config_is_one_line_error(capsys):
-    rc = main(["moe", "train", "--experts", "4", "--k", "9"])
+@pytest.mark.parametrize("argv,message", [
+    (["--experts", "4", "--k", "9"], "workbench moe: error: k: k = 9 exceeds experts = 4; pass --k at most --experts"),
+    (["--gate", "nope"], "workbench moe: error: gate: unknown value 'nope'; choose one of topk, hash, expert-choice"),
+    (["--task", "movielens", "--max-examples", "5"],
+     "workbench moe: error: max_examples: 5 examples leave 0 validation and 1 test examples, too few to score "
+     "ROC-AUC; pass --max-examples 1000 or more"),
+])
+def test_bad_config_is_one_line_error(capsys, tmp_path, argv, message):
+    """Each message names the field, the problem and the fix, on one line, before any training starts."""
+    rc = main(["moe", "train", *argv, "--out", str(tmp_path), "--progress", "false"])
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "k" in err and "--k" in err
+    assert "\n" not in err and err.startswith(message), err
+    assert not any(tmp_path.iterdir())  # no run dir was created for a rejected config
 
 
 def test_solve_bench_runs_on_a_tiny_problem(capsys):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from routing.benchmarks import router_costs
-from routing.sparse_ot import MarginalError, semi_dual, solve_sparse_ot
+from routing.ot_duals import semi_dual
+from routing.sparse_ot import MarginalError, solve_sparse_ot
 
 f64 = torch.float64
 
@@ -200,8 +201,8 @@ def test_many_rows_run_newton_and_keep_the_invariants():
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     """Where torch.compile cannot work (no C++ compiler), the solver warns once and stays correct."""
+    import routing.ot_duals as sd
     import routing.ot_solvers as solvers
-    import routing.sparse_ot as sot
 
     def broken_compile(fn, **kw):
         def run(*args):
@@ -209,12 +210,79 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(sot.Compiled, "failed", False)
-    monkeypatch.setattr(sot, "_evaluate_compiled", sot.Compiled(sot._evaluate_parts))
-    monkeypatch.setattr(solvers, "_compiled_step", sot.Compiled(solvers._bfgs_step))
+    monkeypatch.setattr(sd.Compiled, "failed", False)
+    monkeypatch.setattr(sd, "evaluate_compiled", sd.Compiled(sd.evaluate_parts))
+    monkeypatch.setattr(solvers, "_compiled_step", sd.Compiled(solvers._bfgs_step))
     cost = router_costs(2, 8, 64, 23)
     a, b = torch.full((8,), 1 / 8, dtype=f64), torch.full((64,), 1 / 64, dtype=f64)
     with pytest.warns(UserWarning, match="eager mode") as record:
         res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True)
     assert len([w for w in record if "eager mode" in str(w.message)]) == 1
     torch.testing.assert_close(res.plan, solve_sparse_ot(cost, a, b, 2, 1.0, compile=False).plan, atol=0, rtol=0)
+
+
+def test_differentiable_solve_returns_the_solvers_plan_even_off_the_optimum():
+    """The implicit-gradient step carries the derivative only: with a cost that requires grad the plan is
+    the same as without, also when the solver stopped early (a nonzero semi-dual gradient)."""
+    cost = router_costs(3, 8, 32, 5)
+    a, b = torch.full((8,), 4.0, dtype=f64), torch.ones(32, dtype=f64)
+    ref = solve_sparse_ot(cost, a, b, 2, 1.0, max_iter=3)
+    assert not ref.converged.all()
+    res = solve_sparse_ot(cost.clone().requires_grad_(True), a, b, 2, 1.0, max_iter=3)
+    torch.testing.assert_close(res.plan, ref.plan, atol=1e-12, rtol=0)
+    res.plan.sum().backward()  # and a gradient exists
+
+
+@pytest.mark.parametrize("n,m,k,gamma,seed", [(4, 40, 2, 1.0, 0), (8, 64, 2, 0.1, 1), (6, 30, 3, 0.5, 2),
+                                              (16, 128, 2, 1.0, 4)])
+def test_dual_formulation_matches_pot_smooth_ot_dual(n, m, k, gamma, seed):
+    """The dual (top-k of max(x, 0)^2 / 2 gamma per column) equals POT's at any potentials; at our solution
+    (alpha, beta = dual_potentials) it equals the semi-dual's value and plan, and reaches POT's
+    smooth_ot_dual optimum (sparsity-constrained, max_nz = k)."""
+    ot = pytest.importorskip("ot")
+    from routing.ot_duals import dual
+
+    cost, a, b = _instance(n, m, seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    al, be = torch.randn(n, generator=g, dtype=f64) * 0.3, torch.randn(m, generator=g, dtype=f64) * 0.3
+    regul = ot.smooth.SparsityConstrained(max_nz=k, gamma=gamma)
+    v, ga, gb = ot.smooth.dual_obj_grad(al.numpy(), be.numpy(), a.numpy(), b.numpy(), cost.numpy(), regul)
+    ours = dual(al, be, cost, a, b, k, gamma)
+    torch.testing.assert_close(ours[0], torch.tensor(v, dtype=f64), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ours[1], torch.as_tensor(ga), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ours[2], torch.as_tensor(gb), atol=1e-12, rtol=1e-12)
+
+    res = solve_sparse_ot(cost, a, b, k, gamma)
+    value, _, _, plan = dual(res.alpha, res.beta, cost, a, b, k, gamma)
+    torch.testing.assert_close(value, res.value, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(plan, res.plan, atol=1e-12, rtol=1e-9)
+    with contextlib.redirect_stdout(io.StringIO()):
+        pot_plan, log = ot.smooth.smooth_ot_dual(a.numpy(), b.numpy(), cost.numpy(), gamma,
+                                                 reg_type="sparsity_constrained", max_nz=k, log=True)
+    pot_value = dual(torch.as_tensor(log["alpha"]), torch.as_tensor(log["beta"]), cost, a, b, k, gamma)[0]
+    assert float(value) >= float(pot_value) - 1e-9 * abs(float(pot_value))  # ours at least POT's
+    assert abs(float(value - pot_value)) <= 1e-6 * abs(float(pot_value))
+    assert (plan - torch.as_tensor(pot_plan)).abs().max() <= 1e-2 * float(plan.max())
+
+
+def test_auto_compile_waits_for_repeated_solves_and_announces_each_build(monkeypatch, capsys):
+    """compile="auto": a one-off solve runs eagerly (no compile wait); the AUTO_COMPILE_AFTER + 1-th solve
+    of a problem family compiles. A new build says so on stderr once; other column counts and batch
+    sizes reuse it (only the rows, k, dtype and flags make a family)."""
+    import routing.sparse_ot as sot
+    from routing.ot_duals import Compiled
+
+    monkeypatch.setattr(sot, "_solves", {})
+    big, small = torch.zeros(16, 512, dtype=f64), torch.zeros(4, 8, dtype=f64)
+    uses = [sot._use_compile("auto", big, 2) for _ in range(sot.AUTO_COMPILE_AFTER + 2)]
+    assert uses == [False] * sot.AUTO_COMPILE_AFTER + [True, True]
+    assert not sot._use_compile("auto", small, 2) and sot._use_compile(True, small, 2)
+    assert not sot._use_compile("auto", torch.zeros(8, 512, dtype=f64), 2)  # another family: counted apart
+
+    c = Compiled(lambda *a: None)
+    assert c._new_build((torch.zeros(3, 16), torch.zeros(3, 16, 512), 2, True))
+    assert not c._new_build((torch.zeros(5, 16), torch.zeros(5, 16, 300), 2, True))  # other batch and columns
+    assert c._new_build((torch.zeros(1, 16), torch.zeros(1, 16, 300), 2, True))  # one problem: its own build
+    assert c._new_build((torch.zeros(3, 8), torch.zeros(3, 8, 512), 2, True))  # 8 rows: a new family
+    err = capsys.readouterr().err
+    assert err.count("sparse-OT: compiling") == 2 and "16 rows" in err and "8 rows" in err

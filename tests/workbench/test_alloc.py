@@ -75,3 +75,66 @@ def test_zipf_capacities_sum_and_order():
     c = alloc.zipf_capacities(100, 4, ranks=ranks)
     assert int(c.sum()) == 100 and c[1] == c.max()
     assert alloc.budget_capacity(8, 100, 64) == 13
+
+
+def test_by_unit_groups_every_pair_under_its_unit(scores):
+    a = alloc.topk_per_row(scores, 3)
+    g = a.by_unit
+    assert g is a.by_unit  # computed once
+    assert torch.equal(g.counts, a.col_counts()) and g.split_sizes() == a.col_counts().tolist()
+    assert sorted(g.order.tolist()) == list(range(a.nnz))
+    for u in range(scores.shape[1]):
+        lo, n = int(g.offsets[u]), int(g.counts[u])
+        pairs = g.order[lo:lo + n]
+        assert torch.all(a.cols[pairs] == u)
+        assert torch.equal(g.rows[lo:lo + n], a.rows[pairs])
+        assert torch.equal(a.rows[pairs], torch.nonzero(a.mask()[:, u]).squeeze(1))  # stable: row order kept
+
+
+def test_by_unit_drives_a_unit_wise_embedding_bag(scores):
+    a = alloc.topk_per_col(scores, 5)
+    x = torch.randn(scores.shape[0], 4)
+    g = a.by_unit
+    per_unit = torch.nn.functional.embedding_bag(g.rows, x, g.offsets, mode="sum", per_sample_weights=a.values[g.order])
+    torch.testing.assert_close(per_unit, a.dense().t() @ x)
+
+
+def test_normalized_and_from_dense(scores):
+    w = scores.relu()
+    a = alloc.from_dense(w)
+    assert torch.equal(a.mask(), w > 0) and torch.equal(a.dense(), w)
+    n = a.normalized()
+    nonempty = a.row_counts() > 0
+    torch.testing.assert_close(n.row_sums()[nonempty], torch.ones(int(nonempty.sum())))
+    torch.testing.assert_close(n.dense(), w / w.sum(1, keepdim=True).clamp(min=1e-12))
+
+
+def test_budget_capacity_is_the_one_capacity_formula():
+    assert alloc.budget_capacity(2, 512, 16) == 64  # Expert Choice at cf 1: k N / E
+    assert alloc.budget_capacity(2, 500, 16, factor=1.25) == 79  # ceil(78.125)
+    assert alloc.budget_capacity(1, 500, 16, multiple_of=4) == 32  # vmoe: ceil(31.25) = 32, a multiple of 4
+    assert alloc.budget_capacity(1, 100, 16, multiple_of=4) == 8  # ceil(6.25) = 7 -> 8
+    assert alloc.budget_capacity(3, 10, 10, factor=0.1) == 1
+    with pytest.raises(ValueError):
+        alloc.budget_capacity(2, 0, 16)
+
+
+def test_drop_over_capacity_keeps_first_choices_then_earlier_rows():
+    """vmoe's vanilla priority, against a direct loop: rank 0 of every row before any rank 1, then row order."""
+    g = torch.Generator().manual_seed(3)
+    n, f, k, cap = 40, 5, 2, 9
+    idx = torch.rand(n, f, generator=g).argsort(1)[:, :k]  # (n, k) distinct units per row, rank order
+    rows = torch.arange(n).repeat_interleave(k)
+    rank = torch.arange(k).repeat(n)
+    a = alloc.Allocation(rows, idx.reshape(-1), torch.rand(n * k, generator=g), (n, f))
+    kept = alloc.drop_over_capacity(a, rank, cap)
+    load, ref = [0] * f, []
+    for r in range(k):
+        for i in range(n):
+            u = int(idx[i, r])
+            if load[u] < cap:
+                load[u] += 1
+                ref.append((i, u))
+    assert sorted(zip(kept.rows.tolist(), kept.cols.tolist())) == sorted(ref)
+    assert torch.all(kept.rows[1:] >= kept.rows[:-1]) and (kept.col_counts() <= cap).all()
+    assert kept.nnz < a.nnz  # something was dropped

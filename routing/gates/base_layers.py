@@ -1,7 +1,7 @@
 """BASE layers (Lewis et al. 2021) and S-BASE (Clark et al. 2022): balanced assignment of tokens to experts.
 
 BASE, training: k rounds of an exact balanced assignment. Each round assigns the N tokens to E experts
-with at most c = ceil(N/E) tokens each, maximising the summed router logits (successive shortest
+with at most c = ceil(N/E) tokens each (workbench.alloc.budget_capacity with k = 1), maximising the summed router logits (successive shortest
 paths over the experts, routing/assignment.py, on the host: the indices come back to x's device;
 the same optimum as scipy's linear_sum_assignment on experts replicated c times, ~40x faster at
 N = 2048); experts taken in earlier rounds are excluded, so every token gets k distinct experts and
@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from routing.assignment import balanced_assignment_ssp
-from routing.gate import Gate, GateOutput, renormalize, router_z_loss, routing_metrics
-from workbench.alloc import Allocation, topk_per_row
+from routing.gate import Gate, GateOutput, router_z_loss, routing_metrics
+from workbench.alloc import Allocation, budget_capacity, topk_per_row
 from workbench.simplex import sinkhorn_log
 
 
@@ -32,7 +32,7 @@ def balanced_assignment(scores: Tensor, exclude: Tensor | None = None) -> Tensor
     s = scores.detach().double()
     if exclude is not None:
         s = s.masked_fill(exclude, -torch.inf)
-    expert = balanced_assignment_ssp(s.cpu().numpy(), np.full(e, -(-n // e)))
+    expert = balanced_assignment_ssp(s.cpu().numpy(), np.full(e, budget_capacity(1, n, e)))
     return torch.from_numpy(expert).to(scores.device)
 
 
@@ -48,13 +48,11 @@ class _BalancedGate(Gate):
     def forward(self, x: Tensor, ids: Tensor | None = None) -> GateOutput:
         logits = self.router(x)
         probs = logits.softmax(-1)
-        alloc = self.select(logits)
-        mask = alloc.mask()
-        weights = probs * mask
+        chosen = self.select(logits)
+        a = chosen.with_values(probs[chosen.rows, chosen.cols])
         if self.k > 1:
-            weights = renormalize(weights)
-        return GateOutput(weights, mask, {"z_loss": router_z_loss(logits, self.z_coef)},
-                          routing_metrics(weights, mask), alloc.cols.view(-1, self.k))
+            a = a.normalized()
+        return GateOutput(a, {"z_loss": router_z_loss(logits, self.z_coef)}, routing_metrics(a))
 
 
 class BaseGate(_BalancedGate):
