@@ -31,9 +31,9 @@ def _grads(sae, x, aux=None, density=None, dead=None):
     out = sae(x)
     loss = fvu(x, out.x_hat) + 0.1 * l1_penalty(out)
     if aux == "aux_k":
-        loss = loss + aux_loss(sae, out, x, dead.float(), k_aux=6)
+        loss = loss + aux_loss(sae, out, dead.float(), k_aux=6)
     elif aux == "aux_zipf":
-        loss = loss + aux_loss(sae, out, x, zipf_weights(density, sae.cfg.k), k_aux=6)
+        loss = loss + aux_loss(sae, out, zipf_weights(density, sae.cfg.k), k_aux=6)
     loss.backward()
     return out, loss, {n: p.grad.clone() for n, p in sae.named_parameters()}
 

@@ -74,4 +74,5 @@ def test_zipf_capacities_sum_and_order():
     ranks = torch.tensor([3, 1, 2, 4])
     c = alloc.zipf_capacities(100, 4, ranks=ranks)
     assert int(c.sum()) == 100 and c[1] == c.max()
-    assert alloc.budget_capacity(8, 100, 64) == 13
+    u = alloc.uniform_capacities(800, 64, ranks=alloc.ranks_of(torch.arange(64.0)))
+    assert int(u.sum()) == 800 and set(u.tolist()) == {12, 13} and u[63] == 13 and u[0] == 12
