@@ -25,12 +25,15 @@ With w_i = [dead_i] aux_zipf is exactly aux_k: both are :func:`aux_loss` with di
 
 coverage (ours, for Feature and Mutual Choice): a batch allocation over columns or over the whole
 matrix can leave a token with no latent at all (uniform Feature Choice left ~20% of toy-ioi's tokens
-uncovered). Such a token gets no encoder gradient, so nothing teaches any latent to win it. The
-coverage loss gives each uncovered token its own top-k latents (by pre-activation, as TopK would)
-and reconstructs its residual from them:
-    L_cover = sum_{u uncovered} |e_u - e_hat_u|^2 / sum_u |e_u|^2,   total += cover_coeff * L_cover
-so their pre-activations on these tokens rise until the allocation picks them. The allocation and
-inference are unchanged (an SAE trained with it exports the same way).
+uncovered). Such a token gets no gradient from the reconstruction, so nothing teaches any latent to
+take it, and a loss that reconstructs it from latents it did not win (as aux_k does for dead latents)
+lowers its own value without changing who wins. The coverage loss instead asks each uncovered token u
+to clear the bar of the k latents it came closest to winning:
+    bar_j  = the smallest pre-activation latent j selected in this batch (Feature Choice: per latent;
+             Mutual Choice: one global bar), at least 0
+    L_cover = sum_u sum_{j in top-k of pre_uj - bar_j} relu(bar_j - pre_uj) / (U k mean(selected values))
+a hinge on the encoder only (W_enc, b_enc; decoder and b_dec untouched). It is 0 when every token has
+a latent; the allocation itself and inference are unchanged (the SAE exports the same way).
 """
 
 from __future__ import annotations
@@ -102,16 +105,23 @@ def uncovered(out: SAEOutput) -> Tensor:
 
 
 def cover_loss(sae: SAE, out: SAEOutput, k: int) -> Tensor:
-    """Reconstruct each uncovered token's residual from its own top-k latents (see the module docstring)."""
+    """Hinge pulling each uncovered token over the bar of the k latents it came closest to winning."""
     rows = uncovered(out)  # (U,) sorted
     if rows.numel() == 0:
-        return out.x_in.new_zeros(())
+        return sae.b_enc.sum() * 0.0
     pre = out.pre.detach()  # (N, d_sae)
-    sub = alloc.topk_per_row(pre[rows], min(k, pre.shape[1]))  # rows index into `rows`
-    r, c = rows[sub.rows], sub.cols
-    a = Allocation(r, c, pre[r, c], tuple(pre.shape))
-    plan = Plan(a) if out.plan is not None else None
-    values = sae.values_at(out.pre, out.x_c, a, plan)  # (U * k,)
-    e = (out.x_in - out.x_hat_in).detach()[rows]  # (U, d_in)
-    e_hat = sae.decode_pairs(values, a, plan)[rows]
-    return (e_hat - e).pow(2).sum() / e.pow(2).sum().clamp_min(1e-12)
+    on = out.values.detach() > 0
+    sel = out.alloc.values.detach()[on]  # pre-activations of the active pairs
+    if sel.numel() == 0:
+        return sae.b_enc.sum() * 0.0
+    if sae.threshold_kind == "global":
+        bar = sel.min().expand(pre.shape[1])
+    else:  # per latent; a latent that took nobody sets no bar beyond 0
+        bar = torch.full_like(pre[0], float("inf")).scatter_reduce(0, out.alloc.cols[on], sel, "amin")
+        bar = torch.where(torch.isinf(bar), torch.zeros_like(bar), bar)
+    bar = bar.clamp_min(0)  # (d_sae,)
+    near = (pre[rows] - bar).topk(min(k, pre.shape[1]), dim=1).indices  # (U, k) latents closest to winning
+    r, c = rows[:, None].expand_as(near).reshape(-1), near.reshape(-1)
+    x_c = out.x_c.detach()  # encoder only
+    pre_rc = (x_c[r] * sae.W_enc[:, c].t()).sum(1) + sae.b_enc[c]  # (U * k,) differentiable pre-activations
+    return (bar[c] - pre_rc).relu().sum() / (r.numel() * sel.mean().clamp_min(1e-12))
