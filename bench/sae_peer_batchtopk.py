@@ -91,7 +91,7 @@ def train_saelens(a, cache_dir: Path, seed: int, d_in: int, lr: float, where: Pa
     torch.manual_seed(seed)
     sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=a.expansion * d_in, k=a.k,
                                                           dtype="float32", device="cpu"))
-    cfg = SAETrainerConfig(total_training_samples=steps * a.batch_size, train_batch_size_samples=a.batch_size, lr=lr,
+    cfg = SAETrainerConfig(total_training_samples=steps * a.batch_size, train_batch_size_samples=a.batch_size, lr=lr, lr_end=lr,
                            lr_warm_up_steps=a.warmup_steps, lr_decay_steps=int(0.2 * steps),
                            dead_feature_window=max(1, a.dead_window // a.batch_size), device="cpu",
                            logger=LoggingConfig(log_to_wandb=False))
