@@ -23,7 +23,7 @@ for col, kind in zip(cols, data.KINDS):
 cols[-1].metric("unreadable", len(bad))
 
 st.subheader("Pages")
-for page, what in (("pages/1_Runs.py", "every run: table, filters, comparison, training curves, the L0–FVU frontier"),
+for page, what in (("pages/1_Runs.py", "every run: table, filters, comparison, training curves, the SAE frontier (CE recovered vs L0)"),
                    ("pages/2_Feature_browser.py", "one SAE run: latents, top-activating contexts, output tokens, per-token L0"),
                    ("pages/3_IOI_evaluation.py", "IOI runs: sufficiency/necessity, edit accuracy, F1/coverage, the circuit"),
                    ("pages/4_Routing.py", "MoE runs: expert load over training, gates compared across seeds, transport plans")):

@@ -59,14 +59,15 @@ def bars(df: pd.DataFrame, x: str, y: str, title: str = "", x_type: str = "O", c
     return alt.Chart(df, title=title).mark_bar().encode(**enc)
 
 
-def frontier(df: pd.DataFrame, title: str = "L0 vs FVU (lower left is better)") -> alt.Chart:
-    """SAE runs as points at (L0, FVU), coloured by architecture, joined per architecture in L0 order."""
+def frontier(df: pd.DataFrame, title: str = "CE loss recovered against L0 (upper left is better)") -> alt.Chart:
+    """SAE runs as points at (L0, CE loss recovered), coloured by architecture, joined per architecture in L0 order."""
     base = alt.Chart(df, title=title).encode(
         x=alt.X("l0:Q", title="L0 (active latents per token)", scale=alt.Scale(zero=False)),
-        y=alt.Y("fvu:Q", title="FVU (fraction of variance unexplained)", scale=alt.Scale(zero=False)),
+        y=alt.Y("ce_recovered:Q", title="CE loss recovered", scale=alt.Scale(zero=False)),
         color=alt.Color("arch:N", title="architecture"))
-    pts = base.mark_point(filled=True, size=90).encode(tooltip=["name", "arch", "k", "hook", alt.Tooltip("l0:Q", format=".2f"),
-                                                                alt.Tooltip("fvu:Q", format=".4f")])
+    tips = ["name", "arch", "k", "hook", *(["mode"] if "mode" in df else []), alt.Tooltip("l0:Q", format=".2f"),
+            alt.Tooltip("ce_recovered:Q", format=".4f"), *([alt.Tooltip("fvu:Q", format=".4f")] if "fvu" in df else [])]
+    pts = base.mark_point(filled=True, size=90).encode(tooltip=tips)
     return (base.mark_line(opacity=0.5).encode(order="l0:Q") + pts).interactive()
 
 

@@ -171,7 +171,24 @@ def _holds_runs(path: Path) -> bool:
         return False
 
 
-COLUMNS = ("kind", "model", "hook", "arch", "k", "fvu", "l0", "dead_fraction", "metric", "value", "status", "note", "created")
+COLUMNS = ("kind", "model", "hook", "corpus", "arch", "k", "mode", "fvu", "ce_recovered", "l0", "dead_fraction", "metric",
+           "value", "status", "note", "created")
+
+
+def sae_headline(ev: dict) -> dict:
+    """An SAE's first numbers from its eval.json: the saved SAE's inference mode (threshold for FC/MC).
+
+    eval.json files written before the headline moved to the inference mode held batch-mode numbers at
+    the top level; for those the inference mode's numbers are read from ``modes``.
+    """
+    modes = ev.get("modes") if isinstance(ev.get("modes"), dict) else {}
+    mode = ev.get("mode") or ("threshold" if "threshold" in modes else "batch")
+    r = modes.get(mode) if "mode" not in ev else None
+    if r is None:
+        return {"mode": mode, "fvu": ev.get("fvu"), "ce_recovered": ev.get("ce_recovered"), "l0": ev.get("l0_mean"),
+                "dead_fraction": dead_fraction(ev), "dead_window": ev.get("dead_window")}
+    return {"mode": mode, "fvu": r.get("fvu"), "ce_recovered": r.get("ce_recovered"), "l0": r.get("l0_mean"),
+            "dead_fraction": dead_fraction(r), "dead_window": r.get("dead_window")}
 
 
 def summarize(run: Run, meta: dict) -> dict:
@@ -184,17 +201,20 @@ def summarize(run: Run, meta: dict) -> dict:
         acts, sae = cfg.get("acts", {}), cfg.get("sae", {})
         head = acts.get("head")
         row.update(model=acts.get("model"), hook=acts.get("hook") + (f"[{head}]" if head is not None else "") if acts.get("hook") else None,
-                   arch=sae.get("arch"), k=sae.get("k"))
+                   corpus=acts.get("corpus", "toy"), arch=sae.get("arch"), k=sae.get("k"))
         ev = read_json(run.path, "eval.json")
         if isinstance(ev, dict):
-            row.update(fvu=ev.get("fvu"), l0=ev.get("l0_mean"), dead_fraction=dead_fraction(ev))
+            h = sae_headline(ev)
+            row.update({k: h[k] for k in ("mode", "fvu", "ce_recovered", "l0", "dead_fraction")})
         else:
             m = read_metrics(run.path)
             if isinstance(m, pd.DataFrame) and "fvu" in m:
                 last = m.dropna(subset=["fvu"]).iloc[-1] if m["fvu"].notna().any() else None
                 if last is not None:
-                    row.update(fvu=last.get("fvu"), l0=last.get("l0_mean"), dead_fraction=dead_fraction(last))
-                    row["note"] = f"training metrics (step {int(last.get('step', 0))}); {ev.reason}"
+                    row.update(mode="training batch", fvu=last.get("fvu"), l0=last.get("l0_mean"),
+                               dead_fraction=dead_fraction(last))
+                    row["note"] = (f"training metrics (batch mode, step {int(last.get('step', 0))}; dead = silent on the last "
+                                   f"{cfg.get('dead_window', '?')} training tokens); {ev.reason}")
             else:
                 row["note"] = ev.reason
         row["analysis"] = (run.path / SAE_ANALYSIS).is_file()

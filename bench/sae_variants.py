@@ -5,9 +5,9 @@
 
 Caches the activations once (``workbench acts cache``) so every variant trains on the same tokens,
 trains each (arch, aux) pair with ``workbench sae train --cache ...`` (a pair whose run already has
-an eval.json is not retrained), and prints a markdown table from the runs' eval.json and last
-metrics row: FVU, per-token L0 spread, dead latents (training window and on the held-out tokens),
-CE loss recovered, in batch mode and, for FC/MC, threshold (inference) mode.
+an eval.json is not retrained), and prints a markdown table from the runs' eval.json: FVU, CE loss
+recovered, per-token L0 spread, dead % (silent on all of --dead-window held-out tokens), in the saved
+SAE's inference mode first (threshold for FC/MC) and then batch mode.
 """
 
 from __future__ import annotations
@@ -63,21 +63,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(root: Path, names: list[str]) -> str:
-    """Markdown table of the runs' eval.json (one row per run and allocation mode)."""
+    """Markdown table of the runs' eval.json (one row per run and allocation mode, the inference mode first)."""
     from workbench.runs import Run
 
-    head = ("| arch | aux | mode | FVU | L0 mean | L0 std | L0 p05–p95 (max) | dead % (training window) | "
-            "never active on eval % | CE recovered |")
+    head = "| arch | aux | normalize | mode | FVU | CE recovered | L0 mean | L0 std | L0 p05–p95 (max) | dead % |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for name in names:
-        run = Run.open(root / name)
-        ev = run.read_json("eval.json")
-        last = [r for r in run.metrics() if "dead_fraction" in r][-1]
+        ev = Run.open(root / name).read_json("eval.json")
         for mode, r in ev["modes"].items():
             arch = ev["arch"] + (" (zipf capacities)" if ev.get("capacity") == "zipf" else "")
-            lines.append(f"| {arch} | {ev['aux']} | {mode} | {r['fvu']:.4f} | {r['l0_mean']:.2f} | {r['l0_std']:.2f} | "
-                         f"{r['l0_p05']:.0f}–{r['l0_p95']:.0f} ({r['l0_max']}) | {100 * last['dead_fraction']:.1f} | "
-                         f"{100 * r['dead_fraction']:.1f} | {r.get('ce_recovered', float('nan')):.4f} |")
+            lines.append(f"| {arch} | {ev['aux']} | {ev.get('normalize', '?')} | {mode} | {r['fvu']:.4f} | "
+                         f"{r.get('ce_recovered', float('nan')):.4f} | {r['l0_mean']:.2f} | {r['l0_std']:.2f} | "
+                         f"{r['l0_p05']:.0f}–{r['l0_p95']:.0f} ({r['l0_max']}) | {100 * r['dead_fraction']:.1f} |")
     return "\n".join(lines)
 
 

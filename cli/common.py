@@ -94,3 +94,8 @@ def parse_int(s: str) -> int:
 def examples(*lines: str) -> str:
     """An --help epilog: 'examples:' and one command per line."""
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def dead_fraction(metrics: dict) -> float:
+    """A mode's dead fraction from eval.json (runs written before the rename call it dead_frac)."""
+    return metrics["dead_fraction"] if "dead_fraction" in metrics else metrics["dead_frac"]

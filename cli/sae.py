@@ -92,13 +92,13 @@ def _resume_config(args):
     """The run's stored config; any flag passed alongside --resume must agree with it."""
     import dataclasses
 
-    from workbench.config import ActsConfig, from_dict
+    from workbench.config import ActsConfig
     from workbench.errors import ConfigError
     from workbench.runs import Run
 
-    from sae.config import SAEConfig, TrainConfig
+    from sae.config import SAEConfig, TrainConfig, load_train_config
 
-    cfg = from_dict(TrainConfig, Run.open(args.resume).config)
+    cfg = load_train_config(Run.open(args.resume).config)
     given = {k: v for k, v in vars(args).items() if k not in ("cmd", "resume", "quiet")}
     for section, cls in ((cfg.acts, ActsConfig), (cfg.sae, SAEConfig), (cfg, TrainConfig)):
         for f in dataclasses.fields(cls):
@@ -124,37 +124,49 @@ def _train(args) -> int:
 
 
 def format_eval(s: dict) -> str:
-    """One block of text per mode: FVU, L0 mean/spread, dead %, CE recovered."""
-    lines = [f"{s['arch']} k={s['k']} d_sae={s['d_sae']} aux={s['aux']} on {s['model']} {s['hook']} "
-             f"({s['eval_tokens']} held-out tokens)"]
-    for mode, r in s["modes"].items():
+    """The saved SAE's inference-mode numbers first (FVU next to CE recovered), then each other mode, labelled."""
+    head = (f"{s['arch']} k={s['k']} d_sae={s['d_sae']} normalize={s.get('normalize', '?')} aux={s['aux']} "
+            f"on {s['model']} {s['hook']} ({s['eval_tokens']} held-out tokens)")
+    lines = [head]
+    first = s.get("mode") or next(iter(s["modes"]))
+    for mode in (first, *[m for m in s["modes"] if m != first]):
+        r = s["modes"][mode]
+        label = f"saved SAE ({mode} mode)" if mode == first else f"{mode} mode ({MODE_NOTE.get(mode, '')})"
         ce = f"{r['ce_recovered']:.4f}" if r.get("ce_recovered") is not None else "-"
-        lines.append(f"  {mode:<9} FVU {r['fvu']:.4f}  L0 {r['l0_mean']:.2f} ± {r['l0_std']:.2f} "
+        window = f" of {r['dead_window']:,} held-out tokens" if r.get("dead_window") else ""
+        lines.append(f"  {label}: FVU {r['fvu']:.4f}  CE recovered {ce}  L0 {r['l0_mean']:.2f} ± {r['l0_std']:.2f} "
                      f"(p05 {r['l0_p05']:.0f}, p50 {r['l0_p50']:.0f}, p95 {r['l0_p95']:.0f}, max {r['l0_max']})  "
-                     f"dead {100 * r['dead_fraction']:.1f}%  CE recovered {ce}")
+                     f"dead {100 * dead_fraction(r):.1f}% (silent on all{window})")
     return "\n".join(lines)
+
+
+MODE_NOTE = {"batch": "the training rule: each token's latents depend on the rest of its batch",
+             "threshold": "pre > threshold, batch-independent"}
 
 
 def _eval(args) -> int:
     import torch
 
-    from workbench.config import from_dict
     from workbench.models import load_model
     from workbench.runs import Run
 
     from sae import io
-    from sae.config import TrainConfig
+    from sae.config import load_train_config
     from sae.metrics import evaluate
-    from sae.trainer import KIND, eval_summary, load_latest_checkpoint
+    from sae.trainer import KIND, eval_summary, evaluate_saved, load_latest_checkpoint
     from workbench.errors import RunError
 
     run = Run.open(args.run)
     if run.kind != KIND:
         raise RunError(f"{args.run} is a {run.kind!r} run, not an SAE run")
-    cfg = from_dict(TrainConfig, run.config)
+    cfg = load_train_config(run.config)
     device = args.device or cfg.acts.device
+    cfg.acts.device = device
+    model = load_model(cfg.acts.model, device=device)
+    modes = tuple(args.modes) if args.modes else None
     if (run.path / io.WEIGHTS).is_file():
-        sae = io.load(run.path, device=device)
+        with torch.no_grad():
+            result = evaluate_saved(run.path, model, cfg, args.tokens, modes=modes, ce=not args.no_ce, device=device)
         tokens_trained = cfg.tokens
     else:  # unfinished run: its last checkpoint
         ck = load_latest_checkpoint(run)
@@ -165,13 +177,14 @@ def _eval(args) -> int:
         raw = build_sae(cfg.sae)
         raw.load_state_dict(ck["sae"])
         sae = raw.folded(ck["scale"]).to(device)
+        if sae.threshold_kind and (modes is None or "threshold" in modes):
+            sae.set_mode("threshold")
         tokens_trained = ck["tokens"]
         print(f"{run.path} is unfinished: evaluating its checkpoint at {tokens_trained} tokens")
-    cfg.acts.device = device
-    model = load_model(cfg.acts.model, device=device)
-    with torch.no_grad():
-        result = evaluate(sae, model, cfg.acts, args.tokens or cfg.eval_tokens, modes=tuple(args.modes) if args.modes else None,
-                          ce=not args.no_ce)
+        with torch.no_grad():
+            result = evaluate(sae, model, cfg.acts, args.tokens or cfg.eval_tokens,
+                              modes=modes or tuple(dict.fromkeys((sae.mode, *sae.modes))), ce=not args.no_ce,
+                              dead_tokens=cfg.dead_window)
     summary = eval_summary(result, cfg, tokens_trained)
     run.write_json("eval.json", summary)
     print(json.dumps(summary, indent=2) if args.json else format_eval(summary))

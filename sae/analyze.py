@@ -43,11 +43,10 @@ VERSION = 1
 def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=None, progress: bool = False) -> dict:
     """Compute the analysis of an SAE run and write its three files; returns analysis.json's content."""
     from workbench.acts import TextSource, select_positions
-    from workbench.config import from_dict
     from workbench.models import capture, encode, load_model
 
     from sae import io as sae_io
-    from sae.config import TrainConfig
+    from sae.config import load_train_config
     from sae.metrics import HELD_OUT_SEED
     from sae.trainer import KIND
 
@@ -56,7 +55,7 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
     run = Run.open(run_path)
     if run.kind != KIND:
         raise RunError(f"{run_path} is a {run.kind!r} run, not an SAE run")
-    tcfg = from_dict(TrainConfig, run.config)
+    tcfg = load_train_config(run.config)
     acts = tcfg.acts
     device = cfg.device or acts.device
     if not (run.path / sae_io.WEIGHTS).is_file():

@@ -12,11 +12,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from workbench.config import ActsConfig
-from workbench.config import one_of, positive, require
+from workbench.config import ActsConfig, from_dict, one_of, positive, require
+
+from sae.normalize import OPTIONS as NORMALIZE
 
 ARCHS = ("topk", "feature-choice", "mutual-choice", "relu-l1")
 AUX = ("none", "aux_k", "aux_zipf")
+# --normalize auto: each architecture's default, chosen from measurement (docs/sae.md, "Normalisation")
+DEFAULT_NORMALIZE = {"topk": "expected_norm", "feature-choice": "per_token", "mutual-choice": "per_token",
+                     "relu-l1": "expected_norm"}
 
 
 @dataclass
@@ -26,14 +30,18 @@ class SAEConfig:
     expansion: int = field(default=8, metadata={"help": "d_sae = expansion * d_in (unless --d-sae is given)"})
     d_sae: int | None = field(default=None, metadata={"help": "number of latents (overrides --expansion)"})
     d_in: int | None = field(default=None, metadata={"help": "input width; default: read from the hook (an explicit value must match it)"})
-    capacity: str = field(default="uniform", metadata={"help": "feature-choice capacities: uniform (m = k*N/d_sae) or zipf (m_r proportional to r^-zipf_alpha by density rank)"})
+    capacity: str = field(default="uniform", metadata={"help": "feature-choice capacities, summing to k*N exactly: uniform (k*N/d_sae each, rounded) or zipf (m_r proportional to r^-zipf_alpha by usage rank, at most N)"})
     zipf_alpha: float = field(default=1.0, metadata={"help": "exponent of the Zipf profiles (zipf capacities and aux_zipf targets)"})
     l1_coeff: float = field(default=1e-3, metadata={"help": "relu-l1: weight of the L1 penalty on the codes"})
     kernel: str = field(default="auto", metadata={"help": "sparse (gather-sum decoder, gradients only for active pairs), dense (reference autograd), auto (sparse except relu-l1)"})
     threshold_ema: float = field(default=0.05, metadata={"help": "feature/mutual-choice: weight of each batch in the running inference threshold (smallest selected activation)"})
+    normalize: str = field(default="auto", metadata={"help": "input normalisation: none, expected_norm (one scalar, E|x| = sqrt(d_in); SAELens expected_average_only_in), per_token (every token at norm sqrt(d_in), output scaled back; SAELens constant_norm_rescale), auto (per arch: " + ", ".join(f"{a} {n}" for a, n in DEFAULT_NORMALIZE.items()) + ")"})
 
     def __post_init__(self):
         one_of(self, "arch", ARCHS)
+        one_of(self, "normalize", ("auto", *NORMALIZE))
+        if self.normalize == "auto":  # resolved here, so a saved config says what was used
+            self.normalize = DEFAULT_NORMALIZE[self.arch]
         one_of(self, "capacity", ("uniform", "zipf"))
         one_of(self, "kernel", ("auto", "sparse", "dense"))
         positive(self, "k", "expansion", "zipf_alpha")
@@ -77,10 +85,10 @@ class TrainConfig:
     aux: str = field(default="aux_k", metadata={"help": "auxiliary loss: none, aux_k (dead latents, Gao et al.), aux_zipf (under-used latents, ours; see docs/sae.md)"})
     aux_coeff: float = field(default=1 / 32, metadata={"help": "weight of the auxiliary loss"})
     k_aux: int | None = field(default=None, metadata={"help": "latents used by the auxiliary loss per token; default d_in // 2"})
-    dead_window: int = field(default=1_000_000, metadata={"help": "a latent is dead if it fired on none of the last this many tokens"})
-    density_ema: float = field(default=0.01, metadata={"help": "weight of each batch in the running latent densities (aux_zipf targets, zipf capacities)"})
+    cover_coeff: float = field(default=1 / 32, metadata={"help": "weight of the coverage loss (ours): tokens the allocation left without any latent reconstruct their residual from their top-k latents (feature/mutual choice; 0 turns it off)"})
+    dead_window: int = field(default=1_000_000, metadata={"help": "a latent is dead if it fired on none of this many consecutive tokens: the last ones in training (aux_k, aux_zipf), held-out ones at evaluation"})
+    density_ema: float = field(default=0.01, metadata={"help": "weight of each batch in the running latent usage (densities; feature-choice: activation mass), which ranks latents for aux_zipf and zipf capacities"})
     b_dec_init: str = field(default="median", metadata={"help": "b_dec initialisation from the first batch: median (geometric), mean, zero"})
-    normalize: str = field(default="expected_norm", metadata={"help": "expected_norm (scale inputs so E|x|^2 = d_in; folded into the saved weights) or none"})
     log_every: int = field(default=20, metadata={"help": "steps between logged metrics"})
     ce_every: int = field(default=0, metadata={"help": "steps between CE-loss-recovered evaluations during training (0: only at the end)"})
     eval_tokens: int = field(default=65_536, metadata={"help": "held-out tokens for the evaluation at the end (and CE during training)"})
@@ -94,13 +102,13 @@ class TrainConfig:
         positive(self, "tokens", "log_every", "checkpoint_every", "eval_tokens")
         one_of(self, "aux", AUX)
         one_of(self, "b_dec_init", ("median", "mean", "zero"))
-        one_of(self, "normalize", ("expected_norm", "none"))
         require(self.tokens >= self.acts.batch_size, "tokens", f"{self.tokens} tokens is less than one batch of {self.acts.batch_size}",
                 "pass more --tokens or a smaller --batch-size")
         require(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}", "pass --lr > 0 or leave it out")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}", "pass --warmup-steps >= 0")
         require(0 <= self.decay_frac <= 1, "decay_frac", f"must be in [0, 1], got {self.decay_frac}", "pass --decay-frac in [0, 1]")
         require(self.aux_coeff >= 0, "aux_coeff", f"must be >= 0, got {self.aux_coeff}", "pass --aux-coeff >= 0")
+        require(self.cover_coeff >= 0, "cover_coeff", f"must be >= 0, got {self.cover_coeff}", "pass --cover-coeff >= 0 (0: off)")
         require(self.k_aux is None or self.k_aux > 0, "k_aux", f"must be positive, got {self.k_aux}", "pass --k-aux > 0 or leave it out")
         require(self.dead_window > 0, "dead_window", f"must be positive, got {self.dead_window}", "pass --dead-window > 0 (tokens)")
         require(0 < self.density_ema <= 1, "density_ema", f"must be in (0, 1], got {self.density_ema}", "pass e.g. --density-ema 0.01")
@@ -136,3 +144,9 @@ class AnalyzeConfig:
         positive(self, "tokens", "top_n", "bins", "n_logits", "seq_batch")
         require(self.before >= 0 and self.after >= 0, "before/after", "must be >= 0", "pass --before 16 --after 4")
         one_of(self, "mode", ("auto", "batch", "threshold"))
+def load_train_config(stored: dict) -> TrainConfig:
+    """A TrainConfig from a run's config.json; runs made before normalize moved into SAEConfig still load."""
+    stored = dict(stored)
+    if "normalize" in stored:  # legacy: TrainConfig.normalize ("expected_norm" then meant E|x|^2 = d_in, folded in)
+        stored["sae"] = {**stored.get("sae", {}), "normalize": stored.pop("normalize")}
+    return from_dict(TrainConfig, stored)

@@ -7,7 +7,14 @@ JumpReLU, so they are saved as SAELens ``"architecture": "jumprelu"``; TopK as `
 reads into ``sae.cfg.metadata`` (``sae_lens_version`` >= 6.0 — without it SAELens converts the file
 as a pre-6.0 config —, ``model_name``, ``hook_name``, ``hook_head_index``, ``context_size``, ``prepend_bos``);
 the same keys stay at the top level for older readers, and our own fields live under ``"workbench"``.
-Saved weights take raw activations: the input normalisation scale is folded in (``SAE.folded``).
+Saved weights take raw activations: a scalar input normalisation (``expected_norm``) is folded in
+(``SAE.folded``) and cfg.json says ``"normalize_activations": "none"``; per-token normalisation is
+applied at run time and cfg.json says ``"constant_norm_rescale"`` (see :mod:`sae.normalize`), so
+SAELens's ``SAE.load_from_disk`` reproduces our activations and reconstructions for every option.
+
+``sae_stats.safetensors`` (ours; SAELens does not read it) keeps the training statistics batch mode
+needs: each latent's running density and usage (Zipf capacities rank latents by it) and the tokens
+since it last fired.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from workbench.runs import atomic_write_bytes, atomic_write_json
 
 from sae.config import SAEConfig
 from sae.model import SAE, build_sae
+from sae.normalize import saelens_name
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
+STATS = "sae_stats.safetensors"
 SAELENS_ARCH = {"topk": "topk", "feature-choice": "jumprelu", "mutual-choice": "jumprelu", "relu-l1": "standard"}
 SAELENS_FORMAT = "6.0.0"  # the SAELens cfg.json format written here (checked against sae_lens 6.54)
 _HEAD_AXIS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_result")
@@ -52,15 +61,18 @@ def save(sae: SAE, path: str | Path, meta: dict | None = None) -> Path:
     from safetensors.torch import save as st_save
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     c = sae.cfg
+    norm = saelens_name(c.normalize)  # an option SAELens cannot express stops the export here
+    path.mkdir(parents=True, exist_ok=True)
     meta = {"prepend_bos": True, **(meta or {})}
     cfg = {"architecture": SAELENS_ARCH[c.arch], "d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32",
-           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": norm,
            "reshape_activations": _reshape(meta), **({"k": c.k} if c.arch == "topk" else {}), **meta,
            "metadata": {"sae_lens_version": SAELENS_FORMAT, **meta},
            "workbench": {"sae": asdict(c), "threshold_kind": sae.threshold_kind}}
     atomic_write_bytes(path / WEIGHTS, st_save(tensors_of(sae)))
+    atomic_write_bytes(path / STATS, st_save({k: v.detach().cpu().contiguous() for k, v in sae.named_buffers()
+                                              if k != "threshold"}))
     atomic_write_json(path / CFG, cfg)
     return path
 
@@ -89,6 +101,13 @@ def load(path: str | Path, device: str | torch.device = "cpu", d_in: int | None 
         if arch is None or "d_in" not in raw or "d_sae" not in raw:
             raise RunError(f"{cfg_path} is not a workbench SAE (architecture {raw.get('architecture')!r}, no 'workbench' block)")
         ours = {"arch": arch, "k": int(raw.get("k", 1)), "d_in": raw["d_in"], "d_sae": raw["d_sae"]}
+    if "normalize" not in ours:  # written before normalize was an SAE field, or by SAELens: read SAELens's key
+        saelens_norm = raw.get("normalize_activations", "none")
+        norm = {"none": "none", "constant_norm_rescale": "per_token"}.get(saelens_norm)
+        if norm is None:
+            raise RunError(f"{cfg_path}: normalize_activations {saelens_norm!r} is not one we can run "
+                           "(we read none and constant_norm_rescale; fold other normalisations into the weights first)")
+        ours = {**ours, "normalize": norm}
     cfg = SAEConfig(**{k: v for k, v in ours.items() if k in SAEConfig.__dataclass_fields__})
     if d_in is not None and cfg.d_in != d_in:
         raise RunError(f"{path}: the SAE takes d_in={cfg.d_in} but the activations have width {d_in}")
@@ -108,5 +127,21 @@ def load(path: str | Path, device: str | torch.device = "cpu", d_in: int | None 
     with torch.no_grad():
         for k, v in state.items():
             getattr(sae, k).copy_(v)
+        stats = _load_stats(path / STATS)
+        for k, v in sae.named_buffers():
+            if k in stats and stats[k].shape == v.shape:
+                v.copy_(stats[k])
     sae.set_mode("threshold" if sae.threshold_kind else "batch")
     return sae.to(device)
+
+
+def _load_stats(p: Path) -> dict[str, torch.Tensor]:
+    """The training statistics saved next to the weights ({} if absent or unreadable: batch mode then
+    ranks latents by index, as a fresh SAE does)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(p), device="cpu") if p.is_file() else {}
+    except (OSError, SafetensorError):
+        return {}

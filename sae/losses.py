@@ -1,7 +1,10 @@
-"""Training losses: reconstruction (FVU), L1 (relu-l1), and the auxiliary losses aux_k and aux_zipf.
+"""Training losses: reconstruction (FVU), L1 (relu-l1), the auxiliary losses aux_k and aux_zipf, and
+the coverage loss.
 
-Both auxiliary losses reconstruct the main reconstruction's residual ``e = x - x_hat`` (detached)
-from latents the main allocation neglects, so those latents receive gradient again:
+All losses compare the input and its reconstruction in the space the SAE works in (``out.x_in``,
+``out.x_hat_in``: per-token normalised for ``normalize="per_token"``). The auxiliary losses
+reconstruct the main reconstruction's residual ``e = x - x_hat`` (detached) from latents the main
+allocation neglects, so those latents receive gradient again:
 
 aux_k (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", arXiv 2406.04093):
     e_hat = sum over the top-k_aux *dead* latents (by pre-activation) of ReLU(pre_i) W_dec[i]
@@ -11,13 +14,26 @@ aux_k (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", arXiv 2406
 aux_zipf (ours: the Mutual/Feature Choice paper, arXiv 2411.02124, describes a Zipf-shaped loss
 for "dying" as well as dead latents, but its exact definition could not be checked; this is our
 generalisation of aux_k, see docs/sae.md):
-    p_i   = running density of latent i (fraction of tokens it fires on)
+    p_i   = usage of latent i (SAE.usage(): its running density; for Feature Choice, whose
+            capacities fix the densities, its running share of the activation mass), sum_i p_i ~ k
     r_i   = rank of p_i (1 = most used);  t_i = c * r_i^-alpha with c such that sum_i t_i = k
-    w_i   = clamp((t_i - p_i) / t_i, 0, 1)            (1: dead, 0: at or above its target)
+    w_i   = 1 if latent i is dead (fired on none of the last dead_window tokens, the one definition
+            of dead), else clamp((t_i - p_i) / t_i, 0, 1)   (0 at or above its target)
     e_hat = sum over the top-k_aux latents of w_i * pre_i of  w_i ReLU(pre_i) W_dec[i]
     L_aux as above.
-With w_i = [p_i == 0] (or any 0/1 dead mask) aux_zipf is exactly aux_k: both are
-:func:`aux_loss` with different weights.
+With w_i = [dead_i] aux_zipf is exactly aux_k: both are :func:`aux_loss` with different weights.
+
+coverage (ours, for Feature and Mutual Choice): a batch allocation over columns or over the whole
+matrix can leave a token with no latent at all (uniform Feature Choice left ~20% of toy-ioi's tokens
+uncovered). Such a token gets no gradient from the reconstruction, so nothing teaches any latent to
+take it, and a loss that reconstructs it from latents it did not win (as aux_k does for dead latents)
+lowers its own value without changing who wins. The coverage loss instead asks each uncovered token u
+to clear the bar of the k latents it came closest to winning:
+    bar_j  = the smallest pre-activation latent j selected in this batch (Feature Choice: per latent;
+             Mutual Choice: one global bar), at least 0
+    L_cover = sum_u sum_{j in top-k of pre_uj - bar_j} relu(bar_j - pre_uj) / (U k mean(selected values))
+a hinge on the encoder only (W_enc, b_enc; decoder and b_dec untouched). It is 0 when every token has
+a latent; the allocation itself and inference are unchanged (the SAE exports the same way).
 """
 
 from __future__ import annotations
@@ -53,14 +69,14 @@ def zipf_weights(density: Tensor, k: float, alpha: float = 1.0) -> Tensor:
     return ((t - density) / t).clamp(0, 1)
 
 
-def aux_loss(sae: SAE, out: SAEOutput, x: Tensor, weights: Tensor, k_aux: int) -> Tensor:
-    """Normalised MSE of reconstructing e = x - x_hat (detached) from the top-k_aux latents of w * pre.
+def aux_loss(sae: SAE, out: SAEOutput, weights: Tensor, k_aux: int) -> Tensor:
+    """Normalised MSE of reconstructing e = x_in - x_hat_in (detached) from the top-k_aux latents of w * pre.
 
     weights: (d_sae,) in [0, 1]; only latents with w_i > 0 take part (0/1 dead mask = aux_k).
     """
     cand = torch.nonzero(weights > 0).squeeze(1)  # (n_cand,)
     if cand.numel() == 0:
-        return x.new_zeros(())
+        return out.x_in.new_zeros(())
     pre = out.pre.detach()  # (N, d_sae)
     scores = pre[:, cand] * weights[cand]  # (N, n_cand)
     sub = alloc.topk_per_row(scores, min(k_aux, cand.numel()))
@@ -68,15 +84,44 @@ def aux_loss(sae: SAE, out: SAEOutput, x: Tensor, weights: Tensor, k_aux: int) -
     a = Allocation(sub.rows, cols, pre[sub.rows, cols], tuple(pre.shape))
     plan = Plan(a) if out.plan is not None else None
     values = sae.values_at(out.pre, out.x_c, a, plan) * weights[cols]  # (nnz,)
-    e = (x - out.x_hat).detach()  # (N, d_in)
+    e = (out.x_in - out.x_hat_in).detach()  # (N, d_in)
     e_hat = sae.decode_pairs(values, a, plan)
     return (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
 def aux_weights(kind: str, sae: SAE, dead_window: int) -> Tensor | None:
     """The latent weights of the configured auxiliary loss (None for --aux none)."""
+    dead = sae.dead_mask(dead_window)
     if kind == "aux_k":
-        return sae.dead_mask(dead_window).to(sae.W_dec.dtype)
+        return dead.to(sae.W_dec.dtype)
     if kind == "aux_zipf":
-        return zipf_weights(sae.density, sae.cfg.k, sae.cfg.zipf_alpha)
+        return zipf_weights(sae.usage(), sae.cfg.k, sae.cfg.zipf_alpha).masked_fill(dead, 1.0)
     return None
+
+
+def uncovered(out: SAEOutput) -> Tensor:
+    """(n_uncovered,) tokens of the batch with no active latent."""
+    return torch.nonzero(out.l0() == 0).squeeze(1)
+
+
+def cover_loss(sae: SAE, out: SAEOutput, k: int) -> Tensor:
+    """Hinge pulling each uncovered token over the bar of the k latents it came closest to winning."""
+    rows = uncovered(out)  # (U,) sorted
+    if rows.numel() == 0:
+        return sae.b_enc.sum() * 0.0
+    pre = out.pre.detach()  # (N, d_sae)
+    on = out.values.detach() > 0
+    sel = out.alloc.values.detach()[on]  # pre-activations of the active pairs
+    if sel.numel() == 0:
+        return sae.b_enc.sum() * 0.0
+    if sae.threshold_kind == "global":
+        bar = sel.min().expand(pre.shape[1])
+    else:  # per latent; a latent that took nobody sets no bar beyond 0
+        bar = torch.full_like(pre[0], float("inf")).scatter_reduce(0, out.alloc.cols[on], sel, "amin")
+        bar = torch.where(torch.isinf(bar), torch.zeros_like(bar), bar)
+    bar = bar.clamp_min(0)  # (d_sae,)
+    near = (pre[rows] - bar).topk(min(k, pre.shape[1]), dim=1).indices  # (U, k) latents closest to winning
+    r, c = rows[:, None].expand_as(near).reshape(-1), near.reshape(-1)
+    x_c = out.x_c.detach()  # encoder only
+    pre_rc = (x_c[r] * sae.W_enc[:, c].t()).sum(1) + sae.b_enc[c]  # (U * k,) differentiable pre-activations
+    return (bar[c] - pre_rc).relu().sum() / (r.numel() * sel.mean().clamp_min(1e-12))

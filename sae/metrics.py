@@ -1,5 +1,9 @@
 """SAE metrics: FVU, L0 (mean and distribution), dead latents, and CE loss recovered.
 
+Dead (one definition everywhere): a latent is dead if it fired on none of ``dead_window``
+consecutive tokens. The trainer counts the last ``dead_window`` training tokens (batch rule; what
+aux_k and aux_zipf act on); an evaluation counts ``dead_window`` held-out tokens in the mode it reports.
+
 CE loss recovered (the SAE spliced into the model at its hook):
     CE_rec = (L_zero - L_sae) / (L_zero - L_clean)
 where L is the mean next-token cross-entropy over real tokens, L_clean with the model untouched,
@@ -16,7 +20,7 @@ import torch
 from torch import Tensor
 
 from workbench.acts import ActsConfig, TextSource, select_positions
-from workbench.models import capture_with_logits, encode, head_view
+from workbench.models import capture, capture_with_logits, encode, head_view
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -68,11 +72,14 @@ def _token_ce(logits: Tensor, tokens: Tensor, pad_id: int | None) -> tuple[Tenso
 
 @torch.no_grad()
 def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens: int,
-             modes: tuple[str, ...] | None = None, ce: bool = True, seed_offset: int = HELD_OUT_SEED) -> dict:
+             modes: tuple[str, ...] | None = None, ce: bool = True, seed_offset: int = HELD_OUT_SEED,
+             dead_tokens: int | None = None) -> dict:
     """Metrics of `sae` (taking raw activations) on >= n_tokens held-out tokens, per allocation mode.
 
-    In batch mode FC/MC allocate over each chunk of ``acts.seq_batch`` sequences at once.
-    Returns {mode: {fvu, mse, l0_* , dead_fraction, ce_clean, ce_zero, ce_sae, ce_recovered}}.
+    In batch mode FC/MC allocate over each chunk of ``acts.seq_batch`` sequences at once. Dead
+    latents are counted over ``dead_tokens`` held-out tokens (default n_tokens): the first n_tokens
+    serve every metric, the rest only the activity count (no CE, the model stops at the hook).
+    Returns {mode: {fvu, mse, l0_*, dead_fraction, dead_window, ce_clean, ce_zero, ce_sae, ce_recovered}}.
     """
     modes = modes or sae.modes
     old_mode = sae.mode
@@ -80,18 +87,31 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
     text = TextSource(cfg)
     pad = model.tokenizer.pad_token_id if model.tokenizer is not None else None
     dev = sae.W_enc.device
+    dead_tokens = max(dead_tokens or n_tokens, 1)
     acc = {m: {"sq": 0.0, "l0": [], "counts": torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=dev), "ce": 0.0} for m in modes}
-    sx = sxx = 0.0
+    sxx = 0.0
     sum_x = None
-    n_seen = 0
+    n_seen = n_dead = 0
     ce_clean = ce_zero = 0.0
     n_tgt = 0
-    while n_seen < n_tokens:
+    while n_seen < n_tokens or n_dead < dead_tokens:
         tokens = encode(model, text.next(cfg.seq_batch))[:, : model.cfg.n_ctx].to(model.cfg.device)
         mask = select_positions(tokens.cpu(), pad, cfg.positions).to(tokens.device)
-        logits, act = capture_with_logits(model, tokens, cfg.hook)  # act as the hook saw it, for splicing
-        x = head_view(act, cfg.head)[mask].float().to(dev)  # (n_sel, d_in)
+        full = n_seen < n_tokens  # metrics batch (else: activity only, the forward stops at the hook)
+        if full:
+            logits, act = capture_with_logits(model, tokens, cfg.hook)  # act as the hook saw it, for splicing
+            x = head_view(act, cfg.head)[mask].float().to(dev)  # (n_sel, d_in)
+        else:
+            x = capture(model, tokens, cfg.hook, cfg.head)[mask].float().to(dev)  # (n_sel, d_in)
         if x.shape[0] == 0:
+            continue
+        take = min(x.shape[0], dead_tokens - n_dead)  # tokens that count towards the dead window
+        n_dead += take
+        if not full:
+            for m in modes:
+                out = sae.set_mode(m)(x)
+                on = (out.values > 0) & (out.alloc.rows < take)
+                acc[m]["counts"] += torch.bincount(out.alloc.cols[on], minlength=sae.cfg.d_sae)
             continue
         n_seen += x.shape[0]
         sum_x = x.sum(0) if sum_x is None else sum_x + x.sum(0)
@@ -109,7 +129,8 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
             a = acc[m]
             a["sq"] += (x - out.x_hat).pow(2).sum().item()
             a["l0"].append(out.l0().cpu())
-            a["counts"] += torch.bincount(out.alloc.cols[out.values > 0], minlength=sae.cfg.d_sae)
+            on = (out.values > 0) & (out.alloc.rows < take)
+            a["counts"] += torch.bincount(out.alloc.cols[on], minlength=sae.cfg.d_sae)
             if ce:
                 new_act = _splice(act, mask, out.x_hat, cfg.head)
                 s, _ = _token_ce(model.run_with_hooks(tokens, fwd_hooks=[(cfg.hook, lambda a_, hook: new_act)]), tokens, pad)
@@ -121,7 +142,8 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
         a = acc[m]
         l0 = torch.cat(a["l0"])
         r = {"tokens": n_seen, "fvu": a["sq"] / max(var, 1e-12), "mse": a["sq"] / n_seen, **l0_stats(l0),
-             "l0_hist": torch.bincount(l0).tolist(), "dead_fraction": (a["counts"] == 0).double().mean().item()}
+             "l0_hist": torch.bincount(l0).tolist(), "dead_fraction": (a["counts"] == 0).double().mean().item(),
+             "dead_window": n_dead}
         if ce:
             clean, zero, spliced = ce_clean / n_tgt, ce_zero / n_tgt, a["ce"] / n_tgt
             r.update(ce_clean=clean, ce_zero=zero, ce_sae=spliced,

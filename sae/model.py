@@ -10,7 +10,7 @@ variants differ only in ``allocate``, one call into :mod:`workbench.alloc` over 
 
 - TopK (Gao et al. 2024, arXiv 2406.04093): each token keeps its k largest latents.
 - Feature Choice (Ayonrinde 2024, arXiv 2411.02124): each latent keeps its top-m tokens,
-  m = k*N/d_sae (or Zipf capacities by density rank), so tokens get a variable number of latents.
+  m = k*N/d_sae (or Zipf capacities by usage rank), so tokens get a variable number of latents.
 - Mutual Choice (same paper): the k*N largest entries of the whole matrix.
 - ReLU + L1 (the classic SAE): every positive entry (threshold 0).
 
@@ -20,6 +20,9 @@ nonzero codes as allocating on ``ReLU(pre)``; it saves one pass over the (N, d_s
 Inference for FC/MC must not depend on who else is in the batch: in ``mode="threshold"`` the
 allocation is ``pre > theta`` with a threshold learned during training as a running average of the
 smallest selected activation, per latent (FC) or global (MC, as BatchTopK, arXiv 2412.06410).
+
+With ``normalize="per_token"`` (:mod:`sae.normalize`) the SAE reads x' = x * sqrt(d_in) / |x| and
+returns x_hat = x_hat' * |x| / sqrt(d_in); everything above happens in the normalised space.
 """
 
 from __future__ import annotations
@@ -35,16 +38,20 @@ from workbench.alloc import Allocation
 
 from sae.config import SAEConfig
 from sae.kernels import Plan, decode_at, decode_dense, encode_at
+from sae.normalize import per_token_factor
 
 
 @dataclass
 class SAEOutput:
-    x_hat: Tensor  # (N, d_in)
+    x_hat: Tensor  # (N, d_in) reconstruction of the raw input
     alloc: Allocation  # the active (token, latent) pairs
     values: Tensor  # (nnz,) ReLU'd codes at alloc's pairs (differentiable)
     pre: Tensor  # (N, d_sae) pre-activations (carries gradients only with the dense kernel)
-    x_c: Tensor  # (N, d_in) x - b_dec
+    x_c: Tensor  # (N, d_in) x_in - b_dec
     plan: Plan | None  # sparse-kernel bookkeeping (None with the dense kernel)
+    x_in: Tensor  # (N, d_in) the input in the space the SAE works in (x itself unless per_token)
+    x_hat_in: Tensor  # (N, d_in) the reconstruction in that space (training losses compare x_in, x_hat_in)
+    factor: Tensor | None  # (N, 1) per-token factors x_in = factor * x (None unless per_token)
 
     def l0(self) -> Tensor:
         """(N,) active latents per token (codes > 0)."""
@@ -78,6 +85,7 @@ class SAE(nn.Module):
         self.register_buffer("since_active", torch.zeros(f, dtype=torch.long))
         self.mode = "batch"
         self.kernel = cfg.kernel_used
+        self._last_factor: Tensor | None = None  # per_token: factors of the last encode() (for decode())
 
     # ---- the one place variants differ -------------------------------------------------------
     def allocate(self, pre: Tensor) -> Allocation:
@@ -113,8 +121,9 @@ class SAE(nn.Module):
         so this is an exact least-squares fit of the reconstruction's size. With unit-norm decoder
         rows and a tied encoder, the first reconstructions are otherwise too large (FVU > 1).
         """
-        r = self(x).x_hat - self.b_dec  # (N, d_in)
-        c = ((x - self.b_dec) * r).sum() / r.pow(2).sum().clamp_min(1e-12)
+        out = self(x)
+        r = out.x_hat_in - self.b_dec  # (N, d_in)
+        c = ((out.x_in - self.b_dec) * r).sum() / r.pow(2).sum().clamp_min(1e-12)
         c = float(c.clamp_min(1e-3))
         self.W_enc.mul_(c)
         self.b_enc.mul_(c)
@@ -146,27 +155,49 @@ class SAE(nn.Module):
 
     def forward(self, x: Tensor) -> SAEOutput:
         """x: (N, d_in) -> SAEOutput. Sparse kernel: pre is computed without autograd."""
-        x_c = x - self.b_dec  # (N, d_in)
+        factor = per_token_factor(x) if self.cfg.normalize == "per_token" else None  # (N, 1)
+        x_in = x * factor if factor is not None else x
+        x_c = x_in - self.b_dec  # (N, d_in)
         sparse = self.kernel == "sparse"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse):
             pre = self.pre_acts(x_c)  # (N, d_sae)
         a = self.select(pre.detach())
         plan = Plan(a) if sparse else None
         values = self.values_at(pre, x_c, a, plan)
-        x_hat = self.decode_pairs(values, a, plan) + self.b_dec
-        return SAEOutput(x_hat, a, values, pre, x_c, plan)
+        x_hat_in = self.decode_pairs(values, a, plan) + self.b_dec
+        x_hat = x_hat_in / factor if factor is not None else x_hat_in
+        return SAEOutput(x_hat, a, values, pre, x_c, plan, x_in, x_hat_in, factor)
 
     # ---- the Dictionary interface (evals) ------------------------------------------------------
     @torch.no_grad()
     def encode(self, acts: Tensor) -> Tensor:
-        """(..., d_in) -> (..., d_sae) codes (in the current mode)."""
+        """(..., d_in) -> (..., d_sae) codes (in the current mode), in the scale of the raw input.
+
+        So ``codes @ features`` is each latent's share of the reconstruction of ``acts`` itself. Per
+        token, that is the SAE's activations times |x| / sqrt(d_in) (SAELens's ``encode`` returns the
+        activations themselves: :meth:`forward`'s ``values``); the factors are kept for :meth:`decode`.
+        """
         flat = acts.reshape(-1, acts.shape[-1]).to(self.W_enc)
-        return self(flat).codes().reshape(*acts.shape[:-1], -1)
+        out = self(flat)
+        codes = out.codes()
+        if out.factor is not None:
+            codes = codes / out.factor
+            self._last_factor = out.factor.reshape(*acts.shape[:-1], 1)
+        return codes.reshape(*acts.shape[:-1], -1)
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
-        """(..., d_sae) -> (..., d_in)."""
-        return codes.to(self.W_dec) @ self.W_dec + self.b_dec
+        """(..., d_sae) codes from :meth:`encode` -> (..., d_in) reconstruction.
+
+        Per token the decoder bias scales with the token's norm, b_dec * |x| / sqrt(d_in): decode uses
+        the norms of the activations last passed to encode (as SAELens's decode does); codes of another
+        shape are decoded with b_dec as is (the bias in the normalised space).
+        """
+        out = codes.to(self.W_dec) @ self.W_dec
+        f = self._last_factor
+        if self.cfg.normalize == "per_token" and f is not None and f.shape[:-1] == codes.shape[:-1]:
+            return out + self.b_dec / f.to(out)
+        return out + self.b_dec
 
     @property
     def features(self) -> Tensor:
@@ -183,8 +214,17 @@ class SAE(nn.Module):
         counts = torch.bincount(cols, minlength=self.cfg.d_sae)  # (d_sae,)
         self.since_active.add_(n).masked_fill_(counts > 0, 0)
         self.density.mul_(1 - density_ema).add_(counts.to(self.density) / n, alpha=density_ema)
+        self._update_usage(cols, vals, density_ema)
         if self.threshold_kind and self.mode == "batch" and vals.numel():
             self._update_threshold(cols, vals, counts > 0)
+
+    def _update_usage(self, cols: Tensor, vals: Tensor, ema: float) -> None:
+        """Variants whose usage is not the density keep their own statistic here."""
+
+    def usage(self) -> Tensor:
+        """(d_sae,) how much each latent is used, summing to about k: what aux_zipf's Zipf target and
+        Zipf capacities rank latents by. The running density, unless the allocation fixes it (FC)."""
+        return self.density
 
     def _update_threshold(self, cols: Tensor, vals: Tensor, seen: Tensor) -> None:
         """theta <- (1 - beta) theta + beta * (smallest selected activation), first value taken as is."""
@@ -218,13 +258,15 @@ class SAE(nn.Module):
         """A copy that takes raw activations x when this one was trained on scale * x.
 
         pre = W_enc^T(s x - b) + b_enc = (s W_enc)^T (x - b/s) + b_enc; x_hat / s = (W_dec / s)^T f + b/s.
-        Thresholds act on pre, so they are unchanged.
+        Thresholds act on pre, so they are unchanged. A per-token normalised SAE reads x / |x| whatever
+        the scale of x, so its weights stay as they are.
         """
         out = build_sae(self.cfg).to(self.W_enc.device)
         out.load_state_dict(self.state_dict())
-        out.W_enc.mul_(scale)
-        out.W_dec.div_(scale)
-        out.b_dec.div_(scale)
+        if self.cfg.normalize != "per_token":
+            out.W_enc.mul_(scale)
+            out.W_dec.div_(scale)
+            out.b_dec.div_(scale)
         out.mode = self.mode
         return out
 
@@ -239,24 +281,38 @@ class TopKSAE(SAE):
 
 
 class FeatureChoiceSAE(SAE):
-    """Each latent keeps its top-m_i tokens of the batch; sum_i m_i = k * N."""
+    """Each latent keeps its top-m_i tokens of the batch; sum_i m_i = k * N exactly."""
 
     arch = "feature-choice"
     pre_layout = "col"
     threshold_kind = "unit"
 
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        # running share of the batch's activation mass per latent, times k (sums to k): the allocation
+        # fixes each latent's density at its capacity, so usage is measured by what the codes carry
+        self.register_buffer("mass", torch.full((cfg.d_sae,), cfg.k / cfg.d_sae))
+
     def allocate(self, pre: Tensor) -> Allocation:
         return alloc.topk_per_col(pre, self.capacities(pre.shape[0]))
 
-    def capacities(self, n: int) -> int | Tensor:
-        """Uniform m = ceil(k N / d_sae), or Zipf m_r ∝ r^-alpha by density rank (sum = k N)."""
+    def capacities(self, n: int) -> Tensor:
+        """(d_sae,) capacities summing exactly to k N: uniform (floor(kN/d_sae), one more for the
+        kN mod d_sae most used latents) or Zipf m_r ∝ r^-alpha by usage rank (capped at N, the rest
+        spread over the others)."""
         cfg = self.cfg
+        ranks = alloc.ranks_of(self.usage())
         if cfg.capacity == "uniform":
-            return alloc.budget_capacity(cfg.k, n, cfg.d_sae)
-        ranks = torch.empty_like(self.since_active)
-        ranks[torch.argsort(self.density, descending=True, stable=True)] = torch.arange(
-            1, cfg.d_sae + 1, device=ranks.device)
-        return alloc.zipf_capacities(cfg.k * n, cfg.d_sae, cfg.zipf_alpha, ranks)
+            return alloc.uniform_capacities(cfg.k * n, cfg.d_sae, ranks)
+        return alloc.zipf_capacities(cfg.k * n, cfg.d_sae, cfg.zipf_alpha, ranks, cap=n)
+
+    def _update_usage(self, cols: Tensor, vals: Tensor, ema: float) -> None:
+        share = torch.zeros_like(self.mass).index_add_(0, cols, vals.to(self.mass))
+        share *= self.cfg.k / share.sum().clamp_min(1e-12)
+        self.mass.mul_(1 - ema).add_(share, alpha=ema)
+
+    def usage(self) -> Tensor:
+        return self.mass
 
 
 class MutualChoiceSAE(SAE):
@@ -279,6 +335,11 @@ class ReluL1SAE(SAE):
 
 
 VARIANTS: dict[str, type[SAE]] = {c.arch: c for c in (TopKSAE, FeatureChoiceSAE, MutualChoiceSAE, ReluL1SAE)}
+
+
+def inference_mode(arch: str) -> str:
+    """The mode a saved SAE of this arch runs in: threshold for FC/MC (batch-independent), else batch."""
+    return "threshold" if VARIANTS[arch].threshold_kind else "batch"
 
 
 def build_sae(cfg: SAEConfig) -> SAE:

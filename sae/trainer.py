@@ -1,15 +1,18 @@
 """The SAE training loop, top to bottom.
 
     source  = activations streamed from the model at the hook, or read from a cache
-    first   = the first batch: sets the input scale (E|x|^2 = d_in), b_dec (geometric median) and the
-              encoder's scale (least squares, see SAE.fit_encoder_scale)
+    first   = the first batch: sets the input scale (expected_norm: E|x| = sqrt(d_in); per_token
+              normalisation happens inside the SAE), b_dec (geometric median) and the encoder's
+              scale (least squares, see SAE.fit_encoder_scale)
     repeat  steps = tokens // batch_size times:
         x    = next batch * scale                        (NaN/inf -> stop, naming the last checkpoint)
-        loss = FVU(x, x_hat) [+ l1_coeff * L1] [+ aux_coeff * aux]
+        loss = FVU(x_in, x_hat_in) [+ l1_coeff * L1] [+ aux_coeff * aux] [+ cover_coeff * cover]
+               (x_in: x, or x per-token normalised; the losses live in the space the SAE works in)
         backward; drop the decoder gradient along each decoder row; Adam; lr schedule;
         renormalise decoder rows; update dead counters, densities, inference thresholds
         log (metrics.jsonl, wandb, progress bar) / evaluate CE / checkpoint, every so many steps
-    save    = cfg.json + sae_weights.safetensors (scale folded in) and eval.json in the run dir
+    save    = cfg.json + sae_weights.safetensors (scale folded in) and eval.json in the run dir: the
+              saved SAE evaluated in its inference mode (headline) and in batch mode
 
 A checkpoint (``checkpoints/step-XXXXXXXX.pt``, through ``workbench.checkpoint.CheckpointStore``)
 holds everything the loop reads: SAE parameters and buffers (dead counters, densities, thresholds),
@@ -18,7 +21,6 @@ optimizer, scheduler, RNG states and the data position, so ``--resume`` continue
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import replace
@@ -34,11 +36,13 @@ from workbench.runs import Run
 
 from sae import io
 from sae.config import TrainConfig
-from sae.losses import aux_loss, aux_weights, fvu, l1_penalty
-from sae.model import SAE, SAEOutput, build_sae, geometric_median
+from sae.losses import aux_loss, aux_weights, cover_loss, fvu, l1_penalty
+from sae.model import SAE, SAEOutput, build_sae, geometric_median, inference_mode
+from sae.normalize import expected_norm_scale, per_token_factor
 
 KIND = "sae"
 KEEP_CHECKPOINTS = 2
+COVER_ARCHS = ("feature-choice", "mutual-choice")  # allocations that can leave a token without latents
 
 
 class Diverged(RunError):
@@ -68,15 +72,18 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg
                k_aux: int) -> tuple[SAEOutput, dict[str, torch.Tensor]]:
     """One update on a (N, d_in) batch (already scaled). Raises FloatingPointError on a non-finite loss."""
     out = sae(x)
-    parts = {"fvu": fvu(x, out.x_hat)}
+    parts = {"fvu": fvu(out.x_in, out.x_hat_in)}
     loss = parts["fvu"]
     if sae.arch == "relu-l1":
         parts["l1"] = l1_penalty(out)
         loss = loss + sae.cfg.l1_coeff * parts["l1"]
     w = aux_weights(cfg.aux, sae, cfg.dead_window)
     if w is not None and cfg.aux_coeff > 0:
-        parts["aux"] = aux_loss(sae, out, x, w, k_aux)
+        parts["aux"] = aux_loss(sae, out, w, k_aux)
         loss = loss + cfg.aux_coeff * parts["aux"]
+    if sae.arch in COVER_ARCHS and cfg.cover_coeff > 0:
+        parts["cover"] = cover_loss(sae, out, sae.cfg.k)
+        loss = loss + cfg.cover_coeff * parts["cover"]
     parts["loss"] = loss
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}")
@@ -187,7 +194,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         scale = _input_scale(first, cfg)
         sae.init_weights(torch.Generator().manual_seed(cfg.acts.seed))
         with torch.no_grad():
-            sae.b_dec.copy_(_b_dec_init(first * scale, cfg.b_dec_init))
+            x0 = first * scale
+            sae.b_dec.copy_(_b_dec_init(x0 * per_token_factor(x0) if cfg.sae.normalize == "per_token" else x0, cfg.b_dec_init))
         sae.fit_encoder_scale(first * scale)
     else:
         scale = ck["scale"]
@@ -242,9 +250,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
             if on_step is not None:
                 on_step(completed)
         bar.close()
-        final = sae.folded(scale)
-        io.save(final, run.path, _sae_meta(cfg, model))
-        result = _evaluate(sae, scale, model, cfg)
+        io.save(sae.folded(scale), run.path, _sae_meta(cfg, model))
+        result = evaluate_saved(run.path, model, cfg)
         summary = eval_summary(result, cfg, total * n)
         run.write_json("eval.json", summary)
         tracker.log({f"eval/{m}/{k}": v for m, r in result.items() for k, v in r.items() if isinstance(v, (int, float))},
@@ -282,10 +289,8 @@ def _diverged(run: Run, step: int, last_ckpt: str | None, what: str) -> Diverged
 
 
 def _input_scale(x: torch.Tensor, cfg: TrainConfig) -> float:
-    """s with E|s x|^2 = d_in (Anthropic's normalisation), or 1."""
-    if cfg.normalize == "none":
-        return 1.0
-    return math.sqrt(x.shape[1] / x.double().pow(2).sum(1).mean().clamp_min(1e-12).item())
+    """The scalar the trainer multiplies inputs by: sqrt(d_in) / E|x| for expected_norm, else 1."""
+    return expected_norm_scale(x) if cfg.sae.normalize == "expected_norm" else 1.0
 
 
 def _b_dec_init(x: torch.Tensor, how: str) -> torch.Tensor:
@@ -325,11 +330,31 @@ def _evaluate(sae: SAE, scale: float, model, cfg: TrainConfig, modes: tuple[str,
     return evaluate(folded, model, cfg.acts, cfg.eval_tokens, modes=modes)
 
 
+def evaluate_saved(path, model, cfg: TrainConfig, n_tokens: int | None = None, modes: tuple[str, ...] | None = None,
+                   ce: bool = True, device: str | None = None) -> dict:
+    """Evaluate the SAE saved in `path` as a user loads it: its inference mode first, then batch mode.
+
+    Dead latents are counted over cfg.dead_window held-out tokens (the one definition of dead).
+    """
+    from sae.metrics import evaluate
+
+    saved = io.load(path, device=device or cfg.acts.device)
+    modes = modes or tuple(dict.fromkeys((saved.mode, *saved.modes)))  # inference mode first
+    return evaluate(saved, model, cfg.acts, n_tokens or cfg.eval_tokens, modes=modes, ce=ce, dead_tokens=cfg.dead_window)
+
+
 def eval_summary(result: dict, cfg: TrainConfig, tokens_trained: int) -> dict:
-    """eval.json: identity of the SAE, headline numbers (batch mode) and every mode's metrics."""
-    head = result["batch"] if "batch" in result else next(iter(result.values()))
+    """eval.json: identity of the SAE, the headline (the saved SAE's inference mode) and every mode's metrics.
+
+    Headline keys: mode, fvu, ce_recovered, l0_mean, l0_std, dead_fraction, dead_window; batch-mode numbers
+    (the training rule, which depends on the rest of the batch) only under modes.batch.
+    """
+    mode = inference_mode(cfg.sae.arch)
+    mode = mode if mode in result else next(iter(result))
+    head = result[mode]
     return {"arch": cfg.sae.arch, "k": cfg.sae.k, "d_in": cfg.sae.d_in, "d_sae": cfg.sae.d_sae, "aux": cfg.aux,
-            "capacity": cfg.sae.capacity, "model": cfg.acts.model, "hook": cfg.acts.hook, "head": cfg.acts.head,
-            "tokens_trained": tokens_trained, "eval_tokens": head["tokens"],
-            "fvu": head["fvu"], "l0_mean": head["l0_mean"], "l0_std": head["l0_std"],
-            "dead_fraction": head["dead_fraction"], "ce_recovered": head.get("ce_recovered"), "modes": result}
+            "capacity": cfg.sae.capacity, "normalize": cfg.sae.normalize, "model": cfg.acts.model, "hook": cfg.acts.hook,
+            "head": cfg.acts.head, "corpus": cfg.acts.corpus, "tokens_trained": tokens_trained, "eval_tokens": head["tokens"],
+            "mode": mode, "fvu": head["fvu"], "ce_recovered": head.get("ce_recovered"), "l0_mean": head["l0_mean"],
+            "l0_std": head["l0_std"], "dead_fraction": head["dead_fraction"], "dead_window": head.get("dead_window"),
+            "modes": result}

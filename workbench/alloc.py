@@ -125,7 +125,7 @@ def topk_per_col(scores: Tensor, capacity: int | Tensor) -> Allocation:
     if int(cap.max()) == 0:
         empty = scores.new_zeros(0, dtype=torch.long)
         return Allocation(empty, empty, scores.new_zeros(0), (n, f))
-    if bool((cap == cap[0]).all()):  # uniform: one top-m over all columns
+    if int(cap.max()) <= 2 * int(cap.min()):  # (near-)uniform: one top-max over all columns, then cut
         rows, cols = _topk_cols(scores, cap, torch.arange(f, device=scores.device))
     else:
         # varying capacities: bucket columns by capacity (powers of two) so that a few large
@@ -225,20 +225,59 @@ def budget_capacity(k: int, n_rows: int, n_units: int, factor: float = 1.0, mult
     return cap + (-cap) % multiple_of
 
 
-def zipf_capacities(total: int, n_units: int, alpha: float = 1.0, ranks: Tensor | None = None) -> Tensor:
-    """Capacities m_r ∝ r^(-alpha) over ranks r = 1..n_units summing exactly to `total`.
+def uniform_capacities(total: int, n_units: int, ranks: Tensor | None = None) -> Tensor:
+    """(n_units,) capacities as equal as integers allow, summing exactly to `total`.
+
+    Every unit gets floor(total / n_units); the remaining total mod n_units units of best rank
+    (ranks: (n_units,), 1 = most used; default unit i has rank i + 1) get one more. A plain
+    ceil(total / n_units) for all would overshoot the budget by up to n_units - 1 entries.
+    """
+    base, extra = divmod(int(total), n_units)
+    by_rank = torch.full((n_units,), base, dtype=torch.long)
+    by_rank[:extra] += 1
+    return _by_rank(by_rank, ranks)
+
+
+def zipf_capacities(total: int, n_units: int, alpha: float = 1.0, ranks: Tensor | None = None,
+                    cap: int | None = None) -> Tensor:
+    """Capacities m_r ∝ r^(-alpha) over ranks r = 1..n_units summing exactly to `total`, each <= cap.
 
     ranks: (n_units,) rank of each unit (1 = most used); default unit i has rank i + 1.
-    Rounding uses largest remainders so the sum is exact.
+    cap: most a unit can take (a Feature Choice latent cannot take more than the batch's N tokens);
+    what the top ranks cannot hold is spread over the others in proportion to their Zipf weights,
+    so the total is kept (needs total <= n_units * cap). Rounding uses largest remainders.
     """
-    r = torch.arange(1, n_units + 1, dtype=torch.float64)
-    w = r.pow(-alpha)
+    if cap is not None and total > n_units * cap:
+        raise ValueError(f"total {total} does not fit in {n_units} units of capacity {cap}")
+    w = torch.arange(1, n_units + 1, dtype=torch.float64).pow(-alpha)
     ideal = w / w.sum() * total
+    if cap is not None:  # water-filling: clamp at cap, hand the excess to the unclamped units
+        full = torch.zeros(n_units, dtype=torch.bool)
+        while True:
+            over = ~full & (ideal > cap)
+            if not over.any():
+                break
+            full |= over
+            left = total - cap * int(full.sum())
+            ideal = torch.where(full, torch.tensor(float(cap), dtype=torch.float64), w / w[~full].sum() * left)
     base = ideal.floor()
-    short = int(total - base.sum().item())
+    short = int(round(total - base.sum().item()))
     if short > 0:
-        base[torch.argsort(ideal - base, descending=True)[:short]] += 1
-    caps_by_rank = base.long()
+        room = base < (cap if cap is not None else float("inf"))
+        order = torch.argsort(torch.where(room, ideal - base, torch.tensor(-1.0, dtype=torch.float64)), descending=True)
+        base[order[:short]] += 1
+    return _by_rank(base.long(), ranks)
+
+
+def _by_rank(by_rank: Tensor, ranks: Tensor | None) -> Tensor:
+    """Capacities listed by rank -> capacities per unit (unit with rank r gets by_rank[r - 1])."""
     if ranks is None:
-        return caps_by_rank
-    return caps_by_rank[ranks.long().cpu() - 1].to(ranks.device)
+        return by_rank
+    return by_rank[ranks.long().cpu() - 1].to(ranks.device)
+
+
+def ranks_of(usage: Tensor) -> Tensor:
+    """(n_units,) rank of each unit by usage, 1 = most used; ties keep the unit order."""
+    ranks = torch.empty(usage.shape, dtype=torch.long, device=usage.device)
+    ranks[torch.argsort(usage, descending=True, stable=True)] = torch.arange(1, usage.numel() + 1, device=usage.device)
+    return ranks

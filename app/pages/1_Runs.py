@@ -1,4 +1,5 @@
-"""Runs: every run dir in a table (filterable), a side-by-side comparison, training curves and the L0-FVU frontier."""
+"""Runs: every run dir in a table (filterable), a side-by-side comparison, training curves and the SAE frontier
+(CE loss recovered against L0, comparing like with like: one model, hook and corpus)."""
 
 import pandas as pd
 import streamlit as st
@@ -25,15 +26,22 @@ view = df[df["kind"].isin(kinds) & df["status"].isin(statuses)]
 if text:
     hay = view[["name", "model", "hook", "arch"]].map(data.number).agg(" ".join, axis=1).str.lower()
     view = view[hay.str.contains(text, regex=False)]
-COLS = ["name", "kind", "model", "hook", "arch", "k", "fvu", "l0", "dead_fraction", "metric", "value", "status", "note"]
+COLS = ["name", "kind", "model", "hook", "arch", "k", "mode", "fvu", "ce_recovered", "l0", "dead_fraction", "metric", "value",
+        "status", "note"]
 st.dataframe(view[COLS], hide_index=True, key="runs_table", column_config={
+    "mode": st.column_config.TextColumn("mode", help="SAE runs: the allocation mode of the numbers (the saved SAE's inference "
+                                        "mode: threshold for feature/mutual choice, batch for TopK)"),
     "fvu": st.column_config.NumberColumn("FVU", format="%.4f"),
+    "ce_recovered": st.column_config.NumberColumn("CE recovered", format="%.4f"),
     "l0": st.column_config.NumberColumn("L0", format="%.2f"),
-    "dead_fraction": st.column_config.NumberColumn("dead %", format="percent"),
+    "dead_fraction": st.column_config.NumberColumn("dead %", format="percent", help="latents silent on all of the run's "
+                                                   "dead-window held-out tokens (training metrics: the last dead-window training tokens)"),
     "value": st.column_config.NumberColumn("value", format="%.4f", help="the run's headline metric (column 'metric')"),
     "k": st.column_config.NumberColumn("k", format="%d"),
 })
-st.caption(f"{len(view)} of {len(df)} runs shown. MoE runs: model = task, arch = gate; IOI runs: arch = command.")
+st.caption(f"{len(view)} of {len(df)} runs shown. SAE runs: the saved SAE in its inference mode on held-out tokens "
+           "(eval.json; batch-mode numbers are in the comparison below and in `workbench sae eval`); dead = silent on all of "
+           "the run's --dead-window held-out tokens. MoE runs: model = task, arch = gate; IOI runs: arch = command.")
 ui.unreadable(bad)
 
 # ---- compare -----------------------------------------------------------------------------------
@@ -83,10 +91,20 @@ if chosen:
                             width="stretch")
 
 # ---- frontier ----------------------------------------------------------------------------------
-st.subheader("L0–FVU frontier of SAE runs")
-sae = view[(view["kind"] == "sae")].dropna(subset=["fvu", "l0"])
+st.subheader("SAE frontier: CE loss recovered against L0")
+sae = view[(view["kind"] == "sae")].dropna(subset=["ce_recovered", "l0"])
 if sae.empty:
-    st.info("No SAE runs with FVU and L0 among the runs shown (they come from eval.json or the training metrics).")
+    st.info("No SAE runs with CE recovered and L0 among the runs shown (they come from eval.json).")
 else:
-    st.altair_chart(charts.frontier(sae[["name", "arch", "k", "hook", "l0", "fvu"]]), width="stretch")
-    st.caption("FVU and L0 from each run's eval.json (held-out tokens; training metrics for unfinished runs).")
+    c1, c2, c3 = st.columns(3)
+    groups = sae.groupby(["model", "hook", "corpus"], dropna=False).size().sort_values(ascending=False)
+    models = list(dict.fromkeys(m for m, _, _ in groups.index))
+    model = c1.selectbox("Model", models, key="front_model")
+    hooks = list(dict.fromkeys(h for m, h, _ in groups.index if m == model))
+    hook = c2.selectbox("Hook", hooks, key="front_hook")
+    corpora = list(dict.fromkeys(c for m, h, c in groups.index if m == model and h == hook))
+    corpus = c3.selectbox("Corpus", corpora, key="front_corpus")
+    pick = sae[(sae["model"] == model) & (sae["hook"] == hook) & (sae["corpus"] == corpus)]
+    st.altair_chart(charts.frontier(pick[["name", "arch", "k", "hook", "mode", "l0", "fvu", "ce_recovered"]]), width="stretch")
+    st.caption(f"{len(pick)} of {len(sae)} SAE runs: those of {model} at `{hook}` on the {corpus} corpus. Each point is the "
+               "saved SAE in its inference mode on held-out tokens (eval.json).")

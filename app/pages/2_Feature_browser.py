@@ -25,9 +25,17 @@ if run is None:
 path = run["path"]
 ev = data.read_json(path, "eval.json")
 an = data.read_json(path, data.SAE_ANALYSIS)
-st.caption(f"{run['arch']} · k={run['k']} · {run['model']} · `{run['hook']}` · FVU {data.number(run['fvu'], 4)} · "
-           f"L0 {data.number(run['l0'], 2)} · dead {data.number(None if pd.isna(run['dead_fraction']) else 100 * run['dead_fraction'], 1)}% · status {run['status']}"
+head = data.sae_headline(ev) if isinstance(ev, dict) else {}
+window = f" of {head['dead_window']:,} held-out tokens" if head.get("dead_window") else ""
+dead = None if pd.isna(run["dead_fraction"]) else 100 * run["dead_fraction"]
+st.caption(f"{run['arch']} · k={run['k']} · {run['model']} · `{run['hook']}` · {run['mode'] or '?'} mode: "
+           f"FVU {data.number(run['fvu'], 4)} · CE recovered {data.number(run['ce_recovered'], 4)} · "
+           f"L0 {data.number(run['l0'], 2)} · dead {data.number(dead, 1)}% (silent on all{window}) · status {run['status']}"
            + (f" · {run['note']}" if run.get("note") else ""))
+if isinstance(ev, dict) and head.get("mode") != "batch" and isinstance((ev.get("modes") or {}).get("batch"), dict):
+    b = ev["modes"]["batch"]
+    st.caption(f"batch mode (the training rule; each token's latents depend on the rest of its batch): FVU {data.number(b.get('fvu'), 4)} · "
+               f"CE recovered {data.number(b.get('ce_recovered'), 4)} · L0 {data.number(b.get('l0_mean'), 2)}")
 ANALYZE = f"run `workbench sae analyze {path}`"
 
 
@@ -186,7 +194,7 @@ def latent_browser() -> None:
         return
     lens = an.get("logit_lens") or f"unavailable ({an.get('logit_lens_missing')})"
     st.caption(f"Analysis of {an.get('n_tokens')} held-out tokens in {an.get('mode')} mode: {len(lat) - an.get('dead', 0)} of "
-               f"{len(lat)} latents fired; output tokens via {lens}.")
+               f"{len(lat)} latents fired on them; output tokens via {lens}.")
     evals, features = ioi_features()
     latent = find_latent(lat, features)
     if latent is not None:

@@ -3,7 +3,9 @@
 On the tiny random toy-world model (tests/conftest.py): two SAEs (TopK, Feature Choice) trained for a
 few steps and analysed, an IOI locate run and an IOI eval of the TopK SAE, a sparse-OT MoE run and a
 small gate bench; plus the broken dirs the app must survive (corrupt config.json, unknown kind, a dir
-that is not a run, a half-written SAE run, an SAE run with a corrupt eval.json and a truncated table).
+that is not a run, a half-written SAE run, an SAE run with a corrupt eval.json and a truncated table),
+a copy of the TopK SAE filed under another hook and a copy of the FC SAE with an eval.json in the
+format written before the headline moved to the inference mode.
 """
 
 from __future__ import annotations
@@ -75,6 +77,23 @@ def app_runs(tiny_model_dir, tmp_path_factory) -> Path:
     (bad / "eval.json").write_text('{"fvu": 0.5, "l0_')
     table = (bad / "analysis_latents.parquet").read_bytes()
     (bad / "analysis_latents.parquet").write_bytes(table[: len(table) // 3])
+    other = root / "sae-other-hook"  # the same SAE filed under another hook: the frontier must not mix them
+    shutil.copytree(root / "sae-topk", other)
+    for name, path in (("config.json", ("config", "acts", "hook")), ("eval.json", ("hook",))):
+        d = json.loads((other / name).read_text())
+        inner = d
+        for key in path[:-1]:
+            inner = inner[key]
+        inner[path[-1]] = "blocks.0.hook_resid_post"
+        (other / name).write_text(json.dumps(d))
+    legacy = root / "sae-legacy-eval"  # eval.json as written before the headline moved to the inference mode
+    shutil.copytree(root / "sae-feature-choice", legacy)
+    ev = json.loads((legacy / "eval.json").read_text())
+    b = ev["modes"]["batch"]
+    for key in ("mode", "dead_window", "normalize", "corpus"):
+        ev.pop(key)
+    ev.update(fvu=b["fvu"], l0_mean=b["l0_mean"], l0_std=b["l0_std"], dead_fraction=b["dead_fraction"], ce_recovered=b["ce_recovered"])
+    (legacy / "eval.json").write_text(json.dumps(ev))
     (root / ".timings.json").write_text(json.dumps(t))
     return root
 

@@ -64,7 +64,7 @@ def test_every_page_opens_without_exception_or_warning(app_test, page):
 def test_home_counts_runs_and_lists_unreadable_dirs(app_test):
     at = app_test()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["sae runs"] == "4" and metrics["ioi runs"] == "2" and metrics["moe runs"] == "5"
+    assert metrics["sae runs"] == "6" and metrics["ioi runs"] == "2" and metrics["moe runs"] == "5"
     assert metrics["unreadable"] == str(len(BROKEN))
     text = warnings(at)
     for name in BROKEN:
@@ -75,17 +75,26 @@ def test_home_counts_runs_and_lists_unreadable_dirs(app_test):
 def test_runs_table_holds_the_stored_numbers(app_test, app_runs):
     at = app_test("1_Runs.py")
     table = frame(at, "name", "kind", "fvu", "status").set_index("name")
-    assert {"sae-topk", "sae-feature-choice", "sae-half", "sae-corrupt", "ioi-locate", "ioi-eval", "moe-ot",
-            *(f"bench-syn/{g}-s{s}" for g in ("topk", "hash") for s in (0, 1))} == set(table.index)
+    assert {"sae-topk", "sae-feature-choice", "sae-half", "sae-corrupt", "sae-other-hook", "sae-legacy-eval", "ioi-locate",
+            "ioi-eval", "moe-ot", *(f"bench-syn/{g}-s{s}" for g in ("topk", "hash") for s in (0, 1))} == set(table.index)
     ev = json.loads((app_runs / "sae-topk" / "eval.json").read_text())
     row = table.loc["sae-topk"]
-    assert (row["kind"], row["arch"], row["k"], row["hook"]) == ("sae", "topk", 4, "blocks.1.hook_resid_post")
+    assert (row["kind"], row["arch"], row["k"], row["hook"], row["mode"]) == ("sae", "topk", 4, "blocks.1.hook_resid_post", "batch")
     assert row["fvu"] == pytest.approx(ev["fvu"]) and row["l0"] == pytest.approx(ev["l0_mean"])
+    assert row["ce_recovered"] == pytest.approx(ev["ce_recovered"])
     assert row["dead_fraction"] == pytest.approx(ev["dead_fraction"]) and row["status"] == "done"
+    # Feature Choice: the saved SAE's threshold (inference) mode, not the batch rule of training
+    for name in ("sae-feature-choice", "sae-legacy-eval"):  # the second: an eval.json with batch numbers on top
+        inf = json.loads((app_runs / "sae-feature-choice" / "eval.json").read_text())["modes"]["threshold"]
+        fc = table.loc[name]
+        assert fc["mode"] == "threshold" and fc["fvu"] == pytest.approx(inf["fvu"]), name
+        assert fc["ce_recovered"] == pytest.approx(inf["ce_recovered"]) and fc["l0"] == pytest.approx(inf["l0_mean"])
+        assert fc["dead_fraction"] == pytest.approx(inf["dead_fraction"])
     half = table.loc["sae-half"]  # unfinished: numbers from the last complete metrics row, torn line skipped
     rows = [json.loads(x) for x in (app_runs / "sae-half" / "metrics.jsonl").read_text().splitlines()[:3]]
     assert half["status"] == "running" and half["fvu"] == pytest.approx(rows[-1]["fvu"])
-    assert "training metrics (step" in half["note"] and "missing eval.json" in half["note"]
+    assert "training metrics (batch mode, step" in half["note"] and "missing eval.json" in half["note"]
+    assert "dead = silent on the last 512 training tokens" in half["note"]
     assert "eval.json is unreadable" in table.loc["sae-corrupt", "note"]
     res = json.loads((app_runs / "bench-syn" / "topk-s0" / "results.json").read_text())
     bench = table.loc["bench-syn/topk-s0"]
@@ -116,10 +125,26 @@ def test_runs_compare_curves_and_frontier(app_test):
     charts = chart_data(at)
     curves = next(c for c in charts if {"run", "fvu"} <= set(c.columns))
     assert set(curves["run"]) == {"sae-topk", "sae-feature-choice"}
-    front = next(c for c in charts if {"l0", "fvu", "arch"} <= set(c.columns) and "run" not in c.columns)
-    assert {"topk", "feature-choice"} <= set(front["arch"])
     at.selectbox(key="curve_metric").set_value("l0_mean").run()
     assert not at.exception
+
+
+def _frontier(at) -> pd.DataFrame:
+    return next(c for c in chart_data(at) if {"l0", "ce_recovered", "arch"} <= set(c.columns) and "run" not in c.columns)
+
+
+def test_frontier_plots_ce_recovered_against_l0_for_one_model_hook_and_corpus(app_test, app_runs):
+    at = app_test("1_Runs.py")
+    assert at.selectbox(key="front_hook").value == "blocks.1.hook_resid_post"  # the hook with the most runs
+    assert set(at.selectbox(key="front_hook").options) == {"blocks.1.hook_resid_post", "blocks.0.hook_resid_post"}
+    assert at.selectbox(key="front_corpus").value == "toy"
+    front = _frontier(at)
+    assert set(front["name"]) == {"sae-topk", "sae-feature-choice", "sae-legacy-eval"}  # finished, readable, this hook
+    ev = json.loads((app_runs / "sae-feature-choice" / "eval.json").read_text())
+    point = front.set_index("name").loc["sae-feature-choice"]
+    assert point["ce_recovered"] == pytest.approx(ev["ce_recovered"]) and point["l0"] == pytest.approx(ev["l0_mean"])
+    at.selectbox(key="front_hook").set_value("blocks.0.hook_resid_post").run()
+    assert set(_frontier(at)["name"]) == {"sae-other-hook"}
 
 
 def _latents(app_runs, run="sae-topk"):
@@ -200,6 +225,15 @@ def test_feature_browser_on_runs_without_or_with_broken_analysis(app_test):
     at = app_test("2_Feature_browser.py", run="sae-corrupt")
     assert "Latent browser: not available for this run (analysis_latents.parquet is unreadable" in infos(at)
     assert any("eval.json is unreadable" in c.value for c in at.caption)
+
+
+def test_feature_browser_header_shows_the_inference_mode_first(app_test, app_runs):
+    ev = json.loads((app_runs / "sae-feature-choice" / "eval.json").read_text())
+    at = app_test("2_Feature_browser.py", run="sae-feature-choice")
+    head, batch = at.caption[0].value, at.caption[1].value
+    assert f"threshold mode: FVU {ev['fvu']:.4f} · CE recovered {ev['ce_recovered']:.4f}" in head
+    assert f"(silent on all of {ev['dead_window']:,} held-out tokens)" in head
+    assert batch.startswith("batch mode (the training rule") and f"FVU {ev['modes']['batch']['fvu']:.4f}" in batch
 
 
 def test_ioi_eval_page(app_test, app_runs):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sae.config import SAEConfig
-from sae.losses import aux_loss, aux_weights, zipf_weights
+from sae.losses import aux_loss, aux_weights, cover_loss, uncovered, zipf_weights
 from sae.model import build_sae
 from workbench import alloc
 
@@ -27,19 +27,78 @@ def test_topk_gives_every_token_k_latents():
 
 def test_feature_choice_gives_every_latent_m_tokens_and_tokens_vary():
     out = _sae("feature-choice")(X)
-    m = alloc.budget_capacity(4, 128, 64)
-    assert out.alloc.col_counts().tolist() == [m] * 64 and out.alloc.nnz == 4 * 128
+    assert out.alloc.col_counts().tolist() == [4 * 128 // 64] * 64 and out.alloc.nnz == 4 * 128
     assert out.alloc.row_counts().float().std() > 0  # adaptive per-token allocation
 
 
-def test_feature_choice_zipf_capacities_follow_density_ranks():
+def test_feature_choice_zipf_capacities_follow_usage_ranks():
     s = _sae("feature-choice", capacity="zipf")
     with torch.no_grad():
-        s.density.copy_(torch.linspace(0.001, 0.2, 64))  # latent 63 is the most used
+        s.mass.copy_(torch.linspace(0.001, 0.2, 64))  # latent 63 is the most used
     caps = s.capacities(128)
     assert int(caps.sum()) == 4 * 128 and caps[63] == caps.max() and caps[0] == caps.min()
     counts = s(X).alloc.col_counts()
-    assert torch.equal(counts, caps.clamp(max=128))
+    assert torch.equal(counts, caps)
+
+
+# ---- defects (a)-(e) of issue 13, each test failed before its fix ---------------------------------
+def test_a_aux_zipf_ranks_feature_choice_latents_by_usage_not_by_index():
+    """Uniform capacities give every latent the same density, so ranking by density was the index order."""
+    s = _sae("feature-choice")
+    out = s(X)
+    s.update_stats(out, density_ema=1.0)
+    mass = torch.zeros(64).index_add_(0, out.alloc.cols, out.values.detach())  # per-latent activation mass
+    ranks = alloc.ranks_of(s.usage())
+    assert not torch.equal(ranks, torch.arange(1, 65))
+    assert torch.equal(ranks, alloc.ranks_of(mass))
+    torch.testing.assert_close(s.usage(), 4 * mass / mass.sum())  # usage sums to k
+    torch.testing.assert_close(aux_weights("aux_zipf", s, 10_000), zipf_weights(4 * mass / mass.sum(), 4))
+
+
+def test_b_dead_latents_weigh_one_in_aux_zipf_although_their_density_is_not_zero():
+    s = _sae("mutual-choice")
+    with torch.no_grad():
+        s.density.fill_(4 / 64)
+        s.density[[3, 7]] = 0.003  # decayed but never 0 under an EMA
+        s.since_active[[3, 7]] = 5_000  # fired on none of the last 5,000 tokens: dead for window 4,096
+    w = aux_weights("aux_zipf", s, 4_096)
+    assert w[3] == 1 and w[7] == 1
+    assert torch.equal(aux_weights("aux_k", s, 4_096).nonzero().squeeze(1), torch.tensor([3, 7]))
+
+
+@pytest.mark.parametrize("arch", ["feature-choice", "mutual-choice"])
+def test_c_cover_loss_teaches_the_allocation_to_cover_tokens_it_left_out(arch):
+    s = build_sae(SAEConfig(arch=arch, k=1, d_sae=64, normalize="per_token").resolve(16))
+    s.init_weights(torch.Generator().manual_seed(0))
+    n0 = uncovered(s(X)).numel()  # k = 1: 128 entries for 128 tokens, many tokens left out
+    assert n0 > 30
+    opt = torch.optim.SGD(s.parameters(), lr=0.2)
+    for _ in range(40):
+        opt.zero_grad()
+        cover_loss(s, s(X), k=1).backward()
+        opt.step()
+        assert s.W_dec.grad is None or not s.W_dec.grad.any()  # the encoder learns to compete; the decoder is untouched
+    assert uncovered(s(X)).numel() < 0.6 * n0
+    t = _sae("topk")
+    assert cover_loss(t, t(X), k=4).item() == 0.0  # nothing to cover
+
+
+def test_d_uniform_feature_choice_capacities_spend_exactly_the_budget():
+    s = build_sae(SAEConfig(arch="feature-choice", k=4, d_sae=48).resolve(16))
+    s.init_weights(torch.Generator().manual_seed(0))
+    caps = s.capacities(64)  # k N / F = 5.33: ceil(5.33) * 48 = 288 entries, not 256
+    assert int(caps.sum()) == 4 * 64 and int(caps.max() - caps.min()) == 1
+    assert s(torch.randn(64, 16)).alloc.nnz == 4 * 64
+
+
+def test_e_zipf_capacities_capped_at_n_redistribute_the_budget():
+    caps = alloc.zipf_capacities(8 * 4096, 1024, cap=4096)  # the top ranks want more than 4096 tokens
+    assert int(caps.sum()) == 8 * 4096 and int(caps.max()) == 4096
+    assert torch.all(caps[:-1] >= caps[1:])  # still ordered by rank
+    s = build_sae(SAEConfig(arch="feature-choice", capacity="zipf", k=8, d_sae=64).resolve(16))
+    s.init_weights(torch.Generator().manual_seed(0))
+    out = s(torch.randn(40, 16))  # 8 * 40 = 320 entries; the rank-1 latent alone would want 67 > 40
+    assert out.alloc.nnz == 8 * 40 and int(out.alloc.col_counts().max()) == 40
 
 
 def test_mutual_choice_keeps_the_global_budget_of_largest_entries():
@@ -125,12 +184,12 @@ def test_aux_zipf_with_dead_indicator_weights_is_aux_k():
     ref = _aux_k_reference(s, X, dead, k_aux=3)
     out = s(X)
     w_zipf_dead = (s.density == 0).float()  # aux_zipf's weights replaced by [p_i == 0]
-    torch.testing.assert_close(aux_loss(s, out, X, w_zipf_dead, 3), ref)
-    torch.testing.assert_close(aux_loss(s, out, X, aux_weights("aux_k", s, 5_000), 3), ref)
+    torch.testing.assert_close(aux_loss(s, out, w_zipf_dead, 3), ref)
+    torch.testing.assert_close(aux_loss(s, out, aux_weights("aux_k", s, 5_000), 3), ref)
     assert torch.equal(aux_weights("aux_k", s, 5_000), w_zipf_dead)
 
 
 def test_aux_loss_is_zero_without_candidates():
     s = _sae("topk")
     out = s(X)
-    assert aux_loss(s, out, X, torch.zeros(64), 3).item() == 0.0
+    assert aux_loss(s, out, torch.zeros(64), 3).item() == 0.0

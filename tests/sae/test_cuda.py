@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def _step(sae, x, density):
     sae.zero_grad()
     out = sae(x)
-    loss = fvu(x, out.x_hat) + 0.1 * l1_penalty(out) + aux_loss(sae, out, x, zipf_weights(density, sae.cfg.k), k_aux=6)
+    loss = fvu(x, out.x_hat) + 0.1 * l1_penalty(out) + aux_loss(sae, out, zipf_weights(density, sae.cfg.k), k_aux=6)
     loss.backward()
     return out, loss, {n: p.grad for n, p in sae.named_parameters()}
 

@@ -8,12 +8,13 @@ import torch
 import sae as sae_pkg
 from sae import io
 from sae.config import ARCHS, SAEConfig
+from sae.normalize import OPTIONS as NORMALIZE
 from sae.model import build_sae
 from workbench.errors import RunError
 
 
-def _trained_like(arch):
-    s = build_sae(SAEConfig(arch=arch, k=4, d_sae=48).resolve(12))
+def _trained_like(arch, normalize="auto"):
+    s = build_sae(SAEConfig(arch=arch, k=4, d_sae=48, normalize=normalize).resolve(12))
     s.init_weights(torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -23,23 +24,39 @@ def _trained_like(arch):
     return s
 
 
+@pytest.mark.parametrize("normalize", NORMALIZE)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_round_trip_gives_the_same_outputs(arch, tmp_path):
-    s = _trained_like(arch)
+def test_round_trip_gives_the_same_outputs(arch, normalize, tmp_path):
+    s = _trained_like(arch, normalize)
     folded = s.folded(0.5)  # trained on 0.5 * x; the saved SAE takes raw x
     io.save(folded, tmp_path, {"model_name": "toy-ioi", "hook_name": "blocks.1.hook_resid_post"})
     back = sae_pkg.load(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert cfg["architecture"] == io.SAELENS_ARCH[arch] and cfg["hook_name"] == "blocks.1.hook_resid_post"
+    assert cfg["normalize_activations"] == ("constant_norm_rescale" if normalize == "per_token" else "none")
     assert back.mode == ("threshold" if arch in ("feature-choice", "mutual-choice") else "batch")
+    assert back.cfg.normalize == normalize
     s.set_mode(back.mode)
-    x = torch.randn(30, 12)
+    x = torch.randn(30, 12) * torch.linspace(0.1, 10, 30)[:, None]  # norms over two decades
     with torch.no_grad():
         ref = s(0.5 * x).x_hat / 0.5  # the unfolded SAE on scaled inputs
         torch.testing.assert_close(back(x).x_hat, ref, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(back.encode(x), s.encode(0.5 * x), atol=1e-5, rtol=1e-5)
+        # codes in the input's scale: folding keeps a scalar-normalised SAE's codes; per token they scale with x
+        torch.testing.assert_close(back.encode(x), s.encode(0.5 * x) / (0.5 if normalize == "per_token" else 1.0),
+                                   atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(back.decode(back.encode(x)), back(x).x_hat, atol=1e-5, rtol=1e-5)
     assert back.features.shape == (48, 12)
+
+
+def test_per_token_codes_are_in_the_scale_of_the_input():
+    """encode() of a per-token SAE: codes @ W_dec is each latent's share of the reconstruction of x itself."""
+    s = _trained_like("topk", "per_token")
+    x = torch.randn(20, 12) * 7
+    with torch.no_grad():
+        out = s(x)
+        codes = s.encode(x)
+        torch.testing.assert_close(codes @ s.W_dec + s.b_dec * x.norm(dim=1, keepdim=True) / 12 ** 0.5, out.x_hat)
+        torch.testing.assert_close(s.encode(3 * x), 3 * codes)  # the normalised activations do not change
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path):
@@ -67,14 +84,31 @@ def test_missing_tensor_and_wrong_width_and_missing_files(tmp_path):
         sae_pkg.load(tmp_path / "nowhere")
 
 
-def test_saelens_loads_our_files_and_encodes_the_same(tmp_path):
-    """SAELens (benchmark extra) reads our TopK and Mutual Choice SAEs as TopKSAE / JumpReLUSAE."""
+def test_saelens_loads_our_files_and_reproduces_codes_and_outputs(tmp_path):
+    """SAELens (benchmark extra) reads our SAEs (TopK as TopKSAE, FC/MC as JumpReLUSAE, ReLU-L1 as
+    StandardSAE) with each normalisation and gives the same activations and reconstructions."""
     sae_lens = pytest.importorskip("sae_lens")
-    x = torch.randn(20, 12)
-    for arch in ("topk", "mutual-choice"):
-        s = _trained_like(arch)
-        s.set_mode(s.modes[-1])
-        io.save(s, tmp_path / arch, {"model_name": "toy-ioi", "hook_name": "blocks.1.hook_resid_post"})
-        theirs = sae_lens.SAE.load_from_disk(str(tmp_path / arch), device="cpu")
-        with torch.no_grad():
-            torch.testing.assert_close(theirs.encode(x), s.encode(x), atol=1e-5, rtol=1e-5)
+    x = torch.randn(20, 12) * torch.linspace(0.1, 10, 20)[:, None]
+    for arch in ARCHS:
+        for normalize in NORMALIZE:
+            s = _trained_like(arch, normalize).folded(0.5)
+            s.set_mode(s.modes[-1])
+            where = tmp_path / f"{arch}-{normalize}"
+            io.save(s, where, {"model_name": "toy-ioi", "hook_name": "blocks.1.hook_resid_post"})
+            theirs = sae_lens.SAE.load_from_disk(str(where), device="cpu")
+            with torch.no_grad():
+                ours = s(x)
+                torch.testing.assert_close(theirs.encode(x), ours.codes(), atol=1e-5, rtol=1e-5,
+                                           msg=lambda m: f"{arch} {normalize}: {m}")
+                torch.testing.assert_close(theirs(x), ours.x_hat, atol=1e-4, rtol=1e-5,
+                                           msg=lambda m: f"{arch} {normalize}: {m}")
+
+
+def test_a_normalisation_saelens_cannot_express_is_an_error_at_export(tmp_path):
+    from workbench.errors import ConfigError
+
+    s = _trained_like("topk")
+    s.cfg.normalize = "layer_norm"  # not one of ours: no faithful cfg.json exists for it
+    with pytest.raises(ConfigError, match="normalize: SAELens has no normalize_activations that reproduces 'layer_norm'"):
+        io.save(s, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

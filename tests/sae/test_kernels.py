@@ -5,7 +5,7 @@ import torch
 
 from sae.config import ARCHS, SAEConfig
 from sae.kernels import Plan, sampled_dots
-from sae.losses import aux_loss, fvu, l1_penalty, zipf_weights
+from sae.losses import aux_loss, cover_loss, fvu, l1_penalty, zipf_weights
 from sae.model import build_sae
 from workbench import alloc
 
@@ -31,14 +31,16 @@ def _grads(sae, x, aux=None, density=None, dead=None):
     out = sae(x)
     loss = fvu(x, out.x_hat) + 0.1 * l1_penalty(out)
     if aux == "aux_k":
-        loss = loss + aux_loss(sae, out, x, dead.float(), k_aux=6)
+        loss = loss + aux_loss(sae, out, dead.float(), k_aux=6)
     elif aux == "aux_zipf":
-        loss = loss + aux_loss(sae, out, x, zipf_weights(density, sae.cfg.k), k_aux=6)
+        loss = loss + aux_loss(sae, out, zipf_weights(density, sae.cfg.k), k_aux=6)
+    elif aux == "cover":
+        loss = loss + cover_loss(sae, out, k=sae.cfg.k)
     loss.backward()
     return out, loss, {n: p.grad.clone() for n, p in sae.named_parameters()}
 
 
-@pytest.mark.parametrize("aux", [None, "aux_k", "aux_zipf"])
+@pytest.mark.parametrize("aux", [None, "aux_k", "aux_zipf", "cover"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_sparse_gradients_equal_dense_autograd(arch, aux):
     sparse, dense = _pair(arch)

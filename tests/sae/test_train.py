@@ -143,21 +143,32 @@ def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_p
     runs = tmp_path / "runs"
     rc = main(["sae", "train", "--model", str(tiny_model_dir), "--hook", "blocks.1.hook_resid_post", "--arch", "feature-choice",
                "--k", "4", "--expansion", "2", "--tokens", "1_024", "--batch-size", "128", "--seq-batch", "16",
-               "--shuffle-buffer", "256", "--eval-tokens", "256", "--log-every", "2", "--runs-dir", str(runs), "--name", "e2e",
-               "--wandb-project", "p", "--quiet"])
+               "--shuffle-buffer", "256", "--eval-tokens", "256", "--dead-window", "384", "--log-every", "2",
+               "--runs-dir", str(runs), "--name", "e2e", "--wandb-project", "p", "--quiet"])
     assert rc == 0
     run = runs / "e2e"
-    for f in ("config.json", "cfg.json", "sae_weights.safetensors", "eval.json", "metrics.jsonl", "status.json"):
+    for f in ("config.json", "cfg.json", "sae_weights.safetensors", "sae_stats.safetensors", "eval.json", "metrics.jsonl",
+              "status.json"):
         assert (run / f).is_file(), f
     ev = json.loads((run / "eval.json").read_text())
-    assert ev["arch"] == "feature-choice" and set(ev["modes"]) == {"batch", "threshold"}
-    assert 0 <= ev["fvu"] and ev["hook"] == "blocks.1.hook_resid_post" and "ce_recovered" in ev
+    assert ev["arch"] == "feature-choice" and list(ev["modes"]) == ["threshold", "batch"]
+    # the headline is the saved SAE's inference mode; batch mode only under modes
+    assert ev["mode"] == "threshold" and ev["normalize"] == "per_token"
+    inf = ev["modes"]["threshold"]
+    assert (ev["fvu"], ev["ce_recovered"], ev["l0_mean"]) == (inf["fvu"], inf["ce_recovered"], inf["l0_mean"])
+    assert ev["dead_fraction"] == inf["dead_fraction"] and ev["dead_window"] == inf["dead_window"] >= 384
+    assert ev["hook"] == "blocks.1.hook_resid_post"
     assert list(run.glob("wandb/offline-run-*/run-*.wandb")), "wandb offline files missing"
     assert json.loads((run / "status.json").read_text())["status"] == "done"
-    out = capsys.readouterr().out
-    assert "threshold" in out and "CE recovered" in out
+    out = capsys.readouterr().out.splitlines()
+    first = next(i for i, line in enumerate(out) if "FVU" in line)
+    assert out[first].strip().startswith("saved SAE (threshold mode): FVU") and "CE recovered" in out[first]
+    assert out[first + 1].strip().startswith("batch mode (the training rule")
     assert main(["sae", "eval", str(run), "--tokens", "256"]) == 0
-    assert "threshold" in capsys.readouterr().out
+    assert "saved SAE (threshold mode)" in capsys.readouterr().out
+    assert main(["runs", "--runs-dir", str(runs)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("e2e"))
+    assert "done" in line and f"threshold mode: FVU {inf['fvu']:.4f}  CE recovered" in line
 
 
 def test_cli_resume_rejects_a_changed_flag(tiny_cfg, tiny_model, capsys):

@@ -91,3 +91,19 @@ def test_cache_errors_name_the_file(tmp_path):
 def test_cache_writer_rejects_wrong_width(tmp_path):
     with pytest.raises(CacheError, match=r"\(n, 4\)"):
         CacheWriter(tmp_path / "c", 4, {}).write(torch.randn(3, 5))
+
+
+def test_cache_batches_are_the_rows_of_their_shuffled_order(tmp_path):
+    """Batches read scattered blocks window by window; each row must be the one its index names."""
+    from workbench.cache import ActivationCache, CacheWriter
+
+    x = torch.arange(50_000 * 4, dtype=torch.float32).reshape(50_000, 4)  # row i holds 4i .. 4i+3
+    w = CacheWriter(tmp_path / "c", d=4, meta={"model": "m", "hook": "h"}, shard_rows=7_000)
+    w.write(x)
+    w.close()
+    cache = ActivationCache(tmp_path / "c")
+    order = cache._epoch_order(50_000, 1024, True, torch.Generator().manual_seed(0 * 100_003))
+    it = cache.batches(3000, shuffle=True, seed=0, block=1024)
+    for b in range(5):
+        got = next(it)
+        assert torch.equal(got, x[order[b * 3000:(b + 1) * 3000]])

@@ -138,3 +138,8 @@ def test_drop_over_capacity_keeps_first_choices_then_earlier_rows():
     assert sorted(zip(kept.rows.tolist(), kept.cols.tolist())) == sorted(ref)
     assert torch.all(kept.rows[1:] >= kept.rows[:-1]) and (kept.col_counts() <= cap).all()
     assert kept.nnz < a.nnz  # something was dropped
+
+
+def test_uniform_capacities_sum_exactly_to_the_budget():
+    u = alloc.uniform_capacities(800, 64, ranks=alloc.ranks_of(torch.arange(64.0)))
+    assert int(u.sum()) == 800 and set(u.tolist()) == {12, 13} and u[63] == 13 and u[0] == 12
