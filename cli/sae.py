@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.common import add_quiet, check_name, examples, parse_int
+from cli.common import add_quiet, check_name, dead_fraction, examples, parse_int
 
 TRAIN_EXAMPLES = examples(
     "workbench sae train --arch topk --k 8 --expansion 8 --tokens 2_000_000 --name topk-k8",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from workbench.config import ActsConfig, from_dict, one_of, positive, require
 
-from sae.normalize import OPTIONS as NORMALIZE
+NORMALIZE = ("none", "expected_norm", "per_token")  # input normalisation options (sae/normalize.py)
 
 ARCHS = ("topk", "feature-choice", "mutual-choice", "relu-l1")
 AUX = ("none", "aux_k", "aux_zipf")

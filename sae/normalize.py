@@ -28,7 +28,7 @@ from torch import Tensor
 
 from workbench.errors import ConfigError
 
-OPTIONS = ("none", "expected_norm", "per_token")
+from sae.config import NORMALIZE as OPTIONS
 # what cfg.json's "normalize_activations" says for a saved SAE of each option (expected_norm is folded in)
 SAELENS = {"none": "none", "expected_norm": "none", "per_token": "constant_norm_rescale"}
 # the option SAELens trains with for each of ours (for documentation and the peer benchmark)
