@@ -120,6 +120,13 @@ class Scores:
     best_label: list[str]  # (F,)
     best_mask: torch.Tensor  # (N, F) the best interpretation's prompts (held fixed by the bootstrap)
     skipped: list[str] = field(default_factory=list)
+    _memo: dict = field(default_factory=dict, repr=False)  # paired F1s per (what, weights), reused across thresholds
+
+    def _cached(self, key: str, w: torch.Tensor | None, make):
+        k = (key, None if w is None else id(w))
+        if k not in self._memo:
+            self._memo[k] = make()
+        return self._memo[k]
 
     def kind(self, name: str) -> KindScores | None:
         return next((k for k in self.kinds if k.kind.name == name), None)
@@ -134,8 +141,8 @@ class Scores:
         alive = self.active.any(0)
         if not alive.any():
             return torch.tensor(float("nan")) if w is None else torch.full((len(w),), float("nan"))
-        f1 = it.paired_f1(self.active[:, alive], self.best_mask[:, alive], w)
-        return (torch.nan_to_num(f1, nan=0.0) >= threshold).float().mean(-1)
+        f1 = self._cached("(any)", w, lambda: torch.nan_to_num(it.paired_f1(self.active[:, alive], self.best_mask[:, alive], w), nan=0.0))
+        return (f1 >= threshold).float().mean(-1)
 
     def value_best(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For a single-value kind: per value the best feature's F1 and index ((V,), (V,))."""
@@ -148,7 +155,7 @@ class Scores:
         if best is None:
             return None
         masks = k.kind.masks.to(self.active.device)
-        return torch.nan_to_num(it.paired_f1(self.active[:, best[1]], masks, w), nan=0.0)
+        return self._cached(name, w, lambda: torch.nan_to_num(it.paired_f1(self.active[:, best[1]], masks, w), nan=0.0))
 
 
 def _gather_label(values: list[str], idx: torch.Tensor) -> list[str]:

@@ -1,0 +1,120 @@
+"""How many prompts does `workbench ioi eval` need? Every reported number at small settings vs a large one.
+
+    .venv/bin/python bench/ioi_settings.py --locations runs/demo-ioi-locate --location blocks.1.hook_resid_post@END \\
+        --sae runs/demo-sae-topk --sae runs/demo-sae-feature-choice --sae runs/demo-sae-mutual-choice \\
+        --reference 8000x4000 --settings 600x300 1000x500 2000x1000 --out bench/results/ioi_settings.json
+
+Runs the evaluation in-process (one model load) at the reference setting (n_train x n_eval; taken as
+the converged values) and at each candidate, with the same seed: the prompts of a smaller setting are
+the first prompts of the larger one, so a difference is the sampling error of using fewer. Every
+number on a 0-1 scale is compared (approximation ratios, accuracies, FVU, F1 and coverage, edit
+accuracies and magnitudes, interpretable fractions, the frozen-decoder FVUs); logit differences, L0 and
+the normalised edit coordinates x, y (ratios whose denominators can be near 0) are left out. Prints,
+per candidate, the largest |difference|, where it is, how many numbers are within --tol, and the
+largest bootstrap ± at that setting (what one seed's difference is typically of the order of).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+SKIP = ("ld_clean", "ld_ablated", "ld_reconstructed", "ld_without_reconstruction", "l0", "l0_full", "l0_interpretable",
+        "x", "y", "n_features", "n_values", "n_interpretable", "frozen_k", "frozen_l0", "frozen_minus_sae_fvu", "occlusion_ratio",
+        "dead_fraction", "n_removed", "k", "min_f1", "f1_threshold", "d_sae", "target_changed", "min_best_f1")
+
+
+def flatten(res) -> tuple[dict, dict]:
+    """{key: value}, {key: se} of every compared number of one evaluation."""
+    vals, ses = {}, {}
+
+    def add(prefix, row, ids):
+        for k, v in row.items():
+            if k in ids or k in SKIP or k.endswith("_se") or k.startswith("n_split") or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            key = "/".join(str(row.get(i)) for i in ids) + f"/{k}"
+            vals[f"{prefix}:{key}"] = float(v)
+            if row.get(f"{k}_se") is not None:
+                ses[f"{prefix}:{key}"] = float(row[f"{k}_se"])
+
+    add("clean", {k: v for k, v in res.clean.items() if k != "n"}, [])
+    for r in res.approximation:
+        add("approximation", r, ["cross_section", "dictionary"])
+    for r in res.interpretable:
+        add("interpretable", r, ["cross_section", "dictionary", "f1_threshold"])
+    for r in res.control:
+        add("control", r, ["cross_section", "dictionary", "attribute", "method", "k", "min_f1"])
+    for r in res.interpretability:
+        add("interpretability", r, ["cross_section", "dictionary", "location", "attribute", "f1_threshold"])
+    for r in res.diagnostics_table:
+        add("diagnostics", r, ["cross_section", "dictionary", "location"])
+    return vals, ses
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="toy-ioi")
+    p.add_argument("--locations", required=True)
+    p.add_argument("--location", action="append", default=[])
+    p.add_argument("--cross-section", action="append", default=[])
+    p.add_argument("--sae", action="append", default=[])
+    p.add_argument("--reference", default="8000x4000", help="n_train x n_eval taken as converged")
+    p.add_argument("--settings", nargs="+", default=["600x300", "1000x500", "2000x1000"])
+    p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol", type=float, default=0.02)
+    p.add_argument("--out", default="bench/results/ioi_settings.json")
+    args = p.parse_args(argv)
+
+    from evals.cli import load_cross_sections, select_sections
+    from evals.dictionary import load_families
+    from evals.harness import EvalConfig, evaluate
+    from workbench.models import load_model
+
+    model = load_model(args.model, "cpu")
+    families = load_families(args.sae)
+    _, sections = load_cross_sections(args.locations)
+    sections = select_sections(sections, args.cross_section, args.location)
+    record = {"model": args.model, "locations": args.locations, "location": args.location, "sae": args.sae, "seed": args.seed,
+              "reference": args.reference, "tol": args.tol, "cpu_count": os.cpu_count(), "runs": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for setting in [args.reference, *args.settings]:
+        n_train, n_eval = (int(x) for x in setting.split("x"))
+        t0, load = time.perf_counter(), os.getloadavg()[0]
+        n_boot = 0 if setting == args.reference else args.n_boot  # the reference's own ± is the candidates' x sqrt(n / N)
+        res = evaluate(model, EvalConfig(model=args.model, n_train=n_train, n_eval=n_eval, seed=args.seed, n_boot=n_boot),
+                       sections, families, progress=lambda m: print(f"  [{setting}] {m}", flush=True))
+        vals, ses = flatten(res)
+        record["runs"][setting] = {"values": vals, "se": ses, "wall_s": time.perf_counter() - t0, "load_before": load,
+                                   "timings": res.timings}
+        print(f"{setting}: {len(vals)} numbers, {time.perf_counter() - t0:.0f} s (load {load:.1f})", flush=True)
+        out.write_text(json.dumps(record, indent=1))
+    ref = record["runs"][args.reference]["values"]
+    summary = {}
+    for setting in args.settings:
+        run = record["runs"][setting]
+        diffs = {k: abs(v - ref[k]) for k, v in run["values"].items() if k in ref}
+        worst = max(diffs, key=diffs.get)
+        by_table = {}
+        for k, d in diffs.items():
+            t = k.split(":")[0]
+            by_table[t] = max(by_table.get(t, 0.0), d)
+        within = sum(d <= args.tol for d in diffs.values())
+        max_se = max(run["se"].values(), default=float("nan"))
+        summary[setting] = {"max_abs_diff": diffs[worst], "worst": worst, "within_tol": within, "n": len(diffs),
+                            "max_abs_diff_by_table": by_table, "max_se": max_se, "wall_s": run["wall_s"]}
+        print(f"{setting} vs {args.reference}: max |diff| {diffs[worst]:.3f} at {worst}; {within}/{len(diffs)} within {args.tol}; "
+              f"largest ± here {max_se:.3f}; per table {({t: round(d, 3) for t, d in by_table.items()})}; {run['wall_s']:.0f} s")
+    record["summary"] = summary
+    out.write_text(json.dumps(record, indent=1))
+    print(f"record in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
