@@ -23,9 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-SKIP = ("ld_clean", "ld_ablated", "ld_reconstructed", "ld_without_reconstruction", "l0", "l0_full", "l0_interpretable",
+SKIP = ("logit_diff", "ld_clean", "ld_ablated", "ld_reconstructed", "ld_without_reconstruction", "l0", "l0_full", "l0_interpretable",
         "x", "y", "n_features", "n_values", "n_interpretable", "frozen_k", "frozen_l0", "frozen_minus_sae_fvu", "occlusion_ratio",
         "dead_fraction", "n_removed", "k", "min_f1", "f1_threshold", "d_sae", "target_changed", "min_best_f1")
+
+
+def compared(key: str) -> bool:
+    """Whether a flattened key is a number the comparison uses (also for records written before SKIP grew)."""
+    metric = key.rsplit("/", 1)[-1].split(":")[-1]
+    return metric not in SKIP and not metric.startswith(("n_split", "magnitude_"))
 
 
 def flatten(res) -> tuple[dict, dict]:
@@ -34,7 +40,8 @@ def flatten(res) -> tuple[dict, dict]:
 
     def add(prefix, row, ids):
         for k, v in row.items():
-            if k in ids or k in SKIP or k.endswith("_se") or k.startswith("n_split") or not isinstance(v, (int, float)) or isinstance(v, bool):
+            if (k in ids or k in SKIP or k.endswith("_se") or k.startswith(("n_split", "magnitude_")) or not isinstance(v, (int, float))
+                    or isinstance(v, bool)):  # magnitude_*: norms of supervised vectors, not on a 0-1 scale
                 continue
             key = "/".join(str(row.get(i)) for i in ids) + f"/{k}"
             vals[f"{prefix}:{key}"] = float(v)
@@ -68,6 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=0.02)
     p.add_argument("--out", default="bench/results/ioi_settings.json")
+    p.add_argument("--reuse", action="store_true", help="keep the settings already in --out (same SAEs and locations) instead of re-running them")
     args = p.parse_args(argv)
 
     from evals.cli import load_cross_sections, select_sections
@@ -83,7 +91,14 @@ def main(argv=None) -> int:
               "reference": args.reference, "tol": args.tol, "cpu_count": os.cpu_count(), "runs": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.reuse and out.exists():
+        old = json.loads(out.read_text())
+        if all(old.get(k) == record[k] for k in ("model", "locations", "location", "sae", "seed")):
+            record["runs"] = {k: v for k, v in old["runs"].items()}
     for setting in [args.reference, *args.settings]:
+        if setting in record["runs"]:
+            print(f"{setting}: reused from {out}", flush=True)
+            continue
         n_train, n_eval = (int(x) for x in setting.split("x"))
         t0, load = time.perf_counter(), os.getloadavg()[0]
         n_boot = 0 if setting == args.reference else args.n_boot  # the reference's own ± is the candidates' x sqrt(n / N)
@@ -98,14 +113,14 @@ def main(argv=None) -> int:
     summary = {}
     for setting in args.settings:
         run = record["runs"][setting]
-        diffs = {k: abs(v - ref[k]) for k, v in run["values"].items() if k in ref}
+        diffs = {k: abs(v - ref[k]) for k, v in run["values"].items() if k in ref and compared(k)}
         worst = max(diffs, key=diffs.get)
         by_table = {}
         for k, d in diffs.items():
             t = k.split(":")[0]
             by_table[t] = max(by_table.get(t, 0.0), d)
         within = sum(d <= args.tol for d in diffs.values())
-        max_se = max(run["se"].values(), default=float("nan"))
+        max_se = max((v for k, v in run["se"].items() if compared(k)), default=float("nan"))
         summary[setting] = {"max_abs_diff": diffs[worst], "worst": worst, "within_tol": within, "n": len(diffs),
                             "max_abs_diff_by_table": by_table, "max_se": max_se, "wall_s": run["wall_s"]}
         print(f"{setting} vs {args.reference}: max |diff| {diffs[worst]:.3f} at {worst}; {within}/{len(diffs)} within {args.tol}; "

@@ -56,7 +56,7 @@ class EvalConfig:
     active_fraction: float = field(default=0.0, metadata={"help": "0: a feature is active when its code > 0 (the paper's rule); "
                                                                   "> 0 (not the paper's rule): when its code > this x its max over the prompts"})
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES), metadata={"help": "attributes the supervised dictionaries model: IO S Pos (the paper's), optionally plus Template"})
-    interpretations: list[str] = field(default_factory=lambda: list(ip.KINDS), metadata={"help": "interpretation kinds searched for each feature (default: all)"})
+    interpretations: list[str] = field(default_factory=lambda: list(ip.KINDS), metadata={"help": "interpretation kinds searched for each feature"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the prompts for the ± of every number (0: none)"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
 
