@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ioi_settings.py --locations runs/demo-ioi-locate --location blocks.1.hook_resid_post@END \\
         --sae runs/demo-sae-topk --sae runs/demo-sae-feature-choice --sae runs/demo-sae-mutual-choice \\
-        --reference 8000x4000 --settings 600x300 1000x500 2000x1000 --out bench/results/ioi_settings.json
+        --reference 6000x3000 --settings 600x300 1000x500 2000x1000 --summary bench/results/ioi_settings.json
 
 Runs the evaluation in-process (one model load) at the reference setting (n_train x n_eval; taken as
 the converged values) and at each candidate, with the same seed: the prompts of a smaller setting are
@@ -12,6 +12,7 @@ accuracies and magnitudes, interpretable fractions, the frozen-decoder FVUs); lo
 the normalised edit coordinates x, y (ratios whose denominators can be near 0) are left out. Prints,
 per candidate, the largest |difference|, where it is, how many numbers are within --tol, and the
 largest bootstrap ± at that setting (what one seed's difference is typically of the order of).
+Every value goes to --out (a run-store path; large), the comparison to --summary (small, kept in the repo).
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ def flatten(res) -> tuple[dict, dict]:
     return vals, ses
 
 
+def compare(run: dict, ref: dict, tol: float) -> dict:
+    """How far one setting's numbers are from a reference's: the largest difference, counts within tol."""
+    diffs = {k: abs(v - ref[k]) for k, v in run["values"].items() if k in ref and compared(k)}
+    worst = max(diffs, key=diffs.get)
+    by_table, outside = {}, {}
+    for k, d in diffs.items():
+        table, metric = k.split(":")[0], k.rsplit("/", 1)[-1]
+        by_table[table] = max(by_table.get(table, 0.0), d)
+        if d > tol:
+            key = f"{table}/{metric}"
+            outside[key] = outside.get(key, 0) + 1
+    return {"max_abs_diff": diffs[worst], "worst": worst, "within_tol": sum(d <= tol for d in diffs.values()), "n": len(diffs),
+            "max_abs_diff_by_table": by_table, "outside_tol": outside,
+            "max_se": max((v for k, v in run["se"].items() if compared(k)), default=float("nan")), "wall_s": run["wall_s"]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy-ioi")
@@ -71,10 +88,12 @@ def main(argv=None) -> int:
     p.add_argument("--sae", action="append", default=[])
     p.add_argument("--reference", default="8000x4000", help="n_train x n_eval taken as converged")
     p.add_argument("--settings", nargs="+", default=["600x300", "1000x500", "2000x1000"])
+    p.add_argument("--pairs", nargs="*", default=[], metavar="CAND:REF", help="further comparisons between stored settings")
     p.add_argument("--n-boot", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=0.02)
-    p.add_argument("--out", default="bench/results/ioi_settings.json")
+    p.add_argument("--out", default="runs/bench/ioi_settings_full.json", help="every value of every setting")
+    p.add_argument("--summary", default="bench/results/ioi_settings.json", help="the comparison per setting")
     p.add_argument("--reuse", action="store_true", help="keep the settings already in --out (same SAEs and locations) instead of re-running them")
     args = p.parse_args(argv)
 
@@ -109,25 +128,19 @@ def main(argv=None) -> int:
                                    "timings": res.timings}
         print(f"{setting}: {len(vals)} numbers, {time.perf_counter() - t0:.0f} s (load {load:.1f})", flush=True)
         out.write_text(json.dumps(record, indent=1))
-    ref = record["runs"][args.reference]["values"]
+    pairs = [(c, args.reference) for c in args.settings] + [tuple(x.split(":")) for x in args.pairs]
     summary = {}
-    for setting in args.settings:
-        run = record["runs"][setting]
-        diffs = {k: abs(v - ref[k]) for k, v in run["values"].items() if k in ref and compared(k)}
-        worst = max(diffs, key=diffs.get)
-        by_table = {}
-        for k, d in diffs.items():
-            t = k.split(":")[0]
-            by_table[t] = max(by_table.get(t, 0.0), d)
-        within = sum(d <= args.tol for d in diffs.values())
-        max_se = max((v for k, v in run["se"].items() if compared(k)), default=float("nan"))
-        summary[setting] = {"max_abs_diff": diffs[worst], "worst": worst, "within_tol": within, "n": len(diffs),
-                            "max_abs_diff_by_table": by_table, "max_se": max_se, "wall_s": run["wall_s"]}
-        print(f"{setting} vs {args.reference}: max |diff| {diffs[worst]:.3f} at {worst}; {within}/{len(diffs)} within {args.tol}; "
-              f"largest ± here {max_se:.3f}; per table {({t: round(d, 3) for t, d in by_table.items()})}; {run['wall_s']:.0f} s")
+    for cand, refname in pairs:
+        summary[f"{cand} vs {refname}"] = s = compare(record["runs"][cand], record["runs"][refname]["values"], args.tol)
+        print(f"{cand} vs {refname}: max |diff| {s['max_abs_diff']:.3f} at {s['worst']}; {s['within_tol']}/{s['n']} within "
+              f"{args.tol}; largest ± here {s['max_se']:.3f}; numbers off by more, per table/metric: {s['outside_tol']}")
     record["summary"] = summary
     out.write_text(json.dumps(record, indent=1))
-    print(f"record in {out}")
+    small = {k: v for k, v in record.items() if k != "runs"}
+    small["timings"] = {s: {"wall_s": r["wall_s"], "load_before": r["load_before"]} for s, r in record["runs"].items()}
+    Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.summary).write_text(json.dumps(small, indent=1))
+    print(f"every value in {out}; the comparison in {args.summary}")
     return 0
 
 
