@@ -13,8 +13,9 @@ def lines(df: pd.DataFrame, x: str, y: str, color: str | None = None, title: str
            "tooltip": [c for c in (color, dash, x, y) if c]}
     if color:
         enc["color"] = alt.Color(f"{color}:N", title=color)
-    if dash:
-        enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash)
+    if dash:  # a legend of line strokes, so solid and dashed can be told apart
+        enc["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash,
+                                           legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400))
     return alt.Chart(df, title=title).mark_line(point=len(df) < 60).encode(**enc).interactive()
 
 
@@ -22,28 +23,56 @@ def lines(df: pd.DataFrame, x: str, y: str, color: str | None = None, title: str
 DARK = {"viridis": "low", "blueorange": "ends", "redblue": "ends", "greens": "high", "oranges": "high"}
 
 
+DIVERGING = {"blueorange", "redblue", "redyellowblue", "purpleorange"}
+
+
 def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", scheme: str = "viridis",
             domain: tuple[float, float] | None = None, x_type: str = "O", y_type: str = "O", text: bool = False,
-            x_values: list | None = None) -> alt.Chart:
+            x_values: list | None = None, mid: float = 0.0) -> alt.Chart:
     """A rect per (x, y) cell coloured by `value` (clamped to `domain`); optional numbers written in the cells.
 
+    Diverging schemes are centred on `mid` (0 by default: a cell scoring 0 is drawn in the neutral
+    middle colour); without a `domain` theirs is symmetric around `mid`. Values outside `domain` are
+    drawn in the end colour: say so with :func:`clamp_note`. Row labels are never truncated.
     x_values fixes the x categories (so columns without any cell, e.g. unused experts, still show).
     """
-    scale = alt.Scale(scheme=scheme, domain=list(domain), clamp=True) if domain else alt.Scale(scheme=scheme)
+    diverging = scheme in DIVERGING
+    if diverging and domain is None and not df.empty:
+        half = float((df[value].astype(float) - mid).abs().max()) or 1.0
+        domain = (mid - half, mid + half)
+    if domain:
+        scale = alt.Scale(scheme=scheme, domain=list(domain), clamp=True, **({"domainMid": mid} if diverging else {}))
+    else:
+        scale = alt.Scale(scheme=scheme)
     if text and not df.empty:  # white numbers on dark cells, black on light ones
         v = df[value].astype(float)
         lo, hi = domain if domain else (v.min(), v.max())
-        t = ((v - lo) / ((hi - lo) or 1.0)).clip(0, 1)
+        if diverging:  # distance from the middle colour, each side scaled to its own half of the domain
+            t = 0.5 + 0.5 * ((v - mid) / ((hi - mid) or 1.0)).where(v >= mid, (v - mid) / ((mid - lo) or 1.0)).clip(-1, 1)
+        else:
+            t = ((v - lo) / ((hi - lo) or 1.0)).clip(0, 1)
         dark = {"low": t < 0.45, "high": t > 0.6, "ends": (t - 0.5).abs() > 0.3}[DARK.get(scheme, "low")]
         df = df.assign(_ink=dark.map({True: "white", False: "black"}))
     xs = alt.Scale(domain=list(x_values)) if x_values is not None else alt.Undefined
-    base = alt.Chart(df, title=title).encode(x=alt.X(f"{x}:{x_type}", title=x, scale=xs), y=alt.Y(f"{y}:{y_type}", title=y))
+    base = alt.Chart(df, title=title).encode(x=alt.X(f"{x}:{x_type}", title=x, scale=xs),
+                                             y=alt.Y(f"{y}:{y_type}", title=y, axis=alt.Axis(labelLimit=0)))
     chart = base.mark_rect().encode(color=alt.Color(f"{value}:Q", title=value, scale=scale),
                                     tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")])
     if "_ink" not in df:
         return chart
     ink = alt.condition(alt.datum._ink == "white", alt.value("white"), alt.value("black"))  # no second colour scale
     return chart + base.mark_text(fontSize=11).encode(text=alt.Text(f"{value}:Q", format=".2f"), color=ink)
+
+
+def clamp_note(df: pd.DataFrame, value: str, domain: tuple[float, float], label: str | None = None) -> str:
+    """A sentence naming the cells a heatmap clamps to `domain` ("" if none), e.g. for a caption."""
+    v = df[value].astype(float)
+    out = df[(v < domain[0]) | (v > domain[1])]
+    if out.empty:
+        return ""
+    vals = ", ".join(f"{x:.2f}" for x in out[value].astype(float).head(6)) + (" …" if len(out) > 6 else "")
+    return (f"{len(out)} {label or value} value(s) outside [{domain[0]:g}, {domain[1]:g}] are drawn in the end colour "
+            f"(clamped): {vals}; the numbers in the cells are not clamped.")
 
 
 def bars(df: pd.DataFrame, x: str, y: str, title: str = "", x_type: str = "O", color: str | None = None,

@@ -10,7 +10,12 @@ Modules, one concept each:
 - :mod:`evals.dictionary`: the ``Dictionary`` protocol, the supervised mean / MSE dictionaries and
   the SAE loader.
 - :mod:`evals.approximation`, :mod:`evals.control`, :mod:`evals.interpretability`: the paper's three
-  axes, one small function per metric.
+  axes, one small function per metric (interpretability also holds the occlusion and over-splitting
+  diagnostics).
+- :mod:`evals.interpretation`: the interpretation space (attributes, Pos intersections, unions of
+  names, ...) every feature is scored on.
+- :mod:`evals.frozen_decoder`: the supervised directions as a frozen decoder (the frozen-decoder comparison).
+- :mod:`evals.bootstrap`: seeded prompt resampling for the ± of every number.
 - :mod:`evals.harness`: ``workbench ioi eval`` end to end; :mod:`evals.report`: the files it writes.
 
 Importing this package is light (no TransformerLens, no ``sae``).

@@ -11,8 +11,16 @@ from workbench.config import positive, require
 
 ATTRIBUTES = ("IO", "S", "Pos")  # the paper's attributes: edited, scored for interpretability
 EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute a supervised dictionary may also model
-K_VALUES = (1, 2, 4, 8, 16)  # numbers of SAE features an edit may change (evals.control)
-TAUS = (0.5, 0.6, 0.8)  # activation thresholds, fraction of a feature's max (evals.interpretability)
+# every attribute a prompt carries (what the interpretation space of evals.interpretation searches):
+# A / B = the first / second name of the opening clause (the authors' name1 / name2), the genders of
+# IO and S (from workbench.toyworld.GENDER when the toy world has it), place, object and template
+PROMPT_ATTRIBUTES = ("IO", "S", "Pos", "A", "B", "IO gender", "S gender", "Place", "Object", "Template")
+K_VALUES = (2, 4, 8, 16)  # the paper's edit sizes: SAE features an edit changes (evals.control)
+F1_THRESHOLDS = (0.5, 0.6, 0.8)  # the paper's F1 thresholds (evals.interpretability)
+UNION_MAX = 10  # the authors' max_group_size in autointerp_fast: largest union of names searched
+# interpretation kinds searched for each feature (evals.interpretation)
+KINDS = ("IO", "S", "Pos", "IO & Pos", "S & Pos", "IO union", "S union", "Name", "A", "B",
+         "IO gender", "S gender", "Place", "Object", "Template")
 
 
 @dataclass
@@ -35,17 +43,30 @@ class EvalConfig:
     model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
     n_train: int = field(default=2000, metadata={"help": "train prompts (supervised dictionaries, feature F1 for edits)"})
     n_eval: int = field(default=500, metadata={"help": "eval prompts (every metric)"})
-    seed: int = field(default=0, metadata={"help": "seed: train prompts use it, eval seed+1, counterfactuals seed+2"})
-    ks: list[int] = field(default_factory=lambda: list(K_VALUES), metadata={"help": "numbers of SAE features an edit may change"})
-    taus: list[float] = field(default_factory=lambda: list(TAUS), metadata={"help": "activation thresholds (fraction of a feature's max) for precision/recall/F1"})
+    seed: int = field(default=0, metadata={"help": "seed: train prompts use it, eval seed+1, counterfactuals seed+2, bootstrap seed+3/+4"})
+    ks: list[int] = field(default_factory=lambda: list(K_VALUES),
+                          metadata={"help": "edit sizes: features an SAE edit changes (F1-guided edits remove k/2 and add k/2; the authors' 2 4 8 16)"})
+    f1_thresholds: list[float] = field(default_factory=lambda: list(F1_THRESHOLDS),
+                                       metadata={"help": "F1 thresholds: a value is covered / a feature interpretable at F1 >= t (the paper's 0.5 0.6 0.8)"})
+    active_fraction: float = field(default=0.0, metadata={"help": "0: a feature is active when its code > 0 (the paper's rule); "
+                                                                  "> 0 (not the paper's rule): when its code > this x its max over the prompts"})
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES), metadata={"help": "attributes the supervised dictionaries model: IO S Pos (the paper's), optionally plus Template"})
-    f1_threshold: float = field(default=0.8, metadata={"help": "coverage: a value is covered when some feature has F1 >= this (a feature active on every prompt already scores 2/3 on a balanced binary attribute)"})
+    interpretations: list[str] = field(default_factory=lambda: list(KINDS), metadata={"help": "interpretation kinds searched for each feature"})
+    n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the prompts for the ± of every number (0: none)"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
 
     def __post_init__(self):
         positive(self, "n_train", "n_eval")
-        require(all(k > 0 for k in self.ks), "ks", f"must be positive, got {self.ks}", "pass e.g. --ks 1 2 4 8 16")
+        require(all(k > 0 for k in self.ks), "ks", f"must be positive, got {self.ks}", "pass e.g. --ks 2 4 8 16")
         require(set(ATTRIBUTES) <= set(self.attributes) <= set(ATTRIBUTES + EXTRA_ATTRIBUTES), "attributes",
                 f"must contain IO, S, Pos and nothing but {', '.join(EXTRA_ATTRIBUTES)} besides, got {self.attributes}",
                 "pass --attributes IO S Pos [Template]")
-        require(all(0 <= t < 1 for t in self.taus), "taus", f"must be in [0, 1), got {self.taus}", "pass e.g. --taus 0.5 0.6 0.8")
+        require(bool(self.f1_thresholds) and all(0 < t <= 1 for t in self.f1_thresholds), "f1_thresholds",
+                f"must be in (0, 1], got {self.f1_thresholds}", "pass e.g. --f1-thresholds 0.5 0.6 0.8")
+        require(0 <= self.active_fraction < 1, "active_fraction", f"must be in [0, 1), got {self.active_fraction}",
+                "pass 0 for the paper's rule (code > 0)")
+        bad = [k for k in self.interpretations if k not in KINDS]
+        require(not bad and {"IO", "S", "Pos"} <= set(self.interpretations), "interpretations",
+                f"unknown {bad} or IO / S / Pos missing", f"choose from {', '.join(KINDS)} (IO, S, Pos always)")
+        require(self.n_boot >= 0, "n_boot", f"must be >= 0, got {self.n_boot}", "pass --n-boot 200 (or 0 for no ±)")
+        self.f1_thresholds = sorted(self.f1_thresholds)

@@ -5,28 +5,39 @@ taken from the counterfactual prompt (one attribute changed); its argmax token a
 An edit changes the source activations ``a_src: (N, d)`` at every location; it is accurate on a
 prompt when the edited run's argmax over the full vocabulary equals the target.
 
-Edits, per location:
+Edits, per location; an edit's size k is the number of features it changes (the authors' count):
 - supervised: ``a - u_{i,v} + u_{i,v'}`` (:meth:`evals.dictionary.SupervisedDictionary.edit`);
 - SAE, interpretation-agnostic (:func:`greedy_edit`): with codes ``f_src, f_cf`` and decoder rows
   ``d_j``, candidate moves ``Δ_j = (f_cf,j - f_src,j) d_j``; greedily add the move that brings the
-  sum of moves closest to ``a_cf - a_src``, k times;
-- SAE, interpretation-aware (:func:`f1_edit`): remove the k highest-F1 features for the source
-  value that are active on the source, add the k highest-F1 features for the counterfactual value
-  that are active on the counterfactual (at their counterfactual magnitudes).
+  sum of moves closest to ``a_cf - a_src``, k times (amakelov/sae, sae_interventions.py,
+  ``get_edit_using_sae_opt`` with ``diff_to_use='activation'``);
+- SAE, interpretation-aware (:func:`f1_edit`): remove the k/2 highest-F1 features for the source
+  value that are active on the source, add the k/2 highest-F1 features for the counterfactual value
+  that are active on the counterfactual (at their counterfactual magnitudes) (``get_edit_using_f1_scores``;
+  the authors' collect_results notebook files an exchange of n features under size 2n).
+
+The default sizes are the authors' (collect_results notebook): 2, 4, 8, 16 changed features.
 """
 
 from __future__ import annotations
 
 import torch
 
+from evals.bootstrap import wmean
 from evals.config import K_VALUES  # noqa: F401 - evals.control.K_VALUES, as before
 
 F1_CURVE = (0.25, 0.5, 0.75)  # F1 thresholds of the F1-guided edit curve (run at the largest k)
 
 
-def edit_accuracy(top_edit: torch.Tensor, top_target: torch.Tensor) -> float:
-    """Fraction of prompts whose edited argmax token equals the counterfactual-patching argmax (Sec. 4.2)."""
-    return float((top_edit == top_target).float().mean())
+def f1_exchange(k: int) -> int:
+    """Features an F1-guided edit of size k removes (and adds): k / 2, at least 1."""
+    return max(1, k // 2)
+
+
+def edit_accuracy(top_edit: torch.Tensor, top_target: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """Fraction of prompts whose edited argmax token equals the counterfactual-patching argmax (Sec. 4.2;
+    the authors' ``agreement_with_cf``, analysis notebook)."""
+    return wmean((top_edit == top_target).float(), w)
 
 
 def greedy_edit(f_src: torch.Tensor, f_cf: torch.Tensor, features: torch.Tensor, diff: torch.Tensor, k: int,
@@ -98,16 +109,28 @@ def feature_weights(codes: torch.Tensor, features: torch.Tensor, bias: torch.Ten
     return torch.where(norm2 > 1e-12, w / norm2.clamp_min(1e-12), torch.zeros_like(w))
 
 
-def edit_magnitude(weights: torch.Tensor, removed: torch.Tensor) -> float:
+def removed_weight(weights: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """(N,) total weight of the features an edit removes, per prompt (``compute_removed_weight``)."""
+    return (weights * removed.to(weights)).sum(1)
+
+
+def edit_magnitude(weights: torch.Tensor, removed: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over prompts of the total weight of the features an edit removes (Sec. 4.2)."""
-    return float((weights * removed.to(weights)).sum(1).mean())
+    return wmean(removed_weight(weights, removed), w)
 
 
-def normalized_xy(w: float, acc: float, w_sup: float, acc_sup: float, acc_none: float) -> tuple[float, float]:
+def normalized_xy(w, acc, w_sup, acc_sup, acc_none):
     """Normalised edit coordinates: x = (w - w_sup) / (1 - w_sup), y = (acc - acc_none) / (acc_sup - acc_none).
 
-    The supervised edit sits at (0, 1) and doing nothing at (·, 0) (paper Sec. 4.2, Fig. 3).
+    The supervised edit sits at (0, 1) and doing nothing at (·, 0) (paper Sec. 4.2, Fig. 3; the
+    authors' ``weight_removed_affine`` and ``agreement_score``, analysis notebook). x < 0: the edit
+    removed less of the reconstruction than the supervised edit does. y is undefined (NaN) where the
+    supervised edit is no better than not editing. Floats or paired (B,) tensors of resamples.
     """
-    x = (w - w_sup) / (1 - w_sup) if abs(1 - w_sup) > 1e-9 else float("nan")
-    y = (acc - acc_none) / (acc_sup - acc_none) if abs(acc_sup - acc_none) > 1e-9 else float("nan")
+    w, acc, w_sup, acc_sup, acc_none = (torch.as_tensor(v, dtype=torch.float64) for v in (w, acc, w_sup, acc_sup, acc_none))
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    x = torch.where((1 - w_sup).abs() > 1e-9, (w - w_sup) / (1 - w_sup), nan)
+    y = torch.where((acc_sup - acc_none).abs() > 1e-9, (acc - acc_none) / (acc_sup - acc_none), nan)
+    if x.ndim == 0:
+        return float(x), float(y)
     return x, y

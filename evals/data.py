@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from evals.config import ATTRIBUTES, EXTRA_ATTRIBUTES  # noqa: F401 - imported from here by the harness and tests
+from evals.config import ATTRIBUTES, EXTRA_ATTRIBUTES, PROMPT_ATTRIBUTES  # noqa: F401 - imported from here by the harness and tests
 from workbench import toyworld
 from workbench.errors import ConfigError
 
@@ -42,11 +42,24 @@ POS_VALUES = ("ABB", "BAB")
 POSITIONS = ("IO", "S1", "S2", "END")
 
 
-def attribute_value(prompt: toyworld.IOIPrompt, attr: str) -> str:
-    """The value of attribute ``attr`` (IO, S, Pos, or Template: the template index as text) of one prompt."""
+def genders() -> dict[str, str]:
+    """name -> "F" / "M" from ``workbench.toyworld.GENDER`` (empty until the toy world carries genders)."""
+    return dict(getattr(toyworld, "GENDER", None) or {})
+
+
+def attribute_value(prompt: toyworld.IOIPrompt, attr: str) -> str | None:
+    """The value of attribute ``attr`` (one of :data:`PROMPT_ATTRIBUTES`) of one prompt, as text.
+
+    None when the prompt does not carry it (a gender of a name the gender table does not list).
+    """
     if attr == "Template":
         return str(prompt.template)
-    return {"IO": prompt.io, "S": prompt.s, "Pos": prompt.pos}[attr]
+    if attr in ("A", "B"):
+        first, second = (prompt.io, prompt.s) if prompt.pos == "ABB" else (prompt.s, prompt.io)
+        return first if attr == "A" else second
+    if attr in ("IO gender", "S gender"):
+        return genders().get(prompt.io if attr == "IO gender" else prompt.s)
+    return {"IO": prompt.io, "S": prompt.s, "Pos": prompt.pos, "Place": prompt.place, "Object": prompt.obj}[attr]
 
 
 def check_names(model: "HookedTransformer", names: Sequence[str]) -> tuple[list[str], list[str]]:

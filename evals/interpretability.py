@@ -1,22 +1,34 @@
 """Interpretability: do a dictionary's features mean attribute values? (paper Sec. 4.3, 5)
 
-A feature j is *active* on a prompt at threshold τ when its code exceeds τ times its maximum over
-the prompts (``codes: (N, F)``). For an attribute value v with mask ``m: (N,)`` ("the prompt has
-v"): precision = |active ∧ m| / |active|, recall = |active ∧ m| / |m|, F1 their harmonic mean.
-The paper uses τ ∈ {0.5, 0.6, 0.8} (:data:`TAUS`).
+The paper's rule (amakelov/sae, sae_variants.py, ``get_activation_pattern``: ``acts > 0``): a
+feature j is *active* on a prompt when its code is > 0. For an attribute value v with mask
+``m: (N,)`` ("the prompt has v"): precision = |active ∧ m| / |active|, recall = |active ∧ m| / |m|,
+F1 their harmonic mean (sae_interp.py, ``get_feature_scores``). A value is *covered* at F1
+threshold t when some feature scores F1 >= t; the paper's thresholds are 0.5, 0.6, 0.8
+(:data:`F1_THRESHOLDS`). Which values are searched is the interpretation space
+(:mod:`evals.interpretation`).
+
+``active_pattern(codes, fraction)`` with ``fraction > 0`` is a stricter rule that is *not* the
+paper's (code > fraction x the feature's max over the prompts); it is kept as an option because
+it shows whether a feature's large activations are more specific than its support.
+
+Diagnostics the paper names (Sec. 5): :func:`over_splitting` and :func:`occlusion`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from evals.config import TAUS  # noqa: F401 - evals.interpretability.TAUS, as before
+from evals.config import F1_THRESHOLDS, UNION_MAX  # noqa: F401 - evals.interpretability.*, as before
 
 
-def active_pattern(codes: torch.Tensor, tau: float) -> torch.Tensor:
-    """(N, F) bool: code > tau * max over prompts (features whose max is <= 0 are never active)."""
+def active_pattern(codes: torch.Tensor, fraction: float = 0.0) -> torch.Tensor:
+    """(N, F) bool. fraction = 0: code > 0 (the paper's rule). fraction > 0 (not the paper's):
+    code > fraction x the feature's max over the prompts (features whose max is <= 0 are never active)."""
+    if fraction <= 0:
+        return codes > 0
     mx = codes.max(0).values
-    return (codes > tau * mx) & (mx > 0)
+    return (codes > fraction * mx) & (mx > 0)
 
 
 def value_masks(v_idx: torch.Tensor, n_values: int) -> torch.Tensor:
@@ -27,6 +39,12 @@ def value_masks(v_idx: torch.Tensor, n_values: int) -> torch.Tensor:
     return m
 
 
+def f1_from_counts(inter: torch.Tensor, n_act: torch.Tensor, n_val: torch.Tensor) -> torch.Tensor:
+    """F1 = 2 |active ∧ m| / (|active| + |m|) (= 2PR / (P + R)); NaN when both counts are 0."""
+    den = n_act + n_val
+    return torch.where(den > 0, 2 * inter / den.clamp_min(1e-12), torch.full_like(den, float("nan")))
+
+
 def precision_recall_f1(active: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Feature-vs-value precision, recall, F1 (paper Sec. 4.3), each (F, n_values); NaN where undefined.
 
@@ -34,13 +52,18 @@ def precision_recall_f1(active: torch.Tensor, masks: torch.Tensor) -> tuple[torc
     """
     act = active.to(masks.dtype)
     inter = act.T @ masks  # (F, n_values)
-    n_act = act.sum(0)[:, None]
-    n_val = masks.sum(0)[None, :]
-    precision = inter / n_act
-    recall = inter / n_val
-    f1 = 2 * inter / (n_act + n_val)
-    f1 = torch.where((n_act + n_val) > 0, f1, torch.full_like(f1, float("nan")))
-    return precision, recall, f1
+    n_act = act.sum(0)[:, None].expand_as(inter)
+    n_val = masks.sum(0)[None, :].expand_as(inter)
+    return inter / n_act, inter / n_val, f1_from_counts(inter, n_act, n_val)
+
+
+def paired_f1(active_cols: torch.Tensor, mask_cols: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """F1 of K (feature, interpretation) pairs given as columns: active_cols, mask_cols (N, K) -> (K,),
+    or (B, K) over bootstrap weights ``w: (B, N)`` (the pairs stay fixed; the prompts are resampled)."""
+    a, m = active_cols.float(), mask_cols.float()
+    ww = torch.ones(1, len(a), device=a.device) if w is None else w.to(a)
+    out = f1_from_counts(ww @ (a * m), ww @ a, ww @ m)
+    return out[0] if w is None else out
 
 
 def best_f1_per_value(f1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,38 +77,73 @@ def coverage(f1: torch.Tensor, threshold: float = 0.8) -> float:
     return float((best_f1_per_value(f1)[0] >= threshold).float().mean())
 
 
-def over_splitting(precision: torch.Tensor, recall: torch.Tensor, min_precision: float = 0.9,
-                   min_recall: float = 0.05) -> dict:
-    """Over-splitting diagnostic (Sec. 5): a value carried by many small, precise features.
+def union_f1(active: torch.Tensor, masks: torch.Tensor, f1: torch.Tensor, max_size: int = UNION_MAX
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best "the value is one of m values" interpretation per feature, m <= max_size (paper Sec. 4.3).
 
-    For each value: ``n_split`` features with precision >= min_precision and recall >= min_recall,
-    the best single feature's recall, and the summed recall of the split features (an upper bound on
-    their union). A value is over-split when n_split >= 2 and no single precise feature has recall >= 0.5.
+    Follows amakelov/sae, sae_interp.py, ``autointerp_fast``: for each feature, order the values by
+    their own F1 with it, and score the unions of its top 1, 2, ..., max_size values.
+    active: (N, F) bool; masks: (N, V) 0/1; f1: (F, V) single-value F1.
+    Returns (best F1 (F,), best union size (F,), the values in F1 order (F, m_max) long).
     """
-    p = torch.nan_to_num(precision, nan=0.0)
-    r = torch.nan_to_num(recall, nan=0.0)
-    precise = (p >= min_precision) & (r >= min_recall)  # (F, n_values)
-    n_split = precise.sum(0)
-    best_r = torch.where(precise, r, torch.zeros_like(r)).max(0).values
-    sum_r = torch.where(precise, r, torch.zeros_like(r)).sum(0)
-    flags = (n_split >= 2) & (best_r < 0.5)
-    return {"n_split": n_split.tolist(), "best_recall": best_r.tolist(), "summed_recall": sum_r.tolist(),
+    m_max = min(max_size, masks.shape[1])
+    order = torch.nan_to_num(f1, nan=-1.0).topk(m_max, dim=1).indices  # (F, m)
+    act = active.to(masks.dtype)
+    best = torch.zeros(act.shape[1], device=act.device)
+    size = torch.ones(act.shape[1], dtype=torch.long, device=act.device)
+    n_act = act.sum(0)
+    union = torch.zeros_like(act)
+    for m in range(m_max):
+        union = torch.maximum(union, masks[:, order[:, m]])  # (N, F): the prompt's value is among the top m+1
+        score = torch.nan_to_num(f1_from_counts((act * union).sum(0), n_act, union.sum(0)), nan=0.0)
+        better = score > best + 1e-9
+        best = torch.where(better, score, best)
+        size = torch.where(better, torch.full_like(size, m + 1), size)
+    return best, size, order
+
+
+def over_splitting(active: torch.Tensor, masks: torch.Tensor, f1_threshold: float = 0.8, min_precision: float = 0.9,
+                   max_recall: float = 0.5, min_count: int = 10) -> dict:
+    """Over-splitting (paper Sec. 5): a binary attribute's value carried by many small features.
+
+    For each value v (masks: (N, V) of a binary attribute such as Pos; active: (N, F) bool):
+    the *split* features fire almost only on v (precision >= min_precision) but each on a small part
+    of it (recall < max_recall), on at least min_count prompts with v (fewer is too few to call the
+    precision a property of the feature rather than chance). v is over-split when at least two split features
+    together cover at least half of v (their union's recall >= 0.5) while no single feature matches
+    v with F1 >= f1_threshold.
+    Returns per value: n_split, union_recall (of the split features), best_f1 (any feature), over_split.
+    """
+    act = active.to(masks.dtype)
+    p, r, f1 = precision_recall_f1(active, masks)
+    p, r = torch.nan_to_num(p, nan=0.0), torch.nan_to_num(r, nan=0.0)
+    hits = act.T @ masks  # (F, V) prompts with v on which the feature fires
+    split = (p >= min_precision) & (hits >= min_count) & (r < max_recall)  # (F, V)
+    n_split = split.sum(0)
+    fired = (act @ split.to(act)) > 0  # (N, V): some split feature of v fires
+    union_recall = (fired.to(masks) * masks).sum(0) / masks.sum(0).clamp_min(1)
+    best = best_f1_per_value(f1)[0]
+    flags = (n_split >= 2) & (union_recall >= 0.5) & (best < f1_threshold)
+    return {"n_split": n_split.tolist(), "union_recall": union_recall.tolist(), "best_f1": best.tolist(),
             "over_split": flags.tolist(), "any_over_split": bool(flags.any())}
 
 
 def occlusion(magnitude: dict[str, float], cov: dict[str, float], causal: dict[str, float],
               min_causal: float = 0.2, low: float = 0.5) -> dict[str, dict]:
-    """Occlusion diagnostic (Sec. 5): a causally relevant attribute hidden by a larger one.
+    """Occlusion (paper Sec. 5): a causally relevant attribute hidden by a larger-magnitude one.
 
-    magnitude: attr -> mean norm of its supervised (mean-dictionary) vectors; cov: attr -> coverage;
-    causal: attr -> fraction of prompts whose output changes under counterfactual patching of the
-    cross-section. Attribute i is occluded when causal[i] >= min_causal, cov[i] < low, and some
-    attribute j with magnitude[j] > magnitude[i] has cov[j] >= low (it took the features).
+    magnitude: attr -> mean norm of its supervised (mean-dictionary) vectors at the location;
+    cov: attr -> coverage by the dictionary's features; causal: attr -> fraction of prompts whose
+    output changes under counterfactual patching of the cross-section. Attribute i is occluded when
+    causal[i] >= min_causal, cov[i] < low, and some attribute j with magnitude[j] > magnitude[i] has
+    cov[j] >= low (the features went to j). ``ratio`` is the largest such magnitude[j] / magnitude[i]:
+    the paper finds occlusion even at ratios barely above 1.
     """
     out = {}
     for a in magnitude:
         by = [b for b in magnitude if b != a and magnitude[b] > magnitude[a] and cov.get(b, 0.0) >= low]
         occluded = causal.get(a, 0.0) >= min_causal and cov.get(a, 0.0) < low and bool(by)
+        ratio = max((magnitude[b] / max(magnitude[a], 1e-12) for b in by), default=None)
         out[a] = {"magnitude": magnitude[a], "coverage": cov.get(a), "causal": causal.get(a),
-                  "occluded": occluded, "by": by if occluded else []}
+                  "occluded": occluded, "by": by if occluded else [], "ratio": ratio if occluded else None}
     return out

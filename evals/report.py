@@ -25,33 +25,60 @@ written by ``locate`` (and by ``eval`` when it had to run discovery itself):
 
 written by ``eval``:
 
+Every number measured on prompts has a bootstrap standard error in a column ``<name>_se`` next to it
+(seeded resampling of the eval prompts, or of the train prompts for F1 numbers; ``--n-boot``
+resamples; null with ``--n-boot 0``). Choices made on the full sample (which features are
+interpretable, each value's best feature) are held fixed across the resamples.
+
 ``cross_sections.json``  the cross-sections evaluated (same objects as in locations.json).
 ``splits.json``  n_train, n_eval, templates, names_kept, names_dropped, eval_pool,
     counterfactual_pool, train_balance / eval_balance: {attr: {"values", "min_count", "max_count"}}.
-``dictionaries.json``  {"clean": {"accuracy", "logit_diff", "n"}, "sae_families": [{"label", "saes":
+``dictionaries.json``  {"clean": {"accuracy" (LD > 0), "top1_accuracy" (argmax = IO), "logit_diff", "n",
+    + _se}, "settings": {"n_boot", "f1_thresholds", "active_fraction", "activation_rule", "ks",
+    "interpretations", "interpretations_skipped", "ablation_mean"}, "sae_families": [{"label", "saes":
     [{"path", "hook", "head", "arch", "k", "d_sae", "d_in", "corpus", "positions", "tokens"}]}],
     "skipped": [{"cross_section", "dictionary", "reason"}], "timings": {"data_s", <section>, "total_s"}}
 ``approximation.{json,parquet}``  one row per (cross_section, dictionary):
     cross_section, dictionary (mean | mse | SAE family label), kind (supervised | sae), arch, k, d_sae,
-    corpus, positions, locations, sufficiency, necessity, ld_recovered, ld_clean, ld_ablated,
-    ld_reconstructed, ld_without_reconstruction, accuracy_reconstructed, fvu, l0, shrinkage,
-    dead_fraction, n_features.
+    corpus, positions, locations, sufficiency, necessity, ld_recovered (|LD_rec - LD_abl| /
+    |LD_clean - LD_abl|, the authors'), ld_recovered_signed, ld_clean, ld_ablated (mean over the eval
+    prompts patched in), ld_reconstructed, ld_without_reconstruction, accuracy_reconstructed (LD > 0),
+    top1_reconstructed (argmax = IO), fvu, l0, shrinkage, dead_fraction, n_features.
+``interpretable.{json,parquet}``  one row per (cross_section, SAE family, f1_threshold): the
+    reconstruction from the interpretable features only (best interpretation F1 >= f1_threshold):
+    n_interpretable (features, mean over locations), l0_interpretable, interpretable_fraction (of the
+    features active on some train prompt), sufficiency, necessity, ld_recovered, ld_recovered_signed,
+    top1_reconstructed, and the full reconstruction's sufficiency_full, necessity_full,
+    ld_recovered_full, ld_recovered_signed_full, l0_full beside them.
 ``control.{json,parquet}``  one row per (cross_section, dictionary, attribute, method, k):
-    attribute (IO | S | Pos), method (supervised | greedy | f1), k (null for supervised), min_f1 (f1
-    edits use only features with F1 > min_f1: 0, and 0.25 / 0.5 / 0.75 at the largest k: the
-    causal-effect-vs-interpretability curve; null for supervised), accuracy
-    (edit accuracy against counterfactual patching), magnitude (total weight of removed features),
-    x, y (normalised: mean-dictionary supervised edit at (0, 1), no edit at y = 0), acc_none
-    (accuracy of not editing), target_changed (1 - acc_none), plus the dictionary columns above.
-``interpretability.{json,parquet}``  one row per (cross_section, dictionary, location, attribute, tau):
-    n_values, mean_best_f1, min_best_f1, coverage (fraction of values with a feature of F1 >=
-    f1_threshold, default 0.8), n_distinct_best_features.
-``features.parquet``  one row per (cross_section, dictionary, location, tau, feature, attribute) for
-    features with F1 > 0: value (the best-matching value), precision, recall, f1.
-``diagnostics.json``  rows with "diagnostic": "over_splitting" (attribute Pos; n_split, best_recall,
-    summed_recall, over_split per value, any_over_split) or "occlusion" (attributes: {attr:
-    {magnitude, coverage, causal, occluded, by}}, any_occluded).
-``summary.md``  the headline tables in Markdown.
+    attribute (IO | S | Pos), method (supervised | greedy | f1), k (edit size: features changed;
+    null for supervised), n_removed (features removed: k for greedy, k/2 for f1), min_f1 (f1 edits use
+    only features with F1 > min_f1: 0, and 0.25 / 0.5 / 0.75 at the largest k: the
+    causal-effect-vs-interpretability curve; null for supervised), accuracy (edit accuracy against
+    counterfactual patching), magnitude (total weight of removed features), x, y (normalised:
+    mean-dictionary supervised edit at (0, 1), no edit at y = 0; x < 0: less weight removed than the
+    supervised edit), acc_none (accuracy of not editing), target_changed (1 - acc_none), plus the
+    dictionary columns above.
+``interpretability.{json,parquet}``  one row per (cross_section, dictionary, location, attribute,
+    f1_threshold); attribute = an interpretation kind (IO, S, Pos, IO & Pos, S & Pos, IO union,
+    S union, Name, A, B, IO gender, S gender, Place, Object, Template) or "(any)": n_values,
+    mean_best_f1 (mean over values of the best feature's F1; null for unions, which are searched per
+    feature), min_best_f1, coverage (fraction of values with a feature of F1 >= f1_threshold),
+    n_features (features whose best interpretation is of this kind with F1 >= f1_threshold);
+    "(any)" rows: n_features and interpretable_fraction over the whole space.
+``features.parquet``  one row per (cross_section, dictionary, location, feature, attribute) with F1 >=
+    0.2, and each feature's best interpretation: value (the best value, or the union "A | B | ..."),
+    precision, recall, f1, best (this is the feature's best interpretation).
+``diagnostics.json``  rows with "diagnostic": "occlusion" (attributes: {attr: {magnitude, coverage,
+    causal, occluded, by, ratio}}, any_occluded; coverage at the lowest F1 threshold),
+    "over_splitting" (attribute Pos; values, n_split, union_recall, best_f1, over_split per value,
+    any_over_split; "matched by one feature" at the highest F1 threshold) or "frozen_decoder" (SAEs).
+``diagnostics.parquet``  one row per (cross_section, dictionary, location): occluded ("IO by S", ...),
+    occlusion_ratio, coverage_/magnitude_/causal_{IO,S,Pos}, over_split, n_split_{ABB,BAB},
+    union_recall_{ABB,BAB}; SAEs also frozen_k, fvu_sae, fvu_frozen, frozen_minus_sae_fvu (+ _se),
+    frozen_l0, frozen_coverage_{IO,S,Pos}, frozen_prefers ("sae": the SAE objective prefers the SAE's
+    own dictionary to the supervised directions at the same k).
+``summary.md``  the headline tables in Markdown, every number with its ±.
 """
 
 from __future__ import annotations
@@ -109,13 +136,16 @@ def write_locate(run: Run, result: dict) -> None:
 def write_eval(run: Run, res: "Results", model: str) -> None:
     run.write_json("cross_sections.json", res.cross_sections)
     run.write_json("splits.json", res.splits)
-    run.write_json("dictionaries.json", clean_json({"clean": res.clean, "sae_families": res.families,
+    run.write_json("dictionaries.json", clean_json({"clean": res.clean, "settings": res.settings, "sae_families": res.families,
                                          "skipped": res.skipped, "timings": res.timings}))
     write_table(run, "approximation", res.approximation)
+    if res.interpretable:
+        write_table(run, "interpretable", res.interpretable)
     write_table(run, "control", res.control)
     write_table(run, "interpretability", res.interpretability)
     write_table(run, "features", res.features, json_too=False)
     run.write_json("diagnostics.json", clean_json(res.diagnostics))
+    write_table(run, "diagnostics", res.diagnostics_table, json_too=False)
     atomic_write_text(run.path / "summary.md", summary_markdown(res, model))
 
 
@@ -125,19 +155,45 @@ def _f(v, nd: int = 2) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _pm(row: dict, key: str, nd: int = 2) -> str:
+    """``value ± se`` (the bootstrap standard error), or the value alone when there is no se."""
+    v, se = row.get(key), row.get(f"{key}_se")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return _f(v, nd)
+    return f"{_f(v, nd)} ± {_f(se, nd)}"
+
+
 def summary_markdown(res: "Results", model: str) -> str:
-    """Headline tables: approximation, best edit accuracy per method, interpretability at the first tau."""
+    """Headline tables with bootstrap ±: approximation, interpretable features, control, interpretability, diagnostics."""
+    c = res.clean
+    st = res.settings or {}
     out = [f"# IOI evaluation of `{model}`", "",
-           f"Clean: accuracy {_f(res.clean['accuracy'], 3)}, mean LD {_f(res.clean['logit_diff'])} on "
-           f"{res.clean['n']} eval prompts ({res.splits['n_train']} train). Total time {_f(res.timings.get('total_s'), 1)} s.", ""]
+           f"Clean: accuracy (LD > 0) {_pm(c, 'accuracy', 3)}, top-1 accuracy {_pm(c, 'top1_accuracy', 3)}, mean LD "
+           f"{_pm(c, 'logit_diff')} on {c['n']} eval prompts ({res.splits['n_train']} train). "
+           f"± = bootstrap standard error ({st.get('n_boot', 0)} resamples of the prompts). "
+           f"Active feature: {st.get('activation_rule', 'code > 0')}. Total time {_f(res.timings.get('total_s'), 1)} s.", ""]
     out += ["## Cross-sections", ""]
     for cs in res.cross_sections:
         out.append(f"- **{cs['name']}**: {', '.join(f'`{loc}`' for loc in cs['locations'])}" + (f" — {cs['description']}" if cs.get("description") else ""))
-    out += ["", "## Approximation", "", "| cross-section | dictionary | sufficiency | necessity | LD recovered | FVU | L0 |", "|---|---|---|---|---|---|---|"]
+    out += ["", "## Approximation", "", "LD recovered = |LD_rec − LD_abl| / |LD_clean − LD_abl| (the authors'); signed beside it. "
+            "Mean ablation uses the mean over the eval prompts.", "",
+            "| cross-section | dictionary | sufficiency | necessity | LD recovered | LD recovered (signed) | top-1 | FVU | L0 |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in res.approximation:
-        out.append(f"| {r['cross_section']} | {r['dictionary']} | {_f(r['sufficiency'])} | {_f(r['necessity'])} | "
-                   f"{_f(r['ld_recovered'])} | {_f(r['fvu'])} | {_f(r['l0'], 1)} |")
-    out += ["", "## Control (edit accuracy; SAE edits: the best over k, with the k that reached it)", "",
+        out.append(f"| {r['cross_section']} | {r['dictionary']} | {_pm(r, 'sufficiency')} | {_pm(r, 'necessity')} | "
+                   f"{_pm(r, 'ld_recovered')} | {_pm(r, 'ld_recovered_signed')} | {_pm(r, 'top1_reconstructed')} | "
+                   f"{_pm(r, 'fvu')} | {_pm(r, 'l0', 1)} |")
+    if res.interpretable:
+        out += ["", "## Interpretable features only (best interpretation F1 >= threshold) vs the full reconstruction", "",
+                "| cross-section | dictionary | F1 >= | interpretable fraction | L0 kept / full | sufficiency (full) | necessity (full) | LD recovered (full) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in res.interpretable:
+            out.append(f"| {r['cross_section']} | {r['dictionary']} | {_f(r['f1_threshold'])} | {_pm(r, 'interpretable_fraction')} | "
+                       f"{_f(r['l0_interpretable'], 1)} / {_f(r['l0_full'], 1)} | {_pm(r, 'sufficiency')} ({_f(r['sufficiency_full'])}) | "
+                       f"{_pm(r, 'necessity')} ({_f(r['necessity_full'])}) | {_pm(r, 'ld_recovered')} ({_f(r['ld_recovered_full'])}) |")
+    out += ["", "## Control (edit accuracy; SAE edits: the best over k = features changed, with the k that reached it)", "",
             "| cross-section | dictionary | attribute | no edit | supervised / greedy | F1-guided | target changed |", "|---|---|---|---|---|---|---|"]
     keyed: dict = {}
     for r in res.control:
@@ -148,33 +204,35 @@ def summary_markdown(res: "Results", model: str) -> str:
             if not rs:
                 return "–"
             b = max(rs, key=lambda r: r["accuracy"])
-            return _f(b["accuracy"]) + (f" (k={b['k']})" if b["k"] is not None else "")
+            return _pm(b, "accuracy") + (f" (k={b['k']})" if b["k"] is not None else "")
         main = best("supervised") if rows[0]["kind"] == "supervised" else best("greedy")
-        out.append(f"| {cs} | {d} | {a} | {_f(rows[0]['acc_none'])} | {main} | {best('f1')} | {_f(rows[0]['target_changed'])} |")
+        out.append(f"| {cs} | {d} | {a} | {_pm(rows[0], 'acc_none')} | {main} | {best('f1')} | {_pm(rows[0], 'target_changed')} |")
     if res.interpretability:
-        tau = res.interpretability[0]["tau"]
-        out += ["", f"## Interpretability (tau = {tau}: mean best F1 / coverage per attribute)", "",
-                "| cross-section | dictionary | location | IO | S | Pos |", "|---|---|---|---|---|---|"]
+        thr = sorted({r["f1_threshold"] for r in res.interpretability})
+        out += ["", f"## Interpretability (mean best F1; coverage at F1 >= {' / '.join(_f(t) for t in thr)})", "",
+                "| cross-section | dictionary | location | IO | S | Pos | interpretable features (any kind) |", "|---|---|---|---|---|---|---|"]
         keyed = {}
         for r in res.interpretability:
-            if r["tau"] == tau:
-                keyed.setdefault((r["cross_section"], r["dictionary"], r["location"]), {})[r["attribute"]] = r
+            keyed.setdefault((r["cross_section"], r["dictionary"], r["location"]), {}).setdefault(r["attribute"], {})[r["f1_threshold"]] = r
         for (cs, d, loc), by in keyed.items():
-            cells = [f"{_f(by[a]['mean_best_f1'])} / {_f(by[a]['coverage'])}" if a in by else "–" for a in ("IO", "S", "Pos")]
-            out.append(f"| {cs} | {d} | `{loc}` | " + " | ".join(cells) + " |")
-    first_tau = res.interpretability[0]["tau"] if res.interpretability else None
-    flagged = [d for d in res.diagnostics if d["kind"] == "sae" and d["tau"] == first_tau
-               and (d.get("any_occluded") or d.get("any_over_split"))]
-    if flagged:
-        out += ["", f"## Diagnostics flagged (SAEs, tau = {first_tau}; all in diagnostics.json)", ""]
-        for d in flagged:
-            if d["diagnostic"] == "occlusion":
-                occ = {a: v["by"] for a, v in d["attributes"].items() if v["occluded"]}
-                out.append(f"- occlusion in {d['cross_section']} / {d['dictionary']} at `{d['location']}`: " +
-                           ", ".join(f"{a} hidden by {', '.join(b)}" for a, b in occ.items()))
-            else:
-                out.append(f"- over-splitting of Pos in {d['cross_section']} / {d['dictionary']} at `{d['location']}` "
-                           f"(tau {d['tau']}): {d['n_split']} precise features per value")
+            def cell(a):
+                rows = by.get(a)
+                if not rows:
+                    return "–"
+                first = rows[thr[0]]
+                return f"{_pm(first, 'mean_best_f1')}; " + " / ".join(_f(rows[t]["coverage"]) for t in thr if t in rows)
+            anyr = by.get("(any)", {})
+            interp = " / ".join(_pm(anyr[t], "interpretable_fraction") for t in thr if t in anyr)
+            out.append(f"| {cs} | {d} | `{loc}` | {cell('IO')} | {cell('S')} | {cell('Pos')} | {interp} |")
+    if res.diagnostics_table:
+        out += ["", "## Diagnostics: occlusion, over-splitting (Pos), frozen decoder", "",
+                "| cross-section | dictionary | location | occluded | over-split Pos (split features ABB / BAB) | FVU: SAE vs frozen supervised decoder |",
+                "|---|---|---|---|---|---|"]
+        for r in res.diagnostics_table:
+            split = f"{'yes' if r.get('over_split') else 'no'} ({r.get('n_split_ABB', '–')} / {r.get('n_split_BAB', '–')})"
+            frozen = (f"{_pm(r, 'fvu_sae')} vs {_pm(r, 'fvu_frozen')} (k={r['frozen_k']}; prefers {r['frozen_prefers']})"
+                      if "fvu_frozen" in r else "–")
+            out.append(f"| {r['cross_section']} | {r['dictionary']} | `{r['location']}` | {r.get('occluded') or 'no'} | {split} | {frozen} |")
     if res.skipped:
         out += ["", "## Skipped", ""] + [f"- {s['dictionary']} on {s['cross_section']}: {s['reason']}" for s in res.skipped]
     return "\n".join(out) + "\n"

@@ -52,7 +52,7 @@ def app_runs(tiny_model_dir, tmp_path_factory) -> Path:
     step("ioi locate", "ioi", "locate", "--model", model, "--n-prompts", "40", "--qkv-heads", "2", "--name", "ioi-locate",
          "--runs-dir", runs, "--quiet")
     step("ioi eval", "ioi", "eval", "--model", model, "--location", f"{HOOK}@END", "--sae", str(root / "sae-topk"),
-         "--n-train", "100", "--n-eval", "24", "--ks", "1", "2", "--name", "ioi-eval", "--runs-dir", runs, "--quiet")
+         "--n-train", "100", "--n-eval", "24", "--ks", "2", "4", "--n-boot", "20", "--name", "ioi-eval", "--runs-dir", runs, "--quiet")
     step("moe train", "moe", "train", "--task", "synthetic", "--gate", "sparse-ot", "--experts", "4", "--k", "2", "--epochs", "2",
          "--n-train", "600", "--batch-size", "128", "--log-every", "2", "--name", "moe-ot", "--runs-dir", runs, "--quiet")
     step("moe bench", "moe", "bench", "--task", "synthetic", "--gates", "topk,hash", "--seeds", "2", "--experts", "4", "--k", "2",

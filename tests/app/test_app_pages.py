@@ -236,6 +236,21 @@ def test_feature_browser_header_shows_the_inference_mode_first(app_test, app_run
     assert batch.startswith("batch mode (the training rule") and f"FVU {ev['modes']['batch']['fvu']:.4f}" in batch
 
 
+def _specs(at) -> list[dict]:
+    """Every Vega-Lite spec on the page, layers flattened, with its title."""
+    out = []
+    for ch in at.get("vega_lite_chart"):
+        spec = json.loads(ch.proto.spec)
+        for part in [spec, *spec.get("layer", [])]:
+            out.append({**part, "title": part.get("title") or spec.get("title")})
+    return out
+
+
+def _title(spec: dict) -> str:
+    t = spec.get("title")
+    return t.get("text", "") if isinstance(t, dict) else (t or "")
+
+
 def test_ioi_eval_page(app_test, app_runs):
     at = app_test("3_IOI_evaluation.py", run="ioi-eval")
     approx = pd.read_parquet(app_runs / "ioi-eval" / "approximation.parquet")
@@ -244,18 +259,63 @@ def test_ioi_eval_page(app_test, app_runs):
     merged = shown.merge(approx, on=["cross_section", "dictionary"], suffixes=("", "_file"))
     assert merged["sufficiency"].tolist() == pytest.approx(merged["sufficiency_file"].tolist())
     assert merged["necessity"].tolist() == pytest.approx(merged["necessity_file"].tolist())
+    assert {"sufficiency_se", "ld_recovered_signed", "top1_reconstructed"} <= set(shown.columns)
     assert at.selectbox(key="ctrl_cs").value == "custom"
     control = pd.read_parquet(app_runs / "ioi-eval" / "control.parquet")
     data = chart_data(at)
-    edits = next(c for c in data if {"k", "accuracy", "method"} <= set(c.columns) and (c["method"] != "supervised").all())
+    edits = next(c for c in data if {"k", "accuracy", "method"} <= set(c.columns) and (c["method"] != "supervised").all()
+                 and "min_f1" in c and (c["min_f1"].fillna(0) == 0).all())
     want = control[(control["cross_section"] == "custom") & (control["attribute"] == at.selectbox(key="ctrl_attr").value)
-                   & (control["method"] != "supervised")]
-    assert sorted(edits["accuracy"]) == pytest.approx(sorted(want["accuracy"]))
-    assert any({"x", "y", "method"} <= set(c.columns) for c in data)  # normalised magnitude plot
+                   & (control["method"] != "supervised") & (control["min_f1"].fillna(0) == 0)]
+    assert sorted(edits["accuracy"]) == pytest.approx(sorted(want["accuracy"]))  # no F1-curve row joins the k lines
+    specs = _specs(at)
+    dash = next(s for s in specs if "strokeDash" in s.get("encoding", {}) and "field" in s["encoding"]["strokeDash"])
+    assert dash["encoding"]["strokeDash"]["legend"]["symbolType"] == "stroke"  # the legend shows solid vs dashed
     assert {"sufficiency", "necessity", "mean_best_f1", "coverage"} <= set(chart_colors(at))
+    for s in specs:  # diverging heatmaps are centred on 0
+        scale = s.get("encoding", {}).get("color", {}).get("scale", {})
+        if scale.get("scheme") in ("blueorange", "redblue"):
+            assert scale.get("domainMid") == 0
+            assert scale["domain"][0] == -scale["domain"][1]
+    row_axes = [s["encoding"]["y"].get("axis", {}) for s in specs if s.get("mark") in ("rect", {"type": "rect"})]
+    assert row_axes and all(a.get("labelLimit") == 0 for a in row_axes)  # row labels are not truncated
+    # interpretable features, the interpretation space, the diagnostics
+    interp_only = pd.read_parquet(app_runs / "ioi-eval" / "interpretable.parquet")
+    assert any(_title(s).startswith("sufficiency: interpretable features only") for s in specs)
+    assert frame(at, "f1_threshold", "interpretable_fraction", "sufficiency_full")["sufficiency"].tolist() == pytest.approx(
+        interp_only[interp_only["cross_section"] == "custom"]["sufficiency"].tolist())
+    titles = {_title(s) for s in specs}
+    assert {"Occlusion: coverage per attribute", "Over-splitting: small precise features per Pos value",
+            "Frozen decoder: FVU at the SAE's k"} <= titles
+    diag = pd.read_parquet(app_runs / "ioi-eval" / "diagnostics.parquet")
+    frozen = next(c for c in data if {"decoder", "FVU"} <= set(c.columns))
+    want = diag[diag["dictionary"] == "sae-topk"]
+    assert sorted(frozen["FVU"]) == pytest.approx(sorted(want[["fvu_sae", "fvu_frozen"]].to_numpy().ravel()))
     assert "Circuit: not available for this run (missing locations.json" in infos(at)
     at.selectbox(key="ctrl_attr").set_value("Pos").run()
-    at.selectbox(key="tau").set_value(0.8).run()
+    at.selectbox(key="f1_thr").set_value(0.8).run()
+    at.selectbox(key="interp_only_metric").set_value("necessity").run()
+    assert not at.exception
+
+
+def test_ioi_page_explains_an_empty_magnitude_chart_and_clamped_cells(app_test, app_runs, tmp_path, monkeypatch):
+    """A run whose supervised edit is no better than not editing gets a message, not an empty chart;
+    a sufficiency outside the colour scale gets a note. (A copy of ioi-eval in a runs root of its own.)"""
+    import shutil
+
+    dst = tmp_path / "runs" / "ioi-eval-edited"
+    shutil.copytree(app_runs / "ioi-eval", dst)
+    ctrl = pd.read_parquet(dst / "control.parquet")
+    ctrl["x"], ctrl["y"] = float("nan"), float("nan")
+    ctrl.to_parquet(dst / "control.parquet", index=False)
+    ap = pd.read_parquet(dst / "approximation.parquet")
+    ap.loc[0, "sufficiency"] = 1.7
+    ap.to_parquet(dst / "approximation.parquet", index=False)
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval-edited")
+    assert "Normalised edit magnitude: nothing to plot for custom" in infos(at)
+    assert "Normalised edit magnitude" not in {_title(s) for s in _specs(at)}
+    assert any("outside [-1.25, 1.25] are drawn in the end colour (clamped): 1.70" in c.value for c in at.caption)
     assert not at.exception
 
 

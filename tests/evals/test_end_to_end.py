@@ -14,7 +14,7 @@ import torch
 
 from cli.main import main
 
-EVAL_FLAGS = ["--n-train", "100", "--n-eval", "24", "--ks", "1", "2", "--quiet"]
+EVAL_FLAGS = ["--n-train", "100", "--n-eval", "24", "--ks", "2", "4", "--n-boot", "20", "--quiet"]
 
 
 def _files(run):
@@ -48,7 +48,7 @@ def test_locate_and_eval_on_tiny_model(tiny_model_dir, tmp_path):
     assert set(ctrl["method"]) == {"supervised"} and set(ctrl["attribute"]) == {"IO", "S", "Pos"}
     assert ctrl["accuracy"].between(0, 1).all()
     interp = pd.read_parquet(run / "interpretability.parquet")
-    assert set(interp["tau"]) == {0.5, 0.6, 0.8}
+    assert set(interp["f1_threshold"]) == {0.5, 0.6, 0.8}
     assert "## Approximation" in (run / "summary.md").read_text()
 
 
@@ -106,13 +106,21 @@ def test_eval_with_saes_on_tiny_model(tiny_model_dir, tmp_path):
     assert 0 < pair["l0"] <= 64
     ctrl = pd.read_parquet(run / "control.parquet")
     sae_rows = ctrl[ctrl["dictionary"] == "pair"]
-    assert set(sae_rows["method"]) == {"greedy", "f1"} and set(sae_rows["k"]) == {1, 2}
+    assert set(sae_rows["method"]) == {"greedy", "f1"} and set(sae_rows["k"]) == {2, 4}
     assert sae_rows[["x", "y", "magnitude"]].notna().any().all()
     dicts = json.loads((run / "dictionaries.json").read_text())
     assert dicts["skipped"] and dicts["skipped"][0]["dictionary"] == "sae_q"  # covers one of two locations
     feats = pd.read_parquet(run / "features.parquet")
     assert (feats["dictionary"] == "pair").any()
     diag = json.loads((run / "diagnostics.json").read_text())
-    assert {d["diagnostic"] for d in diag} == {"occlusion", "over_splitting"}
+    assert {d["diagnostic"] for d in diag} == {"occlusion", "over_splitting", "frozen_decoder"}
+    table = pd.read_parquet(run / "diagnostics.parquet")
+    assert len(table) == 3 * 2  # mean, mse, pair at two locations
+    assert table[table["dictionary"] == "pair"][["fvu_sae", "fvu_frozen", "fvu_frozen_se"]].notna().all().all()
+    interp = pd.read_parquet(run / "interpretable.parquet")
+    assert set(interp["dictionary"]) == {"pair"} and set(interp["f1_threshold"]) == {0.5, 0.6, 0.8}
+    assert interp[["sufficiency", "sufficiency_se", "sufficiency_full"]].notna().all().all()
+    assert (interp["sufficiency_full"] == pair["sufficiency"]).all()
+    assert {"IO & Pos", "S union", "Name", "Place", "(any)"} <= set(pd.read_parquet(run / "interpretability.parquet")["attribute"])
     for f in run.glob("*.json"):  # strict JSON: no NaN / Infinity tokens
         json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name} contains {c}"))

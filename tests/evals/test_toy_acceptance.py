@@ -31,7 +31,7 @@ def located(toy_model):
 @pytest.fixture(scope="module")
 def results(toy_model, located):
     sections = [CrossSection.from_dict(c) for c in located["cross_sections"]]
-    cfg = EvalConfig(n_train=800, n_eval=150, ks=[1], taus=[0.5], attributes=["IO", "S", "Pos", "Template"])
+    cfg = EvalConfig(n_train=800, n_eval=150, ks=[2], f1_thresholds=[0.5], n_boot=0, attributes=["IO", "S", "Pos", "Template"])
     return evaluate(toy_model, cfg, sections)
 
 
@@ -39,7 +39,7 @@ def results(toy_model, located):
 def results_paper_attributes(toy_model, located):
     sections = [CrossSection.from_dict(c) for c in located["cross_sections"]
                 if all(loc.endswith("@END") for loc in c["locations"])]
-    return evaluate(toy_model, EvalConfig(n_train=800, n_eval=150, ks=[1], taus=[0.5]), sections)
+    return evaluate(toy_model, EvalConfig(n_train=800, n_eval=150, ks=[2], f1_thresholds=[0.5], n_boot=0), sections)
 
 
 def test_toy_model_solves_ioi_on_eval_prompts(located):

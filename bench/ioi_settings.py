@@ -1,0 +1,148 @@
+"""How many prompts does `workbench ioi eval` need? Every reported number at small settings vs a large one.
+
+    .venv/bin/python bench/ioi_settings.py --locations runs/demo-ioi-locate --location blocks.1.hook_resid_post@END \\
+        --sae runs/demo-sae-topk --sae runs/demo-sae-feature-choice --sae runs/demo-sae-mutual-choice \\
+        --reference 6000x3000 --settings 600x300 1000x500 2000x1000 --summary bench/results/ioi_settings.json
+
+Runs the evaluation in-process (one model load) at the reference setting (n_train x n_eval; taken as
+the converged values) and at each candidate, with the same seed: the prompts of a smaller setting are
+the first prompts of the larger one, so a difference is the sampling error of using fewer. Every
+number on a 0-1 scale is compared (approximation ratios, accuracies, FVU, F1 and coverage, edit
+accuracies and magnitudes, interpretable fractions, the frozen-decoder FVUs); logit differences, L0 and
+the normalised edit coordinates x, y (ratios whose denominators can be near 0) are left out. Prints,
+per candidate, the largest |difference|, where it is, how many numbers are within --tol, and the
+largest bootstrap ± at that setting (what one seed's difference is typically of the order of).
+Every value goes to --out (a run-store path; large), the comparison to --summary (small, kept in the repo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+SKIP = ("logit_diff", "ld_clean", "ld_ablated", "ld_reconstructed", "ld_without_reconstruction", "l0", "l0_full", "l0_interpretable",
+        "x", "y", "n_features", "n_values", "n_interpretable", "frozen_k", "frozen_l0", "frozen_minus_sae_fvu", "occlusion_ratio",
+        "dead_fraction", "n_removed", "k", "min_f1", "f1_threshold", "d_sae", "target_changed", "min_best_f1")
+
+
+def compared(key: str) -> bool:
+    """Whether a flattened key is a number the comparison uses (also for records written before SKIP grew)."""
+    metric = key.rsplit("/", 1)[-1].split(":")[-1]
+    return metric not in SKIP and not metric.startswith(("n_split", "magnitude_"))
+
+
+def flatten(res) -> tuple[dict, dict]:
+    """{key: value}, {key: se} of every compared number of one evaluation."""
+    vals, ses = {}, {}
+
+    def add(prefix, row, ids):
+        for k, v in row.items():
+            if (k in ids or k in SKIP or k.endswith("_se") or k.startswith(("n_split", "magnitude_")) or not isinstance(v, (int, float))
+                    or isinstance(v, bool)):  # magnitude_*: norms of supervised vectors, not on a 0-1 scale
+                continue
+            key = "/".join(str(row.get(i)) for i in ids) + f"/{k}"
+            vals[f"{prefix}:{key}"] = float(v)
+            if row.get(f"{k}_se") is not None:
+                ses[f"{prefix}:{key}"] = float(row[f"{k}_se"])
+
+    add("clean", {k: v for k, v in res.clean.items() if k != "n"}, [])
+    for r in res.approximation:
+        add("approximation", r, ["cross_section", "dictionary"])
+    for r in res.interpretable:
+        add("interpretable", r, ["cross_section", "dictionary", "f1_threshold"])
+    for r in res.control:
+        add("control", r, ["cross_section", "dictionary", "attribute", "method", "k", "min_f1"])
+    for r in res.interpretability:
+        add("interpretability", r, ["cross_section", "dictionary", "location", "attribute", "f1_threshold"])
+    for r in res.diagnostics_table:
+        add("diagnostics", r, ["cross_section", "dictionary", "location"])
+    return vals, ses
+
+
+def compare(run: dict, ref: dict, tol: float) -> dict:
+    """How far one setting's numbers are from a reference's: the largest difference, counts within tol."""
+    diffs = {k: abs(v - ref[k]) for k, v in run["values"].items() if k in ref and compared(k)}
+    worst = max(diffs, key=diffs.get)
+    by_table, outside = {}, {}
+    for k, d in diffs.items():
+        table, metric = k.split(":")[0], k.rsplit("/", 1)[-1]
+        by_table[table] = max(by_table.get(table, 0.0), d)
+        if d > tol:
+            key = f"{table}/{metric}"
+            outside[key] = outside.get(key, 0) + 1
+    return {"max_abs_diff": diffs[worst], "worst": worst, "within_tol": sum(d <= tol for d in diffs.values()), "n": len(diffs),
+            "max_abs_diff_by_table": by_table, "outside_tol": outside,
+            "max_se": max((v for k, v in run["se"].items() if compared(k)), default=float("nan")), "wall_s": run["wall_s"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="toy-ioi")
+    p.add_argument("--locations", required=True)
+    p.add_argument("--location", action="append", default=[])
+    p.add_argument("--cross-section", action="append", default=[])
+    p.add_argument("--sae", action="append", default=[])
+    p.add_argument("--reference", default="8000x4000", help="n_train x n_eval taken as converged")
+    p.add_argument("--settings", nargs="+", default=["600x300", "1000x500", "2000x1000"])
+    p.add_argument("--pairs", nargs="*", default=[], metavar="CAND:REF", help="further comparisons between stored settings")
+    p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol", type=float, default=0.02)
+    p.add_argument("--out", default="runs/bench/ioi_settings_full.json", help="every value of every setting")
+    p.add_argument("--summary", default="bench/results/ioi_settings.json", help="the comparison per setting")
+    p.add_argument("--reuse", action="store_true", help="keep the settings already in --out (same SAEs and locations) instead of re-running them")
+    args = p.parse_args(argv)
+
+    from evals.cli import load_cross_sections, select_sections
+    from evals.dictionary import load_families
+    from evals.harness import EvalConfig, evaluate
+    from workbench.models import load_model
+
+    model = load_model(args.model, "cpu")
+    families = load_families(args.sae)
+    _, sections = load_cross_sections(args.locations)
+    sections = select_sections(sections, args.cross_section, args.location)
+    record = {"model": args.model, "locations": args.locations, "location": args.location, "sae": args.sae, "seed": args.seed,
+              "reference": args.reference, "tol": args.tol, "cpu_count": os.cpu_count(), "runs": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.reuse and out.exists():
+        old = json.loads(out.read_text())
+        if all(old.get(k) == record[k] for k in ("model", "locations", "location", "sae", "seed")):
+            record["runs"] = {k: v for k, v in old["runs"].items()}
+    for setting in [args.reference, *args.settings]:
+        if setting in record["runs"]:
+            print(f"{setting}: reused from {out}", flush=True)
+            continue
+        n_train, n_eval = (int(x) for x in setting.split("x"))
+        t0, load = time.perf_counter(), os.getloadavg()[0]
+        n_boot = 0 if setting == args.reference else args.n_boot  # the reference's own ± is the candidates' x sqrt(n / N)
+        res = evaluate(model, EvalConfig(model=args.model, n_train=n_train, n_eval=n_eval, seed=args.seed, n_boot=n_boot),
+                       sections, families, progress=lambda m: print(f"  [{setting}] {m}", flush=True))
+        vals, ses = flatten(res)
+        record["runs"][setting] = {"values": vals, "se": ses, "wall_s": time.perf_counter() - t0, "load_before": load,
+                                   "timings": res.timings}
+        print(f"{setting}: {len(vals)} numbers, {time.perf_counter() - t0:.0f} s (load {load:.1f})", flush=True)
+        out.write_text(json.dumps(record, indent=1))
+    pairs = [(c, args.reference) for c in args.settings] + [tuple(x.split(":")) for x in args.pairs]
+    summary = {}
+    for cand, refname in pairs:
+        summary[f"{cand} vs {refname}"] = s = compare(record["runs"][cand], record["runs"][refname]["values"], args.tol)
+        print(f"{cand} vs {refname}: max |diff| {s['max_abs_diff']:.3f} at {s['worst']}; {s['within_tol']}/{s['n']} within "
+              f"{args.tol}; largest ± here {s['max_se']:.3f}; numbers off by more, per table/metric: {s['outside_tol']}")
+    record["summary"] = summary
+    out.write_text(json.dumps(record, indent=1))
+    small = {k: v for k, v in record.items() if k != "runs"}
+    small["timings"] = {s: {"wall_s": r["wall_s"], "load_before": r["load_before"]} for s, r in record["runs"].items()}
+    Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.summary).write_text(json.dumps(small, indent=1))
+    print(f"every value in {out}; the comparison in {args.summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
