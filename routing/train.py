@@ -129,7 +129,7 @@ class MultiTask:
         ids = tr.ids[idx].to(dev) if tr.ids is not None else None
         pred, routes = self.model(tr.x[idx].to(dev), ids)
         losses = task_losses(pred, tr.y[idx].to(dev), tr.y_mask[idx].to(dev), self.data.kind)
-        return losses.sum(), {f"loss/{t}": float(v) for t, v in zip(self.data.tasks, losses)}, routes
+        return losses.sum(), {f"loss/{t}": float(v.detach()) for t, v in zip(self.data.tasks, losses)}, routes
 
     def end_epoch(self, epoch: int) -> dict:
         """Validation (and test when it is the best epoch so far); the row logged for the epoch."""

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
 # url path, query, text the rendered page must contain
 PAGES = [
     ("", "", "Newest runs"),
-    ("Runs", "", "L0–FVU frontier of SAE runs"),
+    ("Runs", "", "SAE frontier: CE loss recovered against L0"),
     ("Feature_browser", "?run=sae-topk", "Top-activating contexts"),
     ("IOI_evaluation", "?run=ioi-eval", "Sufficiency and necessity per cross-section"),
     ("Routing", "?run=moe-ot", "Sparse-OT transport plan"),
