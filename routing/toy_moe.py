@@ -46,7 +46,7 @@ from workbench.runs import Run, atomic_save_torch
 from workbench.toy_train import ModelTrainConfig, WordEncoder, lr_at
 from workbench.tracking import Tracker
 
-N_CTX = 24
+N_CTX = 64
 HELDOUT_SEQS = 512
 HELDOUT_SEED = 987_654
 IOI_SEED = 1234
@@ -126,7 +126,7 @@ def specialisation(attr: np.ndarray, expert: np.ndarray, shuffles: int = 5, seed
 
 def ioi_set(enc: WordEncoder, n: int) -> dict:
     """Tokens, role positions and attribute labels of n IOI prompts (training names and templates)."""
-    prompts = ioi.sample_prompts(n, toyworld.IOI_NAMES, IOI_SEED, list(range(len(toyworld.TEMPLATES))))
+    prompts = ioi.sample_prompts(n, toyworld.IOI_NAMES, IOI_SEED)
     tokens = enc([p.text for p in prompts])
     io_id = torch.tensor([enc.ids[p.io] for p in prompts])
     s_id = torch.tensor([enc.ids[p.s] for p in prompts])
@@ -140,7 +140,7 @@ def ioi_set(enc: WordEncoder, n: int) -> dict:
     assert int(io_pos.max()) < big and int(s2.max()) < big, "every IOI prompt has IO once and S twice"
     return {"tokens": tokens, "io_id": io_id, "s_id": s_id, "roles": {"IO": io_pos, "S1": s1, "S2": s2, "END": end},
             "attrs": {"io": np.array([p.io for p in prompts]), "s": np.array([p.s for p in prompts]),
-                      "pos": np.array([p.pos for p in prompts]), "template": np.array([p.template for p in prompts])}}
+                      "pos": np.array([p.pos for p in prompts]), "template": np.array([p.family for p in prompts])}}
 
 
 @torch.no_grad()
@@ -202,7 +202,7 @@ def train_toy(cfg: MoETrainConfig, run: Run | None = None) -> dict:
                              batch_size=cfg.batch_size, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
                              n_ctx=N_CTX, seed=cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=sched.weight_decay)
-    enc = WordEncoder(toyworld.vocabulary(), N_CTX)
+    enc = WordEncoder(toyworld.vocabulary(), N_CTX, truncate=True)
     rng = random.Random(cfg.seed)
     hrng = random.Random(HELDOUT_SEED)
     heldout = enc([toyworld.training_text(hrng) for _ in range(HELDOUT_SEQS)])

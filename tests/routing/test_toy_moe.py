@@ -17,7 +17,7 @@ from workbench.toy_train import WordEncoder  # noqa: E402
 
 
 def test_ioi_set_finds_the_roles():
-    enc = WordEncoder(toyworld.vocabulary(), 24)
+    enc = WordEncoder(toyworld.vocabulary(), 64)
     d = ioi_set(enc, 20)
     idx = torch.arange(20)
     r = d["roles"]
