@@ -81,7 +81,7 @@ FILLER_SENTENCES = {
 COORDINATORS = {"and-then": ", and then", "and": ", and", "and-then-bare": "and then"}
 
 HELDOUT_PRODUCTIONS = frozenset({
-    "opening:coord",        # "A and B went home , and then S gave ..." — a frame structure
+    "coord:and",            # "A and B went home , and S gave ..." — a connective
     "pair:with",            # "A was with B ..."
     "transfer:handed-it",   # "... S handed it to"
     "link:comma-then",      # "When A and B ... , then S gave ..."
@@ -105,6 +105,8 @@ class IOIPrompt:
     pos: str  # "ABB" (IO is the first of the pair) or "BAB" (S is)
     family: str  # one of FAMILIES
     productions: tuple[str, ...] = ()
+    place: str = ""  # the frame's place and object (each frame uses at most one of each)
+    obj: str = ""
 
     @property
     def text(self) -> str:
@@ -201,8 +203,8 @@ def _final(c: _Choices) -> str:
     return "{S} " + pre + also + TRANSFERS[verb]
 
 
-def sample_frame(rng: random.Random, heldout: str = "exclude", target_s2: int | None = None) -> tuple[str, str, tuple[str, ...]]:
-    """One frame: (text with {A} {B} {S} slots, family, productions used).
+def sample_frame(rng: random.Random, heldout: str = "exclude", target_s2: int | None = None) -> tuple[str, str, tuple[str, ...], str, str]:
+    """One frame: (text with {A} {B} {S} slots, family, productions used, place, object).
 
     ``heldout``: ``exclude`` (training: no held-out production), ``prefer`` (held-out productions
     drawn often; the caller keeps frames that used one) or ``any``. ``target_s2``: name-free filler
@@ -256,7 +258,7 @@ def sample_frame(rng: random.Random, heldout: str = "exclude", target_s2: int | 
         while s2() < target_s2 - 2:
             add_filler()
     text = " ".join(w for w in [*before, intro, *between, lead, final] if w)
-    return _fill(text, rng, place, obj), family, tuple(c.used)
+    return _fill(text, rng, place, obj), family, tuple(c.used), place, obj
 
 
 def s2_index(frame: str) -> int:
@@ -277,7 +279,7 @@ def sample_prompt(rng: random.Random, names: Sequence[str], split: str = "train"
     lo, hi = LONG_S2 if split == "long" else (1, TRAIN_MAX_S2) if split != "any" else (1, LONG_S2[1])
     for _ in range(1000):
         target = rng.randint(max(lo, 5), hi)  # spread S2 evenly over the split's range
-        frame, fam, used = sample_frame(rng, heldout, target)
+        frame, fam, used, place, obj = sample_frame(rng, heldout, target)
         if family is not None and fam != family:
             continue
         if split == "productions" and not HELDOUT_PRODUCTIONS.intersection(used):
@@ -291,7 +293,7 @@ def sample_prompt(rng: random.Random, names: Sequence[str], split: str = "train"
     s = s or rng.choice([n for n in names if n != io])
     if io == s:
         raise ValueError(f"IO and S must differ, got {io!r} for both")
-    return IOIPrompt(frame, io, s, pos, fam, used)
+    return IOIPrompt(frame, io, s, pos, fam, used, place, obj)
 
 
 SPLITS = ("train", "productions", "long", "any")

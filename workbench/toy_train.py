@@ -36,6 +36,7 @@ class ModelTrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
     ioi_fraction: float = field(default=0.7, metadata={"help": "fraction of sequences that are IOI prompts"})
     ordinal_fraction: float = field(default=0.15, metadata={"help": "fraction of IOI prompts whose S2 is 'the former' / 'the latter' instead of the name"})
+    pronoun_fraction: float = field(default=0.0, metadata={"help": "fraction of IOI prompts whose S2 is 'he' / 'she' (IO and S of different genders)"})
     n_layers: int = field(default=4, metadata={"help": "transformer layers"})
     d_model: int = field(default=128, metadata={"help": "residual width"})
     n_heads: int = field(default=4, metadata={"help": "attention heads per layer"})
@@ -51,6 +52,8 @@ class ModelTrainConfig:
     def __post_init__(self):
         positive(self, "steps", "batch_size", "micro_batch", "lr", "n_layers", "d_model", "n_heads", "n_ctx", "eval_every", "eval_prompts")
         require(0 <= self.ordinal_fraction <= 1, "ordinal_fraction", f"must be in [0, 1], got {self.ordinal_fraction}", "pass e.g. --ordinal-fraction 0.15")
+        require(0 <= self.pronoun_fraction <= 1 - self.ordinal_fraction, "pronoun_fraction",
+                f"must be in [0, 1 - ordinal_fraction], got {self.pronoun_fraction}", "pass e.g. --pronoun-fraction 0.15")
         require(0 <= self.ioi_fraction <= 1, "ioi_fraction", f"must be in [0, 1], got {self.ioi_fraction}", "pass e.g. --ioi-fraction 0.8")
         require(self.d_model % self.n_heads == 0, "d_model", f"{self.d_model} is not divisible by n_heads={self.n_heads}", "choose d_model a multiple of n_heads")
         require(0 <= self.warmup_steps < self.steps, "warmup_steps", f"must be in [0, steps), got {self.warmup_steps}", "lower --warmup-steps")
@@ -109,10 +112,10 @@ def eval_splits(model, n: int, seed: int = 1234, family: str | None = None) -> d
 
 
 def split_families(split: str) -> tuple[str, ...]:
-    """Frame families a grammar split can produce (the coordinated frame is a held-out production)."""
+    """Frame families a grammar split can produce (all of them, for every split)."""
     from workbench import grammar
 
-    return tuple(f for f in grammar.FAMILIES if f != "coordinated" or split == "productions")
+    return grammar.FAMILIES
 
 
 def end_attention_ablation(model, batch: ioi.IOIBatch) -> dict[str, float]:
@@ -183,7 +186,7 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        texts = sorted((toyworld.training_text(rng, cfg.ioi_fraction, cfg.ordinal_fraction) for _ in range(cfg.batch_size)), key=len)
+        texts = sorted((toyworld.training_text(rng, cfg.ioi_fraction, cfg.ordinal_fraction, cfg.pronoun_fraction) for _ in range(cfg.batch_size)), key=len)
         n_tokens = sum(min(len(t.split()), cfg.n_ctx - 1) for t in texts)  # predicted tokens in the step
         opt.zero_grad(set_to_none=True)
         loss = 0.0

@@ -137,15 +137,23 @@ def _filler_prefix(rng: random.Random, room: int) -> str:
     return " ".join(out)
 
 
-def training_text(rng: random.Random, ioi_fraction: float = 0.7, ordinal_fraction: float = 0.15) -> str:
+def training_text(rng: random.Random, ioi_fraction: float = 0.7, ordinal_fraction: float = 0.15,
+                  pronoun_fraction: float = 0.0) -> str:
     """One training sequence: an IOI prompt with its answer, or general text over all names.
 
     A fraction of the IOI prompts names S2 by its place in the pair ("the former" / "the latter"),
-    so that solving IOI by the order of the pair pays too, as it does for GPT-2 (the Pos attribute).
+    so that solving IOI by the order of the pair pays too, as it does for GPT-2 (the Pos attribute);
+    another fraction calls S2 "he" / "she" (IO and S then differ in gender).
     """
     if rng.random() < ioi_fraction:
-        p = make_ioi_prompt(rng, IOI_NAMES)
-        text = p.render(s2=ORDINAL_S2[p.pos]) if rng.random() < ordinal_fraction else p.text
+        u = rng.random()
+        if u < pronoun_fraction:
+            io, s = _different_gender(rng, IOI_NAMES)
+            p = make_ioi_prompt(rng, IOI_NAMES, io=io, s=s)
+            text = p.render(s2=PRONOUN[GENDER[s]])
+        else:
+            p = make_ioi_prompt(rng, IOI_NAMES)
+            text = p.render(s2=ORDINAL_S2[p.pos]) if u < pronoun_fraction + ordinal_fraction else p.text
         return f"{text} {p.io} ."
     text = general_text(rng, NAMES)
     return " ".join(x for x in (_filler_prefix(rng, MAX_WORDS - len(text.split())), text) if x)
