@@ -38,6 +38,7 @@ from workbench.config import positive, require
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
+MEMBER_EFFECT = 0.02  # a head's own counterfactual effect needed to join an attribute's carrier group
 PAPER_HEADS = {"name-movers": [(9, 6), (9, 9), (10, 0)], "s-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)]}
 
 
@@ -137,7 +138,7 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     z_cf = {a: read_acts(model, cf.batch[a], cf.pos[a], z_locs) for a in ATTRIBUTES}
     attr_effect: dict[Location, dict[str, float]] = {}
     for loc in z_locs:
-        attr_effect[loc] = {a: cf.changed(run({loc: z_cf[a][loc]}), a) for a in ATTRIBUTES}
+        attr_effect[loc] = {a: cf.changed(run({loc: z_cf[a][loc]})) for a in ATTRIBUTES}
     for hs in heads:
         end = Location(f"blocks.{hs['layer']}.attn.hook_z", hs["head"], "END")
         hs["io_moved"] = cf.io_moved(run({end: z_cf["IO"][end]}))
@@ -187,9 +188,11 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     for kind in ("q", "z"):
         if nm:
             groups.setdefault(("name-movers", kind, "END"), [Location(f"blocks.{layer}.attn.hook_{kind}", h, "END") for layer, h in nm])
-    # for each attribute, the heads (hook_z) that carry it at its best position
+    # for each attribute, the heads (hook_z) that carry it, at the position where together they matter
+    # most: a head joins when its counterfactual patch alone changes a few predictions (redundant heads
+    # each change little), and the group must reach min_effect as a whole (checked below)
     for a in ATTRIBUTES:
-        by_pos = {p: [loc for loc in z_locs if loc.pos == p and attr_effect[loc][a] >= cfg.min_effect] for p in POSITIONS}
+        by_pos = {p: [loc for loc in z_locs if loc.pos == p and attr_effect[loc][a] >= MEMBER_EFFECT] for p in POSITIONS}
         best = max(POSITIONS, key=lambda p: sum(attr_effect[loc][a] for loc in by_pos[p]))
         if by_pos[best]:
             groups.setdefault((f"{a.lower()}-carriers", "z", best), by_pos[best])
@@ -200,12 +203,14 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
         acts_corrupt = read_acts(model, corrupt, pos, locs)
         patch = _frac_drop(ld0, run(acts_corrupt).mean_ld)
         ablate = _frac_drop(ld0, run(mean_ablate(acts_clean)).mean_ld)
-        changed = {a: cf.changed(run(read_acts(model, cf.batch[a], cf.pos[a], locs)), a) for a in ATTRIBUTES}
+        outs = {a: run(read_acts(model, cf.batch[a], cf.pos[a], locs)) for a in ATTRIBUTES}
+        changed = {a: cf.changed(out) for a, out in outs.items()}
         if max(patch, ablate, *changed.values()) < cfg.min_effect:
             continue
         name = f"{role}-{kind}" + ("" if p == "END" or role == f"{p.lower()}-heads" else f"-{p.lower()}")
         sections.append(CrossSection(name, locs, _describe(role, locs),
-                                     {"patch_abc": patch, "mean_ablation": ablate, "role": role, "target_changed": changed}))
+                                     {"patch_abc": patch, "mean_ablation": ablate, "role": role, "target_changed": changed,
+                                      "io_moved": cf.io_moved(outs["IO"])}))
     sections = _keep(sections, cfg.max_cross_sections)
     say(f"{len(sections)} cross-sections: {', '.join(c.name for c in sections)}")
 
@@ -233,7 +238,7 @@ class _Counterfactuals:
         self.batch = {a: make_batch(model, splits.counterfactual[a]) for a in ATTRIBUTES}
         self.pos = {a: semantic_positions(b) for a, b in self.batch.items()}
 
-    def changed(self, out, attr: str) -> float:
+    def changed(self, out) -> float:
         """Fraction of prompts whose argmax token the patch changed (the harness's ``target_changed``)."""
         return float((out.top != self.clean.top).float().mean())
 
@@ -265,6 +270,9 @@ def _describe(role: str, locs: list[Location]) -> str:
     text = {"name-movers": "heads writing the answer (high DLA at END)",
             "negative-name-movers": "heads writing against the answer",
             "s-inhibition": "heads that move S information to END",
+            "io-carriers": "heads whose output carries the IO name (its counterfactual moves the prediction)",
+            "s-carriers": "heads whose output carries which name is S",
+            "pos-carriers": "heads whose output carries the order of the names (Pos)",
             }.get(role, f"heads that matter at {locs[0].pos}")
     return f"{text}: {what} of {heads} at {locs[0].pos}"
 
@@ -289,6 +297,7 @@ def format_locate(res: dict) -> str:
         tc = ev.get("target_changed", {})
         changed = " ".join(f"{a} {v:.2f}" for a, v in tc.items())
         lines.append(f"  {c['name']:<24} patch {ev['patch_abc']:.2f} ablate {ev['mean_ablation']:.2f}  changed by cf: {changed}  "
+                     f"IO moved {ev.get('io_moved', float('nan')):.2f}  "
                      f"{', '.join(c['locations'])}")
     if "paper_heads" in res:
         lines.append(f"paper heads (gpt2): {res['paper_heads']}")

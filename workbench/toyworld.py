@@ -137,8 +137,11 @@ def _filler_prefix(rng: random.Random, room: int) -> str:
     return " ".join(out)
 
 
-def training_text(rng: random.Random, ioi_fraction: float = 0.7, ordinal_fraction: float = 0.15,
-                  pronoun_fraction: float = 0.0) -> str:
+IOI_FRACTION, ORDINAL_FRACTION, PRONOUN_FRACTION = 0.7, 0.25, 0.1  # the shipped model's training mix
+
+
+def training_text(rng: random.Random, ioi_fraction: float = IOI_FRACTION, ordinal_fraction: float = ORDINAL_FRACTION,
+                  pronoun_fraction: float = PRONOUN_FRACTION) -> str:
     """One training sequence: an IOI prompt with its answer, or general text over all names.
 
     A fraction of the IOI prompts names S2 by its place in the pair ("the former" / "the latter"),
