@@ -188,14 +188,12 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     for kind in ("q", "z"):
         if nm:
             groups.setdefault(("name-movers", kind, "END"), [Location(f"blocks.{layer}.attn.hook_{kind}", h, "END") for layer, h in nm])
-    # for each attribute, the heads (hook_z) that carry it, at the position where together they matter
-    # most: a head joins when its counterfactual patch alone changes a few predictions (redundant heads
-    # each change little), and the group must reach min_effect as a whole (checked below)
+    # for each attribute, the heads (hook_z) that carry it, at the position where one head matters most
     for a in ATTRIBUTES:
-        by_pos = {p: [loc for loc in z_locs if loc.pos == p and attr_effect[loc][a] >= MEMBER_EFFECT] for p in POSITIONS}
-        best = max(POSITIONS, key=lambda p: sum(attr_effect[loc][a] for loc in by_pos[p]))
-        if by_pos[best]:
-            groups.setdefault((f"{a.lower()}-carriers", "z", best), by_pos[best])
+        best = max(z_locs, key=lambda loc: attr_effect[loc][a])
+        if attr_effect[best][a] >= MEMBER_EFFECT:
+            group = _carrier_group(run, cf, z_cf[a], [loc for loc in z_locs if loc.pos == best.pos], attr_effect, a)
+            groups.setdefault((f"{a.lower()}-carriers", "z", best.pos), group)
     sections = []
     for (role, kind, p), locs in groups.items():
         locs = sorted(set(locs))
@@ -245,6 +243,27 @@ class _Counterfactuals:
     def io_moved(self, out) -> float:
         """Fraction of prompts whose argmax became the counterfactual's new IO."""
         return float((out.top == self.batch["IO"].io_id.to(out.top.device)).float().mean())
+
+
+def _carrier_group(run, cf, acts_cf, candidates, attr_effect, attr: str, max_size: int = 8) -> list:
+    """Heads that carry ``attr`` together: greedy forward selection on the group's counterfactual effect.
+
+    Redundant heads each change few predictions alone (the others still carry the attribute), so
+    heads are added one at a time, each time the one whose addition changes the most predictions,
+    while that adds at least MEMBER_EFFECT.
+    """
+    group: list = []
+    effect = 0.0
+    candidates = sorted(candidates, key=lambda loc: -attr_effect[loc][attr])
+    while candidates and len(group) < max_size:
+        scores = {loc: cf.changed(run({g: acts_cf[g] for g in group + [loc]})) for loc in candidates}
+        best = max(scores, key=scores.get)
+        if scores[best] - effect < MEMBER_EFFECT:
+            break
+        group.append(best)
+        candidates.remove(best)
+        effect = scores[best]
+    return group
 
 
 def _keep(sections: list[CrossSection], n: int) -> list[CrossSection]:
