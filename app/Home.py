@@ -1,4 +1,4 @@
-"""Entry point of the app (`workbench app [--runs runs/]` runs `streamlit run app/Home.py`).
+"""Entry point of the app (`workbench app [--runs-dir runs]` runs `streamlit run app/Home.py`).
 
 The app only reads run directories ($WORKBENCH_RUNS, default ./runs) and caches what it read; it
 never trains. Pages: Runs, Feature browser (SAE runs), IOI evaluation, Routing (MoE runs).
@@ -14,7 +14,7 @@ import ui
 
 ui.setup(ui.TITLE)
 root = data.runs_root()
-st.caption(f"Browsing run directories in `{root.resolve()}` (set with `workbench app --runs DIR`).")
+st.caption(f"Browsing run directories in `{root.resolve()}` (set with `workbench app --runs-dir DIR`).")
 df, bad = data.scan(root)
 
 cols = st.columns(len(data.KINDS) + 1)

@@ -9,7 +9,8 @@ second. Nothing here raises on a bad run dir: a missing or corrupt file comes ba
 
 from __future__ import annotations
 
-import json
+import workbench.threads  # noqa: F401 - every page imports this module first of ours: OMP_WAIT_POLICY=PASSIVE
+
 import math
 import os
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ def _holds_runs(path: Path) -> bool:
         return False
 
 
-COLUMNS = ("kind", "model", "hook", "arch", "k", "fvu", "l0", "dead_pct", "metric", "value", "status", "note", "created")
+COLUMNS = ("kind", "model", "hook", "arch", "k", "fvu", "l0", "dead_fraction", "metric", "value", "status", "note", "created")
 
 
 def summarize(run: Run, meta: dict) -> dict:
@@ -186,14 +187,13 @@ def summarize(run: Run, meta: dict) -> dict:
                    arch=sae.get("arch"), k=sae.get("k"))
         ev = read_json(run.path, "eval.json")
         if isinstance(ev, dict):
-            row.update(fvu=ev.get("fvu"), l0=ev.get("l0_mean"), dead_pct=ev.get("dead_pct"))
+            row.update(fvu=ev.get("fvu"), l0=ev.get("l0_mean"), dead_fraction=dead_fraction(ev))
         else:
             m = read_metrics(run.path)
             if isinstance(m, pd.DataFrame) and "fvu" in m:
                 last = m.dropna(subset=["fvu"]).iloc[-1] if m["fvu"].notna().any() else None
                 if last is not None:
-                    row.update(fvu=last.get("fvu"), l0=last.get("l0_mean"),
-                               dead_pct=100 * last["dead_frac"] if "dead_frac" in last and pd.notna(last["dead_frac"]) else None)
+                    row.update(fvu=last.get("fvu"), l0=last.get("l0_mean"), dead_fraction=dead_fraction(last))
                     row["note"] = f"training metrics (step {int(last.get('step', 0))}); {ev.reason}"
             else:
                 row["note"] = ev.reason
@@ -221,6 +221,16 @@ def summarize(run: Run, meta: dict) -> dict:
     return row
 
 
+def dead_fraction(d: Any) -> float | None:
+    """The fraction of dead latents in an eval.json or metrics row; runs written before the name was
+    unified stored it as dead_pct (percent, eval.json) or dead_frac (metrics.jsonl)."""
+    for key, scale in (("dead_fraction", 1.0), ("dead_frac", 1.0), ("dead_pct", 0.01)):
+        v = d.get(key) if hasattr(d, "get") else None
+        if v is not None and not pd.isna(v):
+            return float(v) * scale
+    return None
+
+
 def runs_of(kind: str, root: str | Path | None = None) -> pd.DataFrame:
     df, _ = scan(root)
     return df[df["kind"] == kind] if len(df) else df
@@ -245,16 +255,6 @@ def number(v: Any, nd: int = 3) -> str:
     if isinstance(v, float):
         return f"{v:.{nd}f}"
     return str(v)
-
-
-def decode_json_cell(v: Any) -> Any:
-    """evals writes list/dict cells of Parquet tables as JSON text; undo that."""
-    if isinstance(v, str) and v[:1] in "[{":
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError:
-            return v
-    return v
 
 
 def same_run(recorded: str, run_path: str | Path, root: str | Path | None = None) -> bool:

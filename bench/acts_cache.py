@@ -9,6 +9,8 @@ Target: ratio >= 0.7.
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import tempfile
 import time
@@ -26,7 +28,7 @@ def main() -> None:
     args = p.parse_args()
 
     from workbench.acts import ActivationStream, ActsConfig, select_positions
-    from workbench.commands.acts import cache_activations
+    from workbench.acts import cache_activations
     from workbench.models import encode, load_model
 
     torch.manual_seed(0)

@@ -16,6 +16,8 @@ Writes a JSON record (``--out``) with the timings, the machine and the SAEs' app
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import json
 import os
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-eval", type=int, default=500)
-    p.add_argument("--root", default="runs", help="where the ioi run dirs go")
+    p.add_argument("--runs-dir", default="runs", help="where the ioi run dirs go")
     p.add_argument("--out", default="bench/results/ioi_eval.json")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -58,17 +60,17 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from evals.cli import load_cross_sections
-    from workbench.cli import main as wb
+    from cli.ioi import load_cross_sections
+    from cli.main import main as wb
 
     record = {"model": args.model, "corpus": args.corpus, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "torch": torch.__version__, "python": platform.python_version(), "timings": {}}
-    root = Path(args.root)
+    root = Path(args.runs_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.locations is None:
         t = time.perf_counter()
         name = f"bench-ioi-locate-{stamp}"
-        assert wb(["ioi", "locate", "--model", args.model, "--device", args.device, "--root", str(root), "--name", name, "--quiet"]) == 0
+        assert wb(["ioi", "locate", "--model", args.model, "--device", args.device, "--runs-dir", str(root), "--name", name, "--quiet"]) == 0
         record["timings"]["locate_s"] = time.perf_counter() - t
         args.locations = str(root / name)
     _, sections = load_cross_sections(args.locations)
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
                 cmd = ["sae", "train", "--model", args.model, "--hook", hook, "--corpus", args.corpus, "--positions", "all",
                        "--arch", arch, "--k", str(args.k), "--expansion", str(args.expansion), "--tokens", str(args.tokens),
                        "--batch-size", "1024", "--eval-tokens", "8192", "--checkpoint-every", "100000",
-                       "--runs-dir", str(sae_root), "--name", run.name, "--device", args.device, "--no-progress"]
+                       "--runs-dir", str(sae_root), "--name", run.name, "--device", args.device, "--quiet"]
                 if head is not None:
                     cmd += ["--head", str(head)]
                 print("training:", "workbench " + " ".join(cmd), flush=True)
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
 
     name = f"bench-ioi-eval-{args.corpus}-{stamp}"
     cmd = ["ioi", "eval", "--model", args.model, "--locations", args.locations, "--n-train", str(args.n_train),
-           "--n-eval", str(args.n_eval), "--device", args.device, "--root", str(root), "--name", name, "--quiet"]
+           "--n-eval", str(args.n_eval), "--device", args.device, "--runs-dir", str(root), "--name", name, "--quiet"]
     for label, paths in families.items():
         cmd += ["--sae", f"{label}-{args.corpus}={','.join(paths)}"]
     for name_ in args.cross_section:

@@ -11,6 +11,8 @@ One table per axis, one row per (cross-section, dictionary):
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import sys
 from pathlib import Path
 

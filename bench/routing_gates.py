@@ -3,6 +3,8 @@
     .venv/bin/python bench/routing_gates.py [--threads 1 --tokens 2048 --reps 10 --device cpu]
 """
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 
 import torch

@@ -7,6 +7,8 @@ gamma 0.1 and 1), the batched case (64 problems of 16 experts x 512 tokens) with
 POT's per-problem loop, and the k=1 / small-gamma comparison with exact OT (ot.emd).
 """
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import json
 import sys

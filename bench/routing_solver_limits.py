@@ -16,6 +16,8 @@ sparse OT with k = 1, S-BASE's Sinkhorn top-1 and greedy argmax: time, summed-lo
 optimum, max load. Needs POT (pip install -c constraints.txt POT).
 """
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import json
 

@@ -11,6 +11,8 @@ share of the routing entropy explained by the IO name and by Pos (ABB/BAB) at th
 positions (see routing/toy_moe.py). All flags of `workbench moe bench` are accepted.
 """
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import json
 import shlex
 import sys
@@ -20,7 +22,7 @@ import numpy as np
 
 TOY_DEFAULTS = ["--task", "toy", "--gates", "topk,hash,comet,expert-choice", "--seeds", "1", "--experts", "8",
                 "--k", "2", "--steps", "300", "--batch-size", "128", "--d-model", "64", "--d-hidden", "64",
-                "--lr", "2e-3", "--threads", "1", "--progress", "false", "--log-every", "25"]
+                "--lr", "2e-3", "--threads", "1", "--quiet", "--log-every", "25"]
 
 
 def specialisation_table(root: Path) -> str:
@@ -46,7 +48,7 @@ def specialisation_table(root: Path) -> str:
 
 
 if __name__ == "__main__":
-    from workbench.cli import main
+    from cli.main import main
 
     argv = sys.argv[1:]
     if "-h" in argv or "--help" in argv:
@@ -54,7 +56,7 @@ if __name__ == "__main__":
         sys.exit(0)
     full = ["moe", "bench"] + TOY_DEFAULTS + argv  # later flags win
     name = argv[argv.index("--bench-name") + 1] if "--bench-name" in argv else "toy-moe"
-    out = argv[argv.index("--out") + 1] if "--out" in argv else "runs"
+    out = argv[argv.index("--runs-dir") + 1] if "--runs-dir" in argv else "runs"
     if "--bench-name" not in argv:
         full += ["--bench-name", name]
     print("workbench " + shlex.join(full), flush=True)

@@ -24,6 +24,8 @@ Timings on a shared 2-core CPU move by +-20% between runs.
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import contextlib
 import io

@@ -12,6 +12,8 @@ CE loss recovered, in batch mode and, for FC/MC, threshold (inference) mode.
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import sys
 from pathlib import Path
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", nargs="+", default=None, help="only print the table of these run names (no training)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `workbench sae train` flags")
     a = p.parse_args(argv)
-    from workbench.cli import main as wb
+    from cli.main import main as wb
 
     root = Path(a.runs_dir)
     if a.names:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             flags = ["sae", "train", "--model", a.model, "--hook", a.hook, "--arch", arch, "--aux", aux, "--k", str(a.k),
                      "--expansion", str(a.expansion), "--tokens", str(a.tokens), "--cache", str(cache),
-                     "--runs-dir", str(root), "--no-progress", *a.extra]
+                     "--runs-dir", str(root), "--quiet", *a.extra]
             run = root / name
             rc = wb(flags + (["--resume", str(run)] if (run / "config.json").is_file() else ["--name", name]))
             if rc:
@@ -70,12 +72,12 @@ def table(root: Path, names: list[str]) -> str:
     for name in names:
         run = Run.open(root / name)
         ev = run.read_json("eval.json")
-        last = [r for r in run.metrics() if "dead_frac" in r][-1]
+        last = [r for r in run.metrics() if "dead_fraction" in r][-1]
         for mode, r in ev["modes"].items():
             arch = ev["arch"] + (" (zipf capacities)" if ev.get("capacity") == "zipf" else "")
             lines.append(f"| {arch} | {ev['aux']} | {mode} | {r['fvu']:.4f} | {r['l0_mean']:.2f} | {r['l0_std']:.2f} | "
-                         f"{r['l0_p05']:.0f}–{r['l0_p95']:.0f} ({r['l0_max']}) | {100 * last['dead_frac']:.1f} | "
-                         f"{100 * r['dead_frac']:.1f} | {r.get('ce_recovered', float('nan')):.4f} |")
+                         f"{r['l0_p05']:.0f}–{r['l0_p95']:.0f} ({r['l0_max']}) | {100 * last['dead_fraction']:.1f} | "
+                         f"{100 * r['dead_fraction']:.1f} | {r.get('ce_recovered', float('nan')):.4f} |")
     return "\n".join(lines)
 
 

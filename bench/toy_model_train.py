@@ -27,7 +27,7 @@ def main() -> int:
     args = p.parse_args()
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "WANDB_MODE": "offline"}
     root = Path(args.keep or tempfile.mkdtemp(prefix="toy-train-"))
-    cmd = [sys.executable, "-m", "workbench.cli", "model", "train", "--runs-dir", str(root), "--name", "bench", "--quiet"]
+    cmd = [sys.executable, "-m", "cli", "model", "train", "--runs-dir", str(root), "--name", "bench", "--quiet"]
     if args.steps:
         cmd += ["--steps", str(args.steps), "--warmup-steps", str(min(200, args.steps // 4))]
     load0 = os.getloadavg()[0]
@@ -40,7 +40,7 @@ def main() -> int:
     print(f"\n$ {' '.join(cmd[1:])}")
     print(f"wall time {wall / 60:.1f} min; budget {BUDGET_S / 60:.0f} min; ratio {wall / BUDGET_S:.2f} "
           f"(load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after; cores {os.cpu_count()})")
-    return subprocess.call([sys.executable, "-m", "workbench.cli", "model", "eval", "--model", str(root / "bench" / "model")], env=env)
+    return subprocess.call([sys.executable, "-m", "cli", "model", "eval", "--model", str(root / "bench" / "model")], env=env)
 
 
 if __name__ == "__main__":

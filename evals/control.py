@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-K_VALUES = (1, 2, 4, 8, 16)
+from evals.config import K_VALUES  # noqa: F401 - evals.control.K_VALUES, as before
+
 F1_CURVE = (0.25, 0.5, 0.75)  # F1 thresholds of the F1-guided edit curve (run at the largest k)
 
 

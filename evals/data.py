@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from evals.config import ATTRIBUTES, EXTRA_ATTRIBUTES  # noqa: F401 - imported from here by the harness and tests
 from workbench import toyworld
 from workbench.errors import ConfigError
 
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 
     from workbench.ioi import IOIBatch
 
-ATTRIBUTES = ("IO", "S", "Pos")  # the paper's attributes: edited, scored for interpretability
-EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute (the frame family) a supervised dictionary may also model
 POS_VALUES = ("ABB", "BAB")
 POSITIONS = ("IO", "S1", "S2", "END")
 

@@ -83,10 +83,6 @@ class SupervisedDictionary:
     def features(self) -> torch.Tensor:
         return self.U
 
-    @property
-    def feature_names(self) -> list[str]:
-        return [f"{a}={v}" for a, vals in self.values.items() for v in vals]
-
     def offset(self, attr: str) -> int:
         off = 0
         for a, vals in self.values.items():

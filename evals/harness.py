@@ -24,34 +24,14 @@ import torch
 from evals import approximation as ap
 from evals import control as ct
 from evals import interpretability as it
-from evals.data import ATTRIBUTES, EXTRA_ATTRIBUTES, IOISplits, make_splits, semantic_positions
+from evals.config import EvalConfig
+from evals.data import ATTRIBUTES, IOISplits, make_splits, semantic_positions
 from evals.dictionary import SAEFamily, SupervisedDictionary, attribute_values, bias_of, fit_mean, fit_mse
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
-from workbench.config import positive, require
+from workbench.config import require
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
-
-
-@dataclass
-class EvalConfig:
-    model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
-    n_train: int = field(default=2000, metadata={"help": "train prompts (supervised dictionaries, feature F1 for edits)"})
-    n_eval: int = field(default=500, metadata={"help": "eval prompts (every metric)"})
-    seed: int = field(default=0, metadata={"help": "seed: train prompts use it, eval seed+1, counterfactuals seed+2"})
-    ks: list[int] = field(default_factory=lambda: list(ct.K_VALUES), metadata={"help": "numbers of SAE features an edit may change"})
-    taus: list[float] = field(default_factory=lambda: list(it.TAUS), metadata={"help": "activation thresholds (fraction of a feature's max) for precision/recall/F1"})
-    attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES), metadata={"help": "attributes the supervised dictionaries model: IO S Pos (the paper's), optionally plus Template"})
-    f1_threshold: float = field(default=0.8, metadata={"help": "coverage: a value is covered when some feature has F1 >= this (a feature active on every prompt already scores 2/3 on a balanced binary attribute)"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-
-    def __post_init__(self):
-        positive(self, "n_train", "n_eval")
-        require(all(k > 0 for k in self.ks), "ks", f"must be positive, got {self.ks}", "pass e.g. --ks 1 2 4 8 16")
-        require(set(ATTRIBUTES) <= set(self.attributes) <= set(ATTRIBUTES + EXTRA_ATTRIBUTES), "attributes",
-                f"must contain IO, S, Pos and nothing but {', '.join(EXTRA_ATTRIBUTES)} besides, got {self.attributes}",
-                "pass --attributes IO S Pos [Template]")
-        require(all(0 <= t < 1 for t in self.taus), "taus", f"must be in [0, 1), got {self.taus}", "pass e.g. --taus 0.5 0.6 0.8")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-TAUS = (0.5, 0.6, 0.8)
+from evals.config import TAUS  # noqa: F401 - evals.interpretability.TAUS, as before
 
 
 def active_pattern(codes: torch.Tensor, tau: float) -> torch.Tensor:

@@ -26,35 +26,19 @@ a named cross-section, e.g. ``name-movers-q`` = the name movers' queries at END.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from evals.data import ATTRIBUTES, POSITIONS, make_splits, semantic_positions
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
-from workbench.config import positive, require
+from evals.config import LocateConfig
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 MEMBER_EFFECT = 0.02  # a head's own counterfactual effect needed to join an attribute's carrier group
 PAPER_HEADS = {"name-movers": [(9, 6), (9, 9), (10, 0)], "s-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)]}
-
-
-@dataclass
-class LocateConfig:
-    model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
-    n_prompts: int = field(default=400, metadata={"help": "eval prompts used for discovery"})
-    seed: int = field(default=0, metadata={"help": "seed for prompts"})
-    min_effect: float = field(default=0.1, metadata={"help": "a location/head is significant when patching or ablating it drops LD by this fraction"})
-    qkv_heads: int = field(default=8, metadata={"help": "patch q/k/v of this many strongest heads (by their hook_z effect)"})
-    max_cross_sections: int = field(default=8, metadata={"help": "keep at most this many named cross-sections (largest group effect first)"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-
-    def __post_init__(self):
-        positive(self, "n_prompts", "qkv_heads", "max_cross_sections")
-        require(0 < self.min_effect < 1, "min_effect", f"must be in (0, 1), got {self.min_effect}", "pass e.g. --min-effect 0.1")
 
 
 def abc_counterfactual(prompts, pool, seed: int) -> list[str]:

@@ -8,13 +8,12 @@ A gate name ending in "+" means the same gate with local search (e.g. comet+).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from routing.config import DEFAULT_GATES, BenchConfig, MoETrainConfig
+from routing.config import BenchConfig, MoETrainConfig
 from routing.train import train
 from workbench.runs import atomic_write_json
 
@@ -48,24 +47,6 @@ def summarize(rows: list[dict], task: str, command: str = "", config: dict | Non
             "topk_load_share_mean": float(np.mean([r["topk_load_share"] for r in rs])),
             **({"nmi_mean": float(np.mean(nmis)), "nmi_std": float(np.std(nmis, ddof=1)) if len(nmis) > 1 else 0.0}
                if nmis else {})}
-    return summary
-
-
-def summarize_dir(root: str | Path, command: str = "") -> dict:
-    """Rebuild summary.json / summary.md from the finished run dirs <gate>-s<seed> under root."""
-    root = Path(root)
-    rows, task = [], ""
-    for res_file in sorted(root.glob("*-s*/results.json")):
-        gate, seed = res_file.parent.name.rsplit("-s", 1)
-        res = json.loads(res_file.read_text())
-        rows.append(row_of(gate, int(seed), res))
-        task = res["task"]
-    if not rows:
-        raise FileNotFoundError(f"no finished runs (<gate>-s<seed>/results.json) under {root}")
-    order = {g: i for i, g in enumerate(DEFAULT_GATES.split(","))}
-    rows.sort(key=lambda r: (order.get(r["gate"], 99), r["gate"], r["seed"]))
-    summary = summarize(rows, task, command)
-    _write(root, summary)
     return summary
 
 

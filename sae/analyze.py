@@ -1,4 +1,4 @@
-"""`workbench sae analyze RUN`: the feature browser's heavy computation, done once, stored in the run dir.
+"""The feature browser's heavy computation, done once, stored in the run dir.
 
 Runs the SAE over held-out text of the run's corpus (the run's seed + ``HELD_OUT_SEED``, the text
 ``sae eval`` uses) and writes, each file atomically:
@@ -26,13 +26,13 @@ from __future__ import annotations
 import io
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from workbench.config import one_of, positive, require
+from sae.config import AnalyzeConfig
 from workbench.errors import RunError
 from workbench.runs import Run, atomic_write_bytes
 
@@ -40,29 +40,11 @@ FILES = ("analysis.json", "analysis_latents.parquet", "analysis_contexts.parquet
 VERSION = 1
 
 
-@dataclass
-class AnalyzeConfig:
-    tokens: int = field(default=32_768, metadata={"help": "held-out tokens to run the SAE over"})
-    top_n: int = field(default=12, metadata={"help": "top-activating contexts stored per latent"})
-    bins: int = field(default=24, metadata={"help": "bins of each latent's activation histogram"})
-    n_logits: int = field(default=10, metadata={"help": "promoted / suppressed output tokens stored per latent"})
-    before: int = field(default=16, metadata={"help": "context tokens shown before the activating token"})
-    after: int = field(default=4, metadata={"help": "context tokens shown after the activating token"})
-    mode: str = field(default="auto", metadata={"help": "allocation mode: auto (threshold for feature/mutual choice, else batch), batch, threshold"})
-    seq_batch: int = field(default=64, metadata={"help": "sequences per model forward pass"})
-    device: str | None = field(default=None, metadata={"help": "torch device (default: the run's)"})
-
-    def __post_init__(self):
-        positive(self, "tokens", "top_n", "bins", "n_logits", "seq_batch")
-        require(self.before >= 0 and self.after >= 0, "before/after", "must be >= 0", "pass --before 16 --after 4")
-        one_of(self, "mode", ("auto", "batch", "threshold"))
-
-
 def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=None, progress: bool = False) -> dict:
     """Compute the analysis of an SAE run and write its three files; returns analysis.json's content."""
     from workbench.acts import TextSource, select_positions
     from workbench.config import from_dict
-    from workbench.models import encode, load_model
+    from workbench.models import capture, encode, load_model
 
     from sae import io as sae_io
     from sae.config import TrainConfig
@@ -95,7 +77,7 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
             tokens = encode(model, text.next(cfg.seq_batch))[:, :n_ctx]  # (batch, <= n_ctx)
             tokens = torch.nn.functional.pad(tokens, (0, n_ctx - tokens.shape[1]), value=0 if pad is None else pad)
             mask = select_positions(tokens, pad, acts.positions)  # (batch, n_ctx) positions the SAE reads
-            x = _hook_acts(model, tokens.to(model.cfg.device), acts.hook, acts.head)[mask.to(model.cfg.device)]
+            x = capture(model, tokens.to(model.cfg.device), acts.hook, acts.head)[mask.to(model.cfg.device)]
             if x.shape[0] == 0:
                 continue
             out = sae(x.float().to(sae.W_enc.device))
@@ -142,23 +124,6 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
     summary["time_s"] = time.perf_counter() - t0
     run.write_json("analysis.json", summary)  # written last: its presence means the tables are complete
     return summary
-
-
-def _hook_acts(model, tokens: torch.Tensor, hook: str, head: int | None) -> torch.Tensor:
-    """(batch, pos, d) activations at hook (one head, or all heads concatenated, for per-head hooks)."""
-    from workbench.acts import stop_layer
-
-    store = {}
-
-    def grab(act, hook):
-        store["act"] = act
-        return act
-
-    model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)], stop_at_layer=stop_layer(hook))
-    act = store["act"]
-    if act.ndim == 4:  # (batch, pos, head, d_head)
-        act = act[:, :, head] if head is not None else act.flatten(2)
-    return act
 
 
 class _Vocab:
@@ -274,25 +239,3 @@ def _write_parquet(run: Run, name: str, columns: dict) -> None:
     buf = io.BytesIO()
     pd.DataFrame(columns).to_parquet(buf, index=False)
     atomic_write_bytes(run.path / name, buf.getvalue())
-
-
-# ---- CLI (wired into `workbench sae` by sae/cli.py) --------------------------------------------
-def add_parser(sub) -> None:
-    """Add the `analyze` subcommand to `workbench sae`'s subparsers."""
-    from workbench.config import add_arguments
-
-    a = sub.add_parser("analyze", help="precompute the app's feature browser data (top contexts, histograms, output tokens)",
-                       prog="workbench sae analyze", description=__doc__.split("\n\n")[0])
-    a.add_argument("run", help="run directory written by `workbench sae train`")
-    add_arguments(a, AnalyzeConfig)
-    a.add_argument("--no-progress", action="store_true", help="hide progress")
-
-
-def main(args) -> int:
-    """Run `workbench sae analyze` from parsed args."""
-    from workbench.config import from_args
-
-    s = analyze(args.run, from_args(AnalyzeConfig, args), progress=not args.no_progress)
-    print(f"{args.run}: {s['n_tokens']} tokens, {s['d_sae'] - s['dead']}/{s['d_sae']} latents active, "
-          f"L0 {s['l0_mean']:.2f} ± {s['l0_std']:.2f} ({s['mode']} mode); wrote {', '.join(FILES)} in {s['time_s']:.1f}s")
-    return 0

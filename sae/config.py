@@ -1,7 +1,8 @@
 """SAE and training configs: plain dataclasses, one CLI flag per field (``--k 32``).
 
 ``SAEConfig`` describes the autoencoder (what is saved with it); ``TrainConfig`` the training run and
-nests the activation source (``workbench.acts.ActsConfig``) and the SAE. Validation happens when a
+nests the activation source (``workbench.config.ActsConfig``) and the SAE; ``AnalyzeConfig`` the
+feature-browser analysis (``sae analyze``). No torch here, so ``workbench sae --help`` is fast. Validation happens when a
 config is built; checks that need the hook width (``k <= d_sae``, ``d_in`` against the hook) run in
 :meth:`SAEConfig.resolve` as soon as the width is known, before any training step.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from workbench.acts import ActsConfig
+from workbench.config import ActsConfig
 from workbench.config import one_of, positive, require
 
 ARCHS = ("topk", "feature-choice", "mutual-choice", "relu-l1")
@@ -117,3 +118,21 @@ class TrainConfig:
 
     def aux_k(self, d_in: int, d_sae: int) -> int:
         return min(self.k_aux or max(1, d_in // 2), d_sae)
+
+
+@dataclass
+class AnalyzeConfig:
+    tokens: int = field(default=32_768, metadata={"help": "held-out tokens to run the SAE over"})
+    top_n: int = field(default=12, metadata={"help": "top-activating contexts stored per latent"})
+    bins: int = field(default=24, metadata={"help": "bins of each latent's activation histogram"})
+    n_logits: int = field(default=10, metadata={"help": "promoted / suppressed output tokens stored per latent"})
+    before: int = field(default=16, metadata={"help": "context tokens shown before the activating token"})
+    after: int = field(default=4, metadata={"help": "context tokens shown after the activating token"})
+    mode: str = field(default="auto", metadata={"help": "allocation mode: auto (threshold for feature/mutual choice, else batch), batch, threshold"})
+    seq_batch: int = field(default=64, metadata={"help": "sequences per model forward pass"})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: the run's)"})
+
+    def __post_init__(self):
+        positive(self, "tokens", "top_n", "bins", "n_logits", "seq_batch")
+        require(self.before >= 0 and self.after >= 0, "before/after", "must be >= 0", "pass --before 16 --after 4")
+        one_of(self, "mode", ("auto", "batch", "threshold"))

@@ -3,8 +3,10 @@
 Tensors: ``W_enc (d_in, d_sae)``, ``b_enc (d_sae)``, ``W_dec (d_sae, d_in)``, ``b_dec (d_in)``, and
 for Feature/Mutual Choice a ``threshold (d_sae)``: their inference rule ``pre > threshold`` is a
 JumpReLU, so they are saved as SAELens ``"architecture": "jumprelu"``; TopK as ``"topk"`` (with
-``k``), ReLU+L1 as ``"standard"``. ``model_name``, ``hook_name``, ``hook_head_index`` sit at the top
-level of cfg.json (where SAELens reads its metadata); our own fields live under ``"workbench"``.
+``k``), ReLU+L1 as ``"standard"``. cfg.json follows SAELens 6's format: a ``metadata`` block that SAELens
+reads into ``sae.cfg.metadata`` (``sae_lens_version`` >= 6.0 — without it SAELens converts the file
+as a pre-6.0 config —, ``model_name``, ``hook_name``, ``hook_head_index``, ``context_size``, ``prepend_bos``);
+the same keys stay at the top level for older readers, and our own fields live under ``"workbench"``.
 Saved weights take raw activations: the input normalisation scale is folded in (``SAE.folded``).
 """
 
@@ -25,6 +27,14 @@ from sae.model import SAE, build_sae
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 SAELENS_ARCH = {"topk": "topk", "feature-choice": "jumprelu", "mutual-choice": "jumprelu", "relu-l1": "standard"}
+SAELENS_FORMAT = "6.0.0"  # the SAELens cfg.json format written here (checked against sae_lens 6.54)
+_HEAD_AXIS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_result")
+
+
+def _reshape(meta: dict) -> str:
+    """SAELens' reshape_activations: "hook_z" (flatten heads x d_head) for an all-heads SAE on a per-head hook."""
+    hook = meta.get("hook_name") or ""
+    return "hook_z" if hook.endswith(_HEAD_AXIS) and meta.get("hook_head_index") is None else "none"
 
 
 def tensors_of(sae: SAE) -> dict[str, torch.Tensor]:
@@ -44,9 +54,11 @@ def save(sae: SAE, path: str | Path, meta: dict | None = None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     c = sae.cfg
+    meta = {"prepend_bos": True, **(meta or {})}
     cfg = {"architecture": SAELENS_ARCH[c.arch], "d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32",
-           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none", "prepend_bos": True,
-           **({"k": c.k} if c.arch == "topk" else {}), **(meta or {}),
+           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+           "reshape_activations": _reshape(meta), **({"k": c.k} if c.arch == "topk" else {}), **meta,
+           "metadata": {"sae_lens_version": SAELENS_FORMAT, **meta},
            "workbench": {"sae": asdict(c), "threshold_kind": sae.threshold_kind}}
     atomic_write_bytes(path / WEIGHTS, st_save(tensors_of(sae)))
     atomic_write_json(path / CFG, cfg)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from workbench.acts import ActsConfig, TextSource, select_positions
-from workbench.models import encode
+from workbench.models import capture_with_logits, encode, head_view
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -72,7 +72,7 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
     """Metrics of `sae` (taking raw activations) on >= n_tokens held-out tokens, per allocation mode.
 
     In batch mode FC/MC allocate over each chunk of ``acts.seq_batch`` sequences at once.
-    Returns {mode: {fvu, mse, l0_* , dead_frac, ce_clean, ce_zero, ce_sae, ce_recovered}}.
+    Returns {mode: {fvu, mse, l0_* , dead_fraction, ce_clean, ce_zero, ce_sae, ce_recovered}}.
     """
     modes = modes or sae.modes
     old_mode = sae.mode
@@ -89,16 +89,8 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
     while n_seen < n_tokens:
         tokens = encode(model, text.next(cfg.seq_batch))[:, : model.cfg.n_ctx].to(model.cfg.device)
         mask = select_positions(tokens.cpu(), pad, cfg.positions).to(tokens.device)
-        store = {}
-
-        def grab(act, hook):
-            store["act"] = act
-            return act
-
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(cfg.hook, grab)])
-        act = store["act"]
-        sel = act[:, :, cfg.head] if (act.ndim == 4 and cfg.head is not None) else act.flatten(2) if act.ndim == 4 else act
-        x = sel[mask].float().to(dev)  # (n_sel, d_in)
+        logits, act = capture_with_logits(model, tokens, cfg.hook)  # act as the hook saw it, for splicing
+        x = head_view(act, cfg.head)[mask].float().to(dev)  # (n_sel, d_in)
         if x.shape[0] == 0:
             continue
         n_seen += x.shape[0]
@@ -129,7 +121,7 @@ def evaluate(sae: "SAE", model: "HookedTransformer", acts: ActsConfig, n_tokens:
         a = acc[m]
         l0 = torch.cat(a["l0"])
         r = {"tokens": n_seen, "fvu": a["sq"] / max(var, 1e-12), "mse": a["sq"] / n_seen, **l0_stats(l0),
-             "l0_hist": torch.bincount(l0).tolist(), "dead_frac": (a["counts"] == 0).double().mean().item()}
+             "l0_hist": torch.bincount(l0).tolist(), "dead_fraction": (a["counts"] == 0).double().mean().item()}
         if ce:
             clean, zero, spliced = ce_clean / n_tgt, ce_zero / n_tgt, a["ce"] / n_tgt
             r.update(ce_clean=clean, ce_zero=zero, ce_sae=spliced,

@@ -11,15 +11,14 @@
         log (metrics.jsonl, wandb, progress bar) / evaluate CE / checkpoint, every so many steps
     save    = cfg.json + sae_weights.safetensors (scale folded in) and eval.json in the run dir
 
-A checkpoint (``checkpoints/step-XXXXXXXX.pt``, written atomically) holds everything the loop
-reads: SAE parameters and buffers (dead counters, densities, thresholds), optimizer, scheduler,
-RNG states and the data position, so ``--resume`` continues bit-identically on CPU.
+A checkpoint (``checkpoints/step-XXXXXXXX.pt``, through ``workbench.checkpoint.CheckpointStore``)
+holds everything the loop reads: SAE parameters and buffers (dead counters, densities, thresholds),
+optimizer, scheduler, RNG states and the data position, so ``--resume`` continues bit-identically on CPU.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 import warnings
 from dataclasses import replace
@@ -30,7 +29,8 @@ import torch
 
 from workbench.config import to_dict
 from workbench.errors import ConfigError, RunError
-from workbench.runs import Run, atomic_save_torch
+from workbench.checkpoint import CheckpointStore, rng_state, set_rng_state
+from workbench.runs import Run
 
 from sae import io
 from sae.config import TrainConfig
@@ -136,28 +136,16 @@ class Source:
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
-def checkpoints(run: Run) -> list[Path]:
-    return sorted((run.path / "checkpoints").glob("step-*.pt"))
+CHECKPOINT_KEYS = ("scale", "sae", "opt", "sched", "rng", "data", "tokens")
+
+
+def checkpoint_store(run: Run) -> CheckpointStore:
+    return CheckpointStore(run.path / "checkpoints", keep=KEEP_CHECKPOINTS)
 
 
 def load_latest_checkpoint(run: Run) -> dict | None:
     """The newest checkpoint that loads (a corrupt one is skipped with a warning), or None."""
-    for p in reversed(checkpoints(run)):
-        try:
-            ck = torch.load(p, map_location="cpu", weights_only=False)
-            ck["path"] = str(p)
-            return ck
-        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to the previous one
-            warnings.warn(f"checkpoint {p} is unreadable ({e}); trying the previous one")
-    return None
-
-
-def save_checkpoint(run: Run, state: dict) -> Path:
-    path = run.path / "checkpoints" / f"step-{state['completed']:08d}.pt"
-    atomic_save_torch(path, state)
-    for old in checkpoints(run)[:-KEEP_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
-    return path
+    return checkpoint_store(run).load_latest(required=CHECKPOINT_KEYS)
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -174,10 +162,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         run = Run.open(resume)
         if run.kind != KIND:
             raise RunError(f"{resume} is a {run.kind!r} run, not an SAE run")
+        run.clean_tmp()
     device = torch.device(cfg.acts.device)
+    source = Source(cfg, None) if cfg.cache else None  # a missing or mismatched --cache fails before the model loads
+    if source is not None:
+        cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))
     model = model if model is not None else load_model(cfg.acts.model, device=cfg.acts.device)
-    source = Source(cfg, model)
-    cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))  # k <= d_sae, d_in vs hook
+    if source is None:
+        source = Source(cfg, model)
+        cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))  # k <= d_sae, d_in vs hook
     k_aux = cfg.aux_k(cfg.sae.d_in, cfg.sae.d_sae)
     _warn_dead_window(cfg)
     if run is None:
@@ -185,7 +178,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
 
     sae = build_sae(cfg.sae)
     total = cfg.steps
-    ck = load_latest_checkpoint(run) if resume is not None else None
+    store = checkpoint_store(run)
+    ck = store.load_latest(required=CHECKPOINT_KEYS) if resume is not None else None
     first = None
     if ck is None:  # fresh start: scale and b_dec from the first batch
         run.truncate_metrics(0)  # a resumed run killed before its first checkpoint starts over
@@ -206,9 +200,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         source.load_state_dict(ck["data"])
-        torch.set_rng_state(ck["rng_torch"])
-        random.setstate(ck["rng_python"])
-        start = ck["completed"]
+        set_rng_state(ck["rng"])
+        start = ck["step"]
         run.truncate_metrics(start)
     last_ckpt = ck["path"] if ck is not None else None
 
@@ -235,17 +228,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
                 row["tok_per_s"] = (completed - s_log) * n / max(now - t_log, 1e-9)
                 t_log, s_log = now, completed
                 tracker.log(row, step=completed)
-                bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_frac']:.1f}%")
+                bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_fraction']:.1f}%")
             if cfg.ce_every and completed % cfg.ce_every == 0 and completed != total:
                 ev = _evaluate(sae, scale, model, cfg, modes=("batch",))["batch"]
                 tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed)
             if completed % cfg.checkpoint_every == 0 or completed == total:
                 if not all(torch.isfinite(p).all() for p in sae.parameters()):
                     raise _diverged(run, step, last_ckpt, "the parameters became non-finite")
-                last_ckpt = str(save_checkpoint(run, {
-                    "completed": completed, "tokens": completed * n, "scale": scale, "sae": sae.state_dict(),
-                    "opt": opt.state_dict(), "sched": sched.state_dict(), "rng_torch": torch.get_rng_state(),
-                    "rng_python": random.getstate(), "data": source.state_dict(), "config": to_dict(cfg)}))
+                last_ckpt = str(store.save(completed, {
+                    "tokens": completed * n, "scale": scale, "sae": sae.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "rng": rng_state(), "data": source.state_dict(), "config": to_dict(cfg)}))
             bar.update(1)
             if on_step is not None:
                 on_step(completed)
@@ -315,7 +307,7 @@ def _train_metrics(sae: SAE, out: SAEOutput, parts: dict, cfg: TrainConfig, opt,
     from sae.metrics import density_histogram, l0_stats
 
     row = {"tokens": tokens, **{k: v.item() for k, v in parts.items()}, **l0_stats(out.l0()),
-           "dead_frac": sae.dead_mask(cfg.dead_window).float().mean().item(), "lr": opt.param_groups[0]["lr"]}
+           "dead_fraction": sae.dead_mask(cfg.dead_window).float().mean().item(), "lr": opt.param_groups[0]["lr"]}
     h = density_histogram(sae.density)
     row.update({f"density_1e{e:.0f}": c for e, c in zip(h["density_decades"], h["density_counts"])})
     return row
@@ -340,4 +332,4 @@ def eval_summary(result: dict, cfg: TrainConfig, tokens_trained: int) -> dict:
             "capacity": cfg.sae.capacity, "model": cfg.acts.model, "hook": cfg.acts.hook, "head": cfg.acts.head,
             "tokens_trained": tokens_trained, "eval_tokens": head["tokens"],
             "fvu": head["fvu"], "l0_mean": head["l0_mean"], "l0_std": head["l0_std"],
-            "dead_pct": 100 * head["dead_frac"], "ce_recovered": head.get("ce_recovered"), "modes": result}
+            "dead_fraction": head["dead_fraction"], "ce_recovered": head.get("ce_recovered"), "modes": result}

@@ -8,6 +8,8 @@ import tempfile
 
 import pytest
 
+import workbench.threads  # noqa: F401 - OMP_WAIT_POLICY=PASSIVE before any test imports torch
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # Tests never touch the network; a private HF cache (read at import time by huggingface_hub)

@@ -7,52 +7,16 @@ shuffle buffer, so a trainer that saves it resumes at exactly the same data posi
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from workbench import toyworld
-from workbench.config import one_of, positive, require
-from workbench.models import check_hook, encode
+from workbench.config import CORPORA, ActsConfig
+from workbench.models import capture, check_hook, encode
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
-
-CORPORA = ("toy", "ioi")
-
-
-@dataclass
-class ActsConfig:
-    model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
-    hook: str = field(default="blocks.1.hook_resid_post", metadata={"help": "TransformerLens hook name"})
-    head: int | None = field(default=None, metadata={"help": "head index for per-head hooks (attn.hook_q/k/v/z); default: all heads concatenated"})
-    corpus: str = field(default="toy", metadata={"help": "toy (general text + IOI), ioi (IOI prompts), or a datasets name / local text file"})
-    text_column: str = field(default="text", metadata={"help": "text column of a datasets corpus"})
-    positions: str = field(default="all", metadata={"help": "all (every real token but BOS), end (last token), or comma-separated indices"})
-    batch_size: int = field(default=4096, metadata={"help": "activations per yielded batch"})
-    seq_batch: int = field(default=128, metadata={"help": "sequences per model forward pass"})
-    shuffle_buffer: int = field(default=16384, metadata={"help": "activations held for shuffling (0: no shuffle)"})
-    seed: int = field(default=0, metadata={"help": "seed for corpus sampling and shuffling"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-
-    def __post_init__(self):
-        positive(self, "batch_size", "seq_batch")
-        require(self.shuffle_buffer >= 0, "shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}", "pass 0 to disable shuffling")
-        require(self.positions in ("all", "end") or re.fullmatch(r"-?\d+(,-?\d+)*", self.positions) is not None,
-                "positions", f"cannot parse {self.positions!r}", "use all, end, or indices like 3,5,-1")
-        require(self.head is None or self.head >= 0, "head", f"must be >= 0, got {self.head}", "pass a head index")
-
-
-def stop_layer(hook: str) -> int | None:
-    """Layer after which the forward pass can stop for this hook (None: run the whole model)."""
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    if m:
-        return int(m.group(1)) + 1
-    if hook in ("hook_embed", "hook_pos_embed", "hook_tokens"):
-        return 0
-    return None
 
 
 class TextSource:
@@ -125,18 +89,9 @@ class ActivationStream:
         """One model forward over seq_batch sequences: (n_selected_positions, d)."""
         cfg, model = self.cfg, self.model
         texts = self.text.next(cfg.seq_batch)
-        tokens = encode(model, texts)[:, : model.cfg.n_ctx]
-        store = {}
-
-        def grab(act, hook):
-            store["act"] = act
-            return act
-
-        model.run_with_hooks(tokens, fwd_hooks=[(cfg.hook, grab)], stop_at_layer=stop_layer(cfg.hook))
-        act = store["act"]  # (batch, pos, d) or (batch, pos, head, d_head)
-        if act.ndim == 4:
-            act = act[:, :, cfg.head] if cfg.head is not None else act.flatten(2)
-        mask = select_positions(tokens, model.tokenizer.pad_token_id, cfg.positions)
+        tokens = encode(model, texts)[:, : model.cfg.n_ctx]  # (batch, pos)
+        act = capture(model, tokens.to(model.cfg.device), cfg.hook, cfg.head)  # (batch, pos, d)
+        mask = select_positions(tokens, model.tokenizer.pad_token_id, cfg.positions).to(act.device)
         self.tokens_seen += int(mask.sum())
         return act[mask].float().cpu()
 
@@ -186,3 +141,29 @@ def select_positions(tokens: torch.Tensor, pad_id: int | None, positions: str) -
         ok = (idx > 0) & (idx < lengths)
         mask[rows[ok], idx[ok]] = True
     return mask
+
+
+def cache_activations(cfg: ActsConfig, n_tokens: int, out, dtype: str = "float32", model=None, progress: bool = True):
+    """Stream cfg.hook activations into a cache at out; returns (path, stats)."""
+    import time
+
+    from tqdm import tqdm
+
+    from workbench.cache import CacheWriter
+    from workbench.models import hook_dim, load_model
+
+    model = model or load_model(cfg.model, cfg.device)
+    d = hook_dim(model, cfg.hook, cfg.head)
+    stream = ActivationStream(model, cfg)
+    meta = {"model": cfg.model, "hook": cfg.hook, "head": cfg.head, "corpus": cfg.corpus,
+            "positions": cfg.positions, "seed": cfg.seed}
+    writer = CacheWriter(out, d, meta, dtype=dtype)
+    t0 = time.time()
+    with tqdm(total=n_tokens, desc=f"caching {cfg.hook}", unit="tok", disable=not progress) as bar:
+        while writer.rows < n_tokens:
+            acts = stream.forward_chunk()[: n_tokens - writer.rows]
+            writer.write(acts)
+            bar.update(len(acts))
+    path = writer.close()
+    secs = time.time() - t0
+    return path, {"rows": writer.rows, "d": d, "seconds": secs, "tokens_per_s": writer.rows / secs}

@@ -1,7 +1,7 @@
 """Sparse allocation over a (rows, units) score matrix: the one place allocation lives.
 
 Rows are tokens; units are SAE latents or MoE experts. Every method in the workbench picks a 0/1
-support of the score matrix under a budget (see DESIGN.md):
+support of the score matrix under a budget (see docs/design.md):
 
 - :func:`topk_per_row`  — each row keeps its k largest units (TopK SAE, Top-k gate)
 - :func:`topk_per_col`  — each unit keeps its top-m rows (Feature Choice SAE, Expert Choice gate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,7 +103,7 @@ def _load_dir(path: Path, device: str | None) -> "HookedTransformer":
     missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise ModelError(f"{path / 'model.safetensors'} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.to(device or "cpu")
+    model.to(device or "cpu", print_details=False)  # not TransformerLens' "Moving model to device" on every command
     model.eval()
     return model
 
@@ -148,28 +149,62 @@ def check_hook(model: "HookedTransformer", hook_name: str) -> None:
                          f"(the model has {len(names)} hooks, e.g. blocks.0.hook_resid_post)")
 
 
-def hook_dim(model: "HookedTransformer", hook_name: str, head: int | None = None) -> int:
-    """Width of the activation at hook_name (per head if the hook has a head axis and head is given)."""
-    check_hook(model, hook_name)
-    out = {}
+def stop_layer(hook: str) -> int | None:
+    """Layer after which the forward pass can stop for this hook (None: run the whole model)."""
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    if m:
+        return int(m.group(1)) + 1
+    if hook in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+        return 0
+    return None
+
+
+def head_view(act: torch.Tensor, head: int | None) -> torch.Tensor:
+    """(batch, pos, d) from an activation as a hook saw it: a per-head hook's (batch, pos, n_heads, d_head)
+    gives one head (d = d_head) or, with head None, all heads concatenated (d = n_heads * d_head)."""
+    if act.ndim == 4:
+        if head is None:
+            return act.flatten(2)
+        if not 0 <= head < act.shape[2]:
+            raise ModelError(f"head: {head} is out of range, the hook has {act.shape[2]} heads; pass --head 0..{act.shape[2] - 1}")
+        return act[:, :, head]
+    if head is not None:
+        raise ModelError(f"head: --head {head} applies only to per-head hooks (attn.hook_q/k/v/z, attn.hook_result); "
+                         f"drop --head for this hook")
+    return act
+
+
+def _run_capture(model: "HookedTransformer", tokens: torch.Tensor, hook: str, stop_at_layer: int | None):
+    check_hook(model, hook)
+    store = {}
 
     def grab(act, hook):
-        out["shape"] = act.shape
-        raise _Stop
+        store["act"] = act
+        return act
 
+    out = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)], stop_at_layer=stop_at_layer)
+    return out, store["act"]
+
+
+def capture(model: "HookedTransformer", tokens: torch.Tensor, hook: str, head: int | None = None) -> torch.Tensor:
+    """The activation at `hook` for tokens (batch, pos), as (batch, pos, d) (see :func:`head_view`).
+
+    The one place that reads a hook: activation streaming, SAE metrics and the feature-browser analysis
+    call it. The forward pass stops after the hook's layer.
+    """
+    return head_view(_run_capture(model, tokens, hook, stop_layer(hook))[1], head)
+
+
+def capture_with_logits(model: "HookedTransformer", tokens: torch.Tensor, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One full forward pass: (logits (batch, pos, d_vocab), the activation at `hook` as the hook saw it,
+    e.g. (batch, pos, n_heads, d_head) for a per-head hook; :func:`head_view` selects from it)."""
+    return _run_capture(model, tokens, hook, None)
+
+
+def hook_dim(model: "HookedTransformer", hook_name: str, head: int | None = None) -> int:
+    """Width of the activation at hook_name (per head if the hook has a head axis and head is given)."""
     toks = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
-    try:
-        model.run_with_hooks(toks, fwd_hooks=[(hook_name, grab)])
-    except _Stop:
-        pass
-    shape = out["shape"]
-    if len(shape) == 4:  # (batch, pos, head, d_head)
-        return shape[-1] if head is not None else shape[-2] * shape[-1]
-    return shape[-1]
-
-
-class _Stop(Exception):
-    pass
+    return capture(model, toks, hook_name, head).shape[-1]
 
 
 def encode(model: "HookedTransformer", texts: list[str], prepend_bos: bool = True) -> torch.Tensor:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from workbench.errors import RunError
+from workbench.errors import ConfigError, RunError
 
 DEFAULT_ROOT = Path("runs")
 _UMASK = os.umask(0)
@@ -37,6 +38,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_tmp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files (``.NAME.XXXX.tmp``) that atomic writes killed before their rename left in
+    directory; returns them. Call it when the directory's writer starts or resumes, not while one runs."""
+    directory = Path(directory)
+    gone = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -68,6 +79,17 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=@-]{0,199}")
+
+
+def check_run_name(name: str) -> str:
+    """Raise ConfigError unless name is one directory name that `workbench runs` and the app will list."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise ConfigError(f"name: {name!r} is not a valid run name (one directory name under the runs directory: "
+                          f"letters, digits and - _ . + = @, not starting with '.' or '-'); pass e.g. --name my-run")
+    return name
+
+
 @dataclass
 class Run:
     """A handle on one run directory."""
@@ -78,7 +100,7 @@ class Run:
     def create(cls, kind: str, config: dict, name: str | None = None, root: str | Path = DEFAULT_ROOT,
                exist_ok: bool = False) -> "Run":
         """Make runs/<name>/ with config.json = {"kind": kind, "config": config, "created": ...}."""
-        name = name or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+        name = check_run_name(name) if name else f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
         path = Path(root) / name
         if path.exists() and not exist_ok and (path / "config.json").exists():
             raise RunError(f"run dir {path} already exists; pass --resume {path} to continue it or choose another --name")
@@ -168,6 +190,10 @@ class Run:
             return json.loads(p.read_text()).get("status", "unknown")
         except (OSError, json.JSONDecodeError):
             return "unknown"
+
+    def clean_tmp(self) -> list[Path]:
+        """Delete leftover temp files of killed atomic writes in the run dir and its checkpoints/."""
+        return remove_tmp_files(self.path) + remove_tmp_files(self.path / "checkpoints")
 
     def set_status(self, status: str, **info: Any) -> None:
         atomic_write_json(self.path / "status.json", {"status": status, "time": time.time(), **info})

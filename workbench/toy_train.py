@@ -11,52 +11,18 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from workbench import ioi, toyworld
-from workbench.config import ConfigError, positive, require, to_dict
+from workbench.config import ConfigError, ModelTrainConfig, to_dict
 from workbench.fast_lm import FastLM
 from workbench.models import make_model, save_model, build_tokenizer, toy_config_dict
-from workbench.runs import Run, atomic_save_torch
+from workbench.checkpoint import CheckpointStore
+from workbench.runs import Run
 from workbench.tracking import Tracker
-
-
-@dataclass
-class ModelTrainConfig:
-    steps: int = field(default=3500, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=128, metadata={"help": "sequences per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=200, metadata={"help": "linear warm-up steps, then cosine decay"})
-    min_lr_frac: float = field(default=0.1, metadata={"help": "final lr as a fraction of --lr"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
-    ioi_fraction: float = field(default=toyworld.IOI_FRACTION, metadata={"help": "fraction of sequences that are IOI prompts"})
-    ordinal_fraction: float = field(default=toyworld.ORDINAL_FRACTION, metadata={"help": "fraction of IOI prompts whose S2 is 'the former' / 'the latter' instead of the name"})
-    pronoun_fraction: float = field(default=toyworld.PRONOUN_FRACTION, metadata={"help": "fraction of IOI prompts whose S2 is 'he' / 'she' (IO and S of different genders)"})
-    n_layers: int = field(default=4, metadata={"help": "transformer layers"})
-    d_model: int = field(default=128, metadata={"help": "residual width"})
-    n_heads: int = field(default=4, metadata={"help": "attention heads per layer"})
-    n_ctx: int = field(default=64, metadata={"help": "context length"})
-    micro_batch: int = field(default=32, metadata={"help": "sequences per forward pass: a step's sequences are sorted by length and run in micro-batches, so little is padding"})
-    seed: int = field(default=0, metadata={"help": "seed for init and data"})
-    eval_every: int = field(default=250, metadata={"help": "steps between IOI evaluations and checkpoints"})
-    eval_prompts: int = field(default=300, metadata={"help": "prompts per IOI evaluation split"})
-    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
-    out: str | None = field(default=None, metadata={"help": "also save the final model to this directory"})
-    wandb_project: str | None = field(default=None, metadata={"help": "wandb project (offline unless configured)"})
-
-    def __post_init__(self):
-        positive(self, "steps", "batch_size", "micro_batch", "lr", "n_layers", "d_model", "n_heads", "n_ctx", "eval_every", "eval_prompts")
-        require(0 <= self.ordinal_fraction <= 1, "ordinal_fraction", f"must be in [0, 1], got {self.ordinal_fraction}", "pass e.g. --ordinal-fraction 0.15")
-        require(0 <= self.pronoun_fraction <= 1 - self.ordinal_fraction, "pronoun_fraction",
-                f"must be in [0, 1 - ordinal_fraction], got {self.pronoun_fraction}", "pass e.g. --pronoun-fraction 0.15")
-        require(0 <= self.ioi_fraction <= 1, "ioi_fraction", f"must be in [0, 1], got {self.ioi_fraction}", "pass e.g. --ioi-fraction 0.8")
-        require(self.d_model % self.n_heads == 0, "d_model", f"{self.d_model} is not divisible by n_heads={self.n_heads}", "choose d_model a multiple of n_heads")
-        require(0 <= self.warmup_steps < self.steps, "warmup_steps", f"must be in [0, steps), got {self.warmup_steps}", "lower --warmup-steps")
 
 
 class WordEncoder:
@@ -168,15 +134,18 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
     start = 0
-    ckpt_path = run.path / "checkpoints" / "last.pt"
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+    store = CheckpointStore(run.path / "checkpoints")
+    if resume:
+        run.clean_tmp()
+    ck = store.load_latest(required=("model", "optimizer", "py_rng", "torch_rng")) if resume else None
+    if ck is not None:
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         rng.setstate(ck["py_rng"])
         torch.set_rng_state(ck["torch_rng"])
         start = ck["step"]
         run.truncate_metrics(start)
+    last_ckpt = ck["path"] if ck is not None else "none yet"
     enc = WordEncoder(toyworld.vocabulary(), cfg.n_ctx, truncate=True)
     pad = enc.pad
     tracker = Tracker(run, cfg.wandb_project, to_dict(cfg))
@@ -198,7 +167,7 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
             part.backward()
             loss += part.item()
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {step}; last good checkpoint: {ckpt_path}")
+            raise FloatingPointError(f"loss is {loss} at step {step}; last good checkpoint: {last_ckpt}")
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         done = step + 1
@@ -213,8 +182,8 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
             tracker.log(row, done)
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc_heldout=f"{row['heldout_names/accuracy']:.2f}",
                             ld_heldout=f"{row['heldout_names/logit_diff']:.2f}")
-            atomic_save_torch(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                          "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "step": done})
+            last_ckpt = store.save(done, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                          "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state()})
     tracker.finish()
     model.load_state_dict(net.state_dict(), strict=False)
     meta = {"recipe": to_dict(cfg), "train_seconds": time.time() - t0}

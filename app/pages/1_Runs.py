@@ -25,11 +25,11 @@ view = df[df["kind"].isin(kinds) & df["status"].isin(statuses)]
 if text:
     hay = view[["name", "model", "hook", "arch"]].map(data.number).agg(" ".join, axis=1).str.lower()
     view = view[hay.str.contains(text, regex=False)]
-COLS = ["name", "kind", "model", "hook", "arch", "k", "fvu", "l0", "dead_pct", "metric", "value", "status", "note"]
+COLS = ["name", "kind", "model", "hook", "arch", "k", "fvu", "l0", "dead_fraction", "metric", "value", "status", "note"]
 st.dataframe(view[COLS], hide_index=True, key="runs_table", column_config={
     "fvu": st.column_config.NumberColumn("FVU", format="%.4f"),
     "l0": st.column_config.NumberColumn("L0", format="%.2f"),
-    "dead_pct": st.column_config.NumberColumn("dead %", format="%.1f"),
+    "dead_fraction": st.column_config.NumberColumn("dead %", format="percent"),
     "value": st.column_config.NumberColumn("value", format="%.4f", help="the run's headline metric (column 'metric')"),
     "k": st.column_config.NumberColumn("k", format="%d"),
 })

@@ -26,7 +26,7 @@ path = run["path"]
 ev = data.read_json(path, "eval.json")
 an = data.read_json(path, data.SAE_ANALYSIS)
 st.caption(f"{run['arch']} · k={run['k']} · {run['model']} · `{run['hook']}` · FVU {data.number(run['fvu'], 4)} · "
-           f"L0 {data.number(run['l0'], 2)} · dead {data.number(run['dead_pct'], 1)}% · status {run['status']}"
+           f"L0 {data.number(run['l0'], 2)} · dead {data.number(None if pd.isna(run['dead_fraction']) else 100 * run['dead_fraction'], 1)}% · status {run['status']}"
            + (f" · {run['note']}" if run.get("note") else ""))
 ANALYZE = f"run `workbench sae analyze {path}`"
 

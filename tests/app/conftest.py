@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ BROKEN = ("broken-config", "unknown-kind", "not-a-run")
 
 
 def _cli(*argv: str) -> None:
-    from workbench.cli import main
+    from cli.main import main
 
     rc = main(list(argv))
     assert rc == 0, f"workbench {' '.join(argv)} exited with {rc}"
@@ -46,16 +45,16 @@ def app_runs(tiny_model_dir, tmp_path_factory) -> Path:
         step(f"sae {arch}", "sae", "train", "--model", model, "--hook", HOOK, "--arch", arch, "--k", "4", "--expansion", "2",
              "--tokens", "1536", "--batch-size", "128", "--seq-batch", "16", "--shuffle-buffer", "256", "--log-every", "2",
              "--eval-tokens", "256", "--warmup-steps", "2", "--dead-window", "512", "--checkpoint-every", "6",
-             "--name", f"sae-{arch}", "--runs-dir", runs, "--no-progress")
-        step(f"analyze {arch}", "sae", "analyze", str(root / f"sae-{arch}"), "--tokens", "2000", "--seq-batch", "32", "--no-progress")
+             "--name", f"sae-{arch}", "--runs-dir", runs, "--quiet")
+        step(f"analyze {arch}", "sae", "analyze", str(root / f"sae-{arch}"), "--tokens", "2000", "--seq-batch", "32", "--quiet")
     step("ioi locate", "ioi", "locate", "--model", model, "--n-prompts", "40", "--qkv-heads", "2", "--name", "ioi-locate",
-         "--root", runs, "--quiet")
+         "--runs-dir", runs, "--quiet")
     step("ioi eval", "ioi", "eval", "--model", model, "--location", f"{HOOK}@END", "--sae", str(root / "sae-topk"),
-         "--n-train", "100", "--n-eval", "24", "--ks", "1", "2", "--name", "ioi-eval", "--root", runs, "--quiet")
+         "--n-train", "100", "--n-eval", "24", "--ks", "1", "2", "--name", "ioi-eval", "--runs-dir", runs, "--quiet")
     step("moe train", "moe", "train", "--task", "synthetic", "--gate", "sparse-ot", "--experts", "4", "--k", "2", "--epochs", "2",
-         "--n-train", "600", "--batch-size", "128", "--log-every", "2", "--name", "moe-ot", "--out", runs, "--progress", "false")
+         "--n-train", "600", "--batch-size", "128", "--log-every", "2", "--name", "moe-ot", "--runs-dir", runs, "--quiet")
     step("moe bench", "moe", "bench", "--task", "synthetic", "--gates", "topk,hash", "--seeds", "2", "--experts", "4", "--k", "2",
-         "--epochs", "1", "--n-train", "400", "--batch-size", "128", "--log-every", "2", "--bench-name", "bench-syn", "--out", runs)
+         "--epochs", "1", "--n-train", "400", "--batch-size", "128", "--log-every", "2", "--bench-name", "bench-syn", "--runs-dir", runs)
 
     # broken dirs, each made from real files cut short or overwritten
     (root / "broken-config").mkdir()

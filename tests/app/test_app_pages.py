@@ -81,7 +81,7 @@ def test_runs_table_holds_the_stored_numbers(app_test, app_runs):
     row = table.loc["sae-topk"]
     assert (row["kind"], row["arch"], row["k"], row["hook"]) == ("sae", "topk", 4, "blocks.1.hook_resid_post")
     assert row["fvu"] == pytest.approx(ev["fvu"]) and row["l0"] == pytest.approx(ev["l0_mean"])
-    assert row["dead_pct"] == pytest.approx(ev["dead_pct"]) and row["status"] == "done"
+    assert row["dead_fraction"] == pytest.approx(ev["dead_fraction"]) and row["status"] == "done"
     half = table.loc["sae-half"]  # unfinished: numbers from the last complete metrics row, torn line skipped
     rows = [json.loads(x) for x in (app_runs / "sae-half" / "metrics.jsonl").read_text().splitlines()[:3]]
     assert half["status"] == "running" and half["fvu"] == pytest.approx(rows[-1]["fvu"])

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.cli import main
+from cli.main import main
 
 EVAL_FLAGS = ["--n-train", "100", "--n-eval", "24", "--ks", "1", "2", "--quiet"]
 
@@ -24,7 +24,7 @@ def _files(run):
 def test_locate_and_eval_on_tiny_model(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
     assert main(["ioi", "locate", "--model", model, "--n-prompts", "40", "--qkv-heads", "2",
-                 "--root", str(tmp_path), "--name", "loc", "--quiet"]) == 0
+                 "--runs-dir", str(tmp_path), "--name", "loc", "--quiet"]) == 0
     loc = json.loads((tmp_path / "loc" / "locations.json").read_text())
     assert {"model", "clean", "heads", "locations", "cross_sections"} <= set(loc)
     assert len(loc["heads"]) == 4 and {"dla", "attn_io", "ablate_end", "patch_z", "role"} <= set(loc["heads"][0])
@@ -33,7 +33,7 @@ def test_locate_and_eval_on_tiny_model(tiny_model_dir, tmp_path):
 
     args = ["ioi", "eval", "--model", model, "--locations", str(tmp_path / "loc"),
             "--location", "blocks.1.attn.hook_q[0]@END", "--location", "blocks.0.attn.hook_z[1]@S2",
-            "--root", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
+            "--runs-dir", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
     assert main(args) == 0
     run = tmp_path / "ev"
     assert {"approximation.json", "approximation.parquet", "control.json", "control.parquet", "interpretability.json",
@@ -55,22 +55,22 @@ def test_locate_and_eval_on_tiny_model(tiny_model_dir, tmp_path):
 def test_unknown_cross_section_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "l.json").write_text(json.dumps({"cross_sections": []}))
     rc = main(["ioi", "eval", "--model", str(tiny_model_dir), "--locations", str(tmp_path / "l.json"),
-               "--cross-section", "nope", "--root", str(tmp_path), *EVAL_FLAGS])
+               "--cross-section", "nope", "--runs-dir", str(tmp_path), *EVAL_FLAGS])
     assert rc == 2
     assert "unknown ['nope']" in capsys.readouterr().err
     rc = main(["ioi", "eval", "--model", str(tiny_model_dir), "--location", "blocks.1.attn.hook_q[9]@END",
-               "--root", str(tmp_path), *EVAL_FLAGS])
+               "--runs-dir", str(tmp_path), *EVAL_FLAGS])
     assert rc == 2 and "head 9 out of range" in capsys.readouterr().err
 
 
 def test_gpt2_path_locate_then_eval(fake_gpt2, tmp_path):
     """`--model gpt2` goes through HookedTransformer.from_pretrained (a tiny random local GPT-2 here)."""
     assert main(["ioi", "locate", "--model", "gpt2", "--n-prompts", "30", "--qkv-heads", "2",
-                 "--root", str(tmp_path), "--name", "loc", "--quiet"]) == 0
+                 "--runs-dir", str(tmp_path), "--name", "loc", "--quiet"]) == 0
     loc = json.loads((tmp_path / "loc" / "locations.json").read_text())
     assert len(loc["heads"]) == 8
     assert main(["ioi", "eval", "--model", "gpt2", "--locations", str(tmp_path / "loc"),
-                 "--location", "blocks.1.attn.hook_z[3]@END", "--root", str(tmp_path), "--name", "ev", *EVAL_FLAGS]) == 0
+                 "--location", "blocks.1.attn.hook_z[3]@END", "--runs-dir", str(tmp_path), "--name", "ev", *EVAL_FLAGS]) == 0
     splits = json.loads((tmp_path / "ev" / "splits.json").read_text())
     assert splits["names_kept"] + len(splits["names_dropped"]) == 100
     approx = pd.read_parquet(tmp_path / "ev" / "approximation.parquet")
@@ -96,7 +96,7 @@ def test_eval_with_saes_on_tiny_model(tiny_model_dir, tmp_path):
     a = _save_sae(tmp_path / "sae_q", 16, "blocks.1.attn.hook_q", 0)
     b = _save_sae(tmp_path / "sae_z", 16, "blocks.0.attn.hook_z", 1, arch="mutual-choice", seed=1)
     args = ["ioi", "eval", "--model", model, "--location", "blocks.1.attn.hook_q[0]@END", "--location", "blocks.0.attn.hook_z[1]@S2",
-            "--sae", f"pair={a},{b}", "--sae", str(a), "--root", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
+            "--sae", f"pair={a},{b}", "--sae", str(a), "--runs-dir", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
     assert main(args) == 0
     run = tmp_path / "ev"
     approx = pd.read_parquet(run / "approximation.parquet")

@@ -2,14 +2,14 @@
 
 import json
 
-from workbench.cli import main
+from cli.main import main
 from workbench.runs import Run
 
 
 def test_moe_train_writes_a_run_dir(tmp_path):
     rc = main(["moe", "train", "--task", "synthetic", "--gate", "comet", "--experts", "4", "--k", "2",
-               "--local-search", "--epochs", "2", "--n-train", "512", "--batch-size", "128", "--out", str(tmp_path),
-               "--name", "tiny", "--progress", "false", "--log-every", "2"])
+               "--local-search", "--epochs", "2", "--n-train", "512", "--batch-size", "128", "--runs-dir", str(tmp_path),
+               "--name", "tiny", "--quiet", "--log-every", "2"])
     assert rc == 0
     run = Run.open(tmp_path / "tiny")
     assert run.kind == "moe" and run.status() == "done"
@@ -26,7 +26,7 @@ def test_moe_train_writes_a_run_dir(tmp_path):
 def test_sparse_ot_run_saves_a_plan_and_planted_nmi(tmp_path):
     rc = main(["moe", "train", "--task", "planted", "--gate", "sparse-ot", "--experts", "4", "--k", "1",
                "--clusters", "4", "--epochs", "1", "--n-train", "512", "--batch-size", "128", "--ot-group", "64",
-               "--out", str(tmp_path), "--name", "ot", "--progress", "false"])
+               "--runs-dir", str(tmp_path), "--name", "ot", "--quiet"])
     assert rc == 0
     run = Run.open(tmp_path / "ot")
     plan = run.read_json("ot_plan.json")["plan"]
@@ -36,7 +36,7 @@ def test_sparse_ot_run_saves_a_plan_and_planted_nmi(tmp_path):
 
 def test_bench_summarises_gates_over_seeds(tmp_path, capsys):
     rc = main(["moe", "bench", "--task", "planted", "--gates", "topk,hash", "--seeds", "2", "--experts", "4",
-               "--clusters", "4", "--epochs", "1", "--n-train", "256", "--batch-size", "128", "--out", str(tmp_path),
+               "--clusters", "4", "--epochs", "1", "--n-train", "256", "--batch-size", "128", "--runs-dir", str(tmp_path),
                "--bench-name", "b"])
     assert rc == 0
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())

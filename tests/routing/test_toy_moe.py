@@ -11,7 +11,7 @@ pytest.importorskip("transformer_lens")
 from routing.config import GateConfig, MoETrainConfig  # noqa: E402
 from routing.toy_moe import ROLES, ToyMoETransformer, ioi_set, specialisation, summary_rows  # noqa: E402
 from workbench import toyworld  # noqa: E402
-from workbench.cli import main  # noqa: E402
+from cli.main import main  # noqa: E402
 from workbench.runs import Run  # noqa: E402
 from workbench.toy_train import WordEncoder  # noqa: E402
 
@@ -56,7 +56,7 @@ def test_hash_gate_routes_on_token_ids():
 def test_toy_train_writes_a_moe_run(tmp_path, gate):
     rc = main(["moe", "train", "--task", "toy", "--gate", gate, "--experts", "4", "--k", "2", "--steps", "4",
                "--batch-size", "8", "--d-model", "16", "--n-heads", "2", "--d-hidden", "8", "--ioi-prompts", "40",
-               "--out", str(tmp_path), "--name", "toy", "--progress", "false", "--log-every", "2", "--threads", "1"])
+               "--runs-dir", str(tmp_path), "--name", "toy", "--quiet", "--log-every", "2", "--threads", "1"])
     assert rc == 0
     run = Run.open(tmp_path / "toy")
     assert run.kind == "moe" and run.status() == "done"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.trainer import Diverged, Source, checkpoints, train
+from sae.trainer import Diverged, Source, checkpoint_store, train
 from workbench.errors import ConfigError
 from workbench.runs import Run
 
@@ -16,7 +16,7 @@ class Kill(Exception):
 
 
 def _weights(run):
-    ck = torch.load(checkpoints(run)[-1], weights_only=False)
+    ck = torch.load(checkpoint_store(run).paths()[-1], weights_only=False)
     return ck["sae"]
 
 
@@ -84,7 +84,7 @@ def test_nan_activations_stop_with_step_and_last_checkpoint(tiny_cfg, tiny_model
     msg = str(e.value)
     assert "step 7" in msg and "step-00000004.pt" in msg and "non-finite" in msg
     run = Run.open(Path(cfg.runs_dir) / "nan")
-    assert [p.name for p in checkpoints(run)] == ["step-00000004.pt"]
+    assert [p.name for p in checkpoint_store(run).paths()] == ["step-00000004.pt"]
     assert not (run.path / "sae_weights.safetensors").exists()
     assert run.status() == "failed"
 
@@ -137,14 +137,14 @@ def test_train_config_errors(tiny_cfg, kw, field):
 
 
 def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from workbench.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     runs = tmp_path / "runs"
     rc = main(["sae", "train", "--model", str(tiny_model_dir), "--hook", "blocks.1.hook_resid_post", "--arch", "feature-choice",
                "--k", "4", "--expansion", "2", "--tokens", "1_024", "--batch-size", "128", "--seq-batch", "16",
                "--shuffle-buffer", "256", "--eval-tokens", "256", "--log-every", "2", "--runs-dir", str(runs), "--name", "e2e",
-               "--wandb-project", "p", "--no-progress"])
+               "--wandb-project", "p", "--quiet"])
     assert rc == 0
     run = runs / "e2e"
     for f in ("config.json", "cfg.json", "sae_weights.safetensors", "eval.json", "metrics.jsonl", "status.json"):
@@ -161,7 +161,7 @@ def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_p
 
 
 def test_cli_resume_rejects_a_changed_flag(tiny_cfg, tiny_model, capsys):
-    from workbench.cli import main
+    from cli.main import main
 
     cfg = tiny_cfg(name="r")
     with pytest.raises(Kill):
@@ -171,9 +171,9 @@ def test_cli_resume_rejects_a_changed_flag(tiny_cfg, tiny_model, capsys):
 
 
 def test_cli_reports_bad_hook_width_as_one_line(tiny_model_dir, tmp_path, capsys):
-    from workbench.cli import main
+    from cli.main import main
 
-    rc = main(["sae", "train", "--model", str(tiny_model_dir), "--d-in", "64", "--runs-dir", str(tmp_path), "--no-progress"])
+    rc = main(["sae", "train", "--model", str(tiny_model_dir), "--d-in", "64", "--runs-dir", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "d_in:" in err and "width 32" in err and "Traceback" not in err
 
@@ -184,7 +184,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tiny_cfg, tiny_model):
     with pytest.raises(Kill):
         train(cfg, model=tiny_model, progress=False, on_step=_kill_at(10))  # checkpoints at 4 and 8
     run = Run.open(Path(cfg.runs_dir) / "torn")
-    newest = checkpoints(run)[-1]
+    newest = checkpoint_store(run).paths()[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # as if the disk lost its tail
     seen = []
     with pytest.warns(UserWarning, match="unreadable"):

@@ -3,7 +3,7 @@ import torch
 
 from workbench.acts import ActivationStream, ActsConfig, select_positions
 from workbench.cache import ActivationCache, CacheWriter
-from workbench.commands.acts import cache_activations
+from workbench.acts import cache_activations
 from workbench.errors import CacheError, ModelError
 
 

@@ -2,13 +2,14 @@
 
 import torch
 
-from workbench.cli import main as cli
+from cli.main import main as cli
+from workbench.checkpoint import CheckpointStore
 from workbench.runs import Run
 from workbench.toy_train import ModelTrainConfig, evaluate, train
 
 
 def test_shipped_model_passes_acceptance_on_every_split_and_family(toy_model):
-    from workbench.commands.model import passes
+    from cli.model import passes
 
     res = evaluate(toy_model, n=200, n_family=60)
     for split in ("train_names", "heldout_names", "heldout_productions", "heldout_long"):
@@ -69,31 +70,32 @@ def test_train_resume_continues_exactly(tmp_path):
     train(cfg, full, progress=False)
     half = Run.create("model", {}, name="half", root=tmp_path)
     _train_until(cfg, half, stop_after=3)  # crash right after the step-3 checkpoint
+    assert [p.name for p in CheckpointStore(half.path / "checkpoints").paths()] == ["step-00000003.pt"]
     train(cfg, half, resume=True, progress=False)
-    a = torch.load(full.path / "checkpoints" / "last.pt", weights_only=False)["model"]
-    b = torch.load(half.path / "checkpoints" / "last.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = CheckpointStore(full.path / "checkpoints").load_latest()
+    b = CheckpointStore(half.path / "checkpoints").load_latest()
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["step"] for r in half.metrics()] == [3, 6]
 
 
 def _train_until(cfg, run, stop_after):
     """Run training but crash right after the checkpoint at `stop_after` steps."""
-    import workbench.toy_train as tt
+    real = CheckpointStore.save
 
-    real = tt.atomic_save_torch
-
-    def save_then_crash(path, obj):
-        real(path, obj)
-        if obj["step"] >= stop_after:
+    def save_then_crash(self, step, state):
+        path = real(self, step, state)
+        if step >= stop_after:
             raise KeyboardInterrupt
+        return path
 
-    tt.atomic_save_torch = save_then_crash
+    CheckpointStore.save = save_then_crash
     try:
         train(cfg, run, progress=False)
     except KeyboardInterrupt:
         pass
     finally:
-        tt.atomic_save_torch = real
+        CheckpointStore.save = real
 
 
 def test_cli_reports_bad_input_in_one_line(capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""`workbench sae train | eval | analyze`: thin argparse front ends over sae.trainer and sae.metrics.
+"""`workbench sae train | eval | analyze`: thin argparse front ends over sae.trainer, sae.metrics and sae.analyze.
 
 Every training flag maps to one config field (``--k`` -> SAEConfig.k, ``--hook`` -> ActsConfig.hook,
 ``--tokens`` -> TrainConfig.tokens); ``--resume RUN`` continues a run from its last checkpoint with the
@@ -10,37 +10,78 @@ from __future__ import annotations
 import argparse
 import json
 
+from cli.common import add_quiet, check_name, examples, parse_int
 
-def _parser() -> argparse.ArgumentParser:
-    from workbench.acts import ActsConfig
-    from workbench.config import add_arguments
+TRAIN_EXAMPLES = examples(
+    "workbench sae train --arch topk --k 8 --expansion 8 --tokens 2_000_000 --name topk-k8",
+    "workbench acts cache --hook blocks.1.hook_resid_post --tokens 2_000_000 --name acts-l1",
+    "workbench sae train --cache runs/acts-l1/cache --arch feature-choice --capacity zipf --k 8 --name fc-zipf-k8",
+    "workbench sae train --model gpt2 --hook blocks.6.hook_resid_post --corpus my.txt --arch mutual-choice \\\n"
+    "      --k 32 --expansion 16 --device cuda --wandb-project saes --name gpt2-l6-mc",
+    "workbench sae train --resume runs/topk-k8                 # continue an interrupted run",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from workbench.config import ActsConfig, add_arguments
 
     from sae.config import SAEConfig, TrainConfig
 
     p = argparse.ArgumentParser(prog="workbench sae", description="Train and evaluate sparse autoencoders (TopK, Feature Choice, Mutual Choice, ReLU+L1).")
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train an SAE on activations at a hook", prog="workbench sae train")
+    t = sub.add_parser("train", help="train an SAE on activations at a hook", prog="workbench sae train",
+                       description="Train an SAE on activations streamed from the model at --hook, or read from a "
+                                   "--cache made by `workbench acts cache`; writes a run dir with the SAE "
+                                   "(cfg.json + sae_weights.safetensors, SAELens' layout) and eval.json.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)
     add_arguments(t.add_argument_group("activations"), ActsConfig)
     add_arguments(t.add_argument_group("autoencoder"), SAEConfig)
-    add_arguments(t.add_argument_group("training"), TrainConfig)
+    add_arguments(t.add_argument_group("training"), TrainConfig)  # incl. --name and --runs-dir
     t.add_argument("--resume", metavar="RUN", default=None, help="continue this run directory from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    e = sub.add_parser("eval", help="evaluate a trained SAE run on held-out tokens", prog="workbench sae eval")
+    add_quiet(t)
+    e = sub.add_parser("eval", help="evaluate a trained SAE run on held-out tokens", prog="workbench sae eval",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("workbench sae eval runs/topk-k8", "workbench sae eval runs/fc-zipf-k8 --modes threshold --no-ce --json"))
     e.add_argument("run", help="run directory written by `workbench sae train`")
-    e.add_argument("--tokens", type=lambda s: int(s.replace("_", "")), default=None, help="held-out tokens (default: the run's eval_tokens)")
+    e.add_argument("--tokens", type=parse_int, default=None, help="held-out tokens (default: the run's eval_tokens)")
     e.add_argument("--modes", nargs="+", choices=("batch", "threshold"), default=None, help="allocation modes (default: all the SAE supports)")
     e.add_argument("--device", default=None, help="torch device (default: the run's)")
     e.add_argument("--no-ce", action="store_true", help="skip the CE-loss-recovered forward passes")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
-    from sae.analyze import add_parser as add_analyze
-
-    add_analyze(sub)  # `workbench sae analyze RUN`: the app's feature-browser data
+    _add_analyze(sub)
     return p
 
 
-def _config_from_args(args):
-    from workbench.acts import ActsConfig
+def _add_analyze(sub) -> None:
+    """`workbench sae analyze RUN`: the app's feature-browser data."""
+    from workbench.config import add_arguments
+
+    from sae.config import AnalyzeConfig
+
+    a = sub.add_parser("analyze", help="precompute the app's feature browser data (top contexts, histograms, output tokens)",
+                       prog="workbench sae analyze",
+                       description="Run the SAE over held-out text once and store what the app's feature browser shows "
+                                   "(top-activating contexts, activation histograms, output tokens, per-token L0) in the run dir.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples("workbench sae analyze runs/topk-k8"))
+    a.add_argument("run", help="run directory written by `workbench sae train`")
+    add_arguments(a, AnalyzeConfig)
+    add_quiet(a)
+
+
+def _analyze(args) -> int:
     from workbench.config import from_args
+
+    from sae.analyze import FILES, analyze
+    from sae.config import AnalyzeConfig
+
+    s = analyze(args.run, from_args(AnalyzeConfig, args), progress=not args.quiet)
+    print(f"{args.run}: {s['n_tokens']} tokens, {s['d_sae'] - s['dead']}/{s['d_sae']} latents active, "
+          f"L0 {s['l0_mean']:.2f} ± {s['l0_std']:.2f} ({s['mode']} mode); wrote {', '.join(FILES)} in {s['time_s']:.1f}s")
+    return 0
+
+
+def _config_from_args(args):
+    from workbench.config import ActsConfig, from_args
 
     from sae.config import SAEConfig, TrainConfig
 
@@ -51,15 +92,14 @@ def _resume_config(args):
     """The run's stored config; any flag passed alongside --resume must agree with it."""
     import dataclasses
 
-    from workbench.acts import ActsConfig
-    from workbench.config import from_dict
+    from workbench.config import ActsConfig, from_dict
     from workbench.errors import ConfigError
     from workbench.runs import Run
 
     from sae.config import SAEConfig, TrainConfig
 
     cfg = from_dict(TrainConfig, Run.open(args.resume).config)
-    given = {k: v for k, v in vars(args).items() if k not in ("cmd", "resume", "no_progress")}
+    given = {k: v for k, v in vars(args).items() if k not in ("cmd", "resume", "quiet")}
     for section, cls in ((cfg.acts, ActsConfig), (cfg.sae, SAEConfig), (cfg, TrainConfig)):
         for f in dataclasses.fields(cls):
             if f.name in given and not dataclasses.is_dataclass(getattr(section, f.name)):
@@ -76,7 +116,8 @@ def _train(args) -> int:
     from sae.trainer import train
 
     cfg = _resume_config(args) if args.resume else _config_from_args(args)
-    run = train(cfg, resume=args.resume, progress=not args.no_progress)
+    check_name(cfg.name, None if args.resume else cfg.runs_dir)
+    run = train(cfg, resume=args.resume, progress=not args.quiet)
     s = run.read_json("eval.json")
     print(f"run {run.path}: {format_eval(s)}")
     return 0
@@ -90,7 +131,7 @@ def format_eval(s: dict) -> str:
         ce = f"{r['ce_recovered']:.4f}" if r.get("ce_recovered") is not None else "-"
         lines.append(f"  {mode:<9} FVU {r['fvu']:.4f}  L0 {r['l0_mean']:.2f} ± {r['l0_std']:.2f} "
                      f"(p05 {r['l0_p05']:.0f}, p50 {r['l0_p50']:.0f}, p95 {r['l0_p95']:.0f}, max {r['l0_max']})  "
-                     f"dead {100 * r['dead_frac']:.1f}%  CE recovered {ce}")
+                     f"dead {100 * r['dead_fraction']:.1f}%  CE recovered {ce}")
     return "\n".join(lines)
 
 
@@ -138,9 +179,7 @@ def _eval(args) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.cmd == "analyze":
-        from sae.analyze import main as analyze_main
-
-        return analyze_main(args)
+        return _analyze(args)
     return _train(args) if args.cmd == "train" else _eval(args)

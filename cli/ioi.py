@@ -3,8 +3,9 @@
     workbench ioi locate --model toy-ioi
     workbench ioi eval --model toy-ioi --sae runs/a --sae runs/b [--cross-section name-movers-z]
 
-Both write a run dir of kind ``ioi`` (files: :mod:`evals.report`). Heavy imports happen inside the
-commands so ``workbench ioi --help`` is fast.
+Both write a run dir of kind ``ioi`` (files: :mod:`evals.report`). The configs come from the torch-free
+:mod:`evals.config`, so ``workbench ioi --help`` is fast; every argument (locations file, ``--location``
+syntax, ``--sae`` dirs, run name) is checked before the model loads.
 """
 
 from __future__ import annotations
@@ -13,23 +14,31 @@ import argparse
 import json
 from pathlib import Path
 
+from cli.common import add_quiet, add_runs_dir, check_name, examples, say
 from workbench.config import add_arguments, from_args, to_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evals.harness import EvalConfig
-    from evals.locate import LocateConfig
+    from evals.config import EvalConfig, LocateConfig
 
     p = argparse.ArgumentParser(prog="workbench ioi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    loc = sub.add_parser("locate", help="find heads/positions that matter for IOI and name cross-sections",
+    loc = sub.add_parser("locate", help="find heads/positions that matter for IOI and name cross-sections", prog="workbench ioi locate",
                          description="Direct logit attribution, attention from END, mean ablation and activation "
-                                     "patching (ABC counterfactual) per head and position; writes locations.json.")
+                                     "patching (ABC counterfactual) per head and position; writes locations.json.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=examples("workbench ioi locate --name ioi-locate",
+                                         "workbench ioi locate --model gpt2 --n-prompts 200 --device cuda --name gpt2-locate"))
     add_arguments(loc, LocateConfig)
     _run_args(loc)
-    ev = sub.add_parser("eval", help="evaluate supervised dictionaries and SAEs on the cross-sections",
+    ev = sub.add_parser("eval", help="evaluate supervised dictionaries and SAEs on the cross-sections", prog="workbench ioi eval",
                         description="Approximation (sufficiency, necessity, LD recovered), control (edit accuracy) and "
-                                    "interpretability (F1 of features vs attribute values) per cross-section.")
+                                    "interpretability (F1 of features vs attribute values) per cross-section.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog=examples("workbench ioi eval --locations runs/ioi-locate --sae runs/topk-k8 --sae runs/fc-zipf-k8",
+                                        "workbench ioi eval --location blocks.1.hook_resid_post@END --sae runs/topk-k8 --n-eval 300",
+                                        "workbench ioi eval --locations runs/ioi-locate --cross-section name-movers-z "
+                                        "--sae z=runs/z-h0,runs/z-h1"))
     add_arguments(ev, EvalConfig)
     ev.add_argument("--locations", metavar="PATH", help="locations.json or a `workbench ioi locate` run dir "
                     "(default: run discovery now)")
@@ -45,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run name (default: ioi-<time>)")
-    p.add_argument("--root", default="runs", help="directory holding run dirs (default: runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_runs_dir(p)
+    add_quiet(p, old_no_progress=False)
 
 
 def main(argv: list[str]) -> int:
@@ -54,23 +63,22 @@ def main(argv: list[str]) -> int:
     return _locate(args) if args.cmd == "locate" else _eval(args)
 
 
-def _say(args):
-    return (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
-
-
 def _locate(args) -> int:
-    from evals.locate import LocateConfig, format_locate, locate
+    from evals.config import LocateConfig
+
+    cfg = from_args(LocateConfig, args)
+    check_name(args.name, args.runs_dir)
+    from evals.locate import format_locate, locate
     from evals.report import write_locate
     from workbench.models import load_model
     from workbench.runs import Run
 
-    cfg = from_args(LocateConfig, args)
-    run = Run.create("ioi", {"command": "locate", **to_dict(cfg)}, name=args.name, root=args.root)
-    print(f"run dir: {run.path}")
+    model = load_model(cfg.model, cfg.device)
+    run = Run.create("ioi", {"command": "locate", **to_dict(cfg)}, name=args.name, root=args.runs_dir)
+    say(args.quiet)(f"run dir: {run.path}")
     run.set_status("running")
     try:
-        model = load_model(cfg.model, cfg.device)
-        res = locate(model, cfg, progress=_say(args))
+        res = locate(model, cfg, progress=say(args.quiet))
         write_locate(run, res)
     except BaseException as e:
         run.set_status("failed", error=str(e))
@@ -114,42 +122,45 @@ def select_sections(sections: list, names: list[str], custom: list[str]) -> list
 
 
 def _eval(args) -> int:
-    from evals.dictionary import load_families
-    from evals.harness import EvalConfig, evaluate
-    from evals.locate import LocateConfig, locate
-    from evals.locations import check_locations
-    from evals.report import write_eval, write_locate
+    from evals.config import EvalConfig, LocateConfig
     from workbench.errors import ConfigError
-    from workbench.models import load_model
-    from workbench.runs import Run
 
     cfg = from_args(EvalConfig, args)
-    say = _say(args)
-    # everything a typo can break is checked before the run dir exists
-    model = load_model(cfg.model, cfg.device)
-    families = load_families(args.sae, cfg.device)
+    check_name(args.name, args.runs_dir)
+    say_ = say(args.quiet)
+    # everything a typo can break is checked before the model loads and before the run dir exists
     found = None
     if args.locations:
         found, sections = load_cross_sections(args.locations)
     else:
         sections = []
     sections = select_sections(sections, args.cross_section, args.location) if (args.locations or args.location) else None
+    from evals.dictionary import load_families
+    from evals.harness import evaluate
+    from evals.locate import locate
+    from evals.locations import check_locations
+    from evals.report import write_eval, write_locate
+    from workbench.models import load_model
+    from workbench.runs import Run
+
+    families = load_families(args.sae, cfg.device)
+    model = load_model(cfg.model, cfg.device)
     if sections is not None:
         check_locations(model, [loc for cs in sections for loc in cs.locations])
     run = Run.create("ioi", {"command": "eval", **to_dict(cfg), "locations": args.locations, "cross_section": args.cross_section,
-                             "location": args.location, "sae": args.sae}, name=args.name, root=args.root)
-    print(f"run dir: {run.path}")
+                             "location": args.location, "sae": args.sae}, name=args.name, root=args.runs_dir)
+    say_(f"run dir: {run.path}")
     run.set_status("running")
     try:
         if sections is None:
-            say("no --locations: running discovery first (workbench ioi locate)")
-            found = locate(model, LocateConfig(model=cfg.model, seed=cfg.seed, device=cfg.device), progress=say)
+            say_("no --locations: running discovery first (workbench ioi locate)")
+            found = locate(model, LocateConfig(model=cfg.model, seed=cfg.seed, device=cfg.device), progress=say_)
             sections = select_sections(_sections_of(found), args.cross_section, args.location)
         if found is not None:
             write_locate(run, found)
         if not sections:
             raise ConfigError("no cross-sections to evaluate: discovery found none; pass --location HOOK[HEAD]@POS")
-        res = evaluate(model, cfg, sections, families, progress=say)
+        res = evaluate(model, cfg, sections, families, progress=say_)
         write_eval(run, res, cfg.model)
     except BaseException as e:
         run.set_status("failed", error=str(e))

@@ -4,7 +4,8 @@
     workbench moe bench --task movielens --gates topk,hash,dselect,comet,expert-choice,sparse-ot --seeds 5
     workbench moe solve-bench
 Every flag is a field of a dataclass in routing.config (MoETrainConfig, GateConfig, BenchConfig,
-SolverBenchConfig); a bare boolean flag means true.
+SolverBenchConfig); a bare boolean flag means true. Two flags follow the CLI-wide spelling instead of
+their field's name: ``--runs-dir`` sets MoETrainConfig.out and ``--quiet`` clears MoETrainConfig.progress.
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ import argparse
 import dataclasses
 import shlex
 import typing
+from pathlib import Path
+
+from cli.common import add_quiet, add_runs_dir, check_name, deprecated_progress, examples
+
+EXAMPLES = {
+    "train": examples("workbench moe train --task movielens --gate comet --experts 16 --k 2 --name ml-comet",
+                      "workbench moe train --task synthetic --gate sparse-ot --experts 8 --k 2 --local-search --seed 1",
+                      "workbench moe train --task toy --gate expert-choice --experts 4 --k 1 --steps 300"),
+    "bench": examples("workbench moe bench --task movielens --gates topk,hash,dselect,comet,expert-choice,sparse-ot --seeds 5",
+                      "workbench moe bench --task synthetic --gates topk,comet,base --seeds 2 --bench-name quick"),
+}
 
 
 def _bare_bools(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -32,11 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_, extra in (("train", "train one MoE model and write a run dir", None),
                                ("bench", "train every gate over several seeds and compare", BenchConfig)):
-        p = sub.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_, prog=f"workbench moe {name}", epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         for cls in (MoETrainConfig, GateConfig) + ((extra,) if extra else ()):
-            add_arguments(p, cls)
+            add_arguments(p, cls, skip=("out", "progress"))
             _bare_bools(p, cls)
-    p = sub.add_parser("solve-bench", help="sparse-OT solver vs POT, batched, and gate timings")
+        add_runs_dir(p, old=("--out",))
+        add_quiet(p, old_no_progress=False)
+        deprecated_progress(p)
+    p = sub.add_parser("solve-bench", help="sparse-OT solver vs POT, batched, and gate timings", prog="workbench moe solve-bench")
     add_arguments(p, SolverBenchConfig)
     _bare_bools(p, SolverBenchConfig)
     return parser
@@ -53,7 +69,8 @@ def main(argv: list[str]) -> int:
 
         run_solver_bench(from_args(SolverBenchConfig, args))
         return 0
-    cfg = from_args(MoETrainConfig, args, routing=from_args(GateConfig, args))
+    cfg = from_args(MoETrainConfig, args, routing=from_args(GateConfig, args), out=args.runs_dir, progress=not args.quiet)
+    check_name(cfg.name or None, cfg.out if args.command == "train" else None)
     if args.command == "train":
         from routing.train import train
 
@@ -65,5 +82,11 @@ def main(argv: list[str]) -> int:
     from routing.bench import run_bench
     from routing.config import BenchConfig
 
-    run_bench(from_args(BenchConfig, args), cfg, command="workbench moe " + shlex.join(argv))
+    bench = from_args(BenchConfig, args)
+    check_name(bench.bench_name or None)
+    if bench.bench_name and any((Path(cfg.out) / bench.bench_name).glob("*/config.json")):
+        from workbench.errors import RunError
+
+        raise RunError(f"{Path(cfg.out) / bench.bench_name} already holds bench runs; choose another --bench-name")
+    run_bench(bench, cfg, command="workbench moe " + shlex.join(argv))
     return 0

@@ -1,7 +1,8 @@
 """The `workbench` front door: dispatches to each package's subcommands, imported lazily.
 
-Each entry maps a command group to a module with ``main(argv: list[str]) -> int | None``; the
-module builds its own argparse parser, so ``workbench --help`` imports nothing heavy.
+Each entry maps a command group to a module of this package with ``main(argv: list[str]) -> int | None``;
+the module builds its argparse parser from config dataclasses that import no torch, so ``--help`` of
+every group and subcommand is fast, and it checks its arguments before it loads a model.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "model": ("workbench.commands.model", "train / evaluate the embedded toy model (toy-ioi)"),
-    "acts": ("workbench.commands.acts", "stream or cache activations at a hook to disk"),
-    "runs": ("workbench.commands.runs", "list run directories and their status"),
-    "sae": ("sae.cli", "train / evaluate / analyse sparse autoencoders"),
-    "ioi": ("evals.cli", "IOI supervised-dictionary evaluation: locate the circuit, evaluate dictionaries"),
-    "moe": ("routing.cli", "mixture-of-experts gates: train, benchmark, OT solver benchmarks"),
-    "app": ("workbench.commands.app", "open the Streamlit app on a runs directory"),
+    "model": ("cli.model", "train / evaluate the embedded toy model (toy-ioi)"),
+    "acts": ("cli.acts", "stream or cache activations at a hook to disk"),
+    "runs": ("cli.runs", "list run directories and their status"),
+    "sae": ("cli.sae", "train / evaluate / analyse sparse autoencoders"),
+    "ioi": ("cli.ioi", "IOI supervised-dictionary evaluation: locate the circuit, evaluate dictionaries"),
+    "moe": ("cli.moe", "mixture-of-experts gates: train, benchmark, OT solver benchmarks"),
+    "app": ("cli.app", "open the Streamlit app on a runs directory"),
 }
 
 USAGE = """usage: workbench <command> [options]   (workbench <command> --help for its options)
@@ -25,6 +26,9 @@ The Sparse Allocation Workbench: SAEs, IOI evaluation and MoE routing as sparse 
 
 commands:
 {cmds}
+
+flags every command spells the same way: --runs-dir DIR (where run directories live; default runs),
+--name NAME (a run's name), --quiet (no progress bars or progress messages), --device (torch device)
 """
 
 

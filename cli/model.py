@@ -3,28 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from cli.common import add_quiet, add_runs_dir, check_name, examples
 from workbench.config import add_arguments, from_args, to_dict
 
 ACCEPT = {"accuracy": 0.9, "logit_diff": 2.5, "accuracy_pos": 0.85, "top1": 0.8}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workbench.toy_train import ModelTrainConfig
+    from workbench.config import ModelTrainConfig
 
     p = argparse.ArgumentParser(prog="workbench model", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train the toy IOI model from scratch (~12 min on 2 cores)",
-                       description="Train the toy model on the toy world; IOI accuracy stays at chance for "
-                                   "~2k steps, then jumps. Saves run_dir/model (and --out).")
+    t = sub.add_parser("train", help="train the toy IOI model from scratch (~25-40 min on 2 cores)", prog="workbench model train",
+                       description="Train the toy model on the toy world (IOI prompts from the grammar in "
+                                   "workbench/grammar.py, general text); IOI accuracy stays at chance for ~1k steps, "
+                                   "then jumps. Saves run_dir/model (and --out). Recipe: docs/toy-model.md.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("workbench model train --name toy-v2",
+                                       "workbench model train --steps 6000 --seed 1 --out my-model   # then --model my-model",
+                                       "workbench model train --resume runs/toy-v2            # after an interruption"))
     add_arguments(t, ModelTrainConfig)
     t.add_argument("--name", help="run name (default: model-<time>)")
-    t.add_argument("--root", default="runs", help="directory holding run dirs (default: runs)")
+    add_runs_dir(t)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    e = sub.add_parser("eval", help="IOI accuracy / logit difference on held-out names and template",
-                       description="Print IOI accuracy and mean logit difference on training names, held-out "
-                                   "names and the held-out template, and the LD when attention at END is ablated.")
+    add_quiet(t)
+    e = sub.add_parser("eval", help="IOI acceptance on every held-out split and frame family, or score your own prompt",
+                       prog="workbench model eval",
+                       description="Print IOI accuracy (LD > 0; ABB and BAB), mean logit difference and top-1 accuracy "
+                                   "on training names and the held-out splits (names, productions, lengths), per frame "
+                                   "family, and the LD when attention at END is ablated. With --prompt, score prompts you write.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=examples("workbench model eval",
+                                       'workbench model eval --prompt "Mary and John went home . John gave a book to"',
+                                       "workbench model eval --model runs/toy-v2/model --n 300 --json eval.json"))
     e.add_argument("--model", default="toy-ioi", help="toy-ioi, a model dir or a TransformerLens name")
     e.add_argument("--n", type=int, default=1000, help="prompts per split (default 1000)")
     e.add_argument("--device", default="cpu")
@@ -49,18 +61,22 @@ def main(argv: list[str]) -> int:
 
 
 def _train(args) -> int:
+    from workbench.config import ModelTrainConfig
     from workbench.runs import Run
-    from workbench.toy_train import ModelTrainConfig, evaluate, train
-    from workbench.models import load_model
 
     if args.resume:
         run = Run.open(args.resume)
         cfg = from_args(ModelTrainConfig, args, base=ModelTrainConfig(**run.config))
     else:
+        check_name(args.name, args.runs_dir)
         cfg = from_args(ModelTrainConfig, args)
-        run = Run.create("model", to_dict(cfg), name=args.name, root=args.root)
-    print(f"run dir: {run.path}")
-    model_dir = train(cfg, run, resume=bool(args.resume))
+        run = Run.create("model", to_dict(cfg), name=args.name, root=args.runs_dir)
+    if not args.quiet:
+        print(f"run dir: {run.path}")
+    from workbench.models import load_model
+    from workbench.toy_train import evaluate, train
+
+    model_dir = train(cfg, run, resume=bool(args.resume), progress=not args.quiet)
     res = evaluate(load_model(str(model_dir), cfg.device))
     run.write_json("eval.json", res)
     print(format_eval(res))

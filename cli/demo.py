@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from workbench.cli import main as cli
+from cli.main import main as cli
 
 ROOT = Path("runs")
 
