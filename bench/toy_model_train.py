@@ -9,6 +9,8 @@ model's acceptance table. Run it on an idle machine: other torch jobs slow train
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import os
 import subprocess
