@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from workbench.config import positive, require
 
 ATTRIBUTES = ("IO", "S", "Pos")  # the paper's attributes: edited, scored for interpretability
-EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute a supervised dictionary may also model
+EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute (the frame family) a supervised dictionary may also model
 # every attribute a prompt carries (what the interpretation space of evals.interpretation searches):
 # A / B = the first / second name of the opening clause (the authors' name1 / name2), the genders of
 # IO and S (from workbench.toyworld.GENDER when the toy world has it), place, object and template

@@ -9,7 +9,7 @@ The paper (Makelov et al. 2024, Sec. 3) describes each prompt by three attribute
   are fitted here.
 - ``eval``: prompts whose names come from pool A (the first half of the usable names); every metric
   is measured here.
-- ``counterfactual[attr]``: for each eval prompt, the same prompt (template, place, object) with
+- ``counterfactual[attr]``: for each eval prompt, the same prompt (its frame: words, places, objects) with
   only ``attr`` changed: a new IO or a new S drawn from pool B (the second half, disjoint from A, so
   the new name never appears in the source prompt), or Pos flipped. Edits move an eval prompt's
   activation towards its counterfactual.
@@ -86,26 +86,17 @@ def default_names(model: "HookedTransformer") -> list[str]:
     return list(toyworld.IOI_NAMES if getattr(model.cfg, "model_name", "") == "toy-ioi" else toyworld.NAMES)
 
 
-def template_string(template_id: int) -> str:
-    return toyworld.TEMPLATES[template_id] if template_id >= 0 else toyworld.HELDOUT_TEMPLATE
-
-
 def with_attributes(p: toyworld.IOIPrompt, **changes: str) -> toyworld.IOIPrompt:
-    """The same prompt (template, place, object) with some of io / s / pos replaced."""
-    q = dataclasses.replace(p, **changes)
-    if q.io == q.s:
-        raise ValueError(f"IO and S must differ, got {q.io!r} for both")
-    a, b = (q.io, q.s) if q.pos == "ABB" else (q.s, q.io)
-    text = template_string(q.template).format(A=a, B=b, S=q.s, P=q.place, O=q.obj)
-    return dataclasses.replace(q, text=text)
+    """The same prompt (frame, places, objects) with some of io / s / pos replaced."""
+    return p.with_names(**changes)
 
 
-def balanced_prompts(n: int, names: Sequence[str], seed: int, template_ids: Sequence[int]) -> list[toyworld.IOIPrompt]:
-    """n prompts whose IO, S, Pos (and template) are balanced and independent.
+def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "train") -> list[toyworld.IOIPrompt]:
+    """n prompts whose IO, S and Pos are balanced and independent; frames drawn from a grammar split.
 
     In each block of m = len(names) prompts, IO runs over a random permutation of the names, S over the
     same permutation shifted by a random non-zero offset (so S != IO and every name is S once), and a
-    random half of the block is ABB. Templates cycle with a random offset per block.
+    random half of the block is ABB. Frames come from :func:`workbench.grammar.sample_prompt`.
     """
     names = list(names)
     m = len(names)
@@ -118,13 +109,10 @@ def balanced_prompts(n: int, names: Sequence[str], seed: int, template_ids: Sequ
         shift = rng.randrange(1, m)
         pos = ["ABB"] * (m // 2) + ["BAB"] * (m - m // 2)
         rng.shuffle(pos)
-        t0 = rng.randrange(len(template_ids))
         for j in range(m):
             if len(out) == n:
                 break
-            p = toyworld.make_ioi_prompt(rng, names, pos=pos[j], io=perm[j], s=perm[(j + shift) % m],
-                                         template_id=template_ids[(t0 + j) % len(template_ids)])
-            out.append(p)
+            out.append(toyworld.make_ioi_prompt(rng, names, split, pos=pos[j], io=perm[j], s=perm[(j + shift) % m]))
     return out
 
 
@@ -150,7 +138,7 @@ class NamePools:
 @dataclass
 class IOISplits:
     pools: NamePools
-    template_ids: list[int]
+    eval_split: str  # grammar split of the eval prompts (train prompts use "train")
     train: list[toyworld.IOIPrompt]
     eval: list[toyworld.IOIPrompt]
     counterfactual: dict[str, list[toyworld.IOIPrompt]]  # attribute -> prompts aligned with eval
@@ -164,14 +152,14 @@ class IOISplits:
                 out[a] = {"values": len(c), "min_count": min(c.values()), "max_count": max(c.values())}
             return out
 
-        return {"n_train": len(self.train), "n_eval": len(self.eval), "templates": self.template_ids,
+        return {"n_train": len(self.train), "n_eval": len(self.eval), "eval_split": self.eval_split,
                 "names_kept": len(self.pools.kept), "names_dropped": self.pools.dropped,
                 "eval_pool": self.pools.eval, "counterfactual_pool": self.pools.counterfactual,
                 "train_balance": balance(self.train), "eval_balance": balance(self.eval)}
 
 
 def make_splits(model: "HookedTransformer", n_train: int = 2000, n_eval: int = 500, seed: int = 0,
-                names: Sequence[str] | None = None, template_ids: Sequence[int] | None = None) -> IOISplits:
+                names: Sequence[str] | None = None, eval_split: str = "train") -> IOISplits:
     """Train (seed), eval (seed + 1) and counterfactual (seed + 2) prompts; see the module docstring."""
     kept, dropped = check_names(model, names if names is not None else default_names(model))
     if len(kept) < 6:
@@ -179,12 +167,11 @@ def make_splits(model: "HookedTransformer", n_train: int = 2000, n_eval: int = 5
                           "pass names that are single tokens")
     half = len(kept) // 2
     pools = NamePools(kept, dropped, kept[:half], kept[half:])
-    template_ids = list(template_ids) if template_ids is not None else list(range(len(toyworld.TEMPLATES)))
-    train = balanced_prompts(n_train, kept, seed, template_ids)
-    ev = balanced_prompts(n_eval, pools.eval, seed + 1, template_ids)
+    train = balanced_prompts(n_train, kept, seed, "train")
+    ev = balanced_prompts(n_eval, pools.eval, seed + 1, eval_split)
     rng = random.Random(seed + 2)
     cf = {a: [counterfactual(p, a, rng, pools.counterfactual) for p in ev] for a in ATTRIBUTES}
-    return IOISplits(pools, template_ids, train, ev, cf)
+    return IOISplits(pools, eval_split, train, ev, cf)
 
 
 def semantic_positions(batch: "IOIBatch") -> dict[str, torch.Tensor]:

@@ -25,32 +25,26 @@ a named cross-section, e.g. ``name-movers-q`` = the name movers' queries at END.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import TYPE_CHECKING
 
 import torch
 
-from evals.data import POSITIONS, make_splits, semantic_positions, template_string
+from evals.data import ATTRIBUTES, POSITIONS, make_splits, semantic_positions
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from evals.config import LocateConfig
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
+MEMBER_EFFECT = 0.02  # a head's own counterfactual effect needed to join an attribute's carrier group
 PAPER_HEADS = {"name-movers": [(9, 6), (9, 9), (10, 0)], "s-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)]}
 
 
-def abc_counterfactual(prompts, pool, seed: int):
-    """Each prompt with its S2 token replaced by a third name C from `pool` (the "ABC" distribution)."""
+def abc_counterfactual(prompts, pool, seed: int) -> list[str]:
+    """The text of each prompt with its S2 token replaced by a third name C from `pool` (the "ABC" distribution)."""
     rng = random.Random(seed)
-    out = []
-    for p in prompts:
-        c = rng.choice([n for n in pool if n not in (p.io, p.s)])
-        a, b = (p.io, p.s) if p.pos == "ABB" else (p.s, p.io)
-        text = template_string(p.template).format(A=a, B=b, S=c, P=p.place, O=p.obj)
-        out.append(dataclasses.replace(p, text=text))
-    return out
+    return [p.render(s2=rng.choice([n for n in pool if n not in (p.io, p.s)])) for p in prompts]
 
 
 def _frac_drop(ld_clean: float, ld: float) -> float:
@@ -102,7 +96,7 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     prompts = splits.eval
     batch = make_batch(model, prompts)
     pos = semantic_positions(batch)
-    corrupt = make_batch(model, abc_counterfactual(prompts, splits.pools.counterfactual, cfg.seed + 3))
+    corrupt = make_batch(model, prompts, texts=abc_counterfactual(prompts, splits.pools.counterfactual, cfg.seed + 3))
     clean = run_patched(model, batch, pos)
     run = Patcher(model, batch, pos)  # patched runs restart at the first patched block
     ld0 = clean.mean_ld
@@ -122,6 +116,18 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     for hs in heads:
         hs["patch_z"] = {p: effects[Location(f"blocks.{hs['layer']}.attn.hook_z", hs["head"], p)] for p in POSITIONS}
     say(f"patched hook_z of {L * H} heads at {len(POSITIONS)} positions")
+
+    # which attribute each head carries: patch each attribute's counterfactual into one head
+    cf = _Counterfactuals(model, splits, clean)
+    z_cf = {a: read_acts(model, cf.batch[a], cf.pos[a], z_locs) for a in ATTRIBUTES}
+    attr_effect: dict[Location, dict[str, float]] = {}
+    for loc in z_locs:
+        attr_effect[loc] = {a: cf.changed(run({loc: z_cf[a][loc]})) for a in ATTRIBUTES}
+    for hs in heads:
+        end = Location(f"blocks.{hs['layer']}.attn.hook_z", hs["head"], "END")
+        hs["io_moved"] = cf.io_moved(run({end: z_cf["IO"][end]}))
+        hs["changed"] = {p: attr_effect[Location(end.hook, end.head, p)] for p in POSITIONS}
+    say("patched each head with the IO, S and Pos counterfactuals")
 
     # q/k/v of the strongest heads
     strength = {(hs["layer"], hs["head"]): max([abs(v) for v in hs["patch_z"].values()] + [abs(hs["ablate_end"])]) for hs in heads}
@@ -166,6 +172,12 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     for kind in ("q", "z"):
         if nm:
             groups.setdefault(("name-movers", kind, "END"), [Location(f"blocks.{layer}.attn.hook_{kind}", h, "END") for layer, h in nm])
+    # for each attribute, the heads (hook_z) that carry it, at the position where one head matters most
+    for a in ATTRIBUTES:
+        best = max(z_locs, key=lambda loc: attr_effect[loc][a])
+        if attr_effect[best][a] >= MEMBER_EFFECT:
+            group = _carrier_group(run, cf, z_cf[a], [loc for loc in z_locs if loc.pos == best.pos], attr_effect, a)
+            groups.setdefault((f"{a.lower()}-carriers", "z", best.pos), group)
     sections = []
     for (role, kind, p), locs in groups.items():
         locs = sorted(set(locs))
@@ -173,13 +185,15 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
         acts_corrupt = read_acts(model, corrupt, pos, locs)
         patch = _frac_drop(ld0, run(acts_corrupt).mean_ld)
         ablate = _frac_drop(ld0, run(mean_ablate(acts_clean)).mean_ld)
-        if max(patch, ablate) < cfg.min_effect:
+        outs = {a: run(read_acts(model, cf.batch[a], cf.pos[a], locs)) for a in ATTRIBUTES}
+        changed = {a: cf.changed(out) for a, out in outs.items()}
+        if max(patch, ablate, *changed.values()) < cfg.min_effect:
             continue
         name = f"{role}-{kind}" + ("" if p == "END" or role == f"{p.lower()}-heads" else f"-{p.lower()}")
         sections.append(CrossSection(name, locs, _describe(role, locs),
-                                     {"patch_abc": patch, "mean_ablation": ablate, "role": role}))
-    sections.sort(key=lambda c: -max(c.evidence["patch_abc"], c.evidence["mean_ablation"]))
-    sections = sections[: cfg.max_cross_sections]
+                                     {"patch_abc": patch, "mean_ablation": ablate, "role": role, "target_changed": changed,
+                                      "io_moved": cf.io_moved(outs["IO"])}))
+    sections = _keep(sections, cfg.max_cross_sections)
     say(f"{len(sections)} cross-sections: {', '.join(c.name for c in sections)}")
 
     ranked = sorted(effects.items(), key=lambda kv: -abs(kv[1]))
@@ -196,6 +210,58 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
     return result
 
 
+class _Counterfactuals:
+    """The eval prompts' IO / S / Pos counterfactual batches, and what a patched run did with them."""
+
+    def __init__(self, model, splits, clean):
+        from workbench.ioi import make_batch
+
+        self.clean = clean
+        self.batch = {a: make_batch(model, splits.counterfactual[a]) for a in ATTRIBUTES}
+        self.pos = {a: semantic_positions(b) for a, b in self.batch.items()}
+
+    def changed(self, out) -> float:
+        """Fraction of prompts whose argmax token the patch changed (the harness's ``target_changed``)."""
+        return float((out.top != self.clean.top).float().mean())
+
+    def io_moved(self, out) -> float:
+        """Fraction of prompts whose argmax became the counterfactual's new IO."""
+        return float((out.top == self.batch["IO"].io_id.to(out.top.device)).float().mean())
+
+
+def _carrier_group(run, cf, acts_cf, candidates, attr_effect, attr: str, max_size: int = 8) -> list:
+    """Heads that carry ``attr`` together: greedy forward selection on the group's counterfactual effect.
+
+    Redundant heads each change few predictions alone (the others still carry the attribute), so
+    heads are added one at a time, each time the one whose addition changes the most predictions,
+    while that adds at least MEMBER_EFFECT.
+    """
+    group: list = []
+    effect = 0.0
+    candidates = sorted(candidates, key=lambda loc: -attr_effect[loc][attr])
+    while candidates and len(group) < max_size:
+        scores = {loc: cf.changed(run({g: acts_cf[g] for g in group + [loc]})) for loc in candidates}
+        best = max(scores, key=scores.get)
+        if scores[best] - effect < MEMBER_EFFECT:
+            break
+        group.append(best)
+        candidates.remove(best)
+        effect = scores[best]
+    return group
+
+
+def _keep(sections: list[CrossSection], n: int) -> list[CrossSection]:
+    """The n strongest cross-sections by LD effect, always including the best carrier of each attribute."""
+    by_effect = sorted(sections, key=lambda c: -max(c.evidence["patch_abc"], c.evidence["mean_ablation"]))
+    must = []
+    for a in ATTRIBUTES:
+        best = max(sections, key=lambda c: c.evidence["target_changed"][a], default=None)
+        if best is not None and best not in must and best.evidence["target_changed"][a] > 0:
+            must.append(best)
+    rest = [c for c in by_effect if c not in must]
+    return sorted(must + rest[: max(0, n - len(must))], key=by_effect.index)
+
+
 def _kind(loc: Location) -> str:
     return loc.hook.rsplit("hook_", 1)[1]
 
@@ -207,6 +273,9 @@ def _describe(role: str, locs: list[Location]) -> str:
     text = {"name-movers": "heads writing the answer (high DLA at END)",
             "negative-name-movers": "heads writing against the answer",
             "s-inhibition": "heads that move S information to END",
+            "io-carriers": "heads whose output carries the IO name (its counterfactual moves the prediction)",
+            "s-carriers": "heads whose output carries which name is S",
+            "pos-carriers": "heads whose output carries the order of the names (Pos)",
             }.get(role, f"heads that matter at {locs[0].pos}")
     return f"{text}: {what} of {heads} at {locs[0].pos}"
 
@@ -216,18 +285,23 @@ def format_locate(res: dict) -> str:
     lines = [f"model {res['model']}: clean accuracy {res['clean']['accuracy']:.3f}, mean LD {res['clean']['logit_diff']:.3f}"]
     if res.get("names_dropped"):
         lines.append(f"names dropped (not single tokens): {', '.join(res['names_dropped'])}")
-    lines.append("head   DLA    attn IO/S1/S2     ablate@END  patch z IO/S1/S2/END        role")
+    lines.append("head   DLA    attn IO/S1/S2     ablate@END  patch z IO/S1/S2/END     IO moved  role")
     for hs in sorted(res["heads"], key=lambda h: -abs(h["ablate_end"])):
         pz = hs["patch_z"]
         lines.append(f"{hs['layer']}.{hs['head']:<3} {hs['dla']:6.2f}  {hs['attn_io']:.2f}/{hs['attn_s1']:.2f}/{hs['attn_s2']:.2f}  "
-                     f"{hs['ablate_end']:9.2f}   {pz['IO']:5.2f}/{pz['S1']:5.2f}/{pz['S2']:5.2f}/{pz['END']:5.2f}   {hs['role'] or ''}")
+                     f"{hs['ablate_end']:9.2f}   {pz['IO']:5.2f}/{pz['S1']:5.2f}/{pz['S2']:5.2f}/{pz['END']:5.2f}   "
+                     f"{hs.get('io_moved', float('nan')):7.2f}  {hs['role'] or ''}")
     lines.append("top locations (ABC patching, fractional LD drop):")
     for r in res["locations"][:10]:
         lines.append(f"  {r['location']:<36} {r['patch_abc']:6.2f}")
     lines.append("cross-sections:")
     for c in res["cross_sections"]:
         ev = c["evidence"]
-        lines.append(f"  {c['name']:<24} patch {ev['patch_abc']:.2f} ablate {ev['mean_ablation']:.2f}  {', '.join(c['locations'])}")
+        tc = ev.get("target_changed", {})
+        changed = " ".join(f"{a} {v:.2f}" for a, v in tc.items())
+        lines.append(f"  {c['name']:<24} patch {ev['patch_abc']:.2f} ablate {ev['mean_ablation']:.2f}  changed by cf: {changed}  "
+                     f"IO moved {ev.get('io_moved', float('nan')):.2f}  "
+                     f"{', '.join(c['locations'])}")
     if "paper_heads" in res:
         lines.append(f"paper heads (gpt2): {res['paper_heads']}")
     return "\n".join(lines)

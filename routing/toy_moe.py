@@ -44,7 +44,7 @@ from workbench import ioi, toyworld
 from workbench.runs import Run
 from workbench.toy_train import WordEncoder, warmup_cosine
 
-N_CTX = 24
+N_CTX = 64
 HELDOUT_SEQS = 512
 HELDOUT_SEED = 987_654
 IOI_SEED = 1234
@@ -124,7 +124,7 @@ def specialisation(attr: np.ndarray, expert: np.ndarray, shuffles: int = 5, seed
 
 def ioi_set(enc: WordEncoder, n: int) -> dict:
     """Tokens, role positions and attribute labels of n IOI prompts (training names and templates)."""
-    prompts = ioi.sample_prompts(n, toyworld.IOI_NAMES, IOI_SEED, list(range(len(toyworld.TEMPLATES))))
+    prompts = ioi.sample_prompts(n, toyworld.IOI_NAMES, IOI_SEED)
     tokens = enc([p.text for p in prompts])
     io_id = torch.tensor([enc.ids[p.io] for p in prompts])
     s_id = torch.tensor([enc.ids[p.s] for p in prompts])
@@ -138,7 +138,7 @@ def ioi_set(enc: WordEncoder, n: int) -> dict:
     assert int(io_pos.max()) < big and int(s2.max()) < big, "every IOI prompt has IO once and S twice"
     return {"tokens": tokens, "io_id": io_id, "s_id": s_id, "roles": {"IO": io_pos, "S1": s1, "S2": s2, "END": end},
             "attrs": {"io": np.array([p.io for p in prompts]), "s": np.array([p.s for p in prompts]),
-                      "pos": np.array([p.pos for p in prompts]), "template": np.array([p.template for p in prompts])}}
+                      "pos": np.array([p.pos for p in prompts]), "template": np.array([p.family for p in prompts])}}
 
 
 @torch.no_grad()
@@ -199,7 +199,7 @@ class ToyTask:
         self.cfg, self.device = cfg, cfg.device
         self.model = ToyMoETransformer(cfg).to(cfg.device)
         self.total_steps = self.steps_per_epoch = cfg.steps
-        self.enc = WordEncoder(toyworld.vocabulary(), N_CTX)
+        self.enc = WordEncoder(toyworld.vocabulary(), N_CTX, truncate=True)
         self.rng = random.Random(cfg.seed)  # the training text
         hrng = random.Random(HELDOUT_SEED)
         self.heldout = self.enc([toyworld.training_text(hrng) for _ in range(HELDOUT_SEQS)])

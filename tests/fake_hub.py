@@ -28,7 +28,7 @@ def build_fake_gpt2_home(root: Path, seed: int = 0) -> Path:
 
     rng = random.Random(seed)
     corpus = [toyworld.training_text(rng) for _ in range(3000)]
-    corpus += [f"{t} {n}" for t in toyworld.TEMPLATES + [toyworld.HELDOUT_TEMPLATE] for n in toyworld.NAMES]
+    corpus += [f"{toyworld.make_ioi_prompt(rng, toyworld.NAMES, 'any').text} {n}" for n in toyworld.NAMES]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus, vocab_size=700, min_frequency=1, special_tokens=["<|endoftext|>"])
     tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",

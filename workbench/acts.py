@@ -38,7 +38,7 @@ class TextSource:
                 self.row += 1
             return out
         if self.cfg.corpus == "ioi":
-            return [toyworld.make_ioi_prompt(self.rng, toyworld.IOI_NAMES).text for _ in range(n)]
+            return [toyworld.make_ioi_prompt(self.rng, toyworld.IOI_NAMES).text for _ in range(n)]  # training frames
         return [toyworld.training_text(self.rng) for _ in range(n)]
 
     def state_dict(self) -> dict:

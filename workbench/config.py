@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from workbench import toyworld as _toy  # the training mix's defaults (pure Python, no torch)
 from workbench.errors import ConfigError
 
 T = TypeVar("T")
@@ -167,27 +168,33 @@ class ActsConfig:
 
 @dataclass
 class ModelTrainConfig:
-    steps: int = field(default=8000, metadata={"help": "optimizer steps"})
+    steps: int = field(default=3500, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=128, metadata={"help": "sequences per step"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=200, metadata={"help": "linear warm-up steps, then cosine decay"})
     min_lr_frac: float = field(default=0.1, metadata={"help": "final lr as a fraction of --lr"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
-    ioi_fraction: float = field(default=0.8, metadata={"help": "fraction of sequences that are IOI prompts"})
-    n_layers: int = field(default=2, metadata={"help": "transformer layers"})
+    ioi_fraction: float = field(default=_toy.IOI_FRACTION, metadata={"help": "fraction of sequences that are IOI prompts"})
+    ordinal_fraction: float = field(default=_toy.ORDINAL_FRACTION, metadata={"help": "fraction of IOI prompts whose S2 is 'the former' / 'the latter' instead of the name"})
+    pronoun_fraction: float = field(default=_toy.PRONOUN_FRACTION, metadata={"help": "fraction of IOI prompts whose S2 is 'he' / 'she' (IO and S of different genders)"})
+    n_layers: int = field(default=4, metadata={"help": "transformer layers"})
     d_model: int = field(default=128, metadata={"help": "residual width"})
     n_heads: int = field(default=4, metadata={"help": "attention heads per layer"})
-    n_ctx: int = field(default=24, metadata={"help": "context length"})
+    n_ctx: int = field(default=64, metadata={"help": "context length"})
+    micro_batch: int = field(default=32, metadata={"help": "sequences per forward pass: a step's sequences are sorted by length and run in micro-batches, so little is padding"})
     seed: int = field(default=0, metadata={"help": "seed for init and data"})
     eval_every: int = field(default=250, metadata={"help": "steps between IOI evaluations and checkpoints"})
-    eval_prompts: int = field(default=400, metadata={"help": "prompts per IOI evaluation split"})
+    eval_prompts: int = field(default=300, metadata={"help": "prompts per IOI evaluation split"})
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
     out: str | None = field(default=None, metadata={"help": "also save the final model to this directory"})
     wandb_project: str | None = field(default=None, metadata={"help": "wandb project (offline unless configured)"})
 
     def __post_init__(self):
-        positive(self, "steps", "batch_size", "lr", "n_layers", "d_model", "n_heads", "n_ctx", "eval_every", "eval_prompts")
-        require(0 <= self.ioi_fraction <= 1, "ioi_fraction", f"must be in [0, 1], got {self.ioi_fraction}", "pass e.g. --ioi-fraction 0.8")
+        positive(self, "steps", "batch_size", "micro_batch", "lr", "n_layers", "d_model", "n_heads", "n_ctx", "eval_every", "eval_prompts")
+        require(0 <= self.ordinal_fraction <= 1, "ordinal_fraction", f"must be in [0, 1], got {self.ordinal_fraction}", "pass e.g. --ordinal-fraction 0.25")
+        require(0 <= self.pronoun_fraction <= 1 - self.ordinal_fraction, "pronoun_fraction",
+                f"must be in [0, 1 - ordinal_fraction], got {self.pronoun_fraction}", "pass e.g. --pronoun-fraction 0.1")
+        require(0 <= self.ioi_fraction <= 1, "ioi_fraction", f"must be in [0, 1], got {self.ioi_fraction}", "pass e.g. --ioi-fraction 0.7")
         require(self.d_model % self.n_heads == 0, "d_model", f"{self.d_model} is not divisible by n_heads={self.n_heads}", "choose d_model a multiple of n_heads")
         require(0 <= self.warmup_steps < self.steps, "warmup_steps", f"must be in [0, steps), got {self.warmup_steps}", "lower --warmup-steps")

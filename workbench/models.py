@@ -216,5 +216,11 @@ def encode(model: "HookedTransformer", texts: list[str], prepend_bos: bool = Tru
     unk = tok.unk_token_id
     if unk is not None and unk not in (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) and (tokens == unk).any():
         bad = sorted({w for t in texts for w in t.split() if tok.encode(w, add_special_tokens=False) == [unk]})
-        raise ModelError(f"out-of-vocabulary words: {bad[:10]}; the toy world's words are listed in workbench.toyworld")
+        vocab = [w for w in tok.get_vocab() if not w.startswith("<")]
+        hints = []
+        for w in bad[:10]:
+            close = difflib.get_close_matches(w, vocab, n=3, cutoff=0.6)
+            hints.append(f"{w!r} (closest: {', '.join(close)})" if close else repr(w))
+        raise ModelError(f"out-of-vocabulary words: {'; '.join(hints)}; the toy world's words are listed in "
+                         "workbench.toyworld.vocabulary()")
     return tokens

@@ -2,14 +2,20 @@
 
 Every word is one token. Names are split into pools so generalisation can be measured:
 ``IOI_NAMES`` appear in IOI training prompts, ``HELDOUT_NAMES`` only in general text during
-training (so their embeddings are trained) and are used to test IOI on unseen names.
-Template ``HELDOUT_TEMPLATE`` never appears in training.
+training (so their embeddings are trained) and are used to test IOI on unseen names. Every name has
+a gender (:data:`GENDER`) that the general corpus makes visible through "he" / "she".
+
+IOI prompts come from the compositional grammar in :mod:`workbench.grammar`; the general corpus here
+uses names in other ways too (lists that are repeated, new recipients, pronouns, a repeated name as
+the answer), so "the name in context that is not repeated" is not the only rule that pays.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+from workbench import grammar
+from workbench.grammar import OBJECTS, PLACES, IOIPrompt  # noqa: F401 - re-exported
 
 NAMES = [
     "Mary", "John", "Alice", "Bob", "Anna", "Tom", "Emma", "James", "Lucy", "Paul",
@@ -25,14 +31,20 @@ NAMES = [
 ]
 IOI_NAMES = NAMES[:80]
 HELDOUT_NAMES = NAMES[80:]
-PLACES = ["store", "park", "school", "garden", "station", "market", "beach", "office",
-          "library", "river", "cafe", "museum"]
-OBJECTS = ["drink", "book", "ball", "key", "ring", "bone", "apple", "letter", "kite",
-           "coin", "hat", "cake"]
+_MALE = {
+    "John", "Bob", "Tom", "James", "Paul", "Mark", "David", "Peter", "Sam", "Jack", "Adam", "Ben", "Dan",
+    "Max", "Leo", "Ian", "Carl", "Eric", "Fred", "Henry", "Oscar", "Victor", "Hugo", "Felix", "Simon",
+    "Wade", "Alan", "Colin", "Evan", "Gary", "Igor", "Kevin", "Mike", "Owen", "Quinn", "Steve", "Umar",
+    "Walt", "Yuri", "Zack", "Boris", "Dean", "Frank", "Hank", "Jonas", "Liam", "Neil", "Pete", "Seth", "Vince",
+}
+GENDER = {n: "M" if n in _MALE else "F" for n in NAMES}  # 50 / 50, and 40 / 40 among IOI_NAMES
+PRONOUN = {"M": "he", "F": "she"}
+
 FILLERS = ["went", "home", "walked", "away", "and", "then", "sat", "down", "laughed", "slept"]
 FUNCTION_WORDS = ["When", "While", "After", "Then", "and", "went", "to", "the", "at", ",", ".",
                   "gave", "a", "handed", "it", "were", "got", "had", "long", "day", "brought",
-                  "likes", "saw", "was", "with", "said", "hello", "met", "called", "also"]
+                  "likes", "saw", "was", "with", "said", "hello", "met", "called", "also",
+                  "sent", "showed", "passed", "threw", "he", "she", "former", "latter"]
 SPECIAL = ["<bos>", "<eos>", "<pad>", "<unk>"]
 
 
@@ -45,82 +57,106 @@ def vocabulary() -> list[str]:
     return words
 
 
-# IOI templates are compositional: an opening clause that introduces A and B, then an action by S.
-# A, B are the two names of the opening clause; S is the repeated subject; P a place, O an object.
-# The answer (IO) follows the final word. One (opening, action) pair is held out of training,
-# so the held-out template is a new sentence made of familiar parts.
-OPENINGS = [
-    "When {A} and {B} went to the {P} ,",
-    "While {A} and {B} were at the {P} ,",
-    "After {A} and {B} got a {O} at the {P} ,",
-    "Then , {A} and {B} had a long day at the {P} .",
-    "When {A} and {B} met at the {P} ,",
-]
-ACTIONS = [
-    "{S} gave a {O} to",
-    "{S} handed the {O} to",
-    "{S} brought a {O} to",
-    "{S} gave the {O} to",
-]
-HELDOUT_TEMPLATE = f"{OPENINGS[3]} {ACTIONS[2]}"
-TEMPLATES = [f"{o} {a}" for o in OPENINGS for a in ACTIONS if f"{o} {a}" != HELDOUT_TEMPLATE]
+def make_ioi_prompt(rng: random.Random, names: list[str], split: str = "train", **fixed) -> IOIPrompt:
+    """One IOI prompt from the grammar (see :func:`workbench.grammar.sample_prompt`)."""
+    return grammar.sample_prompt(rng, names, split, **fixed)
 
 
-@dataclass(frozen=True)
-class IOIPrompt:
-    """One IOI prompt with its attribute labels (the supervised features of the harness)."""
-
-    text: str  # prompt without the answer
-    io: str  # indirect object: the correct answer
-    s: str  # subject: the repeated name
-    pos: str  # "ABB" (IO first) or "BAB" (S first)
-    template: int  # index into TEMPLATES, or -1 for the held-out template
-    place: str
-    obj: str
+def _fill(text: str, rng: random.Random) -> str:
+    return text.replace("{P}", rng.choice(PLACES)).replace("{O}", rng.choice(OBJECTS))
 
 
-def make_ioi_prompt(rng: random.Random, names: list[str], template: str | None = None,
-                    pos: str | None = None, io: str | None = None, s: str | None = None,
-                    template_id: int | None = None) -> IOIPrompt:
-    """Sample one IOI prompt; any attribute may be fixed by the caller."""
-    if template is None:
-        template_id = rng.randrange(len(TEMPLATES)) if template_id is None else template_id
-        template = TEMPLATES[template_id] if template_id >= 0 else HELDOUT_TEMPLATE
-    elif template_id is None:
-        template_id = TEMPLATES.index(template) if template in TEMPLATES else -1
-    pos = pos or rng.choice(["ABB", "BAB"])
-    io = io or rng.choice(names)
-    s = s or rng.choice([n for n in names if n != io])
-    if io == s:
-        raise ValueError(f"IO and S must differ, got {io!r} for both")
-    a, b = (io, s) if pos == "ABB" else (s, io)
-    place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
-    text = template.format(A=a, B=b, S=s, P=place, O=obj)
-    return IOIPrompt(text, io, s, pos, template_id, place, obj)
+def _vp(rng: random.Random, plural: bool = False) -> str:
+    table = grammar.PLURAL_VPS if plural else grammar.SINGULAR_VPS
+    return _fill(table[rng.choice(list(table))], rng)
+
+
+def _transfer(rng: random.Random) -> str:
+    return _fill(grammar.TRANSFERS[rng.choice(list(grammar.TRANSFERS))], rng)
+
+
+def _different_gender(rng: random.Random, names: list[str]) -> tuple[str, str]:
+    a = rng.choice(names)
+    b = rng.choice([n for n in names if GENDER[n] != GENDER[a]])
+    return a, b
 
 
 def general_text(rng: random.Random, names: list[str]) -> str:
-    """A sentence that uses names and rewards copying them (trains every name's embeddings).
+    """One sequence of general text over `names` (every name, held-out ones too, during training).
 
-    Together the three forms use every word of the vocabulary, so the held-out template contains
-    no word the model never saw.
+    Forms: a list of names repeated after a clause (copying); a person's day told with pronouns (so
+    a name's gender matters); a transfer to a new recipient who then acts (the next name is not in
+    context); the v1 "likes / saw" sentences; greetings that go both ways; and two people where the
+    recipient was already named twice (the repeated name is the answer).
     """
     kind = rng.random()
-    if kind < 0.45:
+    if kind < 0.2:
         group = rng.sample(names, rng.randint(2, 4))
-        filler = " ".join(rng.sample(FILLERS, rng.randint(1, 3)))
-        return f"{' and '.join(group)} {filler} . {' and '.join(group)}"
+        return f"{' and '.join(group)} {_vp(rng, True)} . {' and '.join(group)} {_vp(rng, True)} ."
+    if kind < 0.4:
+        a = rng.choice(names)
+        he = PRONOUN[GENDER[a]]
+        steps = [f"{he} {_vp(rng)} ." for _ in range(rng.choice([1, 2, 3, 4, 6, 8, 10, 12]))]
+        return f"{a} {_vp(rng)} . {' '.join(steps)}"
+    if kind < 0.5:
+        a, b = _different_gender(rng, names)
+        giver = rng.choice([a, b])
+        other = b if giver == a else a
+        pair = f"{a} and {b} {_vp(rng, True)}" if rng.random() < 0.5 else f"{a} met {b}"
+        return f"{pair} . {PRONOUN[GENDER[giver]]} {_transfer(rng)} {other} ."
+    if kind < 0.65:
+        a, b, c = rng.sample(names, 3)
+        return f"{a} {_transfer(rng)} {b} . {b} {_vp(rng)} . {b} {_transfer(rng)} {c} ."
+    if kind < 0.75:
+        a, b = rng.sample(names, 2)
+        return f"{a} likes the {rng.choice(OBJECTS)} . {b} saw {a} at the {rng.choice(PLACES)} . {a} was with {b} ."
+    if kind < 0.85:
+        a, b = rng.sample(names, 2)
+        return f"{a} met {b} . {a} said hello to {b} . {b} said hello to {a} ."
     a, b = rng.sample(names, 2)
-    o, p = rng.choice(OBJECTS), rng.choice(PLACES)
-    if kind < 0.8:
-        return f"{a} likes the {o} . {b} saw {a} at the {p} . {a} was"
-    verb = rng.choice(["met", "called", "said hello to", "was with", "also saw"])
-    return f"{a} brought a {o} to the {p} . {b} {verb} {a}"
+    return f"{a} and {b} {_vp(rng, True)} . {b} {_vp(rng)} . {a} {_transfer(rng)} {b} ."
 
 
-def training_text(rng: random.Random, ioi_fraction: float = 0.8) -> str:
-    """One training sequence: an IOI prompt with its answer, or general text over all names."""
+MAX_WORDS = 63  # general text fits a 64-token context with BOS
+
+# S2 said by its place in the pair instead of its name: "When Mary and John ... , the latter gave a drink to".
+ORDINAL_S2 = {"ABB": "the latter", "BAB": "the former"}
+
+
+def _filler_prefix(rng: random.Random, room: int) -> str:
+    """Up to 5 name-free sentences (never a held-out production's) within ``room`` words, so names also
+    occur late in a sequence."""
+    keys = [k for k in grammar.FILLER_SENTENCES if f"filler:{k}" not in grammar.HELDOUT_PRODUCTIONS]
+    out: list[str] = []
+    for _ in range(rng.choice([0, 0, 0, 1, 2, 3, 5])):
+        s = _fill(grammar.FILLER_SENTENCES[rng.choice(keys)], rng)
+        if len(s.split()) > room:
+            break
+        out.append(s)
+        room -= len(s.split())
+    return " ".join(out)
+
+
+IOI_FRACTION, ORDINAL_FRACTION, PRONOUN_FRACTION = 0.7, 0.25, 0.1  # the shipped model's training mix
+
+
+def training_text(rng: random.Random, ioi_fraction: float = IOI_FRACTION, ordinal_fraction: float = ORDINAL_FRACTION,
+                  pronoun_fraction: float = PRONOUN_FRACTION) -> str:
+    """One training sequence: an IOI prompt with its answer, or general text over all names.
+
+    A fraction of the IOI prompts names S2 by its place in the pair ("the former" / "the latter"),
+    so that solving IOI by the order of the pair pays too, as it does for GPT-2 (the Pos attribute);
+    another fraction calls S2 "he" / "she" (IO and S then differ in gender).
+    """
     if rng.random() < ioi_fraction:
-        p = make_ioi_prompt(rng, IOI_NAMES)
-        return f"{p.text} {p.io}"
-    return general_text(rng, NAMES)
+        u = rng.random()
+        if u < pronoun_fraction:
+            io, s = _different_gender(rng, IOI_NAMES)
+            p = make_ioi_prompt(rng, IOI_NAMES, io=io, s=s)
+            text = p.render(s2=PRONOUN[GENDER[s]])
+        else:
+            p = make_ioi_prompt(rng, IOI_NAMES)
+            text = p.render(s2=ORDINAL_S2[p.pos]) if u < pronoun_fraction + ordinal_fraction else p.text
+        return f"{text} {p.io} ."
+    text = general_text(rng, NAMES)
+    return " ".join(x for x in (_filler_prefix(rng, MAX_WORDS - len(text.split())), text) if x)

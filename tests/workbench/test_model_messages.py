@@ -20,4 +20,4 @@ def test_the_cli_prints_only_results(capsys, tmp_path):
 
     assert main(["model", "eval", "--n", "20"]) == 0
     out = capsys.readouterr().out
-    assert "Moving model" not in out and out.splitlines()[0].startswith("split")
+    assert "Moving model" not in out and out.splitlines()[0].startswith("acceptance:")

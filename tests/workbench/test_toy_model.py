@@ -8,20 +8,59 @@ from workbench.runs import Run
 from workbench.toy_train import ModelTrainConfig, evaluate, train
 
 
-def test_shipped_model_solves_ioi_on_heldout_names_and_template(toy_model):
-    res = evaluate(toy_model, n=300)
-    for split in ("heldout_names", "heldout_template"):
-        assert res[split]["accuracy"] >= 0.9, res[split]
-        assert res[split]["logit_diff"] >= 2.5, res[split]
-    # the answer flows through attention at END: ablating the last layer's attention collapses LD
-    assert res["ablation"]["ablate_attn_end_L1"] < 0.25 * res["heldout_names"]["logit_diff"]
+def test_shipped_model_passes_acceptance_on_every_split_and_family(toy_model):
+    from cli.model import passes
+
+    res = evaluate(toy_model, n=200, n_family=60)
+    for split in ("train_names", "heldout_names", "heldout_productions", "heldout_long"):
+        assert passes(res[split]), (split, res[split])
+    for family, by_split in res["families"].items():
+        for split, r in by_split.items():
+            assert r["accuracy"] >= 0.85 and r["top1"] >= 0.7, (family, split, r)  # 60 prompts: some slack
+    # the answer flows through attention at END: ablating it in every layer collapses LD
+    assert res["ablation"]["ablate_attn_end_all"] < 0.25 * res["heldout_names"]["logit_diff"]
+
+
+def test_shipped_model_scores_frames_the_grammar_never_makes(toy_model):
+    """IOI in sentences written by hand, with held-out names, none of them a grammar production."""
+    from workbench.ioi import score_prompt
+
+    frames = ["{A} and {B} were at the park . it was a long day . {S} sat down . then {S} gave a ball to",
+              "{A} saw {B} . {B} saw {A} . then {S} handed a book to",
+              "When {A} and {B} went home , {S} walked away and then {S} gave it to"]
+    names = [("Boris", "Cora"), ("Dean", "Edith"), ("Hank", "Ilse"), ("Liam", "Maya")]
+    wins = 0
+    for frame in frames:
+        for a, b in names:
+            for io, s in ((a, b), (b, a)):
+                r = score_prompt(toy_model, frame.format(A=a, B=b, S=s), io=io, s=s)
+                wins += r["logit_diff"] > 0
+    assert wins >= 0.75 * len(frames) * len(names) * 2
 
 
 def test_model_eval_command_prints_the_table(capsys, tmp_path):
-    assert cli(["model", "eval", "--n", "100", "--json", str(tmp_path / "e.json")]) == 0
+    assert cli(["model", "eval", "--n", "60", "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
-    assert "heldout_template" in out and "ablate_attn_end_L1" in out
+    assert "heldout_productions" in out and "coordinated / heldout_long" in out and "ablate_attn_end_all" in out
     assert (tmp_path / "e.json").exists()
+
+
+def test_model_eval_scores_a_users_prompt_or_says_why_not(capsys):
+    assert cli(["model", "eval", "--prompt", "When Boris and Cora went home , Cora gave a ball to"]) == 0
+    out = capsys.readouterr().out
+    assert "IO Boris  S Cora" in out and "IO is top-1" in out
+    assert cli(["model", "eval", "--prompt", "When Boris and Cora went hom , Cora gave a ball to"]) == 2
+    err = capsys.readouterr().err
+    assert "'hom' (closest: home" in err and "Traceback" not in err
+    assert cli(["model", "eval", "--prompt", "When Boris and Cora went home , Dean gave a ball to"]) == 2
+    assert "cannot tell IO and S apart" in capsys.readouterr().err
+
+
+def test_model_health_reports_every_residual_hook(tiny_model_dir, capsys):
+    assert cli(["model", "health", "--model", str(tiny_model_dir), "--n", "16"]) == 0
+    out = capsys.readouterr().out
+    for hook in ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"):
+        assert hook in out
 
 
 def test_train_resume_continues_exactly(tmp_path):
