@@ -54,7 +54,7 @@ def load_tokenizer(path: str | Path):
 
 
 def toy_config_dict(n_layers: int = 2, d_model: int = 128, n_heads: int = 4, d_mlp: int | None = None,
-                    n_ctx: int = 24, d_vocab: int | None = None, seed: int = 0) -> dict:
+                    n_ctx: int = 64, d_vocab: int | None = None, seed: int = 0) -> dict:
     """HookedTransformerConfig fields of the toy model (pre-LN GPT-style, learned positions)."""
     return dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
                 d_mlp=d_mlp or 4 * d_model, n_ctx=n_ctx, d_vocab=d_vocab or len(toyworld.vocabulary()),

@@ -14,16 +14,16 @@ from workbench.ioi import make_batch
 
 def test_balanced_prompts_are_balanced_and_seeded():
     names = toyworld.IOI_NAMES[:10]
-    ps = balanced_prompts(200, names, seed=3, template_ids=range(5))
+    ps = balanced_prompts(200, names, seed=3)
     for attr in ATTRIBUTES:
         counts = Counter(attribute_value(p, attr) for p in ps)
         assert max(counts.values()) == min(counts.values()), (attr, counts)
     assert all(p.io != p.s for p in ps)
-    assert Counter(p.template for p in ps) == Counter({t: 40 for t in range(5)})
+    assert len({p.template for p in ps}) >= 4  # frames from several families of the grammar
     # IO and Pos independent: every (IO, Pos) pair occurs
     assert len({(p.io, p.pos) for p in ps}) == 20
-    assert ps == balanced_prompts(200, names, seed=3, template_ids=range(5))
-    assert ps != balanced_prompts(200, names, seed=4, template_ids=range(5))
+    assert ps == balanced_prompts(200, names, seed=3)
+    assert ps != balanced_prompts(200, names, seed=4)
 
 
 def test_splits_pools_disjoint_and_counterfactuals_change_one_attribute(tiny_model):

@@ -23,7 +23,7 @@ GENDER = {n: ("F" if i % 2 else "M") for i, n in enumerate(NAMES)}
 
 @pytest.fixture(scope="module")
 def prompts():
-    return balanced_prompts(1200, NAMES, seed=0, template_ids=range(5))
+    return balanced_prompts(1200, NAMES, seed=0)
 
 
 def _planted(prompts):
@@ -42,7 +42,7 @@ def _planted(prompts):
         ("B", n8, lambda p: attribute_value(p, "B") == n8),
         ("Place", "park", lambda p: p.place == "park"),
         ("Object", "ball", lambda p: p.obj == "ball"),
-        ("Template", "3", lambda p: p.template == 3),
+        ("Template", "separate", lambda p: p.template == "separate"),
         ("IO gender", "F", lambda p: GENDER[p.io] == "F"),
         ("S gender", "M", lambda p: GENDER[p.s] == "M"),
     ]

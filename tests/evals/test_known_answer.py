@@ -59,8 +59,8 @@ class PlantedSAE:
 
 @pytest.fixture(scope="module")
 def world():
-    train = balanced_prompts(2000, NAMES, seed=0, template_ids=range(5))
-    ev = balanced_prompts(100, NAMES, seed=1, template_ids=range(5))
+    train = balanced_prompts(2000, NAMES, seed=0)
+    ev = balanced_prompts(100, NAMES, seed=1)
     planted = Planted(train)
     return train, ev, planted, planted.acts(train), planted.acts(ev)
 
