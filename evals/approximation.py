@@ -37,6 +37,18 @@ def sufficiency(ld_clean: torch.Tensor, ld_recon: torch.Tensor, w: torch.Tensor 
     return _ratio(wmean(ld_recon, w), wmean(ld_clean, w))
 
 
+MIN_ABLATION_EFFECT = 0.1  # necessity is reported as informative only where mean ablation moves LD this much
+
+
+def ablation_effect(ld_clean: torch.Tensor, ld_abl: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """(LD_clean - LD_abl) / LD_clean (means over prompts): how much mean-ablating the cross-section hurts.
+
+    Necessity divides by |LD_abl - LD_clean|; where ablation barely moves LD (a cross-section that
+    carries information the model has a backup for) that ratio is ill-conditioned and says nothing."""
+    m_clean = wmean(ld_clean, w)
+    return _ratio(m_clean - wmean(ld_abl, w), m_clean)
+
+
 def necessity(ld_clean: torch.Tensor, ld_abl: torch.Tensor, ld_int: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     """Necessity = 1 - |LD_abl - LD_int| / |LD_abl - LD_clean| (≈ 1: removing ``a_hat`` acts like ablation).
 

@@ -81,6 +81,16 @@ def check_names(model: "HookedTransformer", names: Sequence[str]) -> tuple[list[
     return kept, dropped
 
 
+def name_first_ok(model: "HookedTransformer", name: str) -> bool:
+    """Whether `name` at the very start of a prompt is the same token as after a space (the answer token).
+
+    True for the toy model's word tokenizer; False for GPT-2's BPE ("Mary" vs " Mary")."""
+    from workbench.ioi import name_token_id
+
+    toks = model.to_tokens(f"{name} and", prepend_bos=False)[0]
+    return len(toks) == 2 and int(toks[0]) == name_token_id(model, name)
+
+
 def default_names(model: "HookedTransformer") -> list[str]:
     """The toy world's IOI training names for the toy model; all toy-world names otherwise."""
     return list(toyworld.IOI_NAMES if getattr(model.cfg, "model_name", "") == "toy-ioi" else toyworld.NAMES)
@@ -91,12 +101,15 @@ def with_attributes(p: toyworld.IOIPrompt, **changes: str) -> toyworld.IOIPrompt
     return p.with_names(**changes)
 
 
-def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "train") -> list[toyworld.IOIPrompt]:
+def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "train",
+                     name_first: bool = True) -> list[toyworld.IOIPrompt]:
     """n prompts whose IO, S and Pos are balanced and independent; frames drawn from a grammar split.
 
     In each block of m = len(names) prompts, IO runs over a random permutation of the names, S over the
     same permutation shifted by a random non-zero offset (so S != IO and every name is S once), and a
     random half of the block is ABB. Frames come from :func:`workbench.grammar.sample_prompt`.
+    name_first=False redraws frames whose text starts with a name (for tokenizers such as GPT-2's, where
+    a name at the start is a different token from the same name after a space).
     """
     names = list(names)
     m = len(names)
@@ -112,7 +125,11 @@ def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "trai
         for j in range(m):
             if len(out) == n:
                 break
-            out.append(toyworld.make_ioi_prompt(rng, names, split, pos=pos[j], io=perm[j], s=perm[(j + shift) % m]))
+            while True:
+                p = toyworld.make_ioi_prompt(rng, names, split, pos=pos[j], io=perm[j], s=perm[(j + shift) % m])
+                if name_first or p.text.split(" ", 1)[0] not in (p.io, p.s):
+                    break
+            out.append(p)
     return out
 
 
@@ -167,8 +184,9 @@ def make_splits(model: "HookedTransformer", n_train: int = 2000, n_eval: int = 5
                           "pass names that are single tokens")
     half = len(kept) // 2
     pools = NamePools(kept, dropped, kept[:half], kept[half:])
-    train = balanced_prompts(n_train, kept, seed, "train")
-    ev = balanced_prompts(n_eval, pools.eval, seed + 1, eval_split)
+    first = name_first_ok(model, kept[0])
+    train = balanced_prompts(n_train, kept, seed, "train", name_first=first)
+    ev = balanced_prompts(n_eval, pools.eval, seed + 1, eval_split, name_first=first)
     rng = random.Random(seed + 2)
     cf = {a: [counterfactual(p, a, rng, pools.counterfactual) for p in ev] for a in ATTRIBUTES}
     return IOISplits(pools, eval_split, train, ev, cf)

@@ -227,6 +227,8 @@ def _evaluate_section(data: _Data, cfg: EvalConfig, cs: CrossSection, sae_famili
 def _approximation_row(row: dict, boot: Resampler, clean, abl, ld_recon, ld_int, data: _Data) -> None:
     _put(row, "sufficiency", boot, ap.sufficiency, clean.ld, ld_recon.ld)
     _put(row, "necessity", boot, ap.necessity, clean.ld, abl.ld, ld_int.ld)
+    _put(row, "ablation_effect", boot, ap.ablation_effect, clean.ld, abl.ld)
+    row["necessity_informative"] = bool(row["ablation_effect"] >= ap.MIN_ABLATION_EFFECT)
     _put(row, "ld_recovered", boot, ap.ld_recovered, clean.ld, abl.ld, ld_recon.ld)
     _put(row, "ld_recovered_signed", boot, ap.ld_recovered_signed, clean.ld, abl.ld, ld_recon.ld)
     for name, x in (("ld_clean", clean.ld), ("ld_ablated", abl.ld), ("ld_reconstructed", ld_recon.ld),

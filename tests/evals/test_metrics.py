@@ -19,6 +19,16 @@ def test_sufficiency_necessity_ld_recovered_hand_values():
     assert float(ap.ld_recovered(clean, abl, torch.tensor([3.0, 3.0]))) == pytest.approx(0.5)
     assert float(ap.necessity(clean, abl, torch.tensor([2.0, 2.0]))) == pytest.approx(0.75)
     assert float(ap.necessity(clean, abl, abl)) == pytest.approx(1.0)
+    assert float(ap.ablation_effect(clean, abl)) == pytest.approx(0.8)  # (5 - 1) / 5
+
+
+def test_necessity_is_ill_conditioned_when_ablation_does_not_move_ld():
+    """A cross-section the model has a backup for: ablation moves LD by 1%, so a reconstruction that is
+    off by 0.5 LD units gives necessity -9, and ablation_effect says the number is uninformative."""
+    clean, abl = torch.tensor([5.0, 5.0]), torch.tensor([4.95, 4.95])
+    assert float(ap.necessity(clean, abl, torch.tensor([4.45, 4.45]))) == pytest.approx(-9.0)
+    effect = float(ap.ablation_effect(clean, abl))
+    assert effect == pytest.approx(0.01, rel=1e-4) and effect < ap.MIN_ABLATION_EFFECT
 
 
 def test_ld_recovered_is_absolute_as_the_authors_compute_it_and_signed_beside_it():

@@ -1,13 +1,15 @@
 """Acceptance on the shipped toy model (skipped until workbench/assets/toy-ioi holds its weights).
 
 - location discovery finds heads whose mean ablation at END drops the logit difference sharply;
-- the supervised dictionaries have sufficiency and necessity within [0.8, 1.2] on every discovered
-  cross-section, and the supervised edit reaches accuracy >= 0.8 for every attribute.
+- a head group at END carries IO: patching the IO counterfactual there moves the answer to the new IO;
+- the supervised dictionaries have sufficiency within [0.8, 1.2] on every discovered cross-section, and
+  necessity within [0.8, 1.2] wherever mean ablation moves LD (``necessity_informative``: on toy-ioi v2
+  the IO carriers at END have a backup, ablating them moves LD by ~1% and necessity is 0/0 there);
+- the supervised edit reaches accuracy >= 0.8 for every attribute, and for IO and S there is a
+  cross-section where the edit changes the model's answer on >= half the prompts (v2 does not use Pos:
+  docs/toy-model.md).
 
-The toy world's 19 templates differ in length, so at S2 the position embedding (a function of the
-template) is part of the activation: there the dictionaries also model the Template attribute
-(``--attributes IO S Pos Template``). With the paper's attributes alone the cross-sections at END
-pass too (checked below); docs/ioi.md has both tables.
+Run with the paper's attributes and with Template (the frame family) added; docs/ioi.md has the tables.
 """
 
 from __future__ import annotations
@@ -53,11 +55,19 @@ def test_locate_finds_heads_whose_end_ablation_drops_ld(located):
     assert located["cross_sections"]
 
 
+def test_locate_finds_heads_that_move_the_answer_to_a_new_io(located):
+    moved = [c for c in located["cross_sections"] if c["evidence"].get("io_moved", 0) >= 0.8]
+    assert moved and all(all(loc.endswith("@END") for loc in c["locations"]) for c in moved), located["cross_sections"]
+
+
 def test_supervised_dictionaries_sufficient_and_necessary(results, results_paper_attributes):
     assert results_paper_attributes.approximation
-    for r in results.approximation + results_paper_attributes.approximation:
+    rows = results.approximation + results_paper_attributes.approximation
+    assert sum(r["necessity_informative"] for r in rows) >= len(rows) / 2
+    for r in rows:
         assert 0.8 <= r["sufficiency"] <= 1.2, r
-        assert 0.8 <= r["necessity"] <= 1.2, r
+        if r["necessity_informative"]:
+            assert 0.8 <= r["necessity"] <= 1.2, r
 
 
 def test_supervised_edits_accurate(results, results_paper_attributes):
@@ -65,3 +75,5 @@ def test_supervised_edits_accurate(results, results_paper_attributes):
     assert rows
     for r in rows:
         assert r["accuracy"] >= 0.8, r
+    for attr in ("IO", "S"):
+        assert max(r["target_changed"] for r in rows if r["attribute"] == attr) >= 0.5, attr
