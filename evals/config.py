@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workbench.config import positive, require
+from workbench.config import one_of, positive, require
 
 ATTRIBUTES = ("IO", "S", "Pos")  # the paper's attributes: edited, scored for interpretability
 EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute (the frame family) a supervised dictionary may also model
@@ -17,6 +17,7 @@ EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute (the frame famil
 PROMPT_ATTRIBUTES = ("IO", "S", "Pos", "A", "B", "IO gender", "S gender", "Place", "Object", "Template")
 K_VALUES = (2, 4, 8, 16)  # the paper's edit sizes: SAE features an edit changes (evals.control)
 F1_THRESHOLDS = (0.5, 0.6, 0.8)  # the paper's F1 thresholds (evals.interpretability)
+EVAL_SPLITS = ("productions", "long", "train", "any")  # workbench.grammar.SPLITS (no torch import here)
 UNION_MAX = 10  # the authors' max_group_size in autointerp_fast: largest union of names searched
 # interpretation kinds searched for each feature (evals.interpretation)
 KINDS = ("IO", "S", "Pos", "IO & Pos", "S & Pos", "IO union", "S union", "Name", "A", "B",
@@ -43,6 +44,9 @@ class EvalConfig:
     model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
     n_train: int = field(default=2000, metadata={"help": "train prompts (supervised dictionaries, feature F1 for edits)"})
     n_eval: int = field(default=500, metadata={"help": "eval prompts (every metric)"})
+    eval_split: str = field(default="productions", metadata={"help": "grammar split of the eval prompts: productions (frames and connectives "
+                                                                     "never seen in training, the default), long (S2 beyond the training range), "
+                                                                     "train, any; train prompts always come from the training frames"})
     seed: int = field(default=0, metadata={"help": "seed: train prompts use it, eval seed+1, counterfactuals seed+2, bootstrap seed+3/+4"})
     ks: list[int] = field(default_factory=lambda: list(K_VALUES),
                           metadata={"help": "edit sizes: features an SAE edit changes (F1-guided edits remove k/2 and add k/2; the authors' 2 4 8 16)"})
@@ -57,6 +61,7 @@ class EvalConfig:
 
     def __post_init__(self):
         positive(self, "n_train", "n_eval")
+        one_of(self, "eval_split", EVAL_SPLITS)
         require(all(k > 0 for k in self.ks), "ks", f"must be positive, got {self.ks}", "pass e.g. --ks 2 4 8 16")
         require(set(ATTRIBUTES) <= set(self.attributes) <= set(ATTRIBUTES + EXTRA_ATTRIBUTES), "attributes",
                 f"must contain IO, S, Pos and nothing but {', '.join(EXTRA_ATTRIBUTES)} besides, got {self.attributes}",

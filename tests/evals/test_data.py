@@ -63,3 +63,16 @@ def test_semantic_positions_point_at_the_names(which, request):
     assert (pos["S1"] < pos["S2"]).all() and (pos["S2"] < pos["END"]).all()
     abb = torch.tensor([p.pos == "ABB" for p in s.eval])
     assert ((pos["IO"] < pos["S1"]) == abb).all()
+
+
+def test_eval_splits_are_the_grammars_and_eval_prompts_use_held_out_frames(tiny_model):
+    from evals.config import EVAL_SPLITS, EvalConfig
+    from workbench import grammar
+
+    assert set(EVAL_SPLITS) == set(grammar.SPLITS) and EvalConfig().eval_split == "productions"
+    s = make_splits(tiny_model, n_train=40, n_eval=40, seed=0, eval_split="productions")
+    held = grammar.HELDOUT_PRODUCTIONS
+    assert all(held & set(p.productions) for p in s.eval)  # every eval prompt uses a held-out production
+    assert not any(held & set(p.productions) for p in s.train)
+    cf = s.counterfactual["IO"]
+    assert [p.productions for p in cf] == [p.productions for p in s.eval]  # counterfactuals keep the frame
