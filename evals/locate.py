@@ -14,9 +14,9 @@ equivalents on eval prompts (N prompts, seeded):
   the duplicated-name signal); effect = fractional LD drop;
 - residual stream patching (``blocks.L.hook_resid_pre``) at each position, for context.
 
-Heads are given roles: ``name-movers`` (high positive DLA at END and a significant effect there:
-the heads that write the answer, whether by copying IO or, as in the toy model, by suppressing the
-S2 name they attend to; ``attends`` records where END looks),
+Heads are given roles: ``name-movers`` (high positive DLA at END, at least MIN_DLA_SHARE of the
+clean LD, and a significant effect there: the heads that write the answer, whether by copying IO or by
+suppressing the S2 name they attend to; ``attends`` records where END looks),
 ``negative-name-movers`` (strongly negative DLA), ``s-inhibition`` (matter at END through later
 heads rather than directly), and per position ``s2-heads`` / ``io-heads`` / ``s1-heads``. Each
 role x hook kind x position with a significant group effect (all members patched together) becomes
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 MEMBER_EFFECT = 0.02  # a head's own counterfactual effect needed to join an attribute's carrier group
+MIN_DLA_SHARE = 0.1  # a name mover's direct logit attribution is at least this fraction of the clean LD
 PAPER_HEADS = {"name-movers": [(9, 6), (9, 9), (10, 0)], "s-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)]}
 
 
@@ -142,13 +143,14 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
         effects[loc] = _frac_drop(ld0, run({loc: resid_corrupt[loc]}).mean_ld)
     say(f"patched q/k/v of {len(top)} heads and the residual stream")
 
-    # roles
+    # roles (a head writes the answer only if its direct effect is a real share of LD: where the MLPs
+    # write it, as in toy-ioi v2, the largest head DLA is ~2% of LD and no head is a name mover)
     dla_max = max([hs["dla"] for hs in heads] + [1e-9])
     dla_min = min([hs["dla"] for hs in heads] + [-1e-9])
     for hs in heads:
         end_effect = max(hs["ablate_end"], hs["patch_z"]["END"])
         hs["attends"] = max(("IO", "S1", "S2"), key=lambda k: hs[f"attn_{k.lower()}"])
-        if hs["dla"] >= 0.3 * dla_max and end_effect >= cfg.min_effect:
+        if hs["dla"] >= max(0.3 * dla_max, MIN_DLA_SHARE * abs(ld0)) and end_effect >= cfg.min_effect:
             hs["role"] = "name-movers"
         elif hs["dla"] <= 0.3 * dla_min and dla_min < -0.1 * dla_max and abs(end_effect) >= cfg.min_effect:
             hs["role"] = "negative-name-movers"
