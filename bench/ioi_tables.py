@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from evals.report import uninformative
+
 
 def _f(v, nd=2):
     return "–" if v is None or pd.isna(v) else f"{v:.{nd}f}"
@@ -39,8 +41,10 @@ def tables(run: Path) -> str:
     out = ["| cross-section | dictionary | sufficiency | necessity | LD recovered | LD recovered (signed) | top-1 | FVU | L0 |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in ap.itertuples():
-        out.append(f"| {r.cross_section} | {r.dictionary} | {_pm(r, 'sufficiency')} | {_pm(r, 'necessity')} | {_pm(r, 'ld_recovered')} | "
-                   f"{_pm(r, 'ld_recovered_signed')} | {_pm(r, 'top1_reconstructed')} | {_pm(r, 'fvu')} | {_pm(r, 'l0', 1)} |")
+        ok = bool(getattr(r, "necessity_informative", True))
+        nec, rec, signed = (_pm(r, k) if ok else uninformative(r) for k in ("necessity", "ld_recovered", "ld_recovered_signed"))
+        out.append(f"| {r.cross_section} | {r.dictionary} | {_pm(r, 'sufficiency')} | {nec} | {rec} | "
+                   f"{signed} | {_pm(r, 'top1_reconstructed')} | {_pm(r, 'fvu')} | {_pm(r, 'l0', 1)} |")
     if (run / "interpretable.parquet").exists():
         io = pd.read_parquet(run / "interpretable.parquet")
         out += ["", "| cross-section | dictionary | F1 >= | interpretable fraction | L0 kept / full | sufficiency (full) | necessity (full) | LD recovered (full) |",

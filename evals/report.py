@@ -155,6 +155,12 @@ def _f(v, nd: int = 2) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def uninformative(r) -> str:
+    """What a report shows instead of a ratio over LD_clean - LD_abl when mean ablation barely moves LD."""
+    effect = r.get("ablation_effect") if hasattr(r, "get") else getattr(r, "ablation_effect", None)
+    return f"n/a (ablation {100 * effect:+.1f}% LD)" if effect is not None else "n/a"
+
+
 def _pm(row: dict, key: str, nd: int = 2) -> str:
     """``value ± se`` (the bootstrap standard error), or the value alone when there is no se."""
     v, se = row.get(key), row.get(f"{key}_se")
@@ -178,12 +184,15 @@ def summary_markdown(res: "Results", model: str) -> str:
     for cs in res.cross_sections:
         out.append(f"- **{cs['name']}**: {', '.join(f'`{loc}`' for loc in cs['locations'])}" + (f" — {cs['description']}" if cs.get("description") else ""))
     out += ["", "## Approximation", "", "LD recovered = |LD_rec − LD_abl| / |LD_clean − LD_abl| (the authors'); signed beside it. "
-            "Mean ablation uses the mean over the eval prompts.", "",
+            "Mean ablation uses the mean over the eval prompts. Necessity and LD recovered divide by LD_clean − LD_abl: where "
+            "mean ablation moves LD by less than 10% they are shown as n/a with the ablation's effect (the model has a backup).", "",
             "| cross-section | dictionary | sufficiency | necessity | LD recovered | LD recovered (signed) | top-1 | FVU | L0 |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in res.approximation:
-        out.append(f"| {r['cross_section']} | {r['dictionary']} | {_pm(r, 'sufficiency')} | {_pm(r, 'necessity')} | "
-                   f"{_pm(r, 'ld_recovered')} | {_pm(r, 'ld_recovered_signed')} | {_pm(r, 'top1_reconstructed')} | "
+        nec, rec, signed = (_pm(r, k) if r.get("necessity_informative", True) else uninformative(r)
+                            for k in ("necessity", "ld_recovered", "ld_recovered_signed"))
+        out.append(f"| {r['cross_section']} | {r['dictionary']} | {_pm(r, 'sufficiency')} | {nec} | "
+                   f"{rec} | {signed} | {_pm(r, 'top1_reconstructed')} | "
                    f"{_pm(r, 'fvu')} | {_pm(r, 'l0', 1)} |")
     if res.interpretable:
         out += ["", "## Interpretable features only (best interpretation F1 >= threshold) vs the full reconstruction", "",

@@ -76,7 +76,7 @@ with ui.section("Approximation"):
     else:
         cols = ["cross_section", "dictionary", "kind"] + with_se(approx, ["sufficiency", "necessity", "ld_recovered", "ld_recovered_signed",
                                                                            "fvu", "l0", "accuracy_reconstructed", "top1_reconstructed"])
-        cols += [c for c in ("n_features",) if c in approx]
+        cols += [c for c in ("n_features", "ablation_effect", "necessity_informative") if c in approx]
         c1, c2 = st.columns(2)
         notes = []
         for col, metric in ((c1, "sufficiency"), (c2, "necessity")):
@@ -88,6 +88,10 @@ with ui.section("Approximation"):
                    "LD lost when the reconstruction is removed (both 1 = perfect; the colour scale is centred on 0, so 0 is white "
                    "and negative values are the other hue). LD recovered = |LD_rec − LD_abl| / |LD_clean − LD_abl| as the "
                    "authors compute it; the signed value is beside it. " + " ".join(n for n in notes if n))
+        if "necessity_informative" in approx and not approx["necessity_informative"].all():
+            weak = sorted(set(approx.loc[~approx["necessity_informative"].astype(bool), "cross_section"]))
+            st.caption(f"Necessity and LD recovered are not informative on {', '.join(weak)}: mean ablation there moves LD by "
+                       "less than 10% (ablation_effect), so both divide by nearly 0 (the model has a backup for it).")
 
 # ---- interpretable features --------------------------------------------------------------------
 interp_only = data.read_table(path, "interpretable")
