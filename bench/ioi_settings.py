@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", action="store_true", help="keep the settings already in --out (same SAEs and locations) instead of re-running them")
     args = p.parse_args(argv)
 
-    from evals.cli import load_cross_sections, select_sections
+    from cli.ioi import load_cross_sections, select_sections
     from evals.dictionary import load_families
     from evals.harness import EvalConfig, evaluate
     from workbench.models import load_model
