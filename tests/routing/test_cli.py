@@ -56,7 +56,7 @@ def test_bench_summarises_gates_over_seeds(tmp_path, capsys):
 ])
 def test_bad_config_is_one_line_error(capsys, tmp_path, argv, message):
     """Each message names the field, the problem and the fix, on one line, before any training starts."""
-    rc = main(["moe", "train", *argv, "--out", str(tmp_path), "--progress", "false"])
+    rc = main(["moe", "train", *argv, "--runs-dir", str(tmp_path), "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(message), err
