@@ -17,6 +17,8 @@ Every value goes to --out (a run-store path; large), the comparison to --summary
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import json
 import os

@@ -19,6 +19,8 @@ markdown table (mean ± std over seeds) is rewritten to ``<out>/frontier.md`` af
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import json
 import sys

@@ -27,6 +27,8 @@ recovered, dead % (silent on all of ``--dead-window`` held-out tokens), L0 sprea
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import contextlib
 import io
