@@ -12,16 +12,10 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from workbench.config import parse_bool
+
 RUNS_DIR_HELP = "directory holding run directories (default: runs)"
 QUIET_HELP = "hide progress bars and progress messages (results and errors still print)"
-
-
-def _parse_bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
 class _Deprecated(argparse.Action):
@@ -62,7 +56,7 @@ def add_quiet(parser: argparse.ArgumentParser, *, old_no_progress: bool = True) 
 
 def deprecated_progress(parser: argparse.ArgumentParser) -> None:
     """Hidden `--progress [true|false]` (the MoE commands' old spelling) -> quiet = not value."""
-    deprecated(parser, "--progress", "--quiet", "quiet", nargs="?", const="true", convert=lambda v: not _parse_bool(v))
+    deprecated(parser, "--progress", "--quiet", "quiet", nargs="?", const="true", convert=lambda v: not parse_bool(v))
 
 
 def say(quiet: bool) -> Callable[[str], None]:

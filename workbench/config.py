@@ -84,7 +84,8 @@ def load_json(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, json.loads(Path(path).read_text()))
 
 
-def _parse_bool(s: str) -> bool:
+def parse_bool(s: str) -> bool:
+    """A CLI boolean: 1/true/yes/on or 0/false/no/off."""
     if s.lower() in ("1", "true", "yes", "on"):
         return True
     if s.lower() in ("0", "false", "no", "off"):
@@ -102,7 +103,7 @@ def _arg_type(tp: Any):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _arg_type(args[0]) if len(args) == 1 else str
     if tp is bool:
-        return _parse_bool
+        return parse_bool
     if tp is int:
         return _parse_int
     if tp in (float, str):
