@@ -11,8 +11,8 @@ from workbench.errors import ConfigError
 from workbench.runs import Run
 
 
-class Kill(Exception):
-    """Stands in for the process dying (any point after a step; checkpoints are atomic)."""
+class Kill(KeyboardInterrupt):
+    """Stands in for the process being stopped (Ctrl-C, or SIGTERM, which the CLI turns into KeyboardInterrupt)."""
 
 
 def _weights(run):
