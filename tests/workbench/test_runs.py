@@ -238,3 +238,40 @@ def test_cli_prints_write_failures_as_one_line(tmp_path, tiny_model_dir, capsys)
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"workbench acts: error: cannot write {tmp_path / 'runs'}")
+
+
+# ---- wandb online with no network -----------------------------------------------------------------
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on exit: connecting to it is refused
+
+
+def test_reachable_says_why_not():
+    from workbench.tracking import reachable
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        assert reachable(f"http://127.0.0.1:{srv.getsockname()[1]}") is None
+    assert "refused" in reachable(f"http://127.0.0.1:{_unused_port()}").lower()
+    assert reachable("not a url") is not None
+
+
+def test_wandb_online_without_a_server_goes_offline_with_a_warning(tmp_path, monkeypatch):
+    """A bogus key and no server: a warning and an offline run, not wandb's 90 s init timeout."""
+    import time
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_unused_port()}")
+    run = Run.create("test", {}, name="w", root=tmp_path)
+    t0 = time.perf_counter()
+    with pytest.warns(UserWarning, match=r"wandb: cannot reach http://127.0.0.1:\d+ .*logging offline under .*wandb sync"):
+        tr = Tracker(run, project="p")
+    started = time.perf_counter() - t0
+    tr.log({"x": 1}, step=1)
+    tr.finish()
+    assert os.environ["WANDB_MODE"] == "offline" and json.loads((run.path / "wandb.json").read_text())["mode"] == "offline"
+    assert list((run.path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert started < 60  # a hang check (wandb alone would wait 90 s), not a speed target
