@@ -147,7 +147,9 @@ def atomic_save_torch(path: str | Path, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
+    if hasattr(o, "tolist") and getattr(o, "ndim", 0) > 0:  # arrays and tensors
+        return o.tolist()
+    if hasattr(o, "item"):  # numpy / torch scalars
         return o.item()
     if hasattr(o, "tolist"):
         return o.tolist()
@@ -356,6 +358,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _link_or_create(src: str, dst: Path) -> None:
+    """Put src's content at dst unless dst exists (FileExistsError): a hard link, which appears complete, or,
+    on file systems without hard links, an exclusive create."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError:
+        data = Path(src).read_bytes()
+        fd = os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+
 class RunLock:
     """``run.lock`` in a run dir: {pid, host, started, command} of the one process writing it.
 
@@ -395,7 +411,7 @@ class RunLock:
                     f.write(json_text(me))
                 for _ in range(3):
                     try:
-                        os.link(tmp, self.path)
+                        _link_or_create(tmp, self.path)
                         self.held = True
                         return self
                     except FileExistsError:

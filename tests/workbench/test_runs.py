@@ -275,3 +275,27 @@ def test_wandb_online_without_a_server_goes_offline_with_a_warning(tmp_path, mon
     assert os.environ["WANDB_MODE"] == "offline" and json.loads((run.path / "wandb.json").read_text())["mode"] == "offline"
     assert list((run.path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert started < 60  # a hang check (wandb alone would wait 90 s), not a speed target
+
+
+def test_the_lock_works_where_hard_links_do_not(tmp_path, monkeypatch):
+    def no_links(*a, **k):
+        raise PermissionError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    run = Run.create("sae", {}, name="a", root=tmp_path)
+    with run.lock():
+        assert json.loads((run.path / LOCK).read_text())["pid"] == os.getpid()
+        (run.path / LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))  # as if another host took it
+        with pytest.raises(RunError, match="in use by pid 1 on host elsewhere"):
+            RunLock(run.path).acquire()
+    assert (run.path / LOCK).exists()  # not ours any more: release leaves it
+    assert [p.name for p in run.path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_json_of_arrays_and_scalars():
+    import numpy as np
+
+    from workbench.runs import json_text
+
+    assert json.loads(json_text({"a": np.array([1.0, np.inf]), "b": np.float32(2.5), "c": np.int64(3)})) == \
+        {"a": [1.0, None], "b": 2.5, "c": 3}
