@@ -310,7 +310,7 @@ def test_a_run_held_by_a_live_process_is_not_resumed(tiny_cfg, tiny_model):
     import socket
 
     from workbench.errors import RunError
-    from workbench.runs import LOCK
+    from workbench.runlock import LOCK
 
     cfg = tiny_cfg(name="live")
     with pytest.raises(Kill):

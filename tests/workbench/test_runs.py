@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from workbench.errors import ConfigError, RunError, WriteError
-from workbench.runs import LOCK, Run, RunLock, atomic_write_json, atomic_write_text, check_run_name, list_runs
+from workbench.runlock import LOCK, RunLock
+from workbench.runs import Run, atomic_write_json, atomic_write_text, check_run_name, list_runs
 from workbench.tracking import Tracker
 
 
