@@ -167,6 +167,7 @@ class ActivationCache:
                 raise CacheError(f"cache shard {f} holds rows of width {width}, but {mf} says d={self.d}; "
                                  f"the manifest does not belong to these shards: re-run `workbench acts cache`")
             parts.append(ds)
+        self._parts = parts  # one Dataset per shard, for verify()
         if not parts or sum(len(p) for p in parts) == 0:
             raise CacheError(f"the cache {self.path} holds no activations (0 rows); "
                              f"re-run `workbench acts cache` with --tokens > 0")
@@ -177,26 +178,24 @@ class ActivationCache:
     def has_checksums(self) -> bool:
         return all("sha256" in s for s in self.manifest["shards"])
 
-    def verify(self, chunk_rows: int = 65_536) -> None:
+    def verify(self) -> None:
         """Check every shard's sha256 (caches written before checksums: skipped) and that every value is
         finite and below HUGE; CacheError naming the shard otherwise. Reads the whole cache once."""
-        start = 0
-        for s in self.manifest["shards"]:
+        for s, part in zip(self.manifest["shards"], self._parts):
             f = self.path / s["file"]
             if "sha256" in s and sha256_file(f) != s["sha256"]:
                 raise CacheError(f"cache shard {f} was modified after it was written (its sha256 differs from "
                                  f"{self.path / MANIFEST}); re-run `workbench acts cache`")
-            for a in range(start, start + s["rows"], chunk_rows):
-                x = self[a:min(a + chunk_rows, start + s["rows"])]  # (n, d)
-                bad = int((~torch.isfinite(x)).sum())
+            for batch in part.data.to_batches():
+                vals = batch.column(0).flatten().to_numpy(zero_copy_only=False)  # (rows * d,), mapped, not copied
+                bad = int(vals.size - np.isfinite(vals).sum())
                 if bad:
                     raise CacheError(f"cache shard {f} holds {bad} non-finite values (NaN or inf); "
                                      f"training on it would diverge: re-run `workbench acts cache`")
-                top = float(x.abs().max()) if len(x) else 0.0
+                top = float(np.abs(vals).max()) if vals.size else 0.0
                 if top > HUGE:
                     raise CacheError(f"cache shard {f} holds values up to {top:.3g} (above {HUGE:.0e}): their squares "
                                      f"overflow float32, so FVU and the loss would be inf; re-run `workbench acts cache`")
-            start += s["rows"]
 
     def __len__(self) -> int:
         return len(self.ds)
