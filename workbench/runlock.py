@@ -70,6 +70,11 @@ class RunLock:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def live(self) -> bool:
+        """Whether a process (this host: alive; another host: assumed so) holds the lock now."""
+        info = self.holder()
+        return info is not None and not self._stale(info)
+
     def _stale(self, info: dict) -> bool:
         if not info:  # unreadable: the lock is always written complete, so only corruption gets here
             return True

@@ -300,3 +300,15 @@ def test_json_of_arrays_and_scalars():
 
     assert json.loads(json_text({"a": np.array([1.0, np.inf]), "b": np.float32(2.5), "c": np.int64(3)})) == \
         {"a": [1.0, None], "b": 2.5, "c": 3}
+
+
+def test_runs_listing_flags_a_running_status_no_process_holds(tmp_path, capsys):
+    from cli.main import main
+
+    held, orphan = Run.create("sae", {}, name="held", root=tmp_path), Run.create("sae", {}, name="orphan", root=tmp_path)
+    for r in (held, orphan):
+        r.set_status("running")
+    with held.lock():
+        assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert out["held"].split()[-1] == "running" and "running? (no process holds it: killed?)" in out["orphan"]
