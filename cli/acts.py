@@ -40,8 +40,10 @@ def main(argv: list[str]) -> int:
         from workbench.cache import ActivationCache
 
         cache = ActivationCache(args.path)
+        cache.verify()  # checksums and finiteness against the manifest: CacheError naming the bad shard
         print(json.dumps({k: v for k, v in cache.manifest.items() if k != "shards"}, indent=2))
-        print(f"{len(cache.manifest['shards'])} shard(s), {len(cache)} rows, all present and intact")
+        print(f"{len(cache.manifest['shards'])} shard(s), {len(cache)} rows, all present and intact"
+              f"{'' if cache.has_checksums else ' (sizes and rows checked; this older cache has no checksums)'}")
         return 0
     return _cache(args)
 
@@ -60,16 +62,19 @@ def _cache(args) -> int:
     from workbench.models import load_model
     from workbench.runs import Run
 
+    import contextlib
+
     model = load_model(cfg.model, cfg.device)  # after every argument is checked
     if args.out:
         out, run = Path(args.out), None
     else:
         run = Run.create("acts", {**to_dict(cfg), "tokens": args.tokens}, name=args.name, root=args.runs_dir)
         out = run.path / "cache"
-    path, stats = cache_activations(cfg, args.tokens, out, args.dtype, model=model, progress=not args.quiet)
+    # one writer per run dir; Ctrl-C / SIGTERM / an error leave status 'interrupted' / 'failed', not 'running'
+    with (run.lock() if run else contextlib.nullcontext()), (run.running() if run else contextlib.nullcontext()):
+        path, stats = cache_activations(cfg, args.tokens, out, args.dtype, model=model, progress=not args.quiet)
+        if run is not None:
+            run.write_json("cache_stats.json", stats)
     print(f"cached {stats['rows']} activations (d={stats['d']}) at {path} in {stats['seconds']:.1f}s "
           f"({stats['tokens_per_s']:.0f} tokens/s)")
-    if run is not None:
-        run.write_json("cache_stats.json", stats)
-        run.set_status("done")
     return 0

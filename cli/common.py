@@ -72,7 +72,7 @@ def check_name(name: str | None, runs_dir: str | None = None) -> None:
     from workbench.errors import RunError
     from workbench.runs import check_run_name
 
-    if not name:
+    if name is None:
         return
     check_run_name(name)
     path = Path(runs_dir) / name if runs_dir is not None else None

@@ -8,6 +8,7 @@ every group and subcommand is fast, and it checks its arguments before it loads 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,6 +31,14 @@ commands:
 flags every command spells the same way: --runs-dir DIR (where run directories live; default runs),
 --name NAME (a run's name), --quiet (no progress bars or progress messages), --device (torch device)
 """
+
+
+RESUMABLE = {"sae": "workbench sae train --resume RUN", "model": "workbench model train --resume RUN"}
+
+
+def _terminate(signum, frame):
+    """SIGTERM -> KeyboardInterrupt, so trainers record status 'interrupted' and release their run lock."""
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
 def usage() -> str:
@@ -57,14 +66,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from workbench.errors import USER_ERRORS
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(module.main(rest) or 0)
     except USER_ERRORS as e:
         print(f"workbench {name}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"workbench {name}: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr)
-        return 130
+    except OSError as e:  # an environment failure the layers below did not name (their WriteErrors are USER_ERRORS)
+        print(f"workbench {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        how = f"; the last checkpoint is kept, continue with `{RESUMABLE[name]}`" if name in RESUMABLE else ""
+        what = str(e) or "interrupted"
+        print(f"workbench {name}: {what}{how}", file=sys.stderr)
+        return 143 if "signal" in what else 130
 
 
 if __name__ == "__main__":

@@ -76,9 +76,10 @@ def _train(args) -> int:
     from workbench.models import load_model
     from workbench.toy_train import evaluate, train
 
-    model_dir = train(cfg, run, resume=bool(args.resume), progress=not args.quiet)
-    res = evaluate(load_model(str(model_dir), cfg.device))
-    run.write_json("eval.json", res)
+    with run.lock(), run.running():  # one writer per run dir; SIGTERM / Ctrl-C leave status 'interrupted'
+        model_dir = train(cfg, run, resume=bool(args.resume), progress=not args.quiet)
+        res = evaluate(load_model(str(model_dir), cfg.device))
+        run.write_json("eval.json", res)
     print(format_eval(res))
     return 0
 

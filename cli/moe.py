@@ -71,6 +71,9 @@ def main(argv: list[str]) -> int:
         return 0
     cfg = from_args(MoETrainConfig, args, routing=from_args(GateConfig, args), out=args.runs_dir, progress=not args.quiet)
     check_name(cfg.name or None, cfg.out if args.command == "train" else None)
+    from workbench.devices import check_device
+
+    check_device(cfg.device)  # --device cuda on a machine without a GPU: one line, before any data loads
     if args.command == "train":
         from routing.train import train
 

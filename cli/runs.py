@@ -39,6 +39,7 @@ def sae_headline(run) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from workbench.runlock import RunLock
     from workbench.runs import list_runs
 
     rows = list(list_runs(args.runs_dir))
@@ -49,6 +50,8 @@ def main(argv: list[str]) -> int:
             print(f"{r.path.name:<40} unreadable: {r.error}")
             continue
         kind, status = r.meta.get("kind", "?"), r.run.status()
+        if status == "running" and not RunLock(r.path).live():
+            status = "running? (no process holds it: killed?)"
         extra = f"  {sae_headline(r.run)}" if kind == "sae" and status == "done" else ""
         print(f"{r.path.name:<40} {kind:<8} {status}{extra}")
     return 0

@@ -153,14 +153,16 @@ def _eval(args) -> int:
     from sae import io
     from sae.config import load_train_config
     from sae.metrics import evaluate
-    from sae.trainer import KIND, eval_summary, evaluate_saved, load_latest_checkpoint
+    from sae.trainer import KIND, check_finite_eval, eval_summary, evaluate_saved, load_latest_checkpoint, merge_eval
     from workbench.errors import RunError
 
     run = Run.open(args.run)
     if run.kind != KIND:
         raise RunError(f"{args.run} is a {run.kind!r} run, not an SAE run")
     cfg = load_train_config(run.config)
-    device = args.device or cfg.acts.device
+    from workbench.devices import check_device
+
+    device = check_device(args.device or cfg.acts.device)
     cfg.acts.device = device
     model = load_model(cfg.acts.model, device=device)
     modes = tuple(args.modes) if args.modes else None
@@ -186,7 +188,14 @@ def _eval(args) -> int:
                               modes=modes or tuple(dict.fromkeys((sae.mode, *sae.modes))), ce=not args.no_ce,
                               dead_tokens=cfg.dead_window)
     summary = eval_summary(result, cfg, tokens_trained)
-    run.write_json("eval.json", summary)
+    check_finite_eval(summary, run)
+    with run.lock():  # not while a trainer writes this run
+        try:
+            stored = run.read_json("eval.json")
+        except RunError:
+            stored = {}
+        summary = merge_eval(stored, summary)  # --no-ce / --modes never drop a stored field
+        run.write_json("eval.json", summary)
     print(json.dumps(summary, indent=2) if args.json else format_eval(summary))
     return 0
 

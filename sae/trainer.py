@@ -21,6 +21,7 @@ optimizer, scheduler, RNG states and the data position, so ``--resume`` continue
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import replace
@@ -108,6 +109,7 @@ class Source:
             from workbench.cache import ActivationCache
 
             self.cache = ActivationCache(cfg.cache)
+            self.cache.verify()  # checksums, finite and not huge: fail before training, not at the end
             m = self.cache.manifest
             for key, want in (("hook", a.hook), ("model", a.model), ("head", a.head)):
                 if key in m and m[key] != want:
@@ -158,7 +160,15 @@ def load_latest_checkpoint(run: Run) -> dict | None:
 # ---- the loop -----------------------------------------------------------------------------------
 def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, progress: bool = True,
           on_step: Callable[[int], None] | None = None) -> Run:
-    """Train (or resume) an SAE run; returns the run. `on_step(completed)` is a hook for tests."""
+    """Train (or resume) an SAE run; returns the run. `on_step(completed)` is a hook for tests.
+
+    The run dir's lock (workbench.runs.RunLock) is held throughout: a second writer gets a one-line error.
+    """
+    with contextlib.ExitStack() as locks:
+        return _train(cfg, resume, model, progress, on_step, locks)
+
+
+def _train(cfg: TrainConfig, resume, model, progress: bool, on_step, locks: contextlib.ExitStack) -> Run:
     from tqdm.auto import tqdm
 
     from workbench.models import load_model
@@ -169,8 +179,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         run = Run.open(resume)
         if run.kind != KIND:
             raise RunError(f"{resume} is a {run.kind!r} run, not an SAE run")
+        locks.enter_context(run.lock())
         run.clean_tmp()
-    device = torch.device(cfg.acts.device)
+        if run.status() == "done" and (run.path / io.WEIGHTS).is_file() and (run.path / "eval.json").is_file():
+            warnings.warn(f"{run.path} already finished ({cfg.steps} steps); nothing to resume "
+                          f"(re-evaluate it with `workbench sae eval {run.path}`)", stacklevel=3)
+            return run
+    from workbench.devices import check_device
+
+    device = torch.device(check_device(cfg.acts.device))
     source = Source(cfg, None) if cfg.cache else None  # a missing or mismatched --cache fails before the model loads
     if source is not None:
         cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))
@@ -182,6 +199,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
     _warn_dead_window(cfg)
     if run is None:
         run = Run.create(KIND, to_dict(cfg), name=cfg.name, root=cfg.runs_dir)
+        locks.enter_context(run.lock())
 
     sae = build_sae(cfg.sae)
     total = cfg.steps
@@ -253,18 +271,30 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         io.save(sae.folded(scale), run.path, _sae_meta(cfg, model))
         result = evaluate_saved(run.path, model, cfg)
         summary = eval_summary(result, cfg, total * n)
+        check_finite_eval(summary, run)
         run.write_json("eval.json", summary)
         tracker.log({f"eval/{m}/{k}": v for m, r in result.items() for k, v in r.items() if isinstance(v, (int, float))},
                     step=total)
         run.set_status("done", step=total, steps=total)
     except BaseException as e:
         bar.close()
-        status = "failed" if isinstance(e, Diverged) else "interrupted"
+        status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"  # SIGTERM: KeyboardInterrupt
         run.set_status(status, error=str(e) or type(e).__name__, last_checkpoint=last_ckpt)
         raise
     finally:
         tracker.finish()
     return run
+
+
+def check_finite_eval(summary: dict, run: Run) -> None:
+    """Non-finite evaluation numbers are errors, not results: raise Diverged naming them."""
+    from workbench.runs import non_finite_keys
+
+    bad = non_finite_keys(summary)
+    if bad:
+        raise Diverged(f"the evaluation of {run.path} gave non-finite {', '.join(bad[:4])}"
+                       f"{' ...' if len(bad) > 4 else ''}: the activations are too large or not finite "
+                       f"(check the cache with `workbench acts info`); nothing was written to eval.json")
 
 
 def _warn_dead_window(cfg: TrainConfig) -> None:
@@ -358,3 +388,20 @@ def eval_summary(result: dict, cfg: TrainConfig, tokens_trained: int) -> dict:
             "mode": mode, "fvu": head["fvu"], "ce_recovered": head.get("ce_recovered"), "l0_mean": head["l0_mean"],
             "l0_std": head["l0_std"], "dead_fraction": head["dead_fraction"], "dead_window": head.get("dead_window"),
             "modes": result}
+
+
+def merge_eval(old: dict, new: dict) -> dict:
+    """eval.json after a re-evaluation: the new numbers win, and nothing stored is lost.
+
+    A field the new evaluation did not compute (None or absent: CE recovered under --no-ce, a mode left
+    out of --modes) keeps its stored value, recursively, so a partial re-evaluation never drops a field.
+    """
+    if not isinstance(old, dict):
+        return new
+    out = dict(old)
+    for k, v in new.items():
+        if v is None and k in old:
+            continue
+        out[k] = merge_eval(old[k], v) if isinstance(v, dict) and isinstance(old.get(k), dict) else v
+    return out
+

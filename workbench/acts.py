@@ -76,23 +76,37 @@ def load_text_dataset(spec: str, column: str):
 class ActivationStream:
     """Iterator of (batch_size, d) activation tensors at cfg.hook, shuffled through a buffer."""
 
+    MAX_EMPTY_CHUNKS = 8  # forward passes in a row that select no token before --positions is called wrong
+
     def __init__(self, model: "HookedTransformer", cfg: ActsConfig):
         check_hook(model, cfg.hook)
+        check_positions(cfg.positions, model.cfg.n_ctx)
         self.model, self.cfg = model, cfg
         self.text = TextSource(cfg)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.buffer = torch.empty(0)
         self.tokens_seen = 0
+        self._empty = 0
 
     @torch.no_grad()
     def forward_chunk(self) -> torch.Tensor:
-        """One model forward over seq_batch sequences: (n_selected_positions, d)."""
+        """One model forward over seq_batch sequences: (n_selected_positions, d).
+
+        ConfigError if MAX_EMPTY_CHUNKS forwards in a row select no token (instead of looping forever)."""
         cfg, model = self.cfg, self.model
         texts = self.text.next(cfg.seq_batch)
         tokens = encode(model, texts)[:, : model.cfg.n_ctx]  # (batch, pos)
         act = capture(model, tokens.to(model.cfg.device), cfg.hook, cfg.head)  # (batch, pos, d)
         mask = select_positions(tokens, model.tokenizer.pad_token_id, cfg.positions).to(act.device)
-        self.tokens_seen += int(mask.sum())
+        n = int(mask.sum())
+        self.tokens_seen += n
+        self._empty = 0 if n else self._empty + 1
+        if self._empty >= self.MAX_EMPTY_CHUNKS:
+            from workbench.errors import ConfigError
+
+            raise ConfigError(f"positions: {cfg.positions!r} selected no token in {self._empty * cfg.seq_batch} sequences "
+                              f"of at most {tokens.shape[1]} tokens (position 0, BOS, is never kept); "
+                              f"pass --positions all, end, or indices inside the sequences")
         return act[mask].float().cpu()
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -124,6 +138,18 @@ class ActivationStream:
         self.tokens_seen = s["tokens_seen"]
 
 
+def check_positions(positions: str, n_ctx: int) -> None:
+    """ConfigError unless some index in positions can fall inside a context of n_ctx tokens."""
+    if positions in ("all", "end"):
+        return
+    idx = [int(p) for p in positions.split(",")]
+    if not any(0 < p < n_ctx or -n_ctx < p < 0 for p in idx):
+        from workbench.errors import ConfigError
+
+        raise ConfigError(f"positions: {positions!r} selects no token: the model's context is {n_ctx} tokens and "
+                          f"position 0 is BOS; pass indices in 1..{n_ctx - 1} or -{n_ctx - 1}..-1, all or end")
+
+
 def select_positions(tokens: torch.Tensor, pad_id: int | None, positions: str) -> torch.Tensor:
     """(batch, pos) bool mask of positions to keep: never BOS (position 0) or padding."""
     real = torch.ones_like(tokens, dtype=torch.bool) if pad_id is None else tokens != pad_id
@@ -152,6 +178,10 @@ def cache_activations(cfg: ActsConfig, n_tokens: int, out, dtype: str = "float32
     from workbench.cache import CacheWriter
     from workbench.models import hook_dim, load_model
 
+    if n_tokens <= 0:
+        from workbench.errors import ConfigError
+
+        raise ConfigError(f"tokens: must be positive, got {n_tokens}; pass --tokens > 0")
     model = model or load_model(cfg.model, cfg.device)
     d = hook_dim(model, cfg.hook, cfg.head)
     stream = ActivationStream(model, cfg)

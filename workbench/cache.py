@@ -2,16 +2,18 @@
 
 Layout of a cache directory::
 
-    manifest.json             model, hook, d, dtype, n_tokens, shards [{file, rows, bytes}]
+    manifest.json             model, hook, d, dtype, n_tokens, shards [{file, rows, bytes, sha256, max_abs}]
     shard-00000.arrow         Arrow IPC stream, one column "acts" of fixed-size lists (d floats)
 
 Shards are written to a temp name and renamed; the manifest is written last, so a cache without a
-manifest is incomplete. Reading checks every shard against the manifest and names the bad file.
+manifest is incomplete. The writer refuses non-finite activations. Opening a cache checks the manifest
+and every shard's size, rows and width; ``verify()`` (``workbench acts info``, the SAE trainer) also
+checks each shard's sha256 and that every value is finite and not huge, and names the bad file.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -21,9 +23,18 @@ import numpy as np
 import torch
 
 from workbench.errors import CacheError
-from workbench.runs import atomic_write_json
+from workbench.runs import atomic_write_json, make_dir, read_json_file, writing
 
 MANIFEST = "manifest.json"
+HUGE = 1e18  # |x| above this: squares summed over a row overflow float32, so FVU and losses become inf
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class CacheWriter:
@@ -33,9 +44,11 @@ class CacheWriter:
         import pyarrow as pa
 
         self.pa = pa
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / MANIFEST).unlink(missing_ok=True)  # incomplete until closed
+        self.path = make_dir(path)
+        with writing(self.path / MANIFEST):
+            (self.path / MANIFEST).unlink(missing_ok=True)  # incomplete until closed
+            for old in self.path.glob(".shard-*.tmp"):  # left by a killed writer
+                old.unlink(missing_ok=True)
         self.d, self.meta, self.dtype, self.shard_rows = d, meta, dtype, shard_rows
         self.np_dtype = np.dtype(dtype)
         self.schema = pa.schema([("acts", pa.list_(pa.from_numpy_dtype(self.np_dtype), d))])
@@ -44,20 +57,25 @@ class CacheWriter:
         self._writer = None
         self._tmp: Path | None = None
         self._shard_rows = 0
+        self._max_abs = 0.0
 
     def _open_shard(self) -> None:
         name = f"shard-{len(self.shards):05d}.arrow"
         self._tmp = self.path / f".{name}.tmp"
         self._final = self.path / name
-        self._sink = self.pa.OSFile(str(self._tmp), "wb")
-        self._writer = self.pa.ipc.new_stream(self._sink, self.schema)
+        with writing(self._tmp):
+            self._sink = self.pa.OSFile(str(self._tmp), "wb")
+            self._writer = self.pa.ipc.new_stream(self._sink, self.schema)
         self._shard_rows = 0
+        self._max_abs = 0.0
 
     def _close_shard(self) -> None:
-        self._writer.close()
-        self._sink.close()
-        os.replace(self._tmp, self._final)
-        self.shards.append({"file": self._final.name, "rows": self._shard_rows, "bytes": self._final.stat().st_size})
+        with writing(self._final):
+            self._writer.close()
+            self._sink.close()
+            os.replace(self._tmp, self._final)
+        self.shards.append({"file": self._final.name, "rows": self._shard_rows, "bytes": self._final.stat().st_size,
+                            "sha256": sha256_file(self._final), "max_abs": self._max_abs})
         self._writer = None
 
     def write(self, acts: torch.Tensor) -> None:
@@ -65,6 +83,10 @@ class CacheWriter:
         if acts.ndim != 2 or acts.shape[1] != self.d:
             raise CacheError(f"expected activations of shape (n, {self.d}), got {tuple(acts.shape)}")
         arr = acts.detach().to("cpu").numpy().astype(self.np_dtype, copy=False)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise CacheError(f"{int((~finite).sum())} non-finite activation values (NaN or inf) to write to {self.path}; "
+                             f"the model's activations at this hook are not finite, nothing was cached")
         start = 0
         while start < len(arr):
             if self._writer is None:
@@ -72,7 +94,10 @@ class CacheWriter:
             take = min(len(arr) - start, self.shard_rows - self._shard_rows)
             flat = self.pa.array(np.ascontiguousarray(arr[start:start + take]).reshape(-1))
             col = self.pa.FixedSizeListArray.from_arrays(flat, self.d)
-            self._writer.write_batch(self.pa.record_batch([col], schema=self.schema))
+            with writing(self._tmp):
+                self._writer.write_batch(self.pa.record_batch([col], schema=self.schema))
+            if take:
+                self._max_abs = max(self._max_abs, float(np.abs(arr[start:start + take]).max()))
             self._shard_rows += take
             self.rows += take
             start += take
@@ -88,6 +113,30 @@ class CacheWriter:
         return self.path
 
 
+def _read_manifest(mf: Path) -> tuple[dict, int, list[dict]]:
+    """(manifest, d, shards) after checking every field the reader uses; CacheError naming the field."""
+    redo = "re-run `workbench acts cache`"
+    try:
+        m = read_json_file(mf)
+    except (OSError, ValueError) as e:  # not JSON, not UTF-8
+        raise CacheError(f"{mf} is corrupt ({e}); {redo}") from e
+    if not isinstance(m, dict):
+        raise CacheError(f"{mf} is corrupt (a JSON {type(m).__name__}, not an object); {redo}")
+    d, shards = m.get("d"), m.get("shards")
+    if "d" not in m:
+        raise CacheError(f"{mf} has no 'd' (the activation width); {redo}")
+    if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
+        raise CacheError(f"{mf}: 'd' must be a positive integer, got {d!r}; {redo}")
+    if not isinstance(shards, list):
+        raise CacheError(f"{mf}: 'shards' must be a list of shard entries, got {type(shards).__name__}; {redo}")
+    for i, s in enumerate(shards):
+        ok = (isinstance(s, dict) and isinstance(s.get("file"), str) and "/" not in s["file"]
+              and all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("rows", "bytes")))
+        if not ok:
+            raise CacheError(f"{mf}: shard entry {i} must be {{file, rows, bytes}} (a file name and two integers), got {s!r}; {redo}")
+    return m, d, shards
+
+
 class ActivationCache:
     """A finished cache, memory-mapped: ``len(cache)``, ``cache[i:j]`` -> (j-i, d) tensor, batches."""
 
@@ -99,12 +148,7 @@ class ActivationCache:
         if not mf.is_file():
             raise CacheError(f"{self.path} has no {MANIFEST}: the cache is missing or was never finished; "
                              f"re-run `workbench acts cache --out {self.path}`")
-        try:
-            self.manifest = json.loads(mf.read_text())
-            shards = self.manifest["shards"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CacheError(f"{mf} is corrupt ({e}); re-run `workbench acts cache`") from e
-        self.d = int(self.manifest["d"])
+        self.manifest, self.d, shards = _read_manifest(mf)
         parts = []
         for s in shards:
             f = self.path / s["file"]
@@ -114,13 +158,44 @@ class ActivationCache:
                 raise CacheError(f"cache shard {f} is truncated or modified ({f.stat().st_size} bytes, manifest says {s['bytes']})")
             try:
                 ds = datasets.Dataset.from_file(str(f), in_memory=False)
+                width = ds.data.schema.field("acts").type.list_size
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
                 raise CacheError(f"cache shard {f} is corrupt ({e})") from e
             if len(ds) != s["rows"]:
                 raise CacheError(f"cache shard {f} has {len(ds)} rows, manifest says {s['rows']}")
+            if width != self.d:
+                raise CacheError(f"cache shard {f} holds rows of width {width}, but {mf} says d={self.d}; "
+                                 f"the manifest does not belong to these shards: re-run `workbench acts cache`")
             parts.append(ds)
+        self._parts = parts  # one Dataset per shard, for verify()
+        if not parts or sum(len(p) for p in parts) == 0:
+            raise CacheError(f"the cache {self.path} holds no activations (0 rows); "
+                             f"re-run `workbench acts cache` with --tokens > 0")
         self.ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
         self.table = self.ds.data  # memory-mapped Arrow table
+
+    @property
+    def has_checksums(self) -> bool:
+        return all("sha256" in s for s in self.manifest["shards"])
+
+    def verify(self) -> None:
+        """Check every shard's sha256 (caches written before checksums: skipped) and that every value is
+        finite and below HUGE; CacheError naming the shard otherwise. Reads the whole cache once."""
+        for s, part in zip(self.manifest["shards"], self._parts):
+            f = self.path / s["file"]
+            if "sha256" in s and sha256_file(f) != s["sha256"]:
+                raise CacheError(f"cache shard {f} was modified after it was written (its sha256 differs from "
+                                 f"{self.path / MANIFEST}); re-run `workbench acts cache`")
+            for batch in part.data.to_batches():
+                vals = batch.column(0).flatten().to_numpy(zero_copy_only=False)  # (rows * d,), mapped, not copied
+                bad = int(vals.size - np.isfinite(vals).sum())
+                if bad:
+                    raise CacheError(f"cache shard {f} holds {bad} non-finite values (NaN or inf); "
+                                     f"training on it would diverge: re-run `workbench acts cache`")
+                top = float(np.abs(vals).max()) if vals.size else 0.0
+                if top > HUGE:
+                    raise CacheError(f"cache shard {f} holds values up to {top:.3g} (above {HUGE:.0e}): their squares "
+                                     f"overflow float32, so FVU and the loss would be inf; re-run `workbench acts cache`")
 
     def __len__(self) -> int:
         return len(self.ds)

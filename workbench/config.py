@@ -165,6 +165,10 @@ class ActsConfig:
         require(self.positions in ("all", "end") or re.fullmatch(r"-?\d+(,-?\d+)*", self.positions) is not None,
                 "positions", f"cannot parse {self.positions!r}", "use all, end, or indices like 3,5,-1")
         require(self.head is None or self.head >= 0, "head", f"must be >= 0, got {self.head}", "pass a head index")
+        if self.positions not in ("all", "end"):
+            require(any(int(p) != 0 for p in self.positions.split(",")), "positions",
+                    "position 0 is BOS, which is never kept, so nothing would be selected",
+                    "use all, end, or indices >= 1 (or negative, counted from the end)")
 
 
 @dataclass

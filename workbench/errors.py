@@ -21,4 +21,11 @@ class CacheError(WorkbenchError, RuntimeError):
     """An activation cache is missing, truncated or corrupt; the message names the file."""
 
 
+class WriteError(WorkbenchError, OSError):
+    """A file could not be written (read-only or missing directory, a file in the way, disk full); names the path."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 USER_ERRORS = (WorkbenchError, FileNotFoundError, FloatingPointError)

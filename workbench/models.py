@@ -66,6 +66,10 @@ def make_model(cfg_dict: dict, tokenizer_dir: str | Path, device: str | None = N
     """A freshly initialised HookedTransformer with the toy tokenizer."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+    from workbench.devices import check_device
+
+    device = check_device(device)
+
     cfg = HookedTransformerConfig(**cfg_dict, device=device or "cpu")
     return HookedTransformer(cfg, tokenizer=load_tokenizer(tokenizer_dir))
 
@@ -90,9 +94,9 @@ def _load_dir(path: Path, device: str | None) -> "HookedTransformer":
     from safetensors.torch import load_file
 
     try:
-        meta = json.loads((path / "config.json").read_text())
+        meta = json.loads((path / "config.json").read_bytes().decode("utf-8"))
         cfg_dict = meta["hooked_transformer"]
-    except (OSError, json.JSONDecodeError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{path / 'config.json'} is missing or corrupt ({e}); retrain with `workbench model train`") from e
     model = make_model(cfg_dict, path / "tokenizer", device)
     try:
@@ -119,6 +123,9 @@ def known_model_names() -> list[str]:
 
 def load_model(name: str = TOY_NAME, device: str | None = None) -> "HookedTransformer":
     """The embedded toy model, a directory saved by ``workbench model train``, or a TransformerLens name."""
+    from workbench.devices import check_device
+
+    device = check_device(device)  # a GPU asked for on a machine without one: one line, before anything loads
     path = Path(name)
     if name == TOY_NAME:
         if not (TOY_DIR / "model.safetensors").exists():

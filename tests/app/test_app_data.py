@@ -47,3 +47,13 @@ def test_old_and_new_dead_fraction_names_read_the_same(data, tmp_path):
 
 def test_no_dead_fraction_is_none(data):
     assert data.dead_fraction({"fvu": 0.1}) is None and data.dead_fraction({"dead_fraction": None}) is None
+
+
+def test_a_run_with_a_non_utf8_config_is_listed_as_unreadable(data, tmp_path):
+    """Issue 17, item 1: one such run dir made every page raise; now it is one 'unreadable' row."""
+    _sae_run(tmp_path, "good")
+    (tmp_path / "latin1").mkdir()
+    (tmp_path / "latin1" / "config.json").write_bytes(b'{"kind": "sae", "note": "caf\xe9"}')
+    table, bad = data._scan.__wrapped__(str(tmp_path), ())
+    assert list(table["name"]) == ["good"]
+    assert [b["name"] for b in bad] == ["latin1"] and "utf-8" in bad[0]["error"]

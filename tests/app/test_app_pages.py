@@ -362,16 +362,16 @@ def test_routing_gate_comparison_over_seeds(app_test, app_runs):
     assert "sparse-ot" in set(frame(at, "gate", "mean", "std", "n")["gate"])
 
 
-def test_pages_open_fast_once_cached(app_test):
-    """The app only reads and caches: a warm page run takes well under a second here."""
-    import time
-
+def test_a_cached_rerun_shows_the_same_page(app_test):
+    """The app only reads and caches: a rerun (served from the caches) shows exactly what the first run did.
+    How fast that rerun is, is measured by bench/app_pages.py, not here."""
     for page, run in (("1_Runs.py", None), ("2_Feature_browser.py", "sae-topk"), ("3_IOI_evaluation.py", "ioi-eval"),
                       ("4_Routing.py", "moe-ot")):
         at = app_test(page, **({"run": run} if run else {}))
-        t0 = time.perf_counter()
+        first = ([m.value for m in at.markdown], [c.value for c in at.caption], len(at.dataframe))
         at.run()
-        assert time.perf_counter() - t0 < 3.0, page
+        assert not at.exception, page
+        assert ([m.value for m in at.markdown], [c.value for c in at.caption], len(at.dataframe)) == first, page
 
 
 @pytest.mark.parametrize("page", (None, *PAGES))

@@ -18,7 +18,19 @@ def test_moe_output_is_weighted_sum_of_experts(name):
     moe = MoE(make_gate(GateConfig(gate=name, experts=4, k=2), 6), 6, 8, 3)
     x = torch.randn(20, 6)
     y, route = moe(x)
-    torch.testing.assert_close(y, _reference(moe.experts, x, route.weights), atol=1e-5, rtol=1e-5)
+    ref = _reference(moe.experts, x, route.weights)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    # the sparse dispatch's gradients equal the dense reference's, for the experts and the router alike
+    params = [p for p in moe.parameters() if p.requires_grad]
+    probe = torch.randn_like(y)
+    got = torch.autograd.grad((y * probe).sum(), params, retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad((ref * probe).sum(), params, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in got)
+    for g, w in zip(got, want):
+        if g is None or w is None:
+            assert g is None and w is None
+        else:
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
 def test_multi_gate_moe_shares_experts_across_tasks():

@@ -11,8 +11,8 @@ from workbench.errors import ConfigError
 from workbench.runs import Run
 
 
-class Kill(Exception):
-    """Stands in for the process dying (any point after a step; checkpoints are atomic)."""
+class Kill(KeyboardInterrupt):
+    """Stands in for the process being stopped (Ctrl-C, or SIGTERM, which the CLI turns into KeyboardInterrupt)."""
 
 
 def _weights(run):
@@ -217,3 +217,134 @@ def test_a_dead_window_as_long_as_the_run_is_flagged(tiny_cfg, tiny_model):
         warnings.simplefilter("always")
         train(tiny_cfg(dead_window=128, tokens=128 * 2, name="short-window"), model=tiny_model, progress=False)
     assert not [w for w in caught if "dead-window" in str(w.message)]
+
+
+# ---- the reliability sweep (issue 17) -----------------------------------------------------------
+def test_eval_with_no_ce_or_fewer_modes_never_drops_a_stored_field(tiny_cfg, tiny_model, tiny_model_dir, capsys):
+    from cli.main import main
+
+    run = train(tiny_cfg("feature-choice", name="ev"), model=tiny_model, progress=False)
+    before = run.read_json("eval.json")
+    assert before["ce_recovered"] is not None and set(before["modes"]) == {"threshold", "batch"}
+    assert main(["sae", "eval", str(run.path), "--no-ce", "--modes", "threshold", "--tokens", "256"]) == 0
+    after = run.read_json("eval.json")
+    assert after["ce_recovered"] == before["ce_recovered"]  # kept, not overwritten with null
+    assert after["modes"]["threshold"]["ce_recovered"] == before["modes"]["threshold"]["ce_recovered"]
+    assert after["modes"]["batch"] == before["modes"]["batch"]  # the mode not re-evaluated stays
+    assert isinstance(after["modes"]["threshold"]["fvu"], float)
+    assert "CE recovered" in capsys.readouterr().out
+
+
+def test_merge_eval_new_numbers_win_and_nothing_is_lost():
+    from sae.trainer import merge_eval
+
+    old = {"fvu": 0.5, "ce_recovered": 0.9, "modes": {"batch": {"fvu": 0.5, "ce_recovered": 0.9}, "threshold": {"fvu": 0.4}}}
+    new = {"fvu": 0.3, "ce_recovered": None, "modes": {"batch": {"fvu": 0.3, "ce_recovered": None}}}
+    assert merge_eval(old, new) == {"fvu": 0.3, "ce_recovered": 0.9,
+                                    "modes": {"batch": {"fvu": 0.3, "ce_recovered": 0.9}, "threshold": {"fvu": 0.4}}}
+
+
+def test_resuming_a_finished_run_changes_nothing(tiny_cfg, tiny_model):
+    cfg = tiny_cfg(name="fin")
+    run = train(cfg, model=tiny_model, progress=False)
+    rows, ev = (run.path / "metrics.jsonl").read_text(), (run.path / "eval.json").read_text()
+    seen = []
+    with pytest.warns(UserWarning, match="already finished"):
+        train(cfg, resume=run.path, model=tiny_model, progress=False, on_step=seen.append)
+    assert seen == [] and (run.path / "metrics.jsonl").read_text() == rows and (run.path / "eval.json").read_text() == ev
+    assert sum('"eval/' in line for line in rows.splitlines()) == 1
+
+
+def test_a_non_finite_evaluation_is_an_error_not_a_result(tiny_cfg, tiny_model, monkeypatch):
+    import sae.trainer as trainer
+
+    real = trainer.evaluate_saved
+
+    def blown_up(*a, **k):
+        res = real(*a, **k)
+        res["batch"]["fvu"] = float("inf")
+        return res
+
+    monkeypatch.setattr(trainer, "evaluate_saved", blown_up)
+    cfg = tiny_cfg(name="inf")
+    with pytest.raises(Diverged, match=r"non-finite fvu, modes.batch.fvu.*nothing was written to eval.json"):
+        train(cfg, model=tiny_model, progress=False)
+    run = Run.open(Path(cfg.runs_dir) / "inf")
+    assert run.status() == "failed" and not (run.path / "eval.json").exists()
+
+
+def _cache_of(tmp_path, x):
+    from workbench.cache import CacheWriter
+
+    w = CacheWriter(tmp_path / "cache", d=x.shape[1], meta={"hook": "blocks.1.hook_resid_post"})
+    w.write(x)
+    return w.close()
+
+
+def test_a_manifest_d_that_does_not_match_the_shards_fails_before_training(tiny_cfg, tmp_path):
+    from workbench.errors import CacheError
+
+    path = _cache_of(tmp_path, torch.randn(2000, 32))
+    m = json.loads((path / "manifest.json").read_text())
+    m["d"] = 16
+    (path / "manifest.json").write_text(json.dumps(m))
+    cfg = tiny_cfg(name="dm", cache=str(path))
+    with pytest.raises(CacheError, match="width 32, but .* says d=16"):
+        train(cfg, model=None, progress=False)  # before the model loads and before the run dir exists
+    assert not (Path(cfg.runs_dir) / "dm").exists()
+
+
+def test_a_cache_with_huge_values_fails_before_training(tiny_cfg, tmp_path):
+    from workbench.errors import CacheError
+
+    x = torch.randn(2000, 32)
+    x[1234, 5] = 1e30  # finite, but its square is not
+    cfg = tiny_cfg(name="huge", cache=str(_cache_of(tmp_path, x)))
+    with pytest.raises(CacheError, match=r"values up to 1e\+30"):
+        train(cfg, model=None, progress=False)
+    assert not (Path(cfg.runs_dir) / "huge").exists()
+
+
+def test_a_run_held_by_a_live_process_is_not_resumed(tiny_cfg, tiny_model):
+    import os
+    import socket
+
+    from workbench.errors import RunError
+    from workbench.runlock import LOCK
+
+    cfg = tiny_cfg(name="live")
+    with pytest.raises(Kill):
+        train(cfg, model=tiny_model, progress=False, on_step=_kill_at(5))
+    run = Run.open(Path(cfg.runs_dir) / "live")
+    assert not (run.path / LOCK).exists()  # the killed trainer released it
+    rows = (run.path / "metrics.jsonl").read_text()
+    (run.path / LOCK).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": 0}))
+    with pytest.raises(RunError, match=f"in use by pid {os.getppid()}"):
+        train(cfg, resume=run.path, model=tiny_model, progress=False)
+    assert (run.path / "metrics.jsonl").read_text() == rows and run.status() == "interrupted"
+
+
+def test_cli_resume_from_a_checkpoint_missing_keys_is_one_line(tiny_cfg, tiny_model, capsys):
+    from cli.main import main
+
+    cfg = tiny_cfg(name="keys")
+    with pytest.raises(Kill):
+        train(cfg, model=tiny_model, progress=False, on_step=_kill_at(5))
+    run = Run.open(Path(cfg.runs_dir) / "keys")
+    p = checkpoint_store(run).paths()[-1]
+    ck = torch.load(p, weights_only=False)
+    del ck["opt"], ck["data"]
+    torch.save(ck, p)
+    assert main(["sae", "train", "--resume", str(run.path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"workbench sae: error: checkpoint {p} lacks opt, data (it has") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cli_cuda_without_a_gpu_is_one_line(tiny_model_dir, tmp_path, capsys):
+    from cli.main import main
+
+    rc = main(["sae", "train", "--model", str(tiny_model_dir), "--device", "cuda", "--runs-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("workbench sae: error: device: 'cuda' asks for a GPU, but") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # nothing written
