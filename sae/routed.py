@@ -51,6 +51,10 @@ class RoutedSAE(SAE):
         self.per_expert = cfg.d_sae // cfg.experts
         self.gate = self._make_gate(seed=0)
         self.register_buffer("gate_scale", torch.ones(1))
+        # whether forward fills the dense (N, d_sae) pre-activations (zero off the routed experts): only the
+        # aux losses read them, and writing N x d_sae floats is what routing saves; the trainer turns it off
+        # for steps whose aux loss has no latent to act on
+        self.keep_pre = True
 
     def _make_gate(self, seed: int):
         from routing.gates import make_gate
@@ -84,13 +88,14 @@ class RoutedSAE(SAE):
         return out
 
     def _candidates(self, x_c: Tensor, route: Allocation, pre_full: Tensor | None):
-        """Each routed (token, expert) pair's top-k latents by w * pre: (rows, cols, pre, w, score), and the
-        dense (N, d_sae) pre-activations (zero off the routed experts; aux losses read them)."""
+        """Each routed (token, expert) pair's top-k latents by w * pre: (rows, cols, pre, pair, score) with pair
+        the index of the (token, expert) pair in ``route`` (its combine weight: route.values[pair]), and the dense
+        (N, d_sae) pre-activations (zero off the routed experts; the aux losses read them) or None."""
         k, m = self.cfg.k, self.per_expert
         n = x_c.shape[0]
         g = route.by_unit
-        w_pairs = route.values[g.order]  # (nnz_route,) combine weights, grouped by expert
-        pre_dense = x_c.new_zeros(n, self.cfg.d_sae) if pre_full is None else None
+        w_pairs = route.values.detach()[g.order]  # (nnz_route,) combine weights, grouped by expert
+        pre_dense = x_c.new_zeros(n, self.cfg.d_sae) if pre_full is None and self.keep_pre else None
         parts = []
         start = 0
         for e, cnt in enumerate(g.split_sizes()):
@@ -98,34 +103,38 @@ class RoutedSAE(SAE):
                 continue
             rows = g.rows[start:start + cnt]  # (n_e,) tokens routed to expert e
             w = w_pairs[start:start + cnt]  # (n_e,)
+            pair = g.order[start:start + cnt]  # (n_e,) their index in route
             start += cnt
             lat = slice(e * m, (e + 1) * m)
             if pre_full is None:
                 block = torch.addmm(self.b_enc[lat], x_c[rows], self.W_enc[:, lat])  # (n_e, m)
-                pre_dense[rows, lat] = block
+                if pre_dense is not None:
+                    pre_dense[rows, lat] = block
             else:
                 block = pre_full[rows, lat].detach()
-            score, idx = (w.detach()[:, None] * block).topk(k, dim=1)  # (n_e, k)
+            score, idx = (w[:, None] * block).topk(k, dim=1)  # (n_e, k)
             parts.append((rows[:, None].expand(-1, k).reshape(-1), (idx + e * m).reshape(-1),
-                          block.gather(1, idx).reshape(-1), w.repeat_interleave(k), score.reshape(-1)))
+                          block.gather(1, idx).reshape(-1), pair.repeat_interleave(k), score.reshape(-1)))
         if not parts:
             empty = x_c.new_zeros(0, dtype=torch.long)
-            return (empty, empty, x_c.new_zeros(0), route.values[:0], x_c.new_zeros(0)), pre_dense
+            return (empty, empty, x_c.new_zeros(0), empty, x_c.new_zeros(0)), pre_dense
         return tuple(torch.cat(p) for p in zip(*parts)), pre_dense
 
     def _select(self, cand, n: int) -> tuple[Allocation, Tensor]:
-        """Keep each token's k best candidates (by score); pairs sorted by token. Returns (allocation, w)."""
-        rows, cols, pre, w, score = cand
+        """Keep each token's k best candidates (by score); pairs sorted by token. Returns (allocation, the index
+        of each kept latent's (token, expert) pair in the route)."""
+        rows, cols, pre, pair, score = cand
         order = torch.argsort(score, descending=True, stable=True)
         order = order[torch.argsort(rows[order], stable=True)]  # by token, best first inside a token
         rows_s = rows[order]
         counts = torch.bincount(rows_s, minlength=n)
         rank = torch.arange(rows_s.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows_s]
         keep = order[rank < self.cfg.k]
-        return Allocation(rows[keep], cols[keep], pre[keep], (n, self.cfg.d_sae)), w[keep]
+        return Allocation(rows[keep], cols[keep], pre[keep], (n, self.cfg.d_sae)), pair[keep]
 
     def forward(self, x: Tensor) -> SAEOutput:
-        """x: (N, d_in) -> SAEOutput; ``route`` holds the GateOutput (tokens x experts)."""
+        """x: (N, d_in) -> SAEOutput; ``route`` holds the GateOutput (tokens x experts); ``pre`` is None when
+        ``keep_pre`` is off (sparse kernel)."""
         factor = per_token_factor(x) if self.cfg.normalize == "per_token" else None  # (N, 1)
         x_in = x * factor if factor is not None else x
         x_c = x_in - self.b_dec  # (N, d_in)
@@ -134,13 +143,18 @@ class RoutedSAE(SAE):
         pre_full = None if sparse else torch.addmm(self.b_enc, x_c, self.W_enc)  # dense reference: (N, d_sae)
         with torch.no_grad():
             cand, pre_dense = self._candidates(x_c, route.allocation, pre_full)
-        a, w = self._select(cand, x.shape[0])
+        a, pair = self._select(cand, x.shape[0])
+        w = route.allocation.values[pair]  # (nnz,) combine weights, differentiable: the router learns from x_hat
         plan = Plan(a) if sparse else None
         relu = encode_at(x_c, self.W_enc, self.b_enc, a, plan) if sparse else pre_full[a.rows, a.cols].relu()
         values = relu * w  # (nnz,) codes: the expert's ReLU activations times its combine weight
         x_hat_in = (decode_at(values, self.W_dec, plan) if sparse else decode_dense(values, self.W_dec, a)) + self.b_dec
         x_hat = x_hat_in / factor if factor is not None else x_hat_in
-        pre = pre_dense if sparse else pre_full
+        if not sparse:  # the dense reference's pre, zero off the routed experts as the sparse path's
+            on = route.allocation.mask().repeat_interleave(self.per_expert, dim=1)  # (N, d_sae)
+            pre = pre_full * on
+        else:
+            pre = pre_dense
         return SAEOutput(x_hat, a, values, pre, x_c, plan, x_in, x_hat_in, factor, route)
 
     @torch.no_grad()

@@ -71,13 +71,16 @@ def make_optimizer(sae: SAE, lr: float) -> torch.optim.Adam:
 def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg: TrainConfig,
                k_aux: int) -> tuple[SAEOutput, dict[str, torch.Tensor]]:
     """One update on a (N, d_in) batch (already scaled). Raises FloatingPointError on a non-finite loss."""
+    w = aux_weights(cfg.aux, sae, cfg.dead_window)
+    aux_on = w is not None and cfg.aux_coeff > 0 and bool((w > 0).any())
+    if hasattr(sae, "keep_pre"):  # routed SAEs skip the dense pre-activations when no aux loss reads them
+        sae.keep_pre = aux_on
     out = sae(x)
     parts = {"fvu": fvu(out.x_in, out.x_hat_in)}
     loss = parts["fvu"]
     if sae.arch == "relu-l1":
         parts["l1"] = l1_penalty(out)
         loss = loss + sae.cfg.l1_coeff * parts["l1"]
-    w = aux_weights(cfg.aux, sae, cfg.dead_window)
     if w is not None and cfg.aux_coeff > 0:
         parts["aux"] = aux_loss(sae, out, w, k_aux)
         loss = loss + cfg.aux_coeff * parts["aux"]

@@ -60,6 +60,15 @@ def test_sparse_gradients_match_dense_autograd(gate, per_token):
     assert gate_grads and sum(float(g.abs().sum()) for g in gate_grads) > 0  # the router learns from the reconstruction
 
 
+@pytest.mark.parametrize("gate", ["topk", "comet", "sparse-ot"])
+def test_the_router_learns_from_the_reconstruction_alone(gate):
+    s = _sae(gate, balance_coef=0.0)
+    x = torch.randn(128, 16, generator=torch.Generator().manual_seed(4))
+    out = s(x)
+    (out.x_hat - x).pow(2).mean().backward()  # no aux loss: the gradient reaches the gate through the codes
+    assert sum(float(p.grad.abs().sum()) for n, p in s.named_parameters() if n.startswith("gate.") and p.grad is not None) > 0
+
+
 def test_top1_routing_picks_the_switch_sae_codes():
     """Top-1 gate: the codes are the top-k of p_e * ReLU(pre) over the chosen expert's latents (Switch SAE)."""
     s = _sae("topk")
