@@ -1,6 +1,6 @@
 """Routed (Switch) SAEs against TopK at equal training FLOPs and at equal wall-clock: L0-FVU and L0-CE recovered.
 
-    .venv/bin/python bench/sae_routed_frontier.py                    # toy-ioi blocks.2.hook_resid_post, k 4 8 16, 3 seeds
+    .venv/bin/python bench/sae_routed_frontier.py                    # toy-ioi blocks.2.hook_resid_post, k 4 16, 3 seeds
     .venv/bin/python bench/sae_routed_frontier.py --table            # only print the table of the results so far
     .venv/bin/python bench/sae_routed_frontier.py --smoke            # a minute: k 8, seed 0, 40k tokens
 
@@ -46,16 +46,17 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="toy-ioi")
     p.add_argument("--hook", default="blocks.2.hook_resid_post")
-    p.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--ks", type=int, nargs="+", default=[4, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--tokens", type=_int, default=200_000, help="TopK training tokens per run")
-    p.add_argument("--cache-tokens", type=_int, default=400_000, help="cached activation rows (runs cycle through them)")
+    p.add_argument("--tokens", type=_int, default=102_400, help="TopK training tokens per run")
+    p.add_argument("--cache-tokens", type=_int, default=102_400, help="cached activation rows (runs cycle through them)")
     p.add_argument("--d-sae", type=int, default=512, help="TopK latents F (routed: experts * F)")
     p.add_argument("--experts", type=int, default=8)
     p.add_argument("--gate", default="topk", help="the router of the routed SAEs (any gate of routing/gates)")
-    p.add_argument("--batch-size", type=_int, default=2048)
-    p.add_argument("--eval-tokens", type=_int, default=16_384)
-    p.add_argument("--dead-window", type=_int, default=100_000)
+    p.add_argument("--batch-size", type=_int, default=1024)
+    p.add_argument("--eval-tokens", type=_int, default=8192)
+    p.add_argument("--dead-window", type=_int, default=8192, help="held-out tokens the dead fraction is counted over "
+                   "(each costs a model forward at evaluation)")
     p.add_argument("--out", default="runs/routed-frontier")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--table", action="store_true")
