@@ -180,3 +180,15 @@ def test_folded_routed_sae_routes_raw_inputs_like_the_trained_one_on_scaled_inpu
         a, b = s(x * 2.5), f(x)
     torch.testing.assert_close(b.x_hat * 2.5, a.x_hat, atol=1e-5, rtol=1e-5)
     assert torch.equal(a.route.allocation.cols, b.route.allocation.cols)
+
+
+def test_one_expert_is_exactly_a_topk_sae():
+    """With E = 1 every token goes to the one expert with weight 1: the codes and reconstruction are TopK's."""
+    r = build_sae(SAEConfig(arch="routed", k=4, d_sae=64, experts=1, gate="topk").resolve(16))
+    t = build_sae(SAEConfig(arch="topk", k=4, d_sae=64).resolve(16))
+    r.init_weights(torch.Generator().manual_seed(0))
+    t.load_state_dict({k: v for k, v in r.state_dict().items() if k in t.state_dict()})
+    x = torch.randn(100, 16, generator=torch.Generator().manual_seed(5))
+    a, b = r(x), t(x)
+    torch.testing.assert_close(a.codes(), b.codes())
+    torch.testing.assert_close(a.x_hat, b.x_hat)
