@@ -18,8 +18,9 @@ the chosen expert); with several experts per token a token still gets exactly k 
 same as TopK's. The encoder computes only the routed experts' latents, grouped expert by expert
 (``Allocation.by_unit``): N * d_in * (d_sae / E) * experts_per_token multiply-adds instead of
 N * d_in * d_sae, the Switch SAE's saving. Gradients go through the same sparse kernels as every SAE
-(``sae.kernels``); the router gets gradient through w. Gates without a balance term of their own get the
-Switch loss with P_e = the mean combine weight of expert e (for softmax gates, their probabilities).
+(``sae.kernels``); the router gets gradient through w. Learned gates without a balance term of their own
+(COMET, DSelect-k) get the Switch loss with P_e = the mean combine weight of expert e; gates balanced by
+construction (``BALANCED``) get none.
 
 Differences from the paper's code: the router reads x_c (their separate b_router is initialised to the
 same geometric median as b_dec); ``gate_scale`` (1 while training) keeps the router's input unchanged
@@ -38,6 +39,11 @@ from sae.config import SAEConfig
 from sae.kernels import Plan, decode_at, decode_dense, encode_at
 from sae.model import SAE, SAEOutput
 from sae.normalize import per_token_factor
+
+
+# gates whose allocation balances the load by construction (capacities, balanced assignment, transport
+# marginals) or cannot learn it (hash): no Switch loss is added to them
+BALANCED = ("expert-choice", "base", "s-base", "sparse-ot", "hash")
 
 
 class RoutedSAE(SAE):
@@ -80,7 +86,7 @@ class RoutedSAE(SAE):
     def route(self, x_c: Tensor):
         """GateOutput of the (N, d_in) centred inputs (router input detached: b_dec learns from reconstruction)."""
         out = self.gate(x_c.detach() * self.gate_scale)
-        if "balance" not in out.aux_losses and self.cfg.balance_coef > 0:
+        if "balance" not in out.aux_losses and self.cfg.balance_coef > 0 and self.cfg.gate not in BALANCED:
             from routing.gate import switch_balance_loss
 
             w = out.allocation.dense()  # (N, E) combine weights as the router's probabilities

@@ -87,6 +87,7 @@ def test_gates_without_a_balance_term_get_the_switch_loss():
     out = _sae("comet")(torch.randn(64, 16))
     assert "balance" in out.route.aux_losses and out.route.aux_losses["balance"] > 0
     assert _sae("comet", balance_coef=0.0)(torch.randn(64, 16)).route.aux_losses.get("balance") is None
+    assert "balance" not in _sae("expert-choice")(torch.randn(64, 16)).route.aux_losses  # balanced by construction
 
 
 @pytest.mark.parametrize("kw,field", [
