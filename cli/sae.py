@@ -18,6 +18,8 @@ TRAIN_EXAMPLES = examples(
     "workbench sae train --cache runs/acts-l1/cache --arch feature-choice --capacity zipf --k 8 --name fc-zipf-k8",
     "workbench sae train --model gpt2 --hook blocks.6.hook_resid_post --corpus my.txt --arch mutual-choice \\\n"
     "      --k 32 --expansion 16 --device cuda --wandb-project saes --name gpt2-l6-mc",
+    "workbench sae train --arch routed --gate topk --experts 8 --k 8 --name switch-e8   # Switch SAE (top-1 router)",
+    "workbench sae train --arch routed --gate expert-choice --experts 8 --k 8 --name routed-ec",
     "workbench sae train --resume runs/topk-k8                 # continue an interrupted run",
 )
 
@@ -27,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sae.config import SAEConfig, TrainConfig
 
-    p = argparse.ArgumentParser(prog="workbench sae", description="Train and evaluate sparse autoencoders (TopK, Feature Choice, Mutual Choice, ReLU+L1).")
+    p = argparse.ArgumentParser(prog="workbench sae", description="Train and evaluate sparse autoencoders (TopK, Feature Choice, Mutual Choice, ReLU+L1, routed by any gate).")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train an SAE on activations at a hook", prog="workbench sae train",
                        description="Train an SAE on activations streamed from the model at --hook, or read from a "

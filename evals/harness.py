@@ -12,7 +12,9 @@ train prompts, and each ``--sae`` family that covers all its locations):
    magnitude of the supervised edit, of greedy SAE edits and of F1-guided SAE edits per edit size;
 4. interpretability (:mod:`evals.interpretation`): every feature scored on the interpretation space
    (active = code > 0); per attribute the best feature's F1 and coverage at each F1 threshold;
-5. diagnostics: occlusion and over-splitting (:mod:`evals.interpretability`) and the frozen-decoder
+5. routed SAEs: which experts carry the IO, S and Pos values (precision and recall of the expert
+   assignment against each attribute value, :func:`routing.metrics.expert_assignment`);
+6. diagnostics: occlusion and over-splitting (:mod:`evals.interpretability`) and the frozen-decoder
    comparison (:mod:`evals.frozen_decoder`, SAE families).
 
 Every number carries a bootstrap standard error (column ``<name>_se``; :mod:`evals.bootstrap`):
@@ -67,6 +69,7 @@ class Results:
     features: list[dict] = field(default_factory=list)
     diagnostics: list[dict] = field(default_factory=list)
     diagnostics_table: list[dict] = field(default_factory=list)
+    experts: list[dict] = field(default_factory=list)
     families: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
@@ -216,6 +219,8 @@ def _evaluate_section(data: _Data, cfg: EvalConfig, cs: CrossSection, sae_famili
         row["n_features"] = int(_nanmean(fam.dicts[loc].features.shape[0] for loc in locs))
         res.approximation.append(row)
 
+        if fam.kind == "sae":
+            _experts(data, cs, fam, base, res)
         scores, edit_f1 = _interpretability(data, cfg, cs, fam, base, res)
         _diagnostics(data, cfg, cs, fam, base, res, scores, codes, magnitude, none_match)
         if fam.kind == "sae":
@@ -315,6 +320,32 @@ def _control(data: _Data, cfg: EvalConfig, fam: Family, base: dict, res: Results
             w.append(ct.removed_weight(ct.feature_weights(codes[loc], feats, bias_of(d)), removed & (codes[loc] > 0)))
         match = (data.run(edited).top == target.top).float()
         add(method, k, min_f1, match, torch.stack(w).mean(0))
+
+
+def _experts(data: _Data, cs: CrossSection, fam: Family, base: dict, res: Results) -> None:
+    """Routed SAEs: which experts carry the IO, S and Pos values (train prompts; a token's expert = its
+    highest-weight expert). One row per (location, attribute, value) with the expert of best F1 and its
+    precision P(value | expert) and recall P(expert | value); plus a "(mean)" row per attribute with the means
+    over values and their chance level (values shuffled over prompts)."""
+    import numpy as np
+
+    from routing.metrics import assignment_summary, expert_assignment
+
+    for loc in cs.locations:
+        d = fam.dicts[loc]
+        if not hasattr(d, "experts_of"):
+            continue
+        w = d.experts_of(data.train[loc]).float()  # (N, E)
+        experts = torch.where(w.amax(1) > 0, w.argmax(1), -1).cpu().numpy()
+        where = {**base, "location": str(loc), "n_experts": int(w.shape[1])}
+        for attr in ATTRIBUTES:
+            idx = data.value_index(data.splits.train, attr).cpu().numpy()
+            keep = idx >= 0
+            names = np.asarray(data.values[attr], dtype=object)[idx[keep]]
+            for r in expert_assignment(names, experts[keep], w.shape[1]):
+                res.experts.append({**where, "attribute": attr, **r})
+            summ = assignment_summary(names, experts[keep], w.shape[1])
+            res.experts.append({**where, "attribute": attr, "value": "(mean)", "expert": None, "n": int(keep.sum()), **summ})
 
 
 def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Family, base: dict, res: Results

@@ -73,6 +73,10 @@ interpretable, each value's best feature) are held fixed across the resamples.
     causal, occluded, by, ratio}}, any_occluded; coverage at the lowest F1 threshold),
     "over_splitting" (attribute Pos; values, n_split, union_recall, best_f1, over_split per value,
     any_over_split; "matched by one feature" at the highest F1 threshold) or "frozen_decoder" (SAEs).
+``experts.{json,parquet}``  routed SAE families only: one row per (cross_section, dictionary, location,
+    attribute, value) with the expert of best F1 for that value, n (train prompts with the value),
+    precision P(value | expert), recall P(expert | value), f1; and a row with value "(mean)" per attribute:
+    the means over values, their chance level (``*_chance``, values shuffled over prompts) and n_values.
 ``diagnostics.parquet``  one row per (cross_section, dictionary, location): occluded ("IO by S", ...),
     occlusion_ratio, coverage_/magnitude_/causal_{IO,S,Pos}, over_split, n_split_{ABB,BAB},
     union_recall_{ABB,BAB}; SAEs also frozen_k, fvu_sae, fvu_frozen, frozen_minus_sae_fvu (+ _se),
@@ -146,6 +150,8 @@ def write_eval(run: Run, res: "Results", model: str) -> None:
     write_table(run, "features", res.features, json_too=False)
     run.write_json("diagnostics.json", clean_json(res.diagnostics))
     write_table(run, "diagnostics", res.diagnostics_table, json_too=False)
+    if res.experts:
+        write_table(run, "experts", res.experts)
     atomic_write_text(run.path / "summary.md", summary_markdown(res, model))
 
 
@@ -242,6 +248,16 @@ def summary_markdown(res: "Results", model: str) -> str:
             frozen = (f"{_pm(r, 'fvu_sae')} vs {_pm(r, 'fvu_frozen')} (k={r['frozen_k']}; prefers {r['frozen_prefers']})"
                       if "fvu_frozen" in r else "–")
             out.append(f"| {r['cross_section']} | {r['dictionary']} | `{r['location']}` | {r.get('occluded') or 'no'} | {split} | {frozen} |")
+    means = [r for r in res.experts if r.get("value") == "(mean)"]
+    if means:
+        out += ["", "## Routed SAEs: which experts carry IO, S and Pos (train prompts; mean over values of the best "
+                "expert's precision / recall, chance in brackets)", "",
+                "| cross-section | dictionary | location | experts | attribute | values | precision | recall | F1 |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in means:
+            out.append(f"| {r['cross_section']} | {r['dictionary']} | `{r['location']}` | {r['n_experts']} | {r['attribute']} | "
+                       f"{r['n_values']} | {_f(r['precision'])} ({_f(r['precision_chance'])}) | {_f(r['recall'])} "
+                       f"({_f(r['recall_chance'])}) | {_f(r['f1'])} ({_f(r['f1_chance'])}) |")
     if res.skipped:
         out += ["", "## Skipped", ""] + [f"- {s['dictionary']} on {s['cross_section']}: {s['reason']}" for s in res.skipped]
     return "\n".join(out) + "\n"

@@ -23,7 +23,10 @@ Evaluation (results.json):
   (arithmetic normalisation); ``mi`` the plug-in mutual information in nats, ``mi_chance`` the mean MI
   after shuffling the attribute (the plug-in estimator's bias: large for the 80-valued names) and
   ``excess`` = (mi - mi_chance) / H(expert), the share of the expert choice's entropy explained beyond
-  chance. ``role_nmi[L<l>]``: NMI between the expert and the role (IO/S1/S2/END) over all four positions.
+  chance. ``assignment[L<l>][<role>][<attr>]``: for each attribute value the expert that best stands for it
+  (``routing.metrics.expert_assignment``), the mean over values of its precision P(value | expert) and
+  recall P(expert | value) and F1, and the same after shuffling the attribute (``*_chance``).
+  ``role_nmi[L<l>]``: NMI between the expert and the role (IO/S1/S2/END) over all four positions.
 Expert Choice routes over all tokens of a batch at once, so it is not causal (a token's experts depend
 on later tokens of other sequences in the batch); its numbers are evaluated with the training batch size.
 """
@@ -167,8 +170,8 @@ def evaluate_toy(model: ToyMoETransformer, heldout: Tensor, ioi_data: dict, pad:
     idx = torch.arange(len(logits))
     end_logits = logits[idx, ioi_data["roles"]["END"]]
     ld = end_logits[idx, ioi_data["io_id"]] - end_logits[idx, ioi_data["s_id"]]
-    spec, role_nmi = {}, {}
-    from routing.metrics import nmi
+    spec, role_nmi, assign = {}, {}, {}
+    from routing.metrics import assignment_summary, nmi
 
     for layer, top in enumerate(tops):
         per_role = {}
@@ -178,12 +181,14 @@ def evaluate_toy(model: ToyMoETransformer, heldout: Tensor, ioi_data: dict, pad:
             experts_by_role[role] = ex
             per_role[role] = {a: specialisation(v, ex, seed=layer) for a, v in ioi_data["attrs"].items()}
         spec[f"L{layer}"] = per_role
+        assign[f"L{layer}"] = {role: {a: assignment_summary(v, experts_by_role[role], len(load[layer]), seed=layer)
+                                      for a, v in ioi_data["attrs"].items()} for role in ROLES}
         role_nmi[f"L{layer}"] = nmi(np.repeat(np.arange(len(ROLES)), len(idx)),
                                     np.concatenate([experts_by_role[r] for r in ROLES]))
     model.train()
     return {"loss": loss, "load": load, "weights_sample": sample,
             "ioi": {"accuracy": float((ld > 0).float().mean()), "logit_diff": float(ld.mean()), "n": len(ld)},
-            "specialisation": spec, "role_nmi": role_nmi}
+            "specialisation": spec, "assignment": assign, "role_nmi": role_nmi}
 
 
 class ToyTask:
@@ -226,7 +231,8 @@ class ToyTask:
                    "train_time_s": train_time, "steps": steps,
                    "n_params": sum(p.numel() for p in self.model.parameters()),
                    "test_loss": test["loss"], "ioi": test["ioi"], "role_nmi": test["role_nmi"],
-                   "test": {"loss": test["loss"], "load": test["load"]}, "specialisation": test["specialisation"]}
+                   "test": {"loss": test["loss"], "load": test["load"]}, "specialisation": test["specialisation"],
+                   "assignment": test["assignment"]}
         run.write_json("load.json", {"experts": cfg.routing.experts,
                                      "gates": [f"{tag}:L{layer}" for layer in range(cfg.n_layers)],
                                      "epochs": [{"epoch": 0, "load": test["load"]}],

@@ -9,11 +9,14 @@ Runs the SAE over held-out text of the run's corpus (the run's seed + ``HELD_OUT
     "l0_by_position": [mean L0 at position i] (null where no token), "logit_lens" (how directions reach
     the unembedding, e.g. "W_dec @ W_U") or null, "logit_lens_missing" (why not, when null),
     "density_log10_edges", "density_log10_counts" (latents per decade of density), "dead" (latents that
-    never fired), "time_s"}
+    never fired), "time_s"}; routed SAEs add "experts": {"n_experts", "latents_per_expert", "gate",
+    "experts_per_token", "load" (share of dispatched (token, expert) pairs per expert), "tokens_routed",
+    "alive_latents" (latents of each expert that fired)}
 ``analysis_latents.parquet``  one row per latent: latent, density (fraction of tokens where it is
     active), n_active, max_act, mean_act (over active tokens), hist (counts of its nonzero activations
     in ``bins`` equal bins over (0, max_act]), promoted / suppressed (token strings with the largest /
-    smallest direct logit effect of the decoder direction), promoted_logit / suppressed_logit.
+    smallest direct logit effect of the decoder direction), promoted_logit / suppressed_logit; routed
+    SAEs add expert (the expert sub-dictionary that owns the latent).
 ``analysis_contexts.parquet``  one row per (latent, rank) for the ``top_n`` strongest activations:
     latent, rank, act, seq, pos (index of the max token inside ``tokens``), tokens (list of token
     strings of the context window), acts (the latent's activation at each of those tokens).
@@ -69,6 +72,8 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
     pad = model.tokenizer.pad_token_id if model.tokenizer is not None else None
     n_ctx = int(model.cfg.n_ctx)
 
+    routed = getattr(sae, "n_experts", None)
+    load = torch.zeros(routed or 0, dtype=torch.float64)  # routed SAEs: tokens dispatched to each expert
     tok_chunks, sel_chunks, rows, cols, vals = [], [], [], [], []
     n_tok = n_seq = 0
     with torch.no_grad():
@@ -81,6 +86,8 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
                 continue
             out = sae(x.float().to(sae.W_enc.device))
             on = out.values > 0
+            if routed:
+                load += out.route.allocation.col_counts().double().cpu()
             flat = torch.nonzero(mask.flatten()).squeeze(1) + n_seq * n_ctx  # global index of each selected token
             rows.append(flat[out.alloc.rows[on].cpu()].numpy())
             cols.append(out.alloc.cols[on].cpu().numpy())
@@ -118,6 +125,14 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
         "density_log10_edges": edges.tolist(), "density_log10_counts": np.histogram(logd, bins=edges)[0].tolist(),
         "dead": int((latents["n_active"] == 0).sum()),
     }
+    if routed:  # which expert owns each latent, and the load each expert took
+        m = d_sae // routed
+        latents["expert"] = np.arange(d_sae) // m
+        alive = np.bincount(latents["expert"][latents["n_active"] > 0], minlength=routed)
+        summary["experts"] = {"n_experts": routed, "latents_per_expert": m, "gate": sae.cfg.gate,
+                              "experts_per_token": sae.cfg.experts_per_token,
+                              "load": (load / load.sum().clamp(min=1)).tolist(), "tokens_routed": load.tolist(),
+                              "alive_latents": alive.tolist()}
     _write_parquet(run, "analysis_latents.parquet", latents)
     _write_parquet(run, "analysis_contexts.parquet", contexts)
     summary["time_s"] = time.perf_counter() - t0

@@ -16,11 +16,11 @@ from workbench.config import ActsConfig, from_dict, one_of, positive, require
 
 NORMALIZE = ("none", "expected_norm", "per_token")  # input normalisation options (sae/normalize.py)
 
-ARCHS = ("topk", "feature-choice", "mutual-choice", "relu-l1")
+ARCHS = ("topk", "feature-choice", "mutual-choice", "relu-l1", "routed")
 AUX = ("none", "aux_k", "aux_zipf")
 # --normalize auto: each architecture's default, chosen from measurement (docs/sae.md, "Normalisation")
 DEFAULT_NORMALIZE = {"topk": "expected_norm", "feature-choice": "per_token", "mutual-choice": "per_token",
-                     "relu-l1": "expected_norm"}
+                     "relu-l1": "expected_norm", "routed": "expected_norm"}
 
 
 @dataclass
@@ -35,6 +35,11 @@ class SAEConfig:
     l1_coeff: float = field(default=1e-3, metadata={"help": "relu-l1: weight of the L1 penalty on the codes"})
     kernel: str = field(default="auto", metadata={"help": "sparse (gather-sum decoder, gradients only for active pairs), dense (reference autograd), auto (sparse except relu-l1)"})
     threshold_ema: float = field(default=0.05, metadata={"help": "feature/mutual-choice: weight of each batch in the running inference threshold (smallest selected activation)"})
+    gate: str = field(default="topk", metadata={"help": "routed: the router, any gate of routing/gates (topk, expert-choice, comet, sparse-ot, ...)"})
+    experts: int = field(default=8, metadata={"help": "routed: expert sub-dictionaries; expert e owns latents [e*d_sae/experts, (e+1)*d_sae/experts)"})
+    experts_per_token: int = field(default=1, metadata={"help": "routed: experts the gate picks per token (Switch SAE: 1; expert-choice: sets the capacity)"})
+    balance_coef: float = field(default=0.01, metadata={"help": "routed: Switch load-balancing loss weight alpha (alpha * E * sum_i f_i P_i, added to FVU)"})
+    capacity_factor: float = field(default=1.0, metadata={"help": "routed, gates expert-choice and sparse-ot: expert capacity = ceil(cf * N * experts_per_token / experts) tokens"})
     normalize: str = field(default="auto", metadata={"help": "input normalisation: none, expected_norm (one scalar, E|x| = sqrt(d_in); SAELens expected_average_only_in), per_token (every token at norm sqrt(d_in), output scaled back; SAELens constant_norm_rescale), auto (per arch: " + ", ".join(f"{a} {n}" for a, n in DEFAULT_NORMALIZE.items()) + ")"})
 
     def __post_init__(self):
@@ -52,11 +57,32 @@ class SAEConfig:
         require(0 < self.threshold_ema <= 1, "threshold_ema", f"must be in (0, 1], got {self.threshold_ema}", "pass e.g. --threshold-ema 0.05")
         require(self.capacity == "uniform" or self.arch == "feature-choice", "capacity",
                 f"--capacity {self.capacity} only applies to --arch feature-choice", "drop --capacity or use --arch feature-choice")
+        if self.arch == "routed":
+            positive(self, "experts", "experts_per_token", "capacity_factor")
+            require(self.experts_per_token <= self.experts, "experts_per_token", f"{self.experts_per_token} experts per token "
+                    f"out of {self.experts} experts", f"pass --experts-per-token <= {self.experts}")
+            self.gate_config()  # the gate's own checks (known gate, experts_per_token <= experts, ...)
+            require(self.balance_coef >= 0, "balance_coef", f"must be >= 0, got {self.balance_coef}", "pass --balance-coef 0.01 (0: off)")
         if self.d_sae is not None:
             self._check_k(self.d_sae)
 
+    def gate_config(self):
+        """routed: the router's routing.config.GateConfig (tokens x experts; its k = experts_per_token)."""
+        from routing.config import GateConfig  # no torch: a plain dataclass
+
+        return GateConfig(gate=self.gate, experts=self.experts, k=self.experts_per_token, balance_coef=self.balance_coef,
+                          capacity_factor=self.capacity_factor)
+
     def _check_k(self, d_sae: int) -> None:
         require(self.k <= d_sae, "k", f"k={self.k} is larger than d_sae={d_sae}", f"pass --k <= {d_sae} or a larger --expansion / --d-sae")
+        if self.arch == "routed":
+            require(self.experts <= d_sae, "experts", f"{self.experts} experts cannot share d_sae={d_sae} latents",
+                    f"pass --experts <= {d_sae} or a larger --expansion / --d-sae")
+            require(d_sae % self.experts == 0, "experts", f"d_sae={d_sae} latents do not split evenly over {self.experts} experts",
+                    "pass --experts dividing d_sae (e.g. a power of two) or a --d-sae that is a multiple of --experts")
+            per = d_sae // self.experts
+            require(per >= self.k, "experts", f"each expert holds d_sae/experts = {per} latents, below k={self.k}: a token "
+                    "routed to one expert could not get its k latents", f"pass --experts <= {d_sae // self.k} or a smaller --k")
 
     def resolve(self, d_in: int, source: str = "the hook") -> "SAEConfig":
         """This config with d_in and d_sae filled in from the activation width; checks k <= d_sae."""
@@ -113,6 +139,10 @@ class TrainConfig:
         require(self.dead_window > 0, "dead_window", f"must be positive, got {self.dead_window}", "pass --dead-window > 0 (tokens)")
         require(0 < self.density_ema <= 1, "density_ema", f"must be in (0, 1], got {self.density_ema}", "pass e.g. --density-ema 0.01")
         require(self.ce_every >= 0, "ce_every", f"must be >= 0, got {self.ce_every}", "pass --ce-every 0 to evaluate only at the end")
+        if self.sae.arch == "routed" and self.sae.gate == "expert-choice":
+            require(self.acts.batch_size >= self.sae.experts, "batch_size", f"expert-choice routes a batch of "
+                    f"{self.acts.batch_size} tokens to {self.sae.experts} experts, and every expert must pick a token",
+                    f"pass --batch-size >= {self.sae.experts} or fewer --experts")
         if self.sae.d_sae is not None and self.k_aux is not None:
             require(self.k_aux <= self.sae.d_sae, "k_aux", f"k_aux={self.k_aux} is larger than d_sae={self.sae.d_sae}", "pass a smaller --k-aux")
 

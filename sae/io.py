@@ -35,7 +35,8 @@ from sae.normalize import saelens_name
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 STATS = "sae_stats.safetensors"
-SAELENS_ARCH = {"topk": "topk", "feature-choice": "jumprelu", "mutual-choice": "jumprelu", "relu-l1": "standard"}
+SAELENS_ARCH = {"topk": "topk", "feature-choice": "jumprelu", "mutual-choice": "jumprelu", "relu-l1": "standard",
+                "routed": "workbench_routed"}  # SAELens has no routed SAE: it will not load one
 SAELENS_FORMAT = "6.0.0"  # the SAELens cfg.json format written here (checked against sae_lens 6.54)
 _HEAD_AXIS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_result")
 
@@ -50,6 +51,10 @@ def tensors_of(sae: SAE) -> dict[str, torch.Tensor]:
     t = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     if sae.threshold_kind:
         t["threshold"] = sae.threshold
+    gate = getattr(sae, "gate", None)
+    if gate is not None:  # routed SAEs: the router's parameters and buffers, and the router's input scale
+        t["gate_scale"] = sae.gate_scale
+        t.update({f"gate.{k}": v for k, v in gate.state_dict().items() if v.is_floating_point()})
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in t.items()}
 
 
@@ -72,7 +77,7 @@ def save(sae: SAE, path: str | Path, meta: dict | None = None) -> Path:
            "workbench": {"sae": asdict(c), "threshold_kind": sae.threshold_kind}}
     atomic_write_bytes(path / WEIGHTS, st_save(tensors_of(sae)))
     atomic_write_bytes(path / STATS, st_save({k: v.detach().cpu().contiguous() for k, v in sae.named_buffers()
-                                              if k != "threshold"}))
+                                              if k not in tensors_of(sae)}))
     atomic_write_json(path / CFG, cfg)
     return path
 
@@ -125,8 +130,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", d_in: int | None 
             raise RunError(f"{w_path}: {k} has shape {tuple(state[k].shape)} but {CFG} (d_in={cfg.d_in}, d_sae={cfg.d_sae}) "
                            f"needs {tuple(v.shape)}")
     with torch.no_grad():
+        own = sae.state_dict(keep_vars=True)
         for k, v in state.items():
-            getattr(sae, k).copy_(v)
+            own[k].copy_(v)
         stats = _load_stats(path / STATS)
         for k, v in sae.named_buffers():
             if k in stats and stats[k].shape == v.shape:

@@ -52,6 +52,7 @@ class SAEOutput:
     x_in: Tensor  # (N, d_in) the input in the space the SAE works in (x itself unless per_token)
     x_hat_in: Tensor  # (N, d_in) the reconstruction in that space (training losses compare x_in, x_hat_in)
     factor: Tensor | None  # (N, 1) per-token factors x_in = factor * x (None unless per_token)
+    route: object | None = None  # routed SAEs: the gate's GateOutput (tokens x experts), else None
 
     def l0(self) -> Tensor:
         """(N,) active latents per token (codes > 0)."""
@@ -90,6 +91,9 @@ class SAE(nn.Module):
     # ---- the one place variants differ -------------------------------------------------------
     def allocate(self, pre: Tensor) -> Allocation:
         raise NotImplementedError
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] (for routers with schedules; a no-op for the other variants)."""
 
     # ---- shared shape ------------------------------------------------------------------------
     @property
@@ -337,14 +341,23 @@ class ReluL1SAE(SAE):
 VARIANTS: dict[str, type[SAE]] = {c.arch: c for c in (TopKSAE, FeatureChoiceSAE, MutualChoiceSAE, ReluL1SAE)}
 
 
+def variant(arch: str) -> type[SAE]:
+    """The SAE class of an arch (the routed SAE lives in sae.routed, which imports this module)."""
+    if arch == "routed":
+        from sae.routed import RoutedSAE
+
+        return RoutedSAE
+    return VARIANTS[arch]
+
+
 def inference_mode(arch: str) -> str:
     """The mode a saved SAE of this arch runs in: threshold for FC/MC (batch-independent), else batch."""
-    return "threshold" if VARIANTS[arch].threshold_kind else "batch"
+    return "threshold" if variant(arch).threshold_kind else "batch"
 
 
 def build_sae(cfg: SAEConfig) -> SAE:
     """The SAE class for cfg.arch (cfg resolved: d_in and d_sae known)."""
-    return VARIANTS[cfg.arch](cfg)
+    return variant(cfg.arch)(cfg)
 
 
 @torch.no_grad()

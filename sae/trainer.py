@@ -72,19 +72,26 @@ def make_optimizer(sae: SAE, lr: float) -> torch.optim.Adam:
 def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg: TrainConfig,
                k_aux: int) -> tuple[SAEOutput, dict[str, torch.Tensor]]:
     """One update on a (N, d_in) batch (already scaled). Raises FloatingPointError on a non-finite loss."""
+    w = aux_weights(cfg.aux, sae, cfg.dead_window)
+    aux_on = w is not None and cfg.aux_coeff > 0 and bool((w > 0).any())
+    if hasattr(sae, "keep_pre"):  # routed SAEs skip the dense pre-activations when no aux loss reads them
+        sae.keep_pre = aux_on
     out = sae(x)
     parts = {"fvu": fvu(out.x_in, out.x_hat_in)}
     loss = parts["fvu"]
     if sae.arch == "relu-l1":
         parts["l1"] = l1_penalty(out)
         loss = loss + sae.cfg.l1_coeff * parts["l1"]
-    w = aux_weights(cfg.aux, sae, cfg.dead_window)
     if w is not None and cfg.aux_coeff > 0:
         parts["aux"] = aux_loss(sae, out, w, k_aux)
         loss = loss + cfg.aux_coeff * parts["aux"]
     if sae.arch in COVER_ARCHS and cfg.cover_coeff > 0:
         parts["cover"] = cover_loss(sae, out, sae.cfg.k)
         loss = loss + cfg.cover_coeff * parts["cover"]
+    if out.route is not None:  # routed SAEs: the gate's aux losses (Switch balance, z-loss, ...), weights inside
+        for name, v in out.route.aux_losses.items():
+            parts[f"route_{name}"] = v
+        loss = loss + out.route.aux_loss()
     parts["loss"] = loss
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}")
@@ -243,6 +250,7 @@ def _train(cfg: TrainConfig, resume, model, progress: bool, on_step, locks: cont
             x = first if first is not None else next(source)
             first = None
             x = _finite(x, step, run, last_ckpt).to(device) * scale  # (N, d_in)
+            sae.set_progress(step / total)
             try:
                 out, parts = train_step(sae, opt, sched, x, cfg, k_aux)
             except FloatingPointError as e:
@@ -342,6 +350,8 @@ def _train_metrics(sae: SAE, out: SAEOutput, parts: dict, cfg: TrainConfig, opt,
     from sae.metrics import density_histogram, l0_stats
 
     row = {"tokens": tokens, **{k: v.item() for k, v in parts.items()}, **l0_stats(out.l0()),
+           **({"route_load_cv": out.route.metrics["load_cv"].item(), "route_frac_dropped": out.route.metrics["frac_dropped"].item()}
+              if out.route is not None else {}),
            "dead_fraction": sae.dead_mask(cfg.dead_window).float().mean().item(), "lr": opt.param_groups[0]["lr"]}
     h = density_histogram(sae.density)
     row.update({f"density_1e{e:.0f}": c for e, c in zip(h["density_decades"], h["density_counts"])})

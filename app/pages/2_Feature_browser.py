@@ -1,5 +1,7 @@
 """Feature browser: one SAE run's latents — top-activating contexts, activation histogram, density,
-promoted/suppressed output tokens, IOI F1 per attribute, and the per-token L0 distribution.
+promoted/suppressed output tokens, IOI F1 per attribute, and the per-token L0 distribution; for routed
+SAEs also the experts: the load each took, which latents live in which expert, and which experts carry
+the IO, S and Pos values in IOI evaluations (experts.parquet).
 
 Reads what `workbench sae analyze RUN` stored (analysis.json, analysis_latents.parquet,
 analysis_contexts.parquet; see sae/analyze.py), eval.json from training, and the features.parquet of
@@ -126,6 +128,9 @@ def find_latent(lat: pd.DataFrame, features: pd.DataFrame) -> int | None:
 
 def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict], features: pd.DataFrame) -> None:
     st.markdown(f"#### Latent {latent}")
+    if "expert" in row:
+        st.caption(f"Lives in expert {int(row['expert'])} (routed SAE: latents "
+                   f"{int(row['expert']) * an['experts']['latents_per_expert']}–{(int(row['expert']) + 1) * an['experts']['latents_per_expert'] - 1})")
     m = st.columns(4)
     m[0].metric("density", f"{row['density']:.2e}")
     m[1].metric("active tokens", int(row["n_active"]))
@@ -201,9 +206,49 @@ def latent_browser() -> None:
         show_latent(latent, lat[lat["latent"] == latent].iloc[0], lat, evals, features)
 
 
+def experts_section() -> None:
+    """Routed SAEs: expert load, latents per expert (alive / dead), each expert's latents, and IOI expert assignment."""
+    ex = an.get("experts") if isinstance(an, dict) else None
+    if not isinstance(ex, dict):
+        if run["arch"] == "routed":
+            ui.not_available("Experts", f"no expert data in the analysis; {ANALYZE}")
+        return
+    st.subheader("Experts")
+    st.caption(f"{ex['n_experts']} experts of {ex['latents_per_expert']} latents each, gate {ex.get('gate')}, "
+               f"{ex.get('experts_per_token')} per token")
+    e = pd.DataFrame({"expert": np.arange(ex["n_experts"]), "load": ex["load"], "alive latents": ex["alive_latents"]})
+    c1, c2 = st.columns(2)
+    c1.altair_chart(charts.bars(e, "expert", "load", title="Expert load (share of routed tokens; uniform = 1/E)")
+                    .properties(height=200), width="stretch")
+    c2.altair_chart(charts.bars(e, "expert", "alive latents", title="Latents of each expert that fired")
+                    .properties(height=200), width="stretch")
+    lat = data.read_table(path, "analysis_latents")
+    if isinstance(lat, pd.DataFrame) and "expert" in lat:
+        pick = st.selectbox("Latents of expert", list(range(ex["n_experts"])), key="expert_pick")
+        mine = lat[lat["expert"] == pick].sort_values("density", ascending=False)
+        cols = [c for c in ("latent", "density", "n_active", "max_act", "promoted") if c in mine]
+        st.dataframe(mine[cols].head(50), hide_index=True, key="expert_latents")
+    parts = []
+    for ev_ in data.ioi_evals_of_sae(path):
+        t = data.read_table(ev_["path"], "experts")
+        if isinstance(t, pd.DataFrame) and "dictionary" in t:
+            parts.append(t[t["dictionary"] == ev_["label"]].assign(ioi_run=ev_["run"]))
+    if parts:
+        t = pd.concat(parts, ignore_index=True)
+        st.markdown("**Which experts carry IO, S and Pos** (IOI evaluation; per value the expert of best F1; "
+                    "the mean rows give chance in `*_chance`)")
+        cols = [c for c in ("ioi_run", "location", "attribute", "value", "expert", "n", "precision", "recall", "f1",
+                            "precision_chance", "recall_chance", "f1_chance") if c in t]
+        st.dataframe(t[cols], hide_index=True, key="ioi_experts")
+    else:
+        st.caption("No IOI evaluation of this SAE yet (`workbench ioi eval --sae RUN`): expert assignment of IO, S, Pos not shown.")
+
+
 st.subheader("Latents")
 with ui.section("Latent browser"):
     latent_browser()
+with ui.section("Experts"):
+    experts_section()
 st.subheader("Per-token L0 distribution")
 with ui.section("Per-token L0 distribution"):
     l0_distribution()

@@ -77,12 +77,12 @@ def test_gpt2_path_locate_then_eval(fake_gpt2, tmp_path):
     assert "custom" in set(approx["cross_section"])
 
 
-def _save_sae(path, d_in, hook, head, arch="topk", seed=0):
+def _save_sae(path, d_in, hook, head, arch="topk", seed=0, **kw):
     sae_io = pytest.importorskip("sae.io")
     from sae.config import SAEConfig
     from sae.model import build_sae
 
-    cfg = SAEConfig(arch=arch, k=4, d_sae=4 * d_in).resolve(d_in)
+    cfg = SAEConfig(arch=arch, k=4, d_sae=4 * d_in, **kw).resolve(d_in)
     sae = build_sae(cfg)
     sae.init_weights(torch.Generator().manual_seed(seed))
     if sae.threshold_kind:
@@ -124,3 +124,26 @@ def test_eval_with_saes_on_tiny_model(tiny_model_dir, tmp_path):
     assert {"IO & Pos", "S union", "Name", "Place", "(any)"} <= set(pd.read_parquet(run / "interpretability.parquet")["attribute"])
     for f in run.glob("*.json"):  # strict JSON: no NaN / Infinity tokens
         json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name} contains {c}"))
+
+
+def test_eval_reports_which_experts_carry_io_s_pos_for_a_routed_sae(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    r = _save_sae(tmp_path / "routed", 16, "blocks.1.attn.hook_q", 0, arch="routed", gate="topk", experts=4)
+    t = _save_sae(tmp_path / "topk", 16, "blocks.1.attn.hook_q", 0)
+    args = ["ioi", "eval", "--model", model, "--location", "blocks.1.attn.hook_q[0]@END", "--sae", f"sw={r}",
+            "--sae", f"tk={t}", "--runs-dir", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
+    assert main(args) == 0
+    run = tmp_path / "ev"
+    approx = pd.read_parquet(run / "approximation.parquet")
+    assert approx[approx["dictionary"] == "sw"]["arch"].iloc[0] == "routed"
+    ex = pd.read_parquet(run / "experts.parquet")
+    assert set(ex["dictionary"]) == {"sw"}  # only routed SAEs have experts
+    assert set(ex["attribute"]) == {"IO", "S", "Pos"}
+    per_value = ex[ex["value"] != "(mean)"]
+    assert per_value["expert"].between(0, 3).all()
+    assert per_value[["precision", "recall"]].apply(lambda c: c.between(0, 1)).all().all()
+    pos = per_value[per_value["attribute"] == "Pos"]
+    assert set(pos["value"]) == {"ABB", "BAB"} and pos["n"].sum() == 100  # every train prompt has a Pos value
+    means = ex[ex["value"] == "(mean)"]
+    assert len(means) == 3 and means["f1_chance"].notna().all()
+    assert "which experts carry IO, S and Pos" in (run / "summary.md").read_text()

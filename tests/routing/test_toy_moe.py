@@ -40,6 +40,26 @@ def test_specialisation_is_zero_for_independent_and_one_for_determined():
     assert abs(indep["excess"]) < 0.01 and indep["mi_chance"] > 0
 
 
+def test_expert_assignment_precision_and_recall_per_value():
+    from routing.metrics import assignment_summary, expert_assignment
+
+    # value a -> always expert 0 (alone there); value b -> experts 1 and 2 half each; value c shares expert 2
+    values = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 2)
+    experts = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    rows = {r["value"]: r for r in expert_assignment(values, experts, 4)}
+    assert rows["a"] == {"value": "a", "expert": 0, "n": 4, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert rows["b"]["expert"] == 1 and rows["b"]["precision"] == 1.0 and rows["b"]["recall"] == 0.5
+    assert rows["c"]["expert"] == 2 and rows["c"]["precision"] == 0.5 and rows["c"]["recall"] == 1.0
+    # tokens routed nowhere (-1) count against recall only
+    assert expert_assignment(np.array(["a", "a"]), np.array([0, -1]), 2)[0]["recall"] == 0.5
+    rng = np.random.default_rng(0)
+    attr = rng.integers(0, 4, 4000)
+    same = assignment_summary(attr, attr, 4)
+    assert same["f1"] == 1.0 and same["f1_chance"] < 0.4
+    indep = assignment_summary(attr, rng.integers(0, 4, 4000), 4)
+    assert abs(indep["f1"] - indep["f1_chance"]) < 0.05
+
+
 def test_hash_gate_routes_on_token_ids():
     cfg = MoETrainConfig(task="toy", routing=GateConfig(gate="hash", experts=4, k=1), d_model=16, n_heads=2,
                          d_hidden=8)
@@ -67,6 +87,8 @@ def test_toy_train_writes_a_moe_run(tmp_path, gate):
     assert 0 <= res["ioi"]["accuracy"] <= 1 and res["ioi"]["n"] == 40
     for layer in ("L0", "L1"):
         assert set(res["specialisation"][layer]) == set(ROLES)
+        a = res["assignment"][layer]["END"]["io"]
+        assert 0 <= a["precision"] <= 1 and 0 <= a["recall"] <= 1 and "f1_chance" in a and a["n_values"] > 1
         assert 0 <= res["role_nmi"][layer] <= 1
     assert len(run.metrics()[0]["gate0/load"]) == 4
     assert json.loads((tmp_path / "toy" / "load.json").read_text())["gates"] == [f"{gate}:L0", f"{gate}:L1"]

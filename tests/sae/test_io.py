@@ -89,7 +89,7 @@ def test_saelens_loads_our_files_and_reproduces_codes_and_outputs(tmp_path):
     StandardSAE) with each normalisation and gives the same activations and reconstructions."""
     sae_lens = pytest.importorskip("sae_lens")
     x = torch.randn(20, 12) * torch.linspace(0.1, 10, 20)[:, None]
-    for arch in ARCHS:
+    for arch in (a for a in ARCHS if a != "routed"):  # SAELens has no routed SAE (architecture workbench_routed)
         for normalize in NORMALIZE:
             s = _trained_like(arch, normalize).folded(0.5)
             s.set_mode(s.modes[-1])
