@@ -119,6 +119,10 @@ def known_model_names() -> list[str]:
 
 def load_model(name: str = TOY_NAME, device: str | None = None) -> "HookedTransformer":
     """The embedded toy model, a directory saved by ``workbench model train``, or a TransformerLens name."""
+    from workbench.distributed import check_device
+
+    if device is not None:
+        check_device(device)  # `--device cuda` without a GPU: one line naming the fix, before anything loads
     path = Path(name)
     if name == TOY_NAME:
         if not (TOY_DIR / "model.safetensors").exists():
@@ -193,6 +197,26 @@ def capture(model: "HookedTransformer", tokens: torch.Tensor, hook: str, head: i
     call it. The forward pass stops after the hook's layer.
     """
     return head_view(_run_capture(model, tokens, hook, stop_layer(hook))[1], head)
+
+
+def capture_many(model: "HookedTransformer", tokens: torch.Tensor, hooks: list[str],
+                 head: int | None = None) -> dict[str, torch.Tensor]:
+    """The activations at several hooks from one forward pass: {hook: (batch, pos, d)}.
+
+    The pass stops after the last layer any of the hooks needs (many SAEs, one model forward).
+    """
+    for h in hooks:
+        check_hook(model, h)
+    stops = [stop_layer(h) for h in hooks]
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(act, hook):
+        store[hook.name] = act
+        return act
+
+    model.run_with_hooks(tokens, fwd_hooks=[(h, grab) for h in hooks],
+                         stop_at_layer=None if None in stops else max(stops))
+    return {h: head_view(store[h], head) for h in hooks}
 
 
 def capture_with_logits(model: "HookedTransformer", tokens: torch.Tensor, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
