@@ -250,7 +250,7 @@ def test_torchrun_trains_data_parallel_and_only_rank_0_writes(tiny_model_dir, ca
     if not torchrun.exists():
         pytest.skip("torchrun is not installed next to this python")
     runs = tmp_path / "tr-runs"
-    out = _cli(str(torchrun), "--nproc-per-node", "2", "--master-port", "0", "-m", "workbench", "sae", "train",
+    out = _cli(str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "workbench", "sae", "train",
                "--model", str(tiny_model_dir), "--cache", cache, "--batch-size", "128", "--tokens", "768", "--k", "4",
                "--expansion", "2", "--eval-tokens", "256", "--dead-window", "512", "--runs-dir", str(runs),
                "--name", "tr", "--quiet", timeout=500)
