@@ -188,8 +188,8 @@ def from_env(device: str, backend: str = "auto", batch_size: int = 1, mode: str 
 
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        if chosen == "nccl":
-            torch.cuda.set_device(local)
+        if str(device) == "cuda":
+            torch.cuda.set_device(local)  # one GPU per process; "cuda" then means this process's GPU
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
             raise ConfigError(f"WORLD_SIZE={world} is set but {' and '.join(missing)} not: launch with "
@@ -209,5 +209,5 @@ def current(backend: str | None = None) -> Dist:
 
 
 def rank_device(device: str, d: Dist) -> str:
-    """cuda -> cuda:LOCAL_RANK under NCCL (one GPU per process); any other device as given."""
-    return f"cuda:{d.local_rank}" if d.backend == "nccl" and device == "cuda" else device
+    """cuda -> cuda:LOCAL_RANK with several processes (one GPU per process); any other device as given."""
+    return f"cuda:{d.local_rank}" if d.active and device == "cuda" else device

@@ -259,3 +259,43 @@ def test_torchrun_trains_data_parallel_and_only_rank_0_writes(tiny_model_dir, ca
     assert [p.name for p in runs.iterdir()] == ["tr"]
     assert json.loads((runs / "tr" / "status.json").read_text())["status"] == "done"
     assert json.loads((runs / "tr" / "config.json").read_text())["config"]["acts"]["batch_size"] == 128
+
+
+# ---- GPUs: skipped without them -------------------------------------------------------------------
+def _nccl_worker(rank: int, world: int, init_file: str, cfg) -> None:
+    os.environ.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", LOCAL_RANK=str(rank))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    from sae.trainer import train
+    from workbench.distributed import current
+
+    train(cfg, progress=False, group=current())
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2 or not dist.is_nccl_available(), reason="needs 2 CUDA GPUs and NCCL")
+@pytest.mark.timeout(600)
+def test_nccl_data_parallel_equals_one_gpu(tiny_cfg, cache):
+    from sae.trainer import train
+
+    cfg = tiny_cfg("topk", name="nccl", cache=cache)
+    cfg = replace(cfg, acts=replace(cfg.acts, device="cuda"))
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_nccl_worker, args=(2, os.path.join(d, "init"), cfg), nprocs=2, join=True)
+    one = train(replace(cfg, name="one-gpu"), progress=False)
+    a, b = _final(one.path), _final(Path(cfg.runs_dir) / "nccl")
+    for k in a:
+        torch.testing.assert_close(b[k].cpu(), a[k].cpu(), rtol=1e-3, atol=1e-4, msg=k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_on_cuda_end_to_end_with_several_hooks(tiny_cfg):
+    """--device cuda streams from the model on the GPU and trains one SAE per hook from one forward."""
+    from sae.trainer import train_many
+
+    base = tiny_cfg(tokens=128 * 4)
+    base = replace(base, acts=replace(base.acts, device="cuda"))
+    runs = train_many([replace(base, name=f"cuda-{h}", acts=replace(base.acts, hook=h)) for h in HOOKS], progress=False)
+    for r in runs:
+        assert r.status() == "done" and r.read_json("eval.json")["fvu"] < 2
