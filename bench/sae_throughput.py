@@ -1,6 +1,7 @@
 """SAE training throughput: our TopK trainer vs SAELens and EleutherAI sparsify, in one run.
 
     .venv/bin/python bench/sae_throughput.py            # d_in 256, d_sae 4096, k 16, batch 4096, 60 steps
+    python bench/sae_throughput.py --device cuda --shapes issue   # issue 14's three GPU shapes, with peak memory
 
 Every trainer sees the same planted-sparse synthetic activations (x = sparse codes @ a random unit
 dictionary + noise, scaled so E|x|^2 = d_in), the same d_in, d_sae, k, batch, number of Adam steps
@@ -20,6 +21,12 @@ tokens/s over the timed steps, ratios, and FVU on a held-out batch. Rows:
 SAELens and sparsify are benchmark-only dependencies (pyproject extra ``bench``):
 ``.venv/bin/pip install -c constraints.txt sae-lens eai-sparsify``.
 Timings on a shared 2-core CPU move by +-20% between runs.
+
+On CUDA (``--device cuda``) every timed block ends with ``torch.cuda.synchronize()``, and each row also
+reports its peak GPU memory: the memory the trainer holds after its warm-up step (parameters, Adam
+state) plus the largest transient allocation of any of its timed blocks (the shared data batches are
+not counted). ``--shapes issue`` runs the three shapes of issue 14 (768/24576/k32/4096,
+768/98304/k64/4096, 2048/65536/k64/8192) one after the other with the default rows.
 """
 
 from __future__ import annotations
@@ -35,16 +42,20 @@ import time
 import torch
 
 
-def planted_data(n_batches: int, batch: int, d_in: int, n_atoms: int, k_true: int, seed: int) -> list[torch.Tensor]:
+ISSUE_SHAPES = ((768, 24576, 32, 4096), (768, 98304, 64, 4096), (2048, 65536, 64, 8192))  # d_in, d_sae, k, batch
+
+
+def planted_data(n_batches: int, batch: int, d_in: int, n_atoms: int, k_true: int, seed: int,
+                 device: str = "cpu") -> list[torch.Tensor]:
     """Batches of x = sum of k_true random atoms (|N(0,1)| + 0.5 weights) + 1% noise, E|x|^2 = d_in."""
-    g = torch.Generator().manual_seed(seed)
-    atoms = torch.randn(n_atoms, d_in, generator=g)
+    g = torch.Generator(device=device).manual_seed(seed)
+    atoms = torch.randn(n_atoms, d_in, generator=g, device=device)
     atoms /= atoms.norm(dim=1, keepdim=True)
     out = []
     for _ in range(n_batches):
-        idx = torch.rand(batch, n_atoms, generator=g).topk(k_true, dim=1).indices  # (batch, k_true)
-        w = torch.randn(batch, k_true, generator=g).abs() + 0.5
-        x = torch.einsum("bk,bkd->bd", w, atoms[idx]) + 0.01 * torch.randn(batch, d_in, generator=g)
+        idx = torch.rand(batch, n_atoms, generator=g, device=device).topk(k_true, dim=1).indices  # (batch, k_true)
+        w = torch.randn(batch, k_true, generator=g, device=device).abs() + 0.5
+        x = torch.einsum("bk,bkd->bd", w, atoms[idx]) + 0.01 * torch.randn(batch, d_in, generator=g, device=device)
         out.append(x)
     scale = (d_in / torch.cat(out).pow(2).sum(1).mean()).sqrt()
     return [x * scale for x in out]
@@ -58,7 +69,7 @@ class Floor:
     """One dense N x d_in x d_sae encoder matmul per batch: the floor no trainer can beat."""
 
     def __init__(self, a):
-        self.w = torch.randn(a.d_in, a.d_sae) / a.d_in ** 0.5
+        self.w = torch.randn(a.d_in, a.d_sae, device=a.device) / a.d_in ** 0.5
 
     def step(self, x):
         x @ self.w
@@ -76,10 +87,12 @@ class Ours:
         from sae.trainer import Schedule, make_optimizer
         from workbench.acts import ActsConfig
 
-        self.cfg = TrainConfig(acts=ActsConfig(batch_size=a.batch), sae=SAEConfig(arch=arch, k=a.k, d_sae=a.d_sae, kernel=kernel),
-                               tokens=a.batch * a.steps, lr=a.lr, warmup_steps=0, decay_frac=0.0, aux="aux_k", normalize="none")
+        self.cfg = TrainConfig(acts=ActsConfig(batch_size=a.batch), sae=SAEConfig(arch=arch, k=a.k, d_sae=a.d_sae, kernel=kernel,
+                                                                                 normalize="none"),
+                               tokens=a.batch * a.steps, lr=a.lr, warmup_steps=0, decay_frac=0.0, aux="aux_k")
         self.sae = build_sae(self.cfg.sae.resolve(a.d_in))
         self.sae.init_weights(torch.Generator().manual_seed(0))
+        self.sae.to(a.device)
         with torch.no_grad():
             self.sae.b_dec.copy_(data0.mean(0))
         self.sae.fit_encoder_scale(data0)  # as the trainer does on its first batch
@@ -108,11 +121,11 @@ class SAELens:
         from sae_lens.training.sae_trainer import SAETrainer
 
         torch.manual_seed(0)
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=a.d_in, d_sae=a.d_sae, k=a.k, dtype="float32", device="cpu"))
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=a.d_in, d_sae=a.d_sae, k=a.k, dtype="float32", device=a.device))
         with torch.no_grad():
             sae.b_dec.copy_(data0.mean(0))
         cfg = SAETrainerConfig(total_training_samples=a.batch * a.steps, train_batch_size_samples=a.batch, lr=a.lr,
-                               lr_end=a.lr, device="cpu", logger=LoggingConfig(log_to_wandb=False))
+                               lr_end=a.lr, device=a.device, logger=LoggingConfig(log_to_wandb=False))
         self.sae, self.trainer = sae, SAETrainer(cfg, sae, iter(()))
 
     def step(self, x):
@@ -134,11 +147,11 @@ class Sparsify:
             from sparsify import SparseCoder, SparseCoderConfig
 
         torch.manual_seed(0)
-        self.sae = SparseCoder(a.d_in, SparseCoderConfig(k=a.k, num_latents=a.d_sae), device="cpu")
+        self.sae = SparseCoder(a.d_in, SparseCoderConfig(k=a.k, num_latents=a.d_sae), device=a.device)
         with torch.no_grad():
             self.sae.b_dec.copy_(data0.mean(0))
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=a.lr)
-        self.since_fired = torch.zeros(a.d_sae, dtype=torch.long)
+        self.since_fired = torch.zeros(a.d_sae, dtype=torch.long, device=a.device)
 
     def step(self, x):
         sae = self.sae
@@ -165,11 +178,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--lr", type=float, default=4e-4, help="default: 2e-4 / sqrt(d_sae / 2^14) for d_sae 4096")
+    p.add_argument("--lr", type=float, default=None, help="default: 2e-4 / sqrt(d_sae / 2^14) (4e-4 for d_sae 4096)")
     p.add_argument("--block", type=int, default=5, help="steps each trainer runs before the next one takes its turn")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--only", nargs="+", default=None, help="subset of rows: floor ours dense saelens sparsify fc mc")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (synchronised timing, peak memory)")
+    p.add_argument("--shapes", choices=("one", "issue"), default="one",
+                   help="one: --d-in/--d-sae/--k/--batch; issue: issue 14's three GPU shapes in turn")
     a = p.parse_args(argv)
+    from workbench.devices import check_device
+    from workbench.errors import ConfigError
+
+    try:
+        check_device(a.device)
+    except ConfigError as e:
+        print(f"sae_throughput: {e}", file=sys.stderr)
+        return 2
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = a.only or ["floor", "ours", "dense", "saelens", "sparsify", "fc", "mc"]
@@ -185,9 +209,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sae_throughput: needs {' and '.join(missing)} (benchmark-only): "
               f".venv/bin/pip install -c constraints.txt {' '.join(missing)}", file=sys.stderr)
         return 2
-    print(f"d_in {a.d_in}, d_sae {a.d_sae}, k {a.k}, batch {a.batch}, {a.steps} Adam steps, lr {a.lr}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    data = planted_data(a.steps + 2, a.batch, a.d_in, n_atoms=2 * a.d_sae, k_true=a.k, seed=0)
+    if a.device.startswith("cuda"):
+        print(f"device {torch.cuda.get_device_name(a.device)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    shapes = ISSUE_SHAPES if a.shapes == "issue" else ((a.d_in, a.d_sae, a.k, a.batch),)
+    lr = a.lr
+    for d_in, d_sae, k, batch in shapes:
+        a.d_in, a.d_sae, a.k, a.batch = d_in, d_sae, k, batch
+        a.lr = lr if lr is not None else 2e-4 / (d_sae / 2 ** 14) ** 0.5
+        run_shape(a, rows)
+        if a.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return 0
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def run_shape(a, rows: list[str]) -> None:
+    cuda = a.device.startswith("cuda")
+    print(f"d_in {a.d_in}, d_sae {a.d_sae}, k {a.k}, batch {a.batch}, {a.steps} Adam steps, lr {a.lr:.3g}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}")
+    data = planted_data(a.steps + 2, a.batch, a.d_in, n_atoms=2 * a.d_sae, k_true=a.k, seed=0, device=a.device)
     heldout, warm = data.pop(), data.pop()  # same atoms, codes not trained on
     tokens = a.batch * a.steps
     names = {"floor": "dense encoder matmul (floor)", "ours": "ours topk (sparse kernel)",
@@ -196,23 +240,36 @@ def main(argv: list[str] | None = None) -> int:
     make = {"floor": lambda: Floor(a), "ours": lambda: Ours(a, data[0]), "dense": lambda: Ours(a, data[0], kernel="dense"),
             "saelens": lambda: SAELens(a, data[0]), "sparsify": lambda: Sparsify(a, data[0]),
             "fc": lambda: Ours(a, data[0], arch="feature-choice"), "mc": lambda: Ours(a, data[0], arch="mutual-choice")}
-    trainers = {key: make[key]() for key in rows}
-    for t in trainers.values():  # one untimed warm-up step each (first-call allocations), on a held-out batch
-        t.step(warm)
+    trainers, resident, transient = {}, {}, {key: 0 for key in rows}
+    for key in rows:  # each built and warmed up (one untimed step on a held-out batch) in turn: its resident memory
+        _sync(a.device)
+        before = torch.cuda.memory_allocated(a.device) if cuda else 0
+        trainers[key] = make[key]()
+        trainers[key].step(warm)
+        _sync(a.device)
+        resident[key] = (torch.cuda.memory_allocated(a.device) - before) if cuda else 0
     # Interleave: every trainer runs `block` steps in turn, so a load change on the machine hits all of them.
     elapsed = {key: 0.0 for key in rows}
     for lo in range(0, a.steps, a.block):
         for key, t in trainers.items():
+            _sync(a.device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(a.device)
+                base = torch.cuda.memory_allocated(a.device)
             t0 = time.perf_counter()
             for x in data[lo:lo + a.block]:
                 t.step(x)
+            _sync(a.device)
             elapsed[key] += time.perf_counter() - t0
+            if cuda:
+                transient[key] = max(transient[key], torch.cuda.max_memory_allocated(a.device) - base)
     res: dict[str, tuple[float, float | None]] = {}
     for key, t in trainers.items():
         res[key] = (elapsed[key], t.fvu(heldout))
         f = res[key][1]
-        print(f"  {names[key]:<40} {tokens / elapsed[key]:>9,.0f} tok/s  {1000 * elapsed[key] / a.steps:7.1f} ms/step"
-              + (f"  FVU {f:.4f}" if f is not None else ""), flush=True)
+        mem = f"  peak {(resident[key] + transient[key]) / 2 ** 30:6.2f} GiB" if cuda else ""
+        print(f"  {names[key]:<40} {tokens / elapsed[key]:>11,.0f} tok/s  {1000 * elapsed[key] / a.steps:7.1f} ms/step"
+              + (f"  FVU {f:.4f}" if f is not None else "") + mem, flush=True)
     tps = {k: tokens / v[0] for k, v in res.items()}
     print("ratios")
     for a_, b_, what in (("ours", "saelens", "ours / SAELens"), ("ours", "sparsify", "ours / sparsify"),
@@ -223,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, what in (("fc", "feature-choice"), ("mc", "mutual-choice")):
         if key in res and "ours" in res:
             print(f"  {what} step time / topk   {res[key][0] / res['ours'][0]:.2f}x")
-    return 0
+    if cuda and "ours" in resident and "sparsify" in resident:
+        print(f"  peak memory ours / sparsify  {(resident['ours'] + transient['ours']) / max(1, resident['sparsify'] + transient['sparsify']):.2f}x")
 
 
 if __name__ == "__main__":

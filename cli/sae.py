@@ -21,6 +21,10 @@ TRAIN_EXAMPLES = examples(
     "workbench sae train --arch routed --gate topk --experts 8 --k 8 --name switch-e8   # Switch SAE (top-1 router)",
     "workbench sae train --arch routed --gate expert-choice --experts 8 --k 8 --name routed-ec",
     "workbench sae train --resume runs/topk-k8                 # continue an interrupted run",
+    "workbench sae train --hook blocks.1.hook_resid_post --hook blocks.2.hook_resid_post --name l12  # one forward, two SAEs",
+    "torchrun --nproc-per-node 2 -m workbench sae train --cache runs/acts-l1/cache --name topk-ddp   # data parallel (DDP)",
+    "torchrun --nproc-per-node 2 -m workbench sae train --hook blocks.0.hook_resid_post --hook blocks.1.hook_resid_post \\\n"
+    "      --distribute hooks --name groups                    # one process per group of hooks",
 )
 
 
@@ -36,10 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--cache made by `workbench acts cache`; writes a run dir with the SAE "
                                    "(cfg.json + sae_weights.safetensors, SAELens' layout) and eval.json.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)
-    add_arguments(t.add_argument_group("activations"), ActsConfig)
+    acts = t.add_argument_group("activations")
+    acts.add_argument("--hook", dest="hooks", action="append", default=None, metavar="HOOK",
+                      help="TransformerLens hook name; repeat it (--hook A --hook B) to train one SAE per hook from one "
+                           "model forward pass, each in its own run dir NAME-HOOK (default: blocks.1.hook_resid_post)")
+    add_arguments(acts, ActsConfig, skip=("hook",))
     add_arguments(t.add_argument_group("autoencoder"), SAEConfig)
     add_arguments(t.add_argument_group("training"), TrainConfig)  # incl. --name and --runs-dir
-    t.add_argument("--resume", metavar="RUN", default=None, help="continue this run directory from its last checkpoint")
+    t.add_argument("--resume", metavar="RUN", action="append", default=None,
+                   help="continue this run directory from its last checkpoint (repeat it for runs trained together)")
     add_quiet(t)
     e = sub.add_parser("eval", help="evaluate a trained SAE run on held-out tokens", prog="workbench sae eval",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -82,15 +91,25 @@ def _analyze(args) -> int:
     return 0
 
 
-def _config_from_args(args):
+def _configs_from_args(args) -> list:
+    """One TrainConfig per --hook; with several hooks each run is named NAME-HOOK."""
+    import time
+
     from workbench.config import ActsConfig, from_args
 
     from sae.config import SAEConfig, TrainConfig
 
-    return from_args(TrainConfig, args, acts=from_args(ActsConfig, args), sae=from_args(SAEConfig, args))
+    hooks = args.hooks or [ActsConfig.hook]
+    base = args.name if getattr(args, "name", None) else f"sae-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = []
+    for h in hooks:
+        name = f"{base}-{h}" if len(hooks) > 1 else getattr(args, "name", None)
+        out.append(from_args(TrainConfig, args, acts=from_args(ActsConfig, args, hook=h), sae=from_args(SAEConfig, args),
+                             name=name))
+    return out
 
 
-def _resume_config(args):
+def _resume_config(args, path: str):
     """The run's stored config; any flag passed alongside --resume must agree with it."""
     import dataclasses
 
@@ -100,8 +119,8 @@ def _resume_config(args):
 
     from sae.config import SAEConfig, TrainConfig, load_train_config
 
-    cfg = load_train_config(Run.open(args.resume).config)
-    given = {k: v for k, v in vars(args).items() if k not in ("cmd", "resume", "quiet")}
+    cfg = load_train_config(Run.open(path).config)
+    given = {k: v for k, v in vars(args).items() if k not in ("cmd", "resume", "quiet", "hooks")}
     for section, cls in ((cfg.acts, ActsConfig), (cfg.sae, SAEConfig), (cfg, TrainConfig)):
         for f in dataclasses.fields(cls):
             if f.name in given and not dataclasses.is_dataclass(getattr(section, f.name)):
@@ -109,19 +128,31 @@ def _resume_config(args):
                 if f.name in ("d_in", "d_sae") and cfg.sae.d_sae is not None and given[f.name] is None:
                     continue
                 if given[f.name] != stored:
-                    raise ConfigError(f"{f.name}: --resume {args.resume} was started with {f.name}={stored!r}, "
+                    raise ConfigError(f"{f.name}: --resume {path} was started with {f.name}={stored!r}, "
                                       f"not {given[f.name]!r}; drop --{f.name.replace('_', '-')} to continue that run")
     return cfg
 
 
 def _train(args) -> int:
-    from sae.trainer import train
+    import os
 
-    cfg = _resume_config(args) if args.resume else _config_from_args(args)
-    check_name(cfg.name, None if args.resume else cfg.runs_dir)
-    run = train(cfg, resume=args.resume, progress=not args.quiet)
-    s = run.read_json("eval.json")
-    print(f"run {run.path}: {format_eval(s)}")
+    from sae.trainer import train_many
+
+    if args.resume:
+        if args.hooks:
+            from workbench.errors import ConfigError
+
+            raise ConfigError("hook: --resume continues the runs with their stored hooks; drop --hook")
+        cfgs = [_resume_config(args, p) for p in args.resume]
+    else:
+        cfgs = _configs_from_args(args)
+    for cfg in cfgs:
+        check_name(cfg.name, None if args.resume else cfg.runs_dir)
+    runs = train_many(cfgs, resume=args.resume, progress=not args.quiet)
+    if cfgs[0].distribute == "data" and os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 reports
+    for run in runs:
+        print(f"run {run.path}: {format_eval(run.read_json('eval.json'))}")
     return 0
 
 

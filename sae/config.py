@@ -121,6 +121,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints (atomic; the last two are kept)"})
     cache: str | None = field(default=None, metadata={"help": "read activations from this cache (made by `workbench acts cache`) instead of streaming"})
     wandb_project: str | None = field(default=None, metadata={"help": "also log to this wandb project (offline unless wandb is configured)"})
+    distribute: str = field(default="data", metadata={"help": "under torchrun: data (DDP: every process trains every SAE on its shard of each global batch) or hooks (one process per group of --hook values, each trained on the activations of all processes)"})
+    backend: str = field(default="auto", metadata={"help": "torch.distributed backend under torchrun: auto (nccl on cuda, gloo on cpu), gloo, nccl"})
     name: str | None = field(default=None, metadata={"help": "run name (default: sae-<time>)"})
     runs_dir: str = field(default="runs", metadata={"help": "directory holding run directories"})
 
@@ -128,6 +130,8 @@ class TrainConfig:
         positive(self, "tokens", "log_every", "checkpoint_every", "eval_tokens")
         one_of(self, "aux", AUX)
         one_of(self, "b_dec_init", ("median", "mean", "zero"))
+        one_of(self, "distribute", ("data", "hooks"))
+        one_of(self, "backend", ("auto", "gloo", "nccl"))
         require(self.tokens >= self.acts.batch_size, "tokens", f"{self.tokens} tokens is less than one batch of {self.acts.batch_size}",
                 "pass more --tokens or a smaller --batch-size")
         require(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}", "pass --lr > 0 or leave it out")

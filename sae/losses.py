@@ -38,6 +38,8 @@ a latent; the allocation itself and inference are unchanged (the SAE exports the
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -48,9 +50,20 @@ from sae.kernels import Plan
 from sae.model import SAE, SAEOutput
 
 
-def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Fraction of variance unexplained: sum |x - x_hat|^2 / sum |x - mean(x)|^2 over the batch."""
-    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+Denominator = Callable[[Tensor], Tensor]  # x -> the batch's sum |x - mean(x)|^2 (global over processes, over world)
+
+
+def _variance_sum(x: Tensor, den: Denominator | None) -> Tensor:
+    return (den(x) if den is not None else (x - x.mean(0)).pow(2).sum()).clamp_min(1e-12)
+
+
+def fvu(x: Tensor, x_hat: Tensor, den: Denominator | None = None) -> Tensor:
+    """Fraction of variance unexplained: sum |x - x_hat|^2 / sum |x - mean(x)|^2 over the batch.
+
+    Data parallel: `den` returns the global batch's sum over the world size, so the mean of the ranks'
+    values (and of their gradients, as DDP averages) is the one-process FVU of the global batch.
+    """
+    return (x - x_hat).pow(2).sum() / _variance_sum(x, den)
 
 
 def l1_penalty(out: SAEOutput) -> Tensor:
@@ -69,7 +82,7 @@ def zipf_weights(density: Tensor, k: float, alpha: float = 1.0) -> Tensor:
     return ((t - density) / t).clamp(0, 1)
 
 
-def aux_loss(sae: SAE, out: SAEOutput, weights: Tensor, k_aux: int) -> Tensor:
+def aux_loss(sae: SAE, out: SAEOutput, weights: Tensor, k_aux: int, den: Denominator | None = None) -> Tensor:
     """Normalised MSE of reconstructing e = x_in - x_hat_in (detached) from the top-k_aux latents of w * pre.
 
     weights: (d_sae,) in [0, 1]; only latents with w_i > 0 take part (0/1 dead mask = aux_k).
@@ -86,7 +99,7 @@ def aux_loss(sae: SAE, out: SAEOutput, weights: Tensor, k_aux: int) -> Tensor:
     values = sae.values_at(out.pre, out.x_c, a, plan) * weights[cols]  # (nnz,)
     e = (out.x_in - out.x_hat_in).detach()  # (N, d_in)
     e_hat = sae.decode_pairs(values, a, plan)
-    return (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (e_hat - e).pow(2).sum() / _variance_sum(e, den)
 
 
 def aux_weights(kind: str, sae: SAE, dead_window: int) -> Tensor | None:

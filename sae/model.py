@@ -210,12 +210,18 @@ class SAE(nn.Module):
 
     # ---- training statistics -------------------------------------------------------------------
     @torch.no_grad()
-    def update_stats(self, out: SAEOutput, density_ema: float) -> None:
-        """After a training step: tokens since each latent fired, density EMA, inference thresholds."""
-        n = out.alloc.shape[0]
+    def update_stats(self, out: SAEOutput, density_ema: float, total=None) -> None:
+        """After a training step: tokens since each latent fired, density EMA, inference thresholds.
+
+        `total` (data parallel) sums a tensor over the processes, so every rank counts the global batch.
+        """
         on = out.values > 0
         cols, vals = out.alloc.cols[on], out.values.detach()[on]
         counts = torch.bincount(cols, minlength=self.cfg.d_sae)  # (d_sae,)
+        n = out.alloc.shape[0]
+        if total is not None:
+            counts = total(counts)
+            n = int(total(torch.tensor([n], device=counts.device))[0])
         self.since_active.add_(n).masked_fill_(counts > 0, 0)
         self.density.mul_(1 - density_ema).add_(counts.to(self.density) / n, alpha=density_ema)
         self._update_usage(cols, vals, density_ema)

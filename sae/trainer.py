@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,7 @@ import torch
 from workbench.config import to_dict
 from workbench.errors import ConfigError, RunError
 from workbench.checkpoint import CheckpointStore, rng_state, set_rng_state
+from workbench.distributed import SINGLE, Dist
 from workbench.runs import Run
 
 from sae import io
@@ -70,20 +71,26 @@ def make_optimizer(sae: SAE, lr: float) -> torch.optim.Adam:
 
 
 def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg: TrainConfig,
-               k_aux: int) -> tuple[SAEOutput, dict[str, torch.Tensor]]:
-    """One update on a (N, d_in) batch (already scaled). Raises FloatingPointError on a non-finite loss."""
+               k_aux: int, group: Dist = SINGLE, module: torch.nn.Module | None = None) -> tuple[SAEOutput, dict[str, torch.Tensor]]:
+    """One update on a (N, d_in) batch (already scaled). Raises FloatingPointError on a non-finite loss.
+
+    Data parallel (`group` active, `module` the DDP wrapper of `sae`): x is this rank's shard of the
+    global batch; FVU denominators and latent statistics are global, so the averaged gradients and the
+    statistics are those of one process on the global batch.
+    """
     w = aux_weights(cfg.aux, sae, cfg.dead_window)
     aux_on = w is not None and cfg.aux_coeff > 0 and bool((w > 0).any())
     if hasattr(sae, "keep_pre"):  # routed SAEs skip the dense pre-activations when no aux loss reads them
         sae.keep_pre = aux_on
-    out = sae(x)
-    parts = {"fvu": fvu(out.x_in, out.x_hat_in)}
+    out = (module or sae)(x)
+    den = (lambda t: group.centered_sq_sum(t) / group.world) if group.active else None
+    parts = {"fvu": fvu(out.x_in, out.x_hat_in, den)}
     loss = parts["fvu"]
     if sae.arch == "relu-l1":
         parts["l1"] = l1_penalty(out)
         loss = loss + sae.cfg.l1_coeff * parts["l1"]
     if w is not None and cfg.aux_coeff > 0:
-        parts["aux"] = aux_loss(sae, out, w, k_aux)
+        parts["aux"] = aux_loss(sae, out, w, k_aux, den)
         loss = loss + cfg.aux_coeff * parts["aux"]
     if sae.arch in COVER_ARCHS and cfg.cover_coeff > 0:
         parts["cover"] = cover_loss(sae, out, sae.cfg.k)
@@ -101,17 +108,28 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg
     opt.step()
     sched.step()
     sae.normalize_decoder()
-    sae.update_stats(out, cfg.density_ema)
+    sae.update_stats(out, cfg.density_ema, group.sum if group.active else None)
     return out, parts
 
 
 # ---- data ---------------------------------------------------------------------------------------
 class Source:
-    """Batches of activations from a stream or a cache, with a resumable position."""
+    """Batches of activations from a stream or a cache, with a resumable position.
 
-    def __init__(self, cfg: TrainConfig, model):
+    ``next(source)``: the (N, d_in) batch of the first hook; :meth:`next_all`: {hook: batch} for every
+    hook this process trains (one model forward serves them all). Data parallel, N is this rank's
+    shard of the global batch; with hook groups, N is the global batch gathered from all ranks.
+    """
+
+    def __init__(self, cfg: TrainConfig, model, hooks: list[str] | None = None, group: Dist = SINGLE,
+                 keep: list[str] | None = None):
         self.cfg = cfg
+        self.group = group
         a = cfg.acts
+        self.hooks = list(hooks or [a.hook])
+        self.keep = list(keep if keep is not None else self.hooks)
+        data_parallel = cfg.distribute == "data"
+        local = replace(a, batch_size=a.batch_size // group.world) if data_parallel else a
         if cfg.cache:
             from workbench.cache import ActivationCache
 
@@ -122,7 +140,7 @@ class Source:
                 if key in m and m[key] != want:
                     raise ConfigError(f"{key}: the cache {cfg.cache} holds activations of {key} {m[key]!r}, not {want!r}; "
                                       f"pass --{key} {m[key]} or another --cache")
-            self.d_in, self.where = self.cache.d, f"the cache {cfg.cache}"
+            self.d_in, self.where = {a.hook: self.cache.d}, {a.hook: f"the cache {cfg.cache}"}
             self.batch = 0
             self._it = None
         else:
@@ -130,16 +148,26 @@ class Source:
             from workbench.models import hook_dim
 
             self.cache = None
-            self.d_in, self.where = hook_dim(model, a.hook, a.head), f"hook {a.hook} of {a.model}"
-            self.stream = ActivationStream(model, a)
+            self.d_in = {h: hook_dim(model, h, a.head) for h in self.keep}
+            self.where = {h: f"hook {h} of {a.model}" for h in self.keep}
+            # each rank reads its own text (rank 0 the one-process text)
+            local = replace(local, seed=a.seed + RANK_SEED * group.rank)
+            gather = group.cat if (group.active and not data_parallel) else None
+            self.stream = ActivationStream(model, local, hooks=self.hooks, keep=self.keep, gather=gather)
 
     def __next__(self) -> torch.Tensor:
         if self.cache is None:
             return next(self.stream)
         if self._it is None:
-            self._it = self.cache.batches(self.cfg.acts.batch_size, shuffle=True, seed=self.cfg.acts.seed, start_batch=self.batch)
+            a, g = self.cfg.acts, self.group
+            self._it = self.cache.batches(a.batch_size, shuffle=True, seed=a.seed, start_batch=self.batch, rank=g.rank, world=g.world)
         self.batch += 1
         return next(self._it)
+
+    def next_all(self) -> dict[str, torch.Tensor]:
+        if len(self.keep) == 1:
+            return {self.keep[0]: next(self)}
+        return self.stream.next_all()
 
     def state_dict(self) -> dict:
         return {"batch": self.batch} if self.cache is not None else {"stream": self.stream.state_dict()}
@@ -149,6 +177,9 @@ class Source:
             self.batch, self._it = s["batch"], None
         else:
             self.stream.load_state_dict(s["stream"])
+
+
+RANK_SEED = 7919  # rank r streams text seeded with seed + RANK_SEED * r
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
@@ -165,133 +196,303 @@ def load_latest_checkpoint(run: Run) -> dict | None:
 
 
 # ---- the loop -----------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One SAE being trained: its config, run dir, weights, optimiser and bookkeeping."""
+
+    cfg: TrainConfig
+    run: Run
+    writes: bool  # this process writes the run dir (rank 0 when data parallel; the hook's owner with hook groups)
+    sae: SAE | None = None
+    module: torch.nn.Module | None = None  # the DDP wrapper when data parallel
+    opt: torch.optim.Optimizer | None = None
+    sched: object = None
+    store: CheckpointStore | None = None
+    tracker: object = None
+    scale: float = 1.0
+    k_aux: int = 0
+    last_ckpt: str | None = None
+    ck: dict | None = None
+
+    @property
+    def hook(self) -> str:
+        return self.cfg.acts.hook
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, progress: bool = True,
-          on_step: Callable[[int], None] | None = None) -> Run:
+          on_step: Callable[[int], None] | None = None, group: Dist | None = None) -> Run:
     """Train (or resume) an SAE run; returns the run. `on_step(completed)` is a hook for tests.
 
     The run dir's lock (workbench.runs.RunLock) is held throughout: a second writer gets a one-line error.
     """
+    return train_many([cfg], [resume] if resume is not None else None, model=model, progress=progress,
+                      on_step=on_step, group=group)[0]
+
+
+def train_many(cfgs: list[TrainConfig], resume: list[str | Path] | None = None, *, model=None, progress: bool = True,
+               on_step: Callable[[int], None] | None = None, group: Dist | None = None) -> list[Run]:
+    """Train one SAE per config, every config reading a different hook of the same model and text, from
+    one model forward pass per batch; under torchrun data parallel or in hook groups (cfg.distribute).
+
+    Returns the runs of every config (with hook groups: the runs this process trained). Every run dir
+    this process writes is locked while it trains.
+    """
     with contextlib.ExitStack() as locks:
-        return _train(cfg, resume, model, progress, on_step, locks)
+        return _train_many(cfgs, resume, model, progress, on_step, group, locks)
 
 
-def _train(cfg: TrainConfig, resume, model, progress: bool, on_step, locks: contextlib.ExitStack) -> Run:
+def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: contextlib.ExitStack) -> list[Run]:
     from tqdm.auto import tqdm
 
-    from workbench.models import load_model
-    from workbench.tracking import Tracker
-
-    run = None
-    if resume is not None:
-        run = Run.open(resume)
-        if run.kind != KIND:
-            raise RunError(f"{resume} is a {run.kind!r} run, not an SAE run")
-        locks.enter_context(run.lock())
-        run.clean_tmp()
-        if run.status() == "done" and (run.path / io.WEIGHTS).is_file() and (run.path / "eval.json").is_file():
-            warnings.warn(f"{run.path} already finished ({cfg.steps} steps); nothing to resume "
-                          f"(re-evaluate it with `workbench sae eval {run.path}`)", stacklevel=3)
-            return run
     from workbench.devices import check_device
+    from workbench.distributed import from_env, rank_device, world_size_from_env
+    from workbench.models import load_model
 
-    device = torch.device(check_device(cfg.acts.device))
-    source = Source(cfg, None) if cfg.cache else None  # a missing or mismatched --cache fails before the model loads
-    if source is not None:
-        cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))
-    model = model if model is not None else load_model(cfg.acts.model, device=cfg.acts.device)
+    cfg = cfgs[0]
+    _check_together(cfgs, resume)
+    check_device(cfg.acts.device)
+    _check_group(cfgs, group.world if group is not None else world_size_from_env())  # before joining the group
+    group = group or from_env(cfg.acts.device, cfg.backend, cfg.acts.batch_size, cfg.distribute)
+    data_parallel = cfg.distribute == "data"
+    hooks = [c.acts.hook for c in cfgs]
+    mine = hooks if data_parallel else group.shard(hooks)
+    device = torch.device(rank_device(cfg.acts.device, group))
+
+    runs = [None] * len(cfgs)
+    if resume is not None:
+        runs = [Run.open(p) for p in resume]
+        for r, p in zip(runs, resume):
+            if r.kind != KIND:
+                raise RunError(f"{p} is a {r.kind!r} run, not an SAE run")
+        if group.main or not data_parallel:
+            for r in runs:
+                locks.enter_context(r.lock())
+                r.clean_tmp()
+        if all(r.status() == "done" and (r.path / io.WEIGHTS).is_file() and (r.path / "eval.json").is_file() for r in runs):
+            warnings.warn(f"{', '.join(str(r.path) for r in runs)} already finished ({cfg.steps} steps); nothing to resume "
+                          f"(re-evaluate with `workbench sae eval RUN`)", stacklevel=4)
+            return runs
+    source = Source(cfgs[0], None, group=group) if cfg.cache else None  # a bad --cache fails before the model loads
+    model = model if model is not None else load_model(cfg.acts.model, device=str(device))
     if source is None:
-        source = Source(cfg, model)
-        cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))  # k <= d_sae, d_in vs hook
-    k_aux = cfg.aux_k(cfg.sae.d_in, cfg.sae.d_sae)
-    _warn_dead_window(cfg)
-    if run is None:
-        run = Run.create(KIND, to_dict(cfg), name=cfg.name, root=cfg.runs_dir)
-        locks.enter_context(run.lock())
+        source = Source(cfg, model, hooks=hooks, group=group, keep=mine)
+    jobs = []
+    for c, r in zip(cfgs, runs):
+        if c.acts.hook not in mine:
+            continue
+        c = replace(c, sae=c.sae.resolve(source.d_in[c.acts.hook], source.where[c.acts.hook]))  # k <= d_sae, d_in vs hook
+        _warn_dead_window(c)
+        writes = group.main or not data_parallel
+        if r is None and writes:
+            r = Run.create(KIND, to_dict(c), name=c.name, root=c.runs_dir)
+            locks.enter_context(r.lock())
+        jobs.append(Job(c, r, writes))
+    if data_parallel and group.active:  # the other ranks learn rank 0's run dirs (names may be generated there)
+        paths = group.broadcast([str(j.run.path) if j.run is not None else None for j in jobs])
+        for j, p in zip(jobs, paths):
+            j.run = j.run or Run(Path(p))
 
-    sae = build_sae(cfg.sae)
     total = cfg.steps
-    store = checkpoint_store(run)
-    ck = store.load_latest(required=CHECKPOINT_KEYS) if resume is not None else None
     first = None
-    if ck is None:  # fresh start: scale and b_dec from the first batch
-        run.truncate_metrics(0)  # a resumed run killed before its first checkpoint starts over
-        first = _finite(next(source), 0, run, None)
-        scale = _input_scale(first, cfg)
-        sae.init_weights(torch.Generator().manual_seed(cfg.acts.seed))
-        with torch.no_grad():
-            x0 = first * scale
-            sae.b_dec.copy_(_b_dec_init(x0 * per_token_factor(x0) if cfg.sae.normalize == "per_token" else x0, cfg.b_dec_init))
-        sae.fit_encoder_scale(first * scale)
-    else:
-        scale = ck["scale"]
-        sae.load_state_dict(ck["sae"])
-    sae.to(device)
-    opt = make_optimizer(sae, cfg.learning_rate(cfg.sae.d_sae))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, Schedule(cfg.warmup_steps, total, cfg.decay_frac))
-    start = 0
-    if ck is not None:
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        source.load_state_dict(ck["data"])
-        set_rng_state(ck["rng"])
-        start = ck["step"]
-        run.truncate_metrics(start)
-    last_ckpt = ck["path"] if ck is not None else None
+    for j in jobs:
+        if j.writes and resume is not None:
+            j.run.clean_tmp()
+        j.store = checkpoint_store(j.run)
+        j.ck = j.store.load_latest(required=CHECKPOINT_KEYS) if resume is not None else None
+        j.sae = build_sae(j.cfg.sae)
+        j.k_aux = j.cfg.aux_k(j.cfg.sae.d_in, j.cfg.sae.d_sae)
+    starts = {j.ck["step"] if j.ck else 0 for j in jobs}
+    if len(starts) > 1:
+        raise RunError(f"the runs were last checkpointed at different steps ({sorted(starts)}); resume each with its own "
+                       f"`workbench sae train --resume RUN` (or start them again together)")
+    start = starts.pop() if starts else 0
+    for j in jobs:
+        if j.ck is None:  # fresh start: scale and b_dec from the first (global) batch
+            if j.writes:
+                j.run.truncate_metrics(0)  # a resumed run killed before its first checkpoint starts over
+            if first is None:
+                first = source.next_all()
+            x0 = first[j.hook]
+            _finite(x0, 0, j.run, None)
+            xg = group.cat(x0.to(device)).cpu() if data_parallel else x0  # (N_global, d_in)
+            _init_sae(j, xg)
+        else:
+            j.scale = j.ck["scale"]
+            j.sae.load_state_dict(j.ck["sae"])
+            _check_world(j, group)
+        j.sae.to(device)
+        j.module = _wrap(j.sae, group, device) if data_parallel and group.active else None
+        j.opt = make_optimizer(j.sae, j.cfg.learning_rate(j.cfg.sae.d_sae))
+        j.sched = torch.optim.lr_scheduler.LambdaLR(j.opt, Schedule(j.cfg.warmup_steps, total, j.cfg.decay_frac))
+        if j.ck is not None:
+            j.opt.load_state_dict(j.ck["opt"])
+            j.sched.load_state_dict(j.ck["sched"])
+            j.last_ckpt = j.ck["path"]
+            if j.writes:
+                j.run.truncate_metrics(start)
+    ck = jobs[0].ck
+    if ck is not None:  # the data position and RNG are shared by the jobs: the first job's checkpoint holds them
+        own = ck["ranks"][group.rank] if "ranks" in ck else {"data": ck["data"], "rng": ck["rng"]}
+        source.load_state_dict(own["data"])
+        set_rng_state(own["rng"])
+    _start_tracking(jobs, resume is not None, start, total)
 
-    wandb_id = _wandb_id(run) if resume is not None else None
-    tracker = Tracker(run, cfg.wandb_project, to_dict(cfg), resume_id=wandb_id)
-    run.set_status("running", step=start, steps=total)
     n = cfg.acts.batch_size
-    bar = tqdm(total=total, initial=start, desc=f"sae {cfg.sae.arch} {run.name}", unit="step", disable=not progress,
-               dynamic_ncols=True, mininterval=0.5)
+    show = progress and (group.main or not data_parallel)
+    what = f"sae {cfg.sae.arch} {jobs[0].run.name}" if len(jobs) == 1 else f"sae {cfg.sae.arch} x{len(jobs)} hooks"
+    bar = tqdm(total=total, initial=start, desc=what, unit="step", disable=not show, dynamic_ncols=True, mininterval=0.5)
     t_log, s_log = time.perf_counter(), start
     try:
         for step in range(start, total):
-            x = first if first is not None else next(source)
+            batch = first if first is not None else source.next_all()
             first = None
-            x = _finite(x, step, run, last_ckpt).to(device) * scale  # (N, d_in)
-            sae.set_progress(step / total)
-            try:
-                out, parts = train_step(sae, opt, sched, x, cfg, k_aux)
-            except FloatingPointError as e:
-                raise _diverged(run, step, last_ckpt, str(e)) from None
             completed = step + 1
-            if completed % cfg.log_every == 0 or completed == total:
-                now = time.perf_counter()
-                row = _train_metrics(sae, out, parts, cfg, opt, completed * n)
-                row["tok_per_s"] = (completed - s_log) * n / max(now - t_log, 1e-9)
+            log = completed % cfg.log_every == 0 or completed == total
+            results = []
+            for j in jobs:
+                x = _finite(batch[j.hook], step, j.run, j.last_ckpt).to(device) * j.scale  # (N, d_in)
+                j.sae.set_progress(step / total)
+                try:
+                    results.append(train_step(j.sae, j.opt, j.sched, x, j.cfg, j.k_aux, group if data_parallel else SINGLE, j.module))
+                except FloatingPointError as e:
+                    raise _diverged(j.run, step, j.last_ckpt, str(e)) from None
+            now = time.perf_counter()
+            for j, (out, parts) in zip(jobs, results):
+                if log:
+                    if data_parallel and group.active:  # every rank's mean: the global batch's values
+                        vals = group.mean(torch.stack([v.detach().float() for v in parts.values()]))
+                        parts = dict(zip(parts, vals))
+                    if j.writes:
+                        row = _train_metrics(j.sae, out, parts, j.cfg, j.opt, completed * n)
+                        row["tok_per_s"] = (completed - s_log) * n / max(now - t_log, 1e-9)
+                        j.tracker.log(row, step=completed)
+                        bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_fraction']:.1f}%")
+                if j.cfg.ce_every and completed % j.cfg.ce_every == 0 and completed != total and j.writes:
+                    ev = _evaluate(j.sae, j.scale, model, j.cfg, modes=("batch",))["batch"]
+                    j.tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed)
+            if log:
                 t_log, s_log = now, completed
-                tracker.log(row, step=completed)
-                bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_fraction']:.1f}%")
-            if cfg.ce_every and completed % cfg.ce_every == 0 and completed != total:
-                ev = _evaluate(sae, scale, model, cfg, modes=("batch",))["batch"]
-                tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed)
             if completed % cfg.checkpoint_every == 0 or completed == total:
-                if not all(torch.isfinite(p).all() for p in sae.parameters()):
-                    raise _diverged(run, step, last_ckpt, "the parameters became non-finite")
-                last_ckpt = str(store.save(completed, {
-                    "tokens": completed * n, "scale": scale, "sae": sae.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "rng": rng_state(), "data": source.state_dict(), "config": to_dict(cfg)}))
+                _checkpoint(jobs, source, group, completed, n)
             bar.update(1)
             if on_step is not None:
                 on_step(completed)
         bar.close()
-        io.save(sae.folded(scale), run.path, _sae_meta(cfg, model))
-        result = evaluate_saved(run.path, model, cfg)
-        summary = eval_summary(result, cfg, total * n)
-        check_finite_eval(summary, run)
-        run.write_json("eval.json", summary)
-        tracker.log({f"eval/{m}/{k}": v for m, r in result.items() for k, v in r.items() if isinstance(v, (int, float))},
-                    step=total)
-        run.set_status("done", step=total, steps=total)
+        for j in jobs:
+            if j.writes:
+                _finish(j, model, total, n)
+        group.barrier()  # the other ranks wait for rank 0's evaluation
     except BaseException as e:
         bar.close()
         status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"  # SIGTERM: KeyboardInterrupt
-        run.set_status(status, error=str(e) or type(e).__name__, last_checkpoint=last_ckpt)
+        for j in jobs:
+            if j.writes and j.run is not None:
+                j.run.set_status(status, error=str(e) or type(e).__name__, last_checkpoint=j.last_ckpt)
         raise
     finally:
-        tracker.finish()
-    return run
+        for j in jobs:
+            if j.tracker is not None:
+                j.tracker.finish()
+    return [j.run for j in jobs]
+
+
+def _check_together(cfgs: list[TrainConfig], resume) -> None:
+    """Configs trained together differ only in their hook and run name (one model, one text stream)."""
+    if resume is not None and len(resume) != len(cfgs):
+        raise ConfigError(f"resume: {len(resume)} run dirs for {len(cfgs)} configs; pass one --resume per run")
+    hooks = [c.acts.hook for c in cfgs]
+    if len(set(hooks)) != len(hooks):
+        raise ConfigError(f"hook: {hooks} names a hook twice; pass each --hook once")
+    if len(cfgs) > 1 and cfgs[0].cache:
+        raise ConfigError("cache: a --cache holds one hook; pass one --hook with --cache, or stream several hooks from the model")
+    base = {**to_dict(cfgs[0]), "name": None}
+    for c in cfgs[1:]:
+        d = {**to_dict(c), "name": None}
+        d["acts"] = {**d["acts"], "hook": cfgs[0].acts.hook}
+        if d != base:
+            diff = sorted(k for k in d if d[k] != base[k])
+            raise ConfigError(f"SAEs trained from one forward pass share every setting but --hook and --name; "
+                              f"they differ in {', '.join(diff)}: train them separately")
+
+
+def _check_group(cfgs: list[TrainConfig], world: int) -> None:
+    if world == 1:
+        return
+    cfg = cfgs[0]
+    if cfg.distribute == "data" and cfg.sae.arch in COVER_ARCHS:
+        raise ConfigError(f"arch: {cfg.sae.arch} allocates over the whole batch, which data-parallel processes split; "
+                          f"train it in one process, or with several --hook values and --distribute hooks")
+    if cfg.distribute == "hooks":
+        if cfg.cache:
+            raise ConfigError("distribute: --distribute hooks streams every hook from the model; drop --cache "
+                              "(or use --distribute data to shard a cache over the processes)")
+        if len(cfgs) < world:
+            raise ConfigError(f"distribute: {len(cfgs)} hook(s) cannot be split over {world} processes; pass at "
+                              f"least {world} --hook values or --nproc-per-node {len(cfgs)}")
+
+
+def _check_world(j: Job, group: Dist) -> None:
+    saved = len(j.ck.get("ranks", [None]))
+    if saved != group.world and (j.cfg.distribute == "data" or "ranks" in j.ck):
+        raise ConfigError(f"resume: {j.run.path} was checkpointed by {saved} process(es), this is {group.world}; "
+                          f"resume it with torchrun --nproc-per-node {saved}" if saved > 1 else
+                          f"resume: {j.run.path} was checkpointed by one process; resume it without torchrun")
+
+
+def _init_sae(j: Job, x: torch.Tensor) -> None:
+    """Scale, weights, b_dec and the encoder's scale from the first global batch x (N, d_in)."""
+    j.scale = _input_scale(x, j.cfg)
+    j.sae.init_weights(torch.Generator().manual_seed(j.cfg.acts.seed))
+    with torch.no_grad():
+        x0 = x * j.scale
+        j.sae.b_dec.copy_(_b_dec_init(x0 * per_token_factor(x0) if j.cfg.sae.normalize == "per_token" else x0, j.cfg.b_dec_init))
+    j.sae.fit_encoder_scale(x * j.scale)
+
+
+def _wrap(sae: SAE, group: Dist, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around the SAE; latent statistics are synchronised by train_step, not as buffers."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    # buffers are equal on every rank at the start (the same init / checkpoint) and kept equal by train_step
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    return DistributedDataParallel(sae, device_ids=ids, **({"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}))
+
+
+def _start_tracking(jobs: list[Job], resumed: bool, start: int, total: int) -> None:
+    from workbench.tracking import Tracker
+
+    for j in jobs:
+        if j.writes:
+            wandb_id = _wandb_id(j.run) if resumed else None
+            j.tracker = Tracker(j.run, j.cfg.wandb_project, to_dict(j.cfg), resume_id=wandb_id)
+            j.run.set_status("running", step=start, steps=total)
+
+
+def _checkpoint(jobs: list[Job], source: Source, group: Dist, completed: int, n: int) -> None:
+    """Every job's checkpoint; the data position and RNG of every rank go into each (a collective)."""
+    ranks = group.objects({"data": source.state_dict(), "rng": rng_state()})
+    for j in jobs:
+        if not all(torch.isfinite(p).all() for p in j.sae.parameters()):
+            raise _diverged(j.run, completed - 1, j.last_ckpt, "the parameters became non-finite")
+        if j.writes:
+            j.last_ckpt = str(j.store.save(completed, {
+                "tokens": completed * n, "scale": j.scale, "sae": j.sae.state_dict(), "opt": j.opt.state_dict(),
+                "sched": j.sched.state_dict(), "rng": ranks[0]["rng"], "data": ranks[0]["data"], "ranks": ranks,
+                "config": to_dict(j.cfg)}))
+
+
+def _finish(j: Job, model, total: int, n: int) -> None:
+    io.save(j.sae.folded(j.scale), j.run.path, _sae_meta(j.cfg, model))
+    result = evaluate_saved(j.run.path, model, j.cfg)
+    summary = eval_summary(result, j.cfg, total * n)
+    check_finite_eval(summary, j.run)
+    j.run.write_json("eval.json", summary)
+    j.tracker.log({f"eval/{m}/{k}": v for m, r in result.items() for k, v in r.items() if isinstance(v, (int, float))},
+                  step=total)
+    j.run.set_status("done", step=total, steps=total)
 
 
 def check_finite_eval(summary: dict, run: Run) -> None:

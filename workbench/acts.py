@@ -7,13 +7,13 @@ shuffle buffer, so a trainer that saves it resumes at exactly the same data posi
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
 from workbench import toyworld
 from workbench.config import CORPORA, ActsConfig
-from workbench.models import capture, check_hook, encode
+from workbench.models import capture, capture_many, check_hook, encode
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -74,30 +74,44 @@ def load_text_dataset(spec: str, column: str):
 
 
 class ActivationStream:
-    """Iterator of (batch_size, d) activation tensors at cfg.hook, shuffled through a buffer."""
+    """Iterator of (batch_size, d) activation tensors at cfg.hook, shuffled through a buffer.
+
+    With ``hooks`` it reads several hooks from one forward pass: :meth:`next_all` gives {hook: batch}
+    with the same token rows at every hook (one shuffle order for all). ``keep`` (default: all hooks)
+    names the hooks whose activations are buffered; ``gather`` (hook groups over processes) maps each
+    forward pass's (n, d) activations to those of every process, so a rank training some of the hooks
+    sees the tokens of all ranks.
+    """
 
     MAX_EMPTY_CHUNKS = 8  # forward passes in a row that select no token before --positions is called wrong
 
-    def __init__(self, model: "HookedTransformer", cfg: ActsConfig):
-        check_hook(model, cfg.hook)
+    def __init__(self, model: "HookedTransformer", cfg: ActsConfig, hooks: list[str] | None = None,
+                 keep: list[str] | None = None, gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.hooks = list(hooks or [cfg.hook])
+        for h in self.hooks:
+            check_hook(model, h)
         check_positions(cfg.positions, model.cfg.n_ctx)
-        self.model, self.cfg = model, cfg
+        self.keep = list(keep if keep is not None else self.hooks)
+        self.model, self.cfg, self.gather = model, cfg, gather
         self.text = TextSource(cfg)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.buffer = torch.empty(0)
+        self.buffers = {h: torch.empty(0) for h in self.keep}
         self.tokens_seen = 0
         self._empty = 0
 
     @torch.no_grad()
-    def forward_chunk(self) -> torch.Tensor:
-        """One model forward over seq_batch sequences: (n_selected_positions, d).
+    def forward_chunks(self) -> dict[str, torch.Tensor]:
+        """One model forward over seq_batch sequences: {hook: (n_selected_positions, d)} for the kept hooks.
 
         ConfigError if MAX_EMPTY_CHUNKS forwards in a row select no token (instead of looping forever)."""
         cfg, model = self.cfg, self.model
         texts = self.text.next(cfg.seq_batch)
         tokens = encode(model, texts)[:, : model.cfg.n_ctx]  # (batch, pos)
-        act = capture(model, tokens.to(model.cfg.device), cfg.hook, cfg.head)  # (batch, pos, d)
-        mask = select_positions(tokens, model.tokenizer.pad_token_id, cfg.positions).to(act.device)
+        if len(self.hooks) == 1:
+            acts = {self.hooks[0]: capture(model, tokens.to(model.cfg.device), self.hooks[0], cfg.head)}
+        else:
+            acts = capture_many(model, tokens.to(model.cfg.device), self.hooks, cfg.head)  # {hook: (batch, pos, d)}
+        mask = select_positions(tokens, model.tokenizer.pad_token_id, cfg.positions).to(next(iter(acts.values())).device)
         n = int(mask.sum())
         self.tokens_seen += n
         self._empty = 0 if n else self._empty + 1
@@ -107,34 +121,52 @@ class ActivationStream:
             raise ConfigError(f"positions: {cfg.positions!r} selected no token in {self._empty * cfg.seq_batch} sequences "
                               f"of at most {tokens.shape[1]} tokens (position 0, BOS, is never kept); "
                               f"pass --positions all, end, or indices inside the sequences")
-        return act[mask].float().cpu()
+        out = {}
+        for h in self.hooks:  # the same order on every rank: gather is a collective
+            a = acts[h][mask].float()
+            a = self.gather(a) if self.gather is not None else a
+            if h in self.keep:
+                out[h] = a.cpu()
+        return out
+
+    def forward_chunk(self) -> torch.Tensor:
+        """One model forward: (n_selected_positions, d) at the first hook."""
+        return self.forward_chunks()[self.keep[0]]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self
 
     def __next__(self) -> torch.Tensor:
+        return self.next_all()[self.keep[0]]
+
+    def next_all(self) -> dict[str, torch.Tensor]:
+        """{hook: (batch_size, d)}: the same tokens at every kept hook."""
         cfg = self.cfg
         want = max(cfg.batch_size, cfg.shuffle_buffer)
-        parts = [self.buffer]
-        have = len(self.buffer)
+        parts = {h: [b] for h, b in self.buffers.items()}
+        have = len(self.buffers[self.keep[0]])
         while have < want:
-            chunk = self.forward_chunk()
-            parts.append(chunk)
-            have += len(chunk)
-        buf = torch.cat(parts)
-        if cfg.shuffle_buffer:
-            buf = buf[torch.randperm(len(buf), generator=self.gen)]
-        out, self.buffer = buf[: cfg.batch_size], buf[cfg.batch_size:]
+            chunk = self.forward_chunks()
+            for h in self.keep:
+                parts[h].append(chunk[h])
+            have += len(chunk[self.keep[0]])
+        perm = torch.randperm(have, generator=self.gen) if cfg.shuffle_buffer else None
+        out = {}
+        for h in self.keep:
+            buf = torch.cat(parts[h])
+            if perm is not None:
+                buf = buf[perm]
+            out[h], self.buffers[h] = buf[: cfg.batch_size], buf[cfg.batch_size:]
         return out
 
     def state_dict(self) -> dict:
-        return {"text": self.text.state_dict(), "gen": self.gen.get_state(), "buffer": self.buffer.clone(),
-                "tokens_seen": self.tokens_seen}
+        return {"text": self.text.state_dict(), "gen": self.gen.get_state(),
+                "buffers": {h: b.clone() for h, b in self.buffers.items()}, "tokens_seen": self.tokens_seen}
 
     def load_state_dict(self, s: dict) -> None:
         self.text.load_state_dict(s["text"])
         self.gen.set_state(s["gen"])
-        self.buffer = s["buffer"]
+        self.buffers = dict(s["buffers"]) if "buffers" in s else {self.keep[0]: s["buffer"]}  # older checkpoints
         self.tokens_seen = s["tokens_seen"]
 
 

@@ -208,11 +208,17 @@ class ActivationCache:
         return torch.from_numpy(flat.reshape(-1, self.d).copy()).float()
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, block: int = 8192,
-                start_batch: int = 0) -> Iterator[torch.Tensor]:
+                start_batch: int = 0, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
         """Endless (batch_size, d) batches; shuffles block order each epoch and rows within a window.
 
-        Deterministic given seed, so ``start_batch`` resumes exactly where a run stopped.
+        Deterministic given seed, so ``start_batch`` resumes exactly where a run stopped. With
+        ``world`` > 1 (data parallel) batch_size is the global batch and this rank reads only its
+        disjoint shard of it, rows [rank * b, (rank + 1) * b) with b = batch_size // world: the ranks'
+        shards, concatenated in rank order, are the one-process batch.
         """
+        if batch_size % world:
+            raise CacheError(f"a global batch of {batch_size} does not split over {world} processes; pass a --batch-size that is a multiple of {world}")
+        local = batch_size // world
         n = len(self)
         if n < batch_size:
             raise CacheError(f"cache {self.path} has {n} rows, fewer than one batch of {batch_size}")
@@ -223,8 +229,8 @@ class ActivationCache:
             g = torch.Generator().manual_seed(seed * 100_003 + epoch)
             order = self._epoch_order(n, block, shuffle, g)
             for b in range(skip, per_epoch):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                yield self._gather(idx)
+                lo = b * batch_size + rank * local
+                yield self._gather(order[lo:lo + local])
             skip = 0
             epoch += 1
 

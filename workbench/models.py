@@ -202,6 +202,26 @@ def capture(model: "HookedTransformer", tokens: torch.Tensor, hook: str, head: i
     return head_view(_run_capture(model, tokens, hook, stop_layer(hook))[1], head)
 
 
+def capture_many(model: "HookedTransformer", tokens: torch.Tensor, hooks: list[str],
+                 head: int | None = None) -> dict[str, torch.Tensor]:
+    """The activations at several hooks from one forward pass: {hook: (batch, pos, d)}.
+
+    The pass stops after the last layer any of the hooks needs (many SAEs, one model forward).
+    """
+    for h in hooks:
+        check_hook(model, h)
+    stops = [stop_layer(h) for h in hooks]
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(act, hook):
+        store[hook.name] = act
+        return act
+
+    model.run_with_hooks(tokens, fwd_hooks=[(h, grab) for h in hooks],
+                         stop_at_layer=None if None in stops else max(stops))
+    return {h: head_view(store[h], head) for h in hooks}
+
+
 def capture_with_logits(model: "HookedTransformer", tokens: torch.Tensor, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One full forward pass: (logits (batch, pos, d_vocab), the activation at `hook` as the hook saw it,
     e.g. (batch, pos, n_heads, d_head) for a per-head hook; :func:`head_view` selects from it)."""

@@ -15,6 +15,8 @@ def _examples() -> list[tuple[str, list[str]]]:
         text = (p.epilog or "").replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split("#")[0].strip()
+            if line.startswith("torchrun ") and " -m workbench " in line:  # torchrun ... -m workbench CMD ...
+                line = "workbench " + line.split(" -m workbench ", 1)[1]
             if line.startswith("workbench "):
                 out.append((" ".join(key), shlex.split(line)[1:]))
     return out
@@ -36,9 +38,9 @@ def test_example_parses_and_validates(shown_in, argv, capsys):
     args = parsers[key].parse_args(argv[len(key):])
     assert "deprecated" not in capsys.readouterr().err  # examples use today's spellings
     if key == ("sae", "train") and not args.resume:
-        from cli.sae import _config_from_args
+        from cli.sae import _configs_from_args
 
-        _config_from_args(args)
+        _configs_from_args(args)
     elif key in (("moe", "train"), ("moe", "bench")):
         from routing.config import GateConfig, MoETrainConfig
 

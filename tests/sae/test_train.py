@@ -95,9 +95,9 @@ def test_nan_loss_stops_before_the_update(tiny_cfg, tiny_model, monkeypatch):
     real = tr.fvu
     calls = {"n": 0}
 
-    def bad_fvu(x, x_hat):
+    def bad_fvu(x, x_hat, den=None):
         calls["n"] += 1
-        return real(x, x_hat) * (float("inf") if calls["n"] == 3 else 1.0)
+        return real(x, x_hat, den) * (float("inf") if calls["n"] == 3 else 1.0)
 
     monkeypatch.setattr(tr, "fvu", bad_fvu)
     with pytest.raises(Diverged, match=r"step 3: loss is inf.*no checkpoint was written yet"):

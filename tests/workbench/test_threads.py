@@ -42,7 +42,8 @@ def _first_import(path: Path) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "bench").glob("*.py")) + [ROOT / "cli" / "__init__.py", ROOT / "app" / "data.py"],
+@pytest.mark.parametrize("path", sorted((ROOT / "bench").glob("*.py")) + [ROOT / "cli" / "__init__.py", ROOT / "app" / "data.py",
+                                                                   ROOT / "workbench" / "__main__.py"],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_entry_points_import_it_first(path):
     assert _first_import(path) == "workbench.threads"
