@@ -179,6 +179,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         source = Source(cfg, model)
         cfg = replace(cfg, sae=cfg.sae.resolve(source.d_in, source.where))  # k <= d_sae, d_in vs hook
     k_aux = cfg.aux_k(cfg.sae.d_in, cfg.sae.d_sae)
+    cfg = replace(cfg, lr=cfg.learning_rate(cfg.sae.d_sae))  # the resolved lr, never null in config.json or wandb
     _warn_dead_window(cfg)
     if run is None:
         run = Run.create(KIND, to_dict(cfg), name=cfg.name, root=cfg.runs_dir)
@@ -214,7 +215,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
     last_ckpt = ck["path"] if ck is not None else None
 
     wandb_id = _wandb_id(run) if resume is not None else None
-    tracker = Tracker(run, cfg.wandb_project, to_dict(cfg), resume_id=wandb_id)
+    tracker = Tracker(run, cfg.wandb_project, to_dict(cfg), resume_id=wandb_id, tags=cfg.wandb_tags, group=cfg.wandb_group)
     run.set_status("running", step=start, steps=total)
     n = cfg.acts.batch_size
     bar = tqdm(total=total, initial=start, desc=f"sae {cfg.sae.arch} {run.name}", unit="step", disable=not progress,
@@ -236,10 +237,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
                 row["tok_per_s"] = (completed - s_log) * n / max(now - t_log, 1e-9)
                 t_log, s_log = now, completed
                 tracker.log(row, step=completed)
+                tracker.histogram("train/latent_density_log10", _log_density(sae), step=completed)
                 bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_fraction']:.1f}%")
             if cfg.ce_every and completed % cfg.ce_every == 0 and completed != total:
                 ev = _evaluate(sae, scale, model, cfg, modes=("batch",))["batch"]
-                tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed)
+                tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed, section="eval")
             if completed % cfg.checkpoint_every == 0 or completed == total:
                 if not all(torch.isfinite(p).all() for p in sae.parameters()):
                     raise _diverged(run, step, last_ckpt, "the parameters became non-finite")
@@ -256,6 +258,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, *, model=None, pro
         run.write_json("eval.json", summary)
         tracker.log({f"eval/{m}/{k}": v for m, r in result.items() for k, v in r.items() if isinstance(v, (int, float))},
                     step=total)
+        tracker.artifact(f"{run.name}-sae", [run.path / f for f in (io.WEIGHTS, io.CFG, io.STATS)], metadata={
+            "arch": cfg.sae.arch, "k": cfg.sae.k, "d_sae": cfg.sae.d_sae, "hook": cfg.acts.hook, "model": cfg.acts.model,
+            **{k: summary.get(k) for k in ("mode", "fvu", "ce_recovered", "l0_mean", "dead_fraction")}})
         run.set_status("done", step=total, steps=total)
     except BaseException as e:
         bar.close()
@@ -299,6 +304,11 @@ def _b_dec_init(x: torch.Tensor, how: str) -> torch.Tensor:
     if how == "mean":
         return x.mean(0)
     return torch.zeros(x.shape[1])
+
+
+def _log_density(sae: SAE) -> torch.Tensor:
+    """log10 of each latent's running density (clipped at 1e-7 so that never-firing latents show as the lowest bin)."""
+    return sae.density.detach().float().clamp_min(1e-7).log10().cpu()
 
 
 def _wandb_id(run: Run) -> str | None:
