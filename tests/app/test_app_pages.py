@@ -395,8 +395,7 @@ def test_ioi_eval_page(app_test, app_runs):
     want = diag[diag["dictionary"] == "sae-topk"]
     assert sorted(frozen["FVU"]) == pytest.approx(sorted(want[["fvu_sae", "fvu_frozen"]].to_numpy().ravel()))
     assert "Circuit: not available for this run (missing locations.json" in infos(at)
-    if "Normalised edit magnitude" in {_title(s) for s in specs}:  # negative magnitudes are explained under it
-        assert any("x < 0 means the edit removed less than the supervised edit" in c.value for c in at.caption)
+
     at.selectbox(key="ctrl_attr").set_value("Pos").run()
     at.selectbox(key="f1_thr").set_value(0.8).run()
     at.selectbox(key="interp_only_metric").set_value("necessity").run()
@@ -422,6 +421,29 @@ def test_ioi_page_explains_an_empty_magnitude_chart_and_clamped_cells(app_test, 
     assert "Normalised edit magnitude" not in {_title(s) for s in _specs(at)}
     assert any("outside [-1.25, 1.25] are drawn in the end colour (clamped): 1.70" in c.value for c in at.caption)
     assert not at.exception
+
+
+def test_ioi_page_explains_negative_normalised_magnitudes(app_test, app_runs, tmp_path, monkeypatch):
+    """Edits with x < 0 (they removed less than the supervised edit) are counted and explained under the chart."""
+    import shutil
+
+    dst = tmp_path / "runs" / "ioi-eval-neg"
+    shutil.copytree(app_runs / "ioi-eval", dst)
+    ctrl = pd.read_parquet(dst / "control.parquet")
+    rows = (ctrl["cross_section"] == "custom") & (ctrl["method"] != "supervised")
+    attr = sorted(ctrl["attribute"].unique())[0]  # the page's first attribute
+    rows &= ctrl["attribute"] == attr
+    ctrl.loc[rows, ["x", "y"]] = [[-0.4, 0.5]]
+    ctrl.to_parquet(dst / "control.parquet", index=False)
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval-neg")
+    assert at.selectbox(key="ctrl_attr").value == attr
+    pts = ctrl[(ctrl["cross_section"] == "custom") & (ctrl["attribute"] == attr)].dropna(subset=["x", "y"])
+    neg = pts[pts["x"] < 0]
+    assert len(neg) >= rows.sum()
+    cap = next(c.value for c in at.caption if "x < 0 means" in c.value)
+    assert f"Here {len(neg)} of {len(pts)} edits have x < 0 (down to {neg['x'].min():.2f})" in cap
+    assert "sae-topk greedy" in cap and "removed less of the reconstruction than the supervised edit" in cap
 
 
 def test_ioi_locate_page_shows_the_circuit(app_test, app_runs):
