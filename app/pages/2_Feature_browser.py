@@ -175,8 +175,8 @@ def find_latent(lat: pd.DataFrame, features: pd.DataFrame) -> int | None:
     first, why = informative_latent(lat, features)
     default = int(asked) if asked is not None and str(asked).isdigit() else first
     latent = int(st.number_input("Latent index", 0, d_sae - 1, value=min(max(default, 0), d_sae - 1), step=1, key="latent"))
-    if asked is None and latent == first:
-        st.caption(f"Opened on latent {first}: {why}.")
+    if latent == first:
+        st.caption(f"Opened on latent {first}: {why}.")  # shown while it is the one shown
     if st.query_params.get("latent") != str(latent):
         st.query_params["latent"] = str(latent)  # a link to this page shows this latent
     return latent
