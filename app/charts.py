@@ -93,7 +93,7 @@ def histogram(edges, counts, x_title: str, y_title: str, title: str = "", height
     df = pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": counts})
     return alt.Chart(df, title=title, height=height).mark_bar(stroke="white", strokeWidth=0.5).encode(
         x=alt.X("lo:Q", title=x_title, scale=alt.Scale(zero=True, nice=False), axis=alt.Axis(format=".2~f")), x2="hi:Q",
-        y=alt.Y("count:Q", title=y_title, axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("count:Q", title=y_title, axis=alt.Axis(tickMinStep=1)), y2=alt.datum(0),  # bars from 0 up (x is ranged)
         tooltip=[alt.Tooltip("lo:Q", title="from", format=".3f"), alt.Tooltip("hi:Q", title="to", format=".3f"),
                  alt.Tooltip("count:Q", title=y_title)])
 

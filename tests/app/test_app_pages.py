@@ -202,6 +202,7 @@ def test_feature_browser_histogram_is_legible(app_test, app_runs):
     (spec,) = [x for x in _specs(at) if _title(x).startswith("Nonzero activations")]
     assert spec["height"] >= 240
     assert spec["encoding"]["x"]["title"] == "activation" and spec["encoding"]["y"]["title"] == "tokens with this activation"
+    assert spec["encoding"]["x2"] == {"field": "hi"} and spec["encoding"]["y2"] == {"datum": 0}  # bars span their bin, from 0 up
     hist = next(c for c in chart_data(at) if {"lo", "hi", "count"} <= set(c.columns))
     row = lat.set_index("latent").loc[latent]
     assert hist["count"].tolist() == list(row["hist"]) and hist["hi"].iloc[-1] == pytest.approx(row["max_act"])
