@@ -88,6 +88,16 @@ def bars(df: pd.DataFrame, x: str, y: str, title: str = "", x_type: str = "O", c
     return alt.Chart(df, title=title).mark_bar().encode(**enc)
 
 
+def histogram(edges, counts, x_title: str, y_title: str, title: str = "", height: int = 260) -> alt.Chart:
+    """Counts per bin [edges[i], edges[i+1]) as touching bars on a numeric x axis, both axes titled."""
+    df = pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": counts})
+    return alt.Chart(df, title=title, height=height).mark_bar(stroke="white", strokeWidth=0.5).encode(
+        x=alt.X("lo:Q", title=x_title, scale=alt.Scale(zero=True, nice=False), axis=alt.Axis(format=".2~f")), x2="hi:Q",
+        y=alt.Y("count:Q", title=y_title, axis=alt.Axis(tickMinStep=1)), y2=alt.datum(0),  # bars from 0 up (x is ranged)
+        tooltip=[alt.Tooltip("lo:Q", title="from", format=".3f"), alt.Tooltip("hi:Q", title="to", format=".3f"),
+                 alt.Tooltip("count:Q", title=y_title)])
+
+
 def frontier(df: pd.DataFrame, title: str = "CE loss recovered against L0 (upper left is better)") -> alt.Chart:
     """SAE runs as points at (L0, CE loss recovered), coloured by architecture, joined per architecture in L0 order."""
     base = alt.Chart(df, title=title).encode(

@@ -304,7 +304,8 @@ def ioi_evals_of_sae(sae_path: str | Path) -> list[dict]:
 
 # ---- SAE analysis (sae/analyze.py) --------------------------------------------------------------
 def contexts_of(run_dir: str | Path, latent: int) -> pd.DataFrame | Missing:
-    """The stored top-activating contexts of one latent, strongest first."""
+    """The stored contexts of one latent: column `sample` 0 = its top contexts, q >= 1 = samples of its q-th
+    activation quantile (older analyses have top contexts only); strongest first within each."""
     stamp = _stamp(Path(run_dir) / "analysis_contexts.parquet")
     if stamp is None:
         return Missing("missing analysis_contexts.parquet")
@@ -316,7 +317,29 @@ def _contexts_of(run_dir: str, latent: int, stamp: tuple) -> pd.DataFrame | Miss
     ctx = _read_table(run_dir, "analysis_contexts.parquet", stamp)
     if isinstance(ctx, Missing):
         return ctx
-    return ctx[ctx["latent"] == latent].sort_values("rank").reset_index(drop=True)
+    mine = ctx[ctx["latent"] == latent]
+    if "sample" not in mine:
+        mine = mine.assign(sample=0)
+    return mine.sort_values(["sample", "rank"]).reset_index(drop=True)
+
+
+def peak_consistency(run_dir: str | Path) -> pd.DataFrame:
+    """Per latent: how many of its top contexts peak on its most common peak token (latent, token, share)."""
+    stamp = _stamp(Path(run_dir) / "analysis_contexts.parquet")
+    return _peak_consistency(str(run_dir), stamp) if stamp else pd.DataFrame(columns=["latent", "token", "share"])
+
+
+@st.cache_data(show_spinner=False, max_entries=50)
+def _peak_consistency(run_dir: str, stamp: tuple) -> pd.DataFrame:
+    ctx = _read_table(run_dir, "analysis_contexts.parquet", stamp)
+    if isinstance(ctx, Missing):
+        return pd.DataFrame(columns=["latent", "token", "share"])
+    if "sample" in ctx:
+        ctx = ctx[ctx["sample"] == 0]
+    peak = pd.DataFrame({"latent": ctx["latent"], "token": [str(t[p]).strip() for t, p in zip(ctx["tokens"], ctx["pos"])]})
+    counts = peak.groupby(["latent", "token"]).size().rename("n").reset_index()
+    best = counts.sort_values(["latent", "n"], ascending=[True, False], kind="stable").drop_duplicates("latent")
+    return best.assign(share=best["n"] / best["latent"].map(peak.groupby("latent").size()))[["latent", "token", "share"]]
 
 
 def latents_firing_on(run_dir: str | Path, token: str) -> pd.DataFrame:
@@ -330,6 +353,8 @@ def _latents_firing_on(run_dir: str, token: str, stamp: tuple) -> pd.DataFrame:
     ctx = _read_table(run_dir, "analysis_contexts.parquet", stamp)
     if isinstance(ctx, Missing):
         return pd.DataFrame(columns=["latent", "score"])
+    if "sample" in ctx:
+        ctx = ctx[ctx["sample"] == 0]  # "in its top contexts"
     peak = pd.Series([str(t[p]).strip() for t, p in zip(ctx["tokens"], ctx["pos"])], index=ctx.index)
     hits = ctx.loc[peak == token].groupby("latent").size().rename("score").reset_index()
     return hits.sort_values("score", ascending=False, kind="stable")

@@ -36,16 +36,21 @@ def section(title: str) -> Iterator[None]:
 def pick_run(kind: str, label: str = "Run", runs: pd.DataFrame | None = None, default: str | None = None) -> pd.Series | None:
     """A selectbox of the runs of one kind; the choice is kept in the URL (?run=NAME) so links and reloads keep it.
 
-    Without ?run= the default is `default`, else the newest run.
+    Without ?run= the default is `default`, else the newest run; a ?run= naming no run of this kind is
+    reported (not silently replaced by another run).
     """
     df = data.runs_of(kind) if runs is None else runs
+    asked = st.query_params.get("run")
     if df.empty:
-        st.info(f"No {kind} runs in {data.runs_root()} yet.")
+        st.info(f"No {kind} runs in {data.runs_root()} yet." + (f" (The link asked for run `{asked}`.)" if asked else ""))
         return None
     names = df["name"].tolist()
-    want = st.query_params.get("run")
+    want = asked
     if want not in names:
         want = default if default in names else df.sort_values("created", na_position="first")["name"].iloc[-1]
+        if asked:
+            st.warning(f"No {kind} run named `{asked}` in {data.runs_root()} (the link's ?run=); showing `{want}` instead. "
+                       f"Pick another run below.")
     name = st.selectbox(label, names, index=names.index(want), key=f"pick_{kind}")
     if st.query_params.get("run") != name:
         st.query_params["run"] = name

@@ -39,6 +39,17 @@ def main(argv: list[str]) -> int:
               "(pip install -e .) or run from the repository checkout", file=sys.stderr)
         return 2
     env = {**os.environ, "WORKBENCH_RUNS": str(Path(args.runs_dir).resolve())}  # incl. OMP_WAIT_POLICY
-    cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false", "--server.headless", str(args.headless).lower()]
-    return subprocess.call(cmd, env=env)
+    cmd = streamlit_command(home, args.port, args.headless)
+    if hasattr(os, "execve"):
+        # Become Streamlit (same pid): a SIGTERM or Ctrl-C to `workbench app` reaches the server itself, so no
+        # orphaned child is left holding the port.
+        sys.stdout.flush(), sys.stderr.flush()
+        os.execve(sys.executable, cmd, env)
+    return subprocess.call(cmd, env=env)  # no exec on this platform
+
+
+def streamlit_command(home: Path, port: int, headless: bool) -> list[str]:
+    """The `streamlit run` command line: no usage statistics, and a viewer toolbar (no Deploy button)."""
+    return [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(port),
+            "--browser.gatherUsageStats", "false", "--server.headless", str(headless).lower(),
+            "--client.toolbarMode", "viewer"]

@@ -127,7 +127,8 @@ def _resume_config(args, path: str):
                 stored = getattr(section, f.name)
                 if f.name in ("d_in", "d_sae") and cfg.sae.d_sae is not None and given[f.name] is None:
                     continue
-                if given[f.name] != stored:
+                if (list(given[f.name]) if isinstance(given[f.name], (list, tuple)) else given[f.name]) != (
+                        list(stored) if isinstance(stored, (list, tuple)) else stored):
                     raise ConfigError(f"{f.name}: --resume {path} was started with {f.name}={stored!r}, "
                                       f"not {given[f.name]!r}; drop --{f.name.replace('_', '-')} to continue that run")
     return cfg

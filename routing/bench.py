@@ -63,7 +63,8 @@ def run_bench(bench: BenchConfig, base: MoETrainConfig, command: str = "") -> di
         routing = dataclasses.replace(base.routing, gate=gate.rstrip("+"), local_search=gate.endswith("+"))
         for seed in range(bench.seeds):
             cfg = dataclasses.replace(base, routing=routing, seed=seed, name=f"{gate}-s{seed}", out=str(root),
-                                      progress=False)
+                                      progress=False, wandb_group=base.wandb_group or name,  # one wandb group per bench
+                                      wandb_tags=tuple(dict.fromkeys((*base.wandb_tags, gate))))
             res = train(cfg)
             rows.append(row_of(gate, seed, res))
             key, value = metric_of(res)

@@ -119,6 +119,8 @@ class MoETrainConfig:
     log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl rows"})
     wandb_project: str | None = field(default=None, metadata={
         "help": "also log to this wandb project (offline unless wandb is configured)"})
+    wandb_tags: tuple[str, ...] = field(default=(), metadata={"help": "wandb tags of the run"})
+    wandb_group: str | None = field(default=None, metadata={"help": "wandb group, e.g. one per sweep"})
     name: str = field(default="", metadata={"help": "run name (default: moe-<task>-<gate>-s<seed>-<time>)"})
     out: str = field(default="runs", metadata={"help": "runs root directory"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -126,6 +128,7 @@ class MoETrainConfig:
     def __post_init__(self):
         if isinstance(self.routing, dict):
             self.routing = GateConfig(**self.routing)
+        self.wandb_tags = tuple(self.wandb_tags or ())
         one_of(self, "task", TASKS)
         positive(self, "epochs", "batch_size", "lr", "d_emb", "d_hidden", "d_expert_out", "n_train", "log_every",
                  "clusters", "steps", "d_model", "n_layers", "n_heads", "ioi_prompts")

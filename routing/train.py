@@ -225,7 +225,7 @@ def fit(task, run: Run, cfg: MoETrainConfig, tracker: Tracker) -> tuple[int, flo
             model.set_progress((step + 1) / total)
             row = task.end_epoch(step // per_epoch)
             if row:
-                tracker.log({"epoch": step // per_epoch, **row}, step + 1)
+                tracker.log({"epoch": step // per_epoch, **row}, step + 1, section="eval")
     if bar is not None:
         bar.close()
     return total, time.time() - t0
@@ -238,12 +238,13 @@ def train(cfg: MoETrainConfig, run: Run | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     task = make_task(cfg)  # data and model first: a config they reject leaves no run dir behind
     run = run or Run.create("moe", to_dict(cfg), name=cfg.name or None, root=cfg.out)
-    tracker = Tracker(run, cfg.wandb_project or None, to_dict(cfg))
+    tracker = Tracker(run, cfg.wandb_project or None, to_dict(cfg), tags=cfg.wandb_tags, group=cfg.wandb_group)
     steps, train_time = fit(task, run, cfg, tracker)
     task.model.set_progress(1.0)
     results = task.finish(run, train_time, steps)
     run.write_json("results.json", results)
     atomic_save_torch(run.file("checkpoints") / "final.pt", {"model": task.model.state_dict(), "config": to_dict(cfg)})
+    tracker.artifact(f"{run.name}-moe", [run.file("checkpoints") / "final.pt"], metadata={"task": cfg.task, "gate": cfg.routing.gate})
     tracker.finish()
     run.set_status("done")
     return results

@@ -4,7 +4,7 @@ Runs the SAE over held-out text of the run's corpus (the run's seed + ``HELD_OUT
 ``sae eval`` uses) and writes, each file atomically:
 
 ``analysis.json``  {"version", "model", "hook", "head", "mode" (batch | threshold), "n_tokens",
-    "n_sequences", "d_sae", "top_n", "bins", "l0_hist" (tokens with L0 = i, i = 0..max), "l0_mean",
+    "n_sequences", "d_sae", "top_n", "quantiles", "per_quantile", "bins", "l0_hist" (tokens with L0 = i, i = 0..max), "l0_mean",
     "l0_std", "l0_by_token": [{"token", "count", "l0_mean"}] (the most frequent tokens),
     "l0_by_position": [mean L0 at position i] (null where no token), "logit_lens" (how directions reach
     the unembedding, e.g. "W_dec @ W_U") or null, "logit_lens_missing" (why not, when null),
@@ -17,9 +17,14 @@ Runs the SAE over held-out text of the run's corpus (the run's seed + ``HELD_OUT
     in ``bins`` equal bins over (0, max_act]), promoted / suppressed (token strings with the largest /
     smallest direct logit effect of the decoder direction), promoted_logit / suppressed_logit; routed
     SAEs add expert (the expert sub-dictionary that owns the latent).
-``analysis_contexts.parquet``  one row per (latent, rank) for the ``top_n`` strongest activations:
-    latent, rank, act, seq, pos (index of the max token inside ``tokens``), tokens (list of token
-    strings of the context window), acts (the latent's activation at each of those tokens).
+``analysis_contexts.parquet``  one row per shown activation of a latent: latent, sample (0: one of its
+    ``top_n`` strongest activations; q = 1..``quantiles``: a sample from the q-th activation quantile, its
+    nonzero activations ranked strongest first, so 1 = the strongest and ``quantiles`` = the weakest
+    1/quantiles; ``per_quantile`` each, evenly spaced in rank; only for latents active on more than
+    ``top_n`` tokens), rank (0 = its strongest activation), act, seq, pos (index of the activating token
+    inside ``tokens``), tokens (list of token strings of the context window), acts (the latent's
+    activation at each of those tokens). Top contexts on this corpus are often near-duplicates; the
+    quantile samples show what the latent does at ordinary strengths.
 
 FC/MC SAEs are run in threshold mode (their batch-independent inference rule) unless ``--mode batch``.
 """
@@ -117,7 +122,8 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
     summary = {
         "version": VERSION, "model": acts.model, "hook": acts.hook, "head": acts.head, "mode": mode,
         "arch": sae.cfg.arch, "k": sae.cfg.k, "corpus": acts.corpus, "positions": acts.positions,
-        "n_tokens": int(n_tok), "n_sequences": int(n_seq), "d_sae": d_sae, "top_n": cfg.top_n, "bins": cfg.bins,
+        "n_tokens": int(n_tok), "n_sequences": int(n_seq), "d_sae": d_sae, "top_n": cfg.top_n, "quantiles": cfg.quantiles,
+        "per_quantile": cfg.per_quantile, "bins": cfg.bins,
         "l0_hist": np.bincount(l0_sel).tolist(), "l0_mean": float(l0_sel.mean()), "l0_std": float(l0_sel.std()),
         "l0_by_token": _l0_by_token(token_ids[selected], l0_sel, vocab),
         "l0_by_position": [float(l0[:, i][selected[:, i]].mean()) if selected[:, i].any() else None for i in range(n_ctx)],
@@ -138,6 +144,24 @@ def analyze(run_path: str | Path, cfg: AnalyzeConfig | None = None, *, model=Non
     summary["time_s"] = time.perf_counter() - t0
     run.write_json("analysis.json", summary)  # written last: its presence means the tables are complete
     return summary
+
+
+def text_activations(sae, model, hook: str, head: int | None, text: str) -> tuple[list[str], np.ndarray]:
+    """The SAE's activations (forward's values, the scale analyze stores) at every token of one text after
+    BOS, in the SAE's current mode: (token strings, (n_tokens, d_sae)). Longer texts are cut at the context."""
+    from workbench.errors import ModelError
+    from workbench.models import capture, encode
+
+    if not text.strip():
+        raise ModelError("the text is empty; type a sentence")
+    tokens = encode(model, [text])[:, : int(model.cfg.n_ctx)]  # (1, T) with BOS
+    if tokens.shape[1] < 2:
+        raise ModelError("the text has no tokens after BOS; type a sentence")
+    with torch.no_grad():
+        x = capture(model, tokens.to(model.cfg.device), hook, head)[0, 1:]  # (T-1, d_in)
+        out = sae(x.float().to(sae.W_enc.device))
+    codes = out.codes().detach().float().cpu()  # (T-1, d_sae)
+    return _Vocab(model)(tokens[0, 1:]), codes.numpy()
 
 
 class _Vocab:
@@ -210,14 +234,30 @@ def _logit_lens(sae, model, hook: str, head: int | None, n: int, vocab: _Vocab) 
             "suppressed": [vocab(r) for r in bot_i], "suppressed_logit": list(torch.cat(bot_v).numpy())}, how
 
 
-def _contexts(rows, cols, vals, token_ids, selected, d_sae: int, cfg: AnalyzeConfig, vocab: _Vocab, pad) -> dict:
-    """The top_n strongest activations of every latent, each with its context window and per-token activations."""
-    n_seq, n_ctx = token_ids.shape
+def _samples(cols, vals, d_sae: int, cfg: AnalyzeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which activations to show: (index into cols/vals, rank within its latent, sample group; see the module doc)."""
     order = np.lexsort((-vals, cols))  # by latent, then strongest first
     c_sorted = cols[order]
     rank = np.arange(len(order)) - np.searchsorted(c_sorted, c_sorted)
-    keep = order[rank < cfg.top_n]
-    lat, g, act, rk = cols[keep], rows[keep], vals[keep], rank[rank < cfg.top_n]
+    n = np.bincount(cols, minlength=d_sae)[c_sorted]  # activations of each one's latent
+    top = rank < cfg.top_n
+    idx, rk, group = [order[top]], [rank[top]], [np.zeros(int(top.sum()), dtype=np.int64)]
+    if cfg.quantiles:
+        frac = (np.arange(cfg.quantiles)[:, None] + (np.arange(cfg.per_quantile)[None, :] + 0.5) / cfg.per_quantile)
+        frac = frac.ravel() / cfg.quantiles  # (quantiles * per_quantile,) rank fractions, evenly spaced in each quantile
+        q_of = np.repeat(np.arange(1, cfg.quantiles + 1), cfg.per_quantile)
+        for f, q in zip(frac, q_of):
+            hit = (n > cfg.top_n) & (rank == np.floor(f * n).astype(np.int64))
+            idx.append(order[hit]), rk.append(rank[hit]), group.append(np.full(int(hit.sum()), q))
+    return np.concatenate(idx), np.concatenate(rk), np.concatenate(group)
+
+
+def _contexts(rows, cols, vals, token_ids, selected, d_sae: int, cfg: AnalyzeConfig, vocab: _Vocab, pad) -> dict:
+    """The shown activations of every latent (top and quantile samples), each with its context window and
+    per-token activations."""
+    n_seq, n_ctx = token_ids.shape
+    keep, rk, sample = _samples(cols, vals, d_sae, cfg)
+    lat, g, act = cols[keep], rows[keep], vals[keep]
     seq, pos = g // n_ctx, g % n_ctx
     length = (token_ids != pad).sum(1) if pad is not None else np.full(n_seq, n_ctx)
     lo = np.maximum(1, pos - cfg.before)  # BOS (position 0) is not shown
@@ -233,7 +273,7 @@ def _contexts(rows, cols, vals, token_ids, selected, d_sae: int, cfg: AnalyzeCon
     a = np.where(ks[idx] == want, kv[idx], 0.0) if len(ks) else np.zeros(len(want))
     strs = np.array(vocab(token_ids[seq[which], p]), dtype=object)
     cuts = np.cumsum(wlen)[:-1]
-    return {"latent": lat, "rank": rk, "act": act, "seq": seq, "pos": pos - lo,
+    return {"latent": lat, "sample": sample, "rank": rk, "act": act, "seq": seq, "pos": pos - lo,
             "tokens": [list(t) for t in np.split(strs, cuts)] if len(lat) else [],
             "acts": [list(x) for x in np.split(a.astype(np.float32), cuts)] if len(lat) else []}
 

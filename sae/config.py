@@ -123,10 +123,13 @@ class TrainConfig:
     wandb_project: str | None = field(default=None, metadata={"help": "also log to this wandb project (offline unless wandb is configured)"})
     distribute: str = field(default="data", metadata={"help": "under torchrun: data (DDP: every process trains every SAE on its shard of each global batch) or hooks (one process per group of --hook values, each trained on the activations of all processes)"})
     backend: str = field(default="auto", metadata={"help": "torch.distributed backend under torchrun: auto (nccl on cuda, gloo on cpu), gloo, nccl"})
+    wandb_tags: tuple[str, ...] = field(default=(), metadata={"help": "wandb tags of the run (e.g. --wandb-tags sweep1 topk)"})
+    wandb_group: str | None = field(default=None, metadata={"help": "wandb group, e.g. one per sweep"})
     name: str | None = field(default=None, metadata={"help": "run name (default: sae-<time>)"})
     runs_dir: str = field(default="runs", metadata={"help": "directory holding run directories"})
 
     def __post_init__(self):
+        self.wandb_tags = tuple(self.wandb_tags or ())
         positive(self, "tokens", "log_every", "checkpoint_every", "eval_tokens")
         one_of(self, "aux", AUX)
         one_of(self, "b_dec_init", ("median", "mean", "zero"))
@@ -166,6 +169,8 @@ class TrainConfig:
 class AnalyzeConfig:
     tokens: int = field(default=32_768, metadata={"help": "held-out tokens to run the SAE over"})
     top_n: int = field(default=12, metadata={"help": "top-activating contexts stored per latent"})
+    quantiles: int = field(default=4, metadata={"help": "activation quantiles sampled per latent besides its top contexts (0: none): quantile q holds the activations ranked in the q-th 1/quantiles of its nonzero ones, strongest first"})
+    per_quantile: int = field(default=3, metadata={"help": "contexts stored per activation quantile"})
     bins: int = field(default=24, metadata={"help": "bins of each latent's activation histogram"})
     n_logits: int = field(default=10, metadata={"help": "promoted / suppressed output tokens stored per latent"})
     before: int = field(default=16, metadata={"help": "context tokens shown before the activating token"})
@@ -175,7 +180,8 @@ class AnalyzeConfig:
     device: str | None = field(default=None, metadata={"help": "torch device (default: the run's)"})
 
     def __post_init__(self):
-        positive(self, "tokens", "top_n", "bins", "n_logits", "seq_batch")
+        positive(self, "tokens", "top_n", "bins", "n_logits", "seq_batch", "per_quantile")
+        require(self.quantiles >= 0, "quantiles", f"must be >= 0, got {self.quantiles}", "pass e.g. --quantiles 4 (0: none)")
         require(self.before >= 0 and self.after >= 0, "before/after", "must be >= 0", "pass --before 16 --after 4")
         one_of(self, "mode", ("auto", "batch", "threshold"))
 def load_train_config(stored: dict) -> TrainConfig:

@@ -281,6 +281,7 @@ def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: cont
         if c.acts.hook not in mine:
             continue
         c = replace(c, sae=c.sae.resolve(source.d_in[c.acts.hook], source.where[c.acts.hook]))  # k <= d_sae, d_in vs hook
+        c = replace(c, lr=c.learning_rate(c.sae.d_sae))  # the resolved lr, never null in config.json or wandb
         _warn_dead_window(c)
         writes = group.main or not data_parallel
         if r is None and writes:
@@ -366,10 +367,11 @@ def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: cont
                         row = _train_metrics(j.sae, out, parts, j.cfg, j.opt, completed * n)
                         row["tok_per_s"] = (completed - s_log) * n / max(now - t_log, 1e-9)
                         j.tracker.log(row, step=completed)
+                        j.tracker.histogram("train/latent_density_log10", _log_density(j.sae), step=completed)
                         bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_fraction']:.1f}%")
                 if j.cfg.ce_every and completed % j.cfg.ce_every == 0 and completed != total and j.writes:
                     ev = _evaluate(j.sae, j.scale, model, j.cfg, modes=("batch",))["batch"]
-                    j.tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed)
+                    j.tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed, section="eval")
             if log:
                 t_log, s_log = now, completed
             if completed % cfg.checkpoint_every == 0 or completed == total:
@@ -467,7 +469,8 @@ def _start_tracking(jobs: list[Job], resumed: bool, start: int, total: int) -> N
     for j in jobs:
         if j.writes:
             wandb_id = _wandb_id(j.run) if resumed else None
-            j.tracker = Tracker(j.run, j.cfg.wandb_project, to_dict(j.cfg), resume_id=wandb_id)
+            j.tracker = Tracker(j.run, j.cfg.wandb_project, to_dict(j.cfg), resume_id=wandb_id, tags=j.cfg.wandb_tags,
+                                group=j.cfg.wandb_group)
             j.run.set_status("running", step=start, steps=total)
 
 
@@ -492,6 +495,10 @@ def _finish(j: Job, model, total: int, n: int) -> None:
     j.run.write_json("eval.json", summary)
     j.tracker.log({f"eval/{m}/{k}": v for m, r in result.items() for k, v in r.items() if isinstance(v, (int, float))},
                   step=total)
+    c = j.cfg
+    j.tracker.artifact(f"{j.run.name}-sae", [j.run.path / f for f in (io.WEIGHTS, io.CFG, io.STATS)], metadata={
+        "arch": c.sae.arch, "k": c.sae.k, "d_sae": c.sae.d_sae, "hook": c.acts.hook, "model": c.acts.model,
+        **{k: summary.get(k) for k in ("mode", "fvu", "ce_recovered", "l0_mean", "dead_fraction")}})
     j.run.set_status("done", step=total, steps=total)
 
 
@@ -538,6 +545,11 @@ def _b_dec_init(x: torch.Tensor, how: str) -> torch.Tensor:
     if how == "mean":
         return x.mean(0)
     return torch.zeros(x.shape[1])
+
+
+def _log_density(sae: SAE) -> torch.Tensor:
+    """log10 of each latent's running density (clipped at 1e-7 so that never-firing latents show as the lowest bin)."""
+    return sae.density.detach().float().clamp_min(1e-7).log10().cpu()
 
 
 def _wandb_id(run: Run) -> str | None:

@@ -194,8 +194,11 @@ class ModelTrainConfig:
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
     out: str | None = field(default=None, metadata={"help": "also save the final model to this directory"})
     wandb_project: str | None = field(default=None, metadata={"help": "wandb project (offline unless configured)"})
+    wandb_tags: tuple[str, ...] = field(default=(), metadata={"help": "wandb tags of the run"})
+    wandb_group: str | None = field(default=None, metadata={"help": "wandb group, e.g. one per sweep"})
 
     def __post_init__(self):
+        self.wandb_tags = tuple(self.wandb_tags or ())
         positive(self, "steps", "batch_size", "micro_batch", "lr", "n_layers", "d_model", "n_heads", "n_ctx", "eval_every", "eval_prompts")
         require(0 <= self.ordinal_fraction <= 1, "ordinal_fraction", f"must be in [0, 1], got {self.ordinal_fraction}", "pass e.g. --ordinal-fraction 0.25")
         require(0 <= self.pronoun_fraction <= 1 - self.ordinal_fraction, "pronoun_fraction",

@@ -153,7 +153,7 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
     last_ckpt = ck["path"] if ck is not None else "none yet"
     enc = WordEncoder(toyworld.vocabulary(), cfg.n_ctx, truncate=True)
     pad = enc.pad
-    tracker = Tracker(run, cfg.wandb_project, to_dict(cfg))
+    tracker = Tracker(run, cfg.wandb_project, to_dict(cfg), tags=cfg.wandb_tags, group=cfg.wandb_group)
     splits = eval_splits(model, cfg.eval_prompts)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="toy model", disable=not progress)
     t0 = time.time()
@@ -184,15 +184,16 @@ def train(cfg: ModelTrainConfig, run: Run, resume: bool = False, progress: bool 
                 for k, v in ioi.evaluate(model, batch).items():
                     if k != "n":
                         row[f"{name}/{k}"] = v
-            tracker.log(row, done)
+            tracker.log(row, done, sections={k: "eval" for k in row if "/" in k})  # the IOI splits are evaluations
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc_heldout=f"{row['heldout_names/accuracy']:.2f}",
                             ld_heldout=f"{row['heldout_names/logit_diff']:.2f}")
             last_ckpt = store.save(done, {"model": net.state_dict(), "optimizer": opt.state_dict(),
                                           "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state()})
-    tracker.finish()
     model.load_state_dict(net.state_dict(), strict=False)
     meta = {"recipe": to_dict(cfg), "train_seconds": time.time() - t0}
     save_model(model, arch, run.path / "model", meta)
+    tracker.artifact(f"{run.name}-model", sorted((run.path / "model").iterdir()), metadata={"steps": cfg.steps})
+    tracker.finish()
     if cfg.out:
         save_model(model, arch, cfg.out, meta)
     run.set_status("done")

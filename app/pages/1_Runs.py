@@ -16,6 +16,12 @@ if df.empty:
     st.stop()
 
 # ---- the table --------------------------------------------------------------------------------
+def note_width(notes: pd.Series) -> int:
+    """Pixels that show the longest note whole (about 7.5 px a character, within 120..900)."""
+    longest = int(notes.dropna().astype(str).str.len().max()) if notes.notna().any() else 0
+    return int(min(max(120, 7.5 * longest + 24), 900))
+
+
 c1, c2, c3 = st.columns([2, 2, 3])
 all_kinds = sorted(df["kind"].dropna().unique())
 kinds = c1.multiselect("Kind", all_kinds, default=all_kinds, key="kinds")
@@ -26,9 +32,11 @@ view = df[df["kind"].isin(kinds) & df["status"].isin(statuses)]
 if text:
     hay = view[["name", "model", "hook", "arch"]].map(data.number).agg(" ".join, axis=1).str.lower()
     view = view[hay.str.contains(text, regex=False)]
-COLS = ["name", "kind", "model", "hook", "arch", "k", "mode", "fvu", "ce_recovered", "l0", "dead_fraction", "metric", "value",
-        "status", "note"]
+COLS = ["name", "kind", "status", "model", "hook", "arch", "k", "mode", "fvu", "ce_recovered", "l0", "dead_fraction", "metric",
+        "value", "note"]
 st.dataframe(view[COLS], hide_index=True, key="runs_table", column_config={
+    "status": st.column_config.TextColumn("status", width="medium"),  # wide enough for "interrupted"
+    "note": st.column_config.TextColumn("note", width=note_width(view["note"])),  # the whole note, not its first words
     "mode": st.column_config.TextColumn("mode", help="SAE runs: the allocation mode of the numbers (the saved SAE's inference "
                                         "mode: threshold for feature/mutual choice, batch for TopK)"),
     "fvu": st.column_config.NumberColumn("FVU", format="%.4f"),

@@ -1,4 +1,5 @@
-"""Feature browser: one SAE run's latents — top-activating contexts, activation histogram, density,
+"""Feature browser: one SAE run's latents — top-activating contexts and samples across the activation
+range, activation histogram, density, the latent on the user's own text (runs the model, cached),
 promoted/suppressed output tokens, IOI F1 per attribute, and the per-token L0 distribution; for routed
 SAEs also the experts: the load each took, which latents live in which expert, and which experts carry
 the IO, S and Pos values in IOI evaluations (experts.parquet).
@@ -76,6 +77,59 @@ def context_html(tokens, acts, pos: int, top: float) -> str:
     return sep.join(out)
 
 
+def contexts_block(rows: pd.DataFrame, top: float) -> str:
+    """Contexts as HTML lines: the activation at the marked token, then the tokens coloured by activation."""
+    return "\n".join(
+        f'<div style="margin: 3px 0; font-family: monospace; font-size: 0.9em"><span style="color: #888">{r.act:6.3f}'
+        f'</span>&nbsp;&nbsp;{context_html(r.tokens, r.acts, r.pos, top)}</div>' for r in rows.itertuples())
+
+
+def quantile_samples(ctx: pd.DataFrame, row: pd.Series) -> None:
+    """Samples from each quantile of the latent's activations (the top contexts are often near-duplicates)."""
+    q = ctx[ctx["sample"] > 0]
+    n_q = int(an.get("quantiles") or 0) if isinstance(an, dict) else 0
+    if q.empty:
+        why = ("this analysis predates quantile samples; re-run it" if not n_q else
+               f"the latent fired on {int(row['n_active'])} tokens, all shown above")
+        st.caption(f"Activation-quantile samples: none ({why}).")
+        return
+    st.markdown("**Samples across the activation range** (ranked strongest first, split into "
+                f"{n_q} quantiles; {an.get('per_quantile')} evenly spaced samples each)")
+    n = int(row["n_active"])
+    for k, part in q.groupby("sample"):
+        lo, hi = int((k - 1) * n / n_q), int(k * n / n_q)
+        st.markdown(f"<div style='color: #666; font-size: 0.85em; margin-top: 6px'>quantile {k} of {n_q}: activations ranked "
+                    f"{lo + 1}–{hi} of {n} (values {part['act'].min():.3f}–{part['act'].max():.3f})</div>\n"
+                    + contexts_block(part, row["max_act"]), unsafe_allow_html=True)
+
+
+def own_text(latent: int, row: pd.Series) -> None:
+    """A text box: the latent's activation at every token of the user's own text (runs the model; cached)."""
+    import live
+
+    st.markdown(f"**Latent {latent} on your own text**")
+    text = st.text_input("Text (words the model knows; press Enter to run the model and the SAE on it)", key="own_text",
+                         placeholder="e.g. one of the contexts above, edited").strip()
+    if not text:
+        st.caption("The model and the SAE are loaded once, on the first text; each text's result is cached.")
+        return
+    try:
+        tokens, acts = live.activations(path, text, (an or {}).get("mode", "batch"))
+    except live.TextError as e:
+        st.warning(f"Cannot run this text: {e}")
+        return
+    mine = acts[:, latent]  # (n_tokens,)
+    peak = int(mine.argmax()) if len(mine) else 0
+    top = max(float(row["max_act"]), float(mine.max()) if len(mine) else 0.0)
+    st.markdown(f'<div style="font-family: monospace; font-size: 0.95em">{context_html(tokens, mine, peak, top)}</div>',
+                unsafe_allow_html=True)
+    st.dataframe(pd.DataFrame({"position": np.arange(1, len(tokens) + 1), "token": tokens, "activation": mine}),
+                 hide_index=True, key="own_text_acts", height=min(400, 38 + 35 * len(tokens)))
+    st.caption(f"Max {mine.max():.3f} at '{tokens[peak]}' (position {peak + 1}); the colour scale is the analysis's max "
+               f"{row['max_act']:.3f}. The SAE ran in {(an or {}).get('mode', 'batch')} mode, like the analysis; in training it "
+               "read only the positions `--positions` chose.")
+
+
 def ioi_features() -> tuple[list[dict], pd.DataFrame]:
     """IOI evals of this SAE and their features.parquet rows for it (feature = latent index)."""
     evals = data.ioi_evals_of_sae(path)
@@ -119,11 +173,36 @@ def find_latent(lat: pd.DataFrame, features: pd.DataFrame) -> int | None:
         st.caption(f"{len(cands)} matching latents, best first")
         return int(st.selectbox("Latent", list(scores)[:200], key="cand", format_func=lambda i: f"#{i} (score {scores[i]:.3g})"))
     d_sae = len(lat)
-    default = int(st.query_params.get("latent", lat.sort_values("density", ascending=False)["latent"].iloc[0]))
+    asked = st.query_params.get("latent")
+    first, why = informative_latent(lat, features)
+    default = int(asked) if asked is not None and str(asked).isdigit() else first
     latent = int(st.number_input("Latent index", 0, d_sae - 1, value=min(max(default, 0), d_sae - 1), step=1, key="latent"))
+    if latent == first:
+        st.caption(f"Opened on latent {first}: {why}.")  # shown while it is the one shown
     if st.query_params.get("latent") != str(latent):
         st.query_params["latent"] = str(latent)  # a link to this page shows this latent
     return latent
+
+
+def informative_latent(lat: pd.DataFrame, features: pd.DataFrame) -> tuple[int, str]:
+    """The latent the browser opens on, and why: not the densest (which fires everywhere and says little), but
+    the latent that best matches an IOI attribute value, else the one whose top contexts most consistently peak
+    on one token, among latents that are neither dead nor dense (active on 0.05%..10% of tokens)."""
+    if len(features) and features["f1"].max() > 0:
+        best = features.sort_values("f1", ascending=False, kind="stable").iloc[0]
+        return int(best["feature"]), f"its best IOI match, {best['attribute']} = {best['value']} (F1 {best['f1']:.2f})"
+    alive = lat[lat["n_active"] > 0]
+    if alive.empty:
+        return 0, "every latent is dead on the analysed tokens"
+    ok = alive[(alive["density"] <= 0.1) & (alive["density"] >= 5e-4)]
+    pool = ok if len(ok) else alive
+    peaks = data.peak_consistency(path)
+    ranked = pool.merge(peaks, on="latent", how="left").fillna({"share": 0.0})
+    best = ranked.sort_values(["share", "n_active"], ascending=False, kind="stable").iloc[0]
+    if best["share"] > 0:
+        return int(best["latent"]), (f"{100 * best['share']:.0f}% of its top contexts peak on '{best['token']}', at density "
+                                     f"{best['density']:.1e} (the densest latents fire everywhere and say little)")
+    return int(best["latent"]), f"a latent active on {100 * best['density']:.2f}% of tokens"
 
 
 def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict], features: pd.DataFrame) -> None:
@@ -139,21 +218,20 @@ def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict
     left, right = st.columns([3, 2])
     with left, ui.section("Top contexts"):
         st.markdown("**Top-activating contexts**")
-        top = data.contexts_of(path, latent)
-        if isinstance(top, data.Missing):
-            ui.not_available("Top contexts", f"{top.reason}; {ANALYZE}")
-        elif top.empty:
+        ctx = data.contexts_of(path, latent)
+        if isinstance(ctx, data.Missing):
+            ui.not_available("Top contexts", f"{ctx.reason}; {ANALYZE}")
+        elif ctx.empty:
             st.info("This latent never fired on the analysed tokens (dead).")
         else:
-            st.markdown("\n".join(
-                f'<div style="margin: 3px 0; font-family: monospace; font-size: 0.9em"><span style="color: #888">{r.act:6.3f}'
-                f'</span>&nbsp;&nbsp;{context_html(r.tokens, r.acts, r.pos, row["max_act"])}</div>' for r in top.itertuples()),
-                unsafe_allow_html=True)
+            st.markdown(contexts_block(ctx[ctx["sample"] == 0], row["max_act"]), unsafe_allow_html=True)
+            quantile_samples(ctx, row)
     with right, ui.section("Activation histogram"):
         bins = len(row["hist"])
-        centers = (np.arange(bins) + 0.5) * row["max_act"] / bins
-        hist = pd.DataFrame({"activation": np.round(centers, 3), "count": np.asarray(row["hist"], dtype=int)})
-        st.altair_chart(charts.bars(hist, "activation", "count", title="Nonzero activations").properties(height=170),
+        edges = np.arange(bins + 1) * row["max_act"] / bins
+        st.altair_chart(charts.histogram(edges, np.asarray(row["hist"], dtype=int), x_title="activation",
+                                         y_title="tokens with this activation",
+                                         title=f"Nonzero activations of latent {latent} ({int(row['n_active'])} tokens)"),
                         width="stretch")
     with right, ui.section("Density"):
         logd = np.log10(lat["density"].clip(lower=1e-7))
@@ -162,7 +240,9 @@ def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict
         here = np.clip(np.searchsorted(edges, np.log10(max(row["density"], 1e-7)), side="right") - 1, 0, len(counts) - 1)
         dens = pd.DataFrame({"log10 density": np.round(edges[:-1], 2), "latents": counts, "this": np.arange(len(counts)) == here})
         st.altair_chart(charts.bars(dens, "log10 density", "latents", highlight="this",
-                                    title="Density of every latent (this one in red)").properties(height=170), width="stretch")
+                                    title="Density of every latent (this one in red)").properties(height=220), width="stretch")
+    with ui.section("Your own text"):
+        own_text(latent, row)
     c1, c2, c3 = st.columns([1, 1, 2])
     with ui.section("Output tokens"):
         if "promoted" in lat:

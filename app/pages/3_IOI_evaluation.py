@@ -165,9 +165,13 @@ with ui.section("Control"):
                 tooltip=["dictionary", "method", "k", "min_f1", "x", "x_se", "y", "y_se", "accuracy", "magnitude"])
             rules = alt.Chart(pd.DataFrame({"y": [0.0, 1.0]})).mark_rule(color="gray", strokeDash=[2, 2]).encode(y="y:Q")
             right.altair_chart((rules + mag).interactive(), width="stretch")
+            neg = pts[pts["x"] < 0]
             right.caption("The mean dictionary's supervised edit sits at (0, 1), not editing at y = 0; up and left is better. "
                           "x = (w − w_sup) / (1 − w_sup) with w the weight of the reconstruction an edit removes: x < 0 means "
-                          "the edit removed less than the supervised edit does (a smaller edit), x = 1 that it removed all of it.")
+                          "the edit removed less than the supervised edit does (a smaller edit), x = 1 that it removed all of it."
+                          + (f" Here {len(neg)} of {len(pts)} edits have x < 0 (down to {neg['x'].min():.2f}): "
+                             f"{', '.join(sorted(set(neg['dictionary'].astype(str) + ' ' + neg['method'].astype(str))))} "
+                             "removed less of the reconstruction than the supervised edit." if len(neg) else ""))
         if len(curve):
             base_k = sae_rows[(sae_rows["method"] == "f1") & (sae_rows["k"] == curve["k"].iloc[0])]
             c = pd.concat([base_k, curve]).assign(min_f1=lambda d: d["min_f1"].fillna(0))

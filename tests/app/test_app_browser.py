@@ -1,9 +1,10 @@
-"""The app in a real browser: `streamlit run` headless on a free port, each page loaded in headless Chromium.
+"""The app in a real browser: `workbench app --headless` on a free port, each page loaded in headless Chromium.
 
 For every page: the rendered DOM (``--dump-dom``) must show the page's content, no error box and every
 chart drawn (AppTest sees a chart's spec, only a browser sees whether Vega can draw it), and the
 screenshot must not be blank. Chromium's first load after the server starts renders only the header, so
-one warm-up load comes first; ``--virtual-time-budget`` (not ``--timeout``) lets the page finish. Skipped,
+one warm-up load comes first; ``--virtual-time-budget`` (not ``--timeout``) lets the page finish. Streamlit's
+Deploy button must not be in the toolbar. Skipped,
 with the reason, when Chromium is not installed (``apt-get install chromium``; scripts/test.sh does it
 where it can). Screenshots go to $WORKBENCH_SCREENSHOTS if set, else to the test's temp dir.
 """
@@ -12,17 +13,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-APP = Path(__file__).resolve().parents[2] / "app" / "Home.py"
+from tests.app.helpers import free_port, start_app
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `apt-get install chromium` "
                                 "(scripts/test.sh installs it when run as root with apt); the browser test needs it")
@@ -38,12 +37,6 @@ PAGES = [
 ERROR_MARKERS = ('data-testid="stException"', "stAlertContentError", "Traceback (most recent call last)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _chromium(url: str, *mode: str, budget_ms: int = 20000) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
@@ -54,25 +47,12 @@ def _chromium(url: str, *mode: str, budget_ms: int = 20000) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def server(app_runs, tmp_path_factory):
-    port = _free_port()
+    """The app as users start it: `workbench app --runs-dir RUNS --port P --headless` (python -m cli app)."""
+    port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "WORKBENCH_RUNS": str(app_runs)}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
-                                 "--server.port", str(port), "--browser.gatherUsageStats", "false",
-                                 "--server.fileWatcherType", "none"], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://localhost:{port}"
+    proc = start_app(app_runs, port, log)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"streamlit did not come up on {url}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
         _chromium(url, "--dump-dom")  # warm-up: the first load after start renders only the header
         yield url
     finally:
@@ -107,6 +87,7 @@ def test_page_renders_in_chromium(server, path, query, expect, tmp_path):
     assert expect in dom, f"{url} did not render {expect!r} (DOM of {len(dom)} chars)"
     for marker in ERROR_MARKERS:
         assert marker not in dom, f"{url} shows an error box ({marker})"
+    assert 'data-testid="stToolbar"' in dom and 'data-testid="stAppDeployButton"' not in dom, "Streamlit's Deploy button is shown"
     charts = dom.count('data-testid="stVegaLiteChart"')
     drawn = dom.count('class="marks"')  # Vega draws each chart into one such canvas; a spec it rejects draws nothing
     assert drawn >= charts, f"{url}: only {drawn} of {charts} charts were drawn (a Vega-Lite spec failed in the browser)"

@@ -167,13 +167,117 @@ def test_feature_browser_shows_one_latent(app_test, app_runs):
     top = ctx[ctx["latent"] == latent].sort_values("rank").iloc[0]
     html = next(m.value for m in at.markdown if "font-family: monospace" in m.value)
     assert f"{top['act']:6.3f}" in html and "text-decoration: underline" in html
-    assert html.count("<div") == (ctx["latent"] == latent).sum()
+    assert html.count("<div") == ((ctx["latent"] == latent) & (ctx["sample"] == 0)).sum()  # the top contexts
     promoted = frame(at, "token", "logit")
     assert promoted["token"].tolist() == list(row["promoted"])
     if len(feats[feats["feature"] == latent]):
         f1 = frame(at, "attribute", "value", "f1")
         assert set(f1["attribute"]) == set(feats[feats["feature"] == latent]["attribute"])
     assert infos(at) == "" and warnings(at) == ""
+
+
+def test_feature_browser_samples_the_activation_quantiles(app_test, app_runs):
+    """Besides the top contexts, samples from each activation quantile, each under a heading with its ranks and values."""
+    lat, ctx = _latents(app_runs)
+    an = json.loads((app_runs / "sae-topk" / "analysis.json").read_text())
+    q = ctx[ctx["sample"] > 0]
+    latent = int(q.groupby("latent").size().idxmax())
+    at = app_test("2_Feature_browser.py", run="sae-topk", latent=latent)
+    mine = q[q["latent"] == latent]
+    n = int(lat.set_index("latent").loc[latent, "n_active"])
+    blocks = [m.value for m in at.markdown if "activations ranked" in m.value]
+    assert len(blocks) == mine["sample"].nunique() == an["quantiles"]
+    for k, part in mine.groupby("sample"):
+        block = next(b for b in blocks if f"quantile {k} of {an['quantiles']}:" in b)
+        assert f"ranked {int((k - 1) * n / an['quantiles']) + 1}–{int(k * n / an['quantiles'])} of {n}" in block
+        assert f"values {part['act'].min():.3f}–{part['act'].max():.3f}" in block
+        assert all(f"{a:6.3f}" in block for a in part["act"])
+    assert mine["act"].min() < ctx[(ctx["latent"] == latent) & (ctx["sample"] == 0)]["act"].min()
+
+
+def test_feature_browser_histogram_is_legible(app_test, app_runs):
+    lat, _ = _latents(app_runs)
+    latent = int(lat.sort_values("n_active").iloc[-1]["latent"])
+    at = app_test("2_Feature_browser.py", run="sae-topk", latent=latent)
+    (spec,) = [x for x in _specs(at) if _title(x).startswith("Nonzero activations")]
+    assert spec["height"] >= 240
+    assert spec["encoding"]["x"]["title"] == "activation" and spec["encoding"]["y"]["title"] == "tokens with this activation"
+    assert spec["encoding"]["x2"] == {"field": "hi"} and spec["encoding"]["y2"] == {"datum": 0}  # bars span their bin, from 0 up
+    hist = next(c for c in chart_data(at) if {"lo", "hi", "count"} <= set(c.columns))
+    row = lat.set_index("latent").loc[latent]
+    assert hist["count"].tolist() == list(row["hist"]) and hist["hi"].iloc[-1] == pytest.approx(row["max_act"])
+    assert f"({int(row['n_active'])} tokens)" in _title(spec)
+
+
+def _informative(lat: pd.DataFrame, ctx: pd.DataFrame, feats: pd.DataFrame) -> int:
+    """The feature browser's opening rule, written out: best IOI F1, else the most consistent top-context peak token
+    among latents active on 0.05%..10% of tokens."""
+    if len(feats) and feats["f1"].max() > 0:
+        return int(feats.sort_values("f1", ascending=False, kind="stable")["feature"].iloc[0])
+    top = ctx[ctx["sample"] == 0]
+    share = {j: pd.Series([t[p].strip() for t, p in zip(g["tokens"], g["pos"])]).value_counts().iloc[0] / len(g)
+             for j, g in top.groupby("latent")}
+    pool = lat[(lat["n_active"] > 0) & lat["density"].between(5e-4, 0.1)]
+    pool = pool if len(pool) else lat[lat["n_active"] > 0]
+    pool = pool.assign(share=pool["latent"].map(share).fillna(0))
+    return int(pool.sort_values(["share", "n_active"], ascending=False, kind="stable")["latent"].iloc[0])
+
+
+@pytest.mark.parametrize("run", ("sae-topk", "sae-feature-choice"))
+def test_feature_browser_opens_on_an_informative_latent(app_test, app_runs, run):
+    lat, ctx = _latents(app_runs, run)
+    feats = pd.read_parquet(app_runs / "ioi-eval" / "features.parquet")
+    feats = feats[feats["dictionary"] == run]
+    at = app_test("2_Feature_browser.py", run=run)
+    want = _informative(lat, ctx, feats)
+    assert at.number_input(key="latent").value == want
+    assert any(c.value.startswith(f"Opened on latent {want}: ") for c in at.caption)
+    if not len(feats) and (lat["density"] <= 0.1).any():
+        assert lat.set_index("latent").loc[want, "density"] <= 0.1  # not one of the dense latents
+
+
+def test_feature_browser_runs_the_model_on_the_users_text(app_test, app_runs, tiny_model):
+    import numpy as np
+
+    import sae as sae_pkg
+    from workbench.models import capture, encode
+
+    lat, ctx = _latents(app_runs)
+    top = ctx[ctx["sample"] == 0].sort_values("act", ascending=False).iloc[0]
+    latent, text = int(top["latent"]), " ".join(t.strip() for t in top["tokens"])
+    at = app_test("2_Feature_browser.py", run="sae-topk", latent=latent)
+    at.text_input(key="own_text").input(text).run()
+    assert not at.exception
+    shown = frame(at, "position", "token", "activation")
+    tokens = encode(tiny_model, [text])
+    sae = sae_pkg.load(app_runs / "sae-topk")
+    want = sae(capture(tiny_model, tokens, "blocks.1.hook_resid_post")[0, 1:]).codes()[:, latent].detach().numpy()
+    assert shown["token"].str.strip().tolist() == text.split()
+    np.testing.assert_allclose(shown["activation"].to_numpy(), want, rtol=1e-5, atol=1e-6)
+    peak = int(np.argmax(want))
+    assert any(f"at '{shown['token'][peak]}' (position {peak + 1})" in c.value for c in at.caption)
+    at.text_input(key="own_text").input("zzqx-not-a-word").run()
+    assert "Cannot run this text:" in warnings(at) and not at.exception
+
+
+def test_a_link_to_a_run_that_does_not_exist_says_so(app_test):
+    at = app_test("2_Feature_browser.py", run="nonexistent")
+    assert "No sae run named `nonexistent`" in warnings(at) and "showing `" in warnings(at)
+    at = app_test("3_IOI_evaluation.py", run="nonexistent")
+    assert "No ioi run named `nonexistent`" in warnings(at)
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval")
+    assert "No ioi run named" not in warnings(at)
+
+
+def test_runs_table_shows_status_and_note_whole(app_test, app_runs):
+    at = app_test("1_Runs.py")
+    table = next(d for d in at.dataframe if {"status", "note"} <= set(d.value.columns))
+    cols = list(table.value.columns)
+    assert cols.index("status") <= 2  # next to the name, not past the right edge
+    config = json.loads(table.proto.columns)
+    assert config["status"]["width"] in ("medium", "large") or config["status"]["width"] >= 100
+    longest = table.value["note"].dropna().str.len().max()
+    assert config["note"]["width"] >= min(7 * longest, 900)  # wide enough for the longest note (~7 px a character)
 
 
 def test_feature_browser_searches(app_test, app_runs):
@@ -292,6 +396,7 @@ def test_ioi_eval_page(app_test, app_runs):
     want = diag[diag["dictionary"] == "sae-topk"]
     assert sorted(frozen["FVU"]) == pytest.approx(sorted(want[["fvu_sae", "fvu_frozen"]].to_numpy().ravel()))
     assert "Circuit: not available for this run (missing locations.json" in infos(at)
+
     at.selectbox(key="ctrl_attr").set_value("Pos").run()
     at.selectbox(key="f1_thr").set_value(0.8).run()
     at.selectbox(key="interp_only_metric").set_value("necessity").run()
@@ -317,6 +422,29 @@ def test_ioi_page_explains_an_empty_magnitude_chart_and_clamped_cells(app_test, 
     assert "Normalised edit magnitude" not in {_title(s) for s in _specs(at)}
     assert any("outside [-1.25, 1.25] are drawn in the end colour (clamped): 1.70" in c.value for c in at.caption)
     assert not at.exception
+
+
+def test_ioi_page_explains_negative_normalised_magnitudes(app_test, app_runs, tmp_path, monkeypatch):
+    """Edits with x < 0 (they removed less than the supervised edit) are counted and explained under the chart."""
+    import shutil
+
+    dst = tmp_path / "runs" / "ioi-eval-neg"
+    shutil.copytree(app_runs / "ioi-eval", dst)
+    ctrl = pd.read_parquet(dst / "control.parquet")
+    rows = (ctrl["cross_section"] == "custom") & (ctrl["method"] != "supervised")
+    attr = sorted(ctrl["attribute"].unique())[0]  # the page's first attribute
+    rows &= ctrl["attribute"] == attr
+    ctrl.loc[rows, ["x", "y"]] = [[-0.4, 0.5]]
+    ctrl.to_parquet(dst / "control.parquet", index=False)
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval-neg")
+    assert at.selectbox(key="ctrl_attr").value == attr
+    pts = ctrl[(ctrl["cross_section"] == "custom") & (ctrl["attribute"] == attr)].dropna(subset=["x", "y"])
+    neg = pts[pts["x"] < 0]
+    assert len(neg) >= rows.sum()
+    cap = next(c.value for c in at.caption if "x < 0 means" in c.value)
+    assert f"Here {len(neg)} of {len(pts)} edits have x < 0 (down to {neg['x'].min():.2f})" in cap
+    assert "sae-topk greedy" in cap and "removed less of the reconstruction than the supervised edit" in cap
 
 
 def test_ioi_locate_page_shows_the_circuit(app_test, app_runs):

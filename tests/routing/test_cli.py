@@ -47,6 +47,24 @@ def test_bench_summarises_gates_over_seeds(tmp_path, capsys):
     assert "| topk |" in capsys.readouterr().out
 
 
+def test_bench_groups_its_wandb_runs_and_tags_each_with_its_gate(tmp_path, capsys, monkeypatch):
+    from tests.wandb_records import offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rc = main(["moe", "bench", "--task", "planted", "--gates", "topk,hash", "--seeds", "1", "--experts", "4",
+               "--clusters", "4", "--epochs", "1", "--n-train", "256", "--batch-size", "128", "--runs-dir", str(tmp_path),
+               "--bench-name", "b", "--wandb-project", "p", "--wandb-tags", "nightly"])
+    assert rc == 0
+    for gate in ("topk", "hash"):
+        got = offline_run(tmp_path / "b" / f"{gate}-s0")
+        assert got["run"]["group"] == "b" and got["run"]["tags"] == ["nightly", gate]
+        keys = set().union(*got["history"])
+        assert {"train/loss", "train/lr"} <= keys and any(k.startswith("eval/") for k in keys)
+        (art,) = got["artifacts"]
+        assert art["files"] == ["final.pt"] and art["metadata"]["gate"] == gate
+    assert capsys.readouterr().err.count("wandb sync ") == 2
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--experts", "4", "--k", "9"], "workbench moe: error: k: k = 9 exceeds experts = 4; pass --k at most --experts"),
     (["--gate", "nope"], "workbench moe: error: gate: unknown value 'nope'; choose one of topk, hash, expert-choice, "

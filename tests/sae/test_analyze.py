@@ -57,7 +57,7 @@ def test_analysis_matches_direct_computation(trained, tiny_model):
     # top contexts: strongest activation first, the max token is the one where the code peaks
     strs = tiny_model.tokenizer.batch_decode([[int(t)] for t in tokens[mask]])
     for j in range(codes.shape[1]):
-        mine = ctx[ctx["latent"] == j].sort_values("rank")
+        mine = ctx[(ctx["latent"] == j) & (ctx["sample"] == 0)].sort_values("rank")
         assert len(mine) == min(4, int(active[:, j].sum()))
         if len(mine):
             top = mine.iloc[0]
@@ -70,6 +70,59 @@ def test_analysis_matches_direct_computation(trained, tiny_model):
     logits[:, tiny_model.tokenizer.all_special_ids] = -float("inf")
     want = [tiny_model.tokenizer.batch_decode([[int(i)] for i in row]) for row in logits.topk(5, dim=1).indices]
     assert [list(p) for p in lat["promoted"]] == want
+
+
+def test_quantile_samples_span_each_latents_activation_range(trained, tiny_model):
+    """Besides the top contexts: per_quantile samples from each quantile of a latent's nonzero activations,
+    evenly spaced in rank, each the activation a direct computation ranks there."""
+    from sae.analyze import AnalyzeConfig, analyze
+
+    run = trained("topk")
+    s = analyze(run.path, AnalyzeConfig(tokens=500, top_n=3, quantiles=4, per_quantile=2, seq_batch=16), model=tiny_model)
+    assert (s["quantiles"], s["per_quantile"]) == (4, 2)
+    _, codes, _, _ = _direct_codes(run, tiny_model, s["n_sequences"])
+    ctx = pd.read_parquet(run.path / "analysis_contexts.parquet")
+    checked = 0
+    for j in range(codes.shape[1]):
+        acts = np.sort(codes[:, j].numpy()[codes[:, j].numpy() > 0])[::-1]  # strongest first
+        mine = ctx[(ctx["latent"] == j) & (ctx["sample"] > 0)].sort_values(["sample", "rank"])
+        if len(acts) <= 3:
+            assert mine.empty  # all its activations are among the top contexts already
+            continue
+        n = len(acts)
+        want = [int(np.floor((q + (i + 0.5) / 2) / 4 * n)) for q in range(4) for i in range(2)]
+        assert mine["rank"].tolist() == want and mine["sample"].tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
+        np.testing.assert_allclose(mine["act"], acts[want], rtol=1e-5)
+        for r in mine.itertuples():
+            assert r.acts[r.pos] == pytest.approx(r.act, rel=1e-5)  # the marked token is the sampled one
+        checked += 1
+    assert checked > 0
+    assert ctx[ctx["sample"] > 0]["act"].min() < ctx[ctx["sample"] == 0]["act"].min()  # weaker than any top context
+
+
+def test_text_activations_equal_the_codes_of_a_direct_forward(trained, tiny_model):
+    from sae.analyze import text_activations
+    from workbench.errors import ModelError
+    from workbench.models import capture, encode
+
+    import sae as sae_pkg
+
+    run = trained("topk")
+    model = sae_pkg.load(run.path)
+    import random
+
+    from workbench import toyworld
+
+    text = toyworld.training_text(random.Random(3))
+    tokens = encode(tiny_model, [text])[:, : tiny_model.cfg.n_ctx]
+    strs, acts = text_activations(model, tiny_model, "blocks.1.hook_resid_post", None, text)
+    x = capture(tiny_model, tokens, "blocks.1.hook_resid_post")[0, 1:]
+    want = model(x).codes().detach().numpy()
+    assert len(strs) == acts.shape[0] == tokens.shape[1] - 1 and acts.shape == want.shape
+    assert " ".join(strs) == " ".join(text.split()[: len(strs)])
+    np.testing.assert_allclose(acts, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelError, match="empty"):
+        text_activations(model, tiny_model, "blocks.1.hook_resid_post", None, "  ")
 
 
 def test_feature_choice_is_analysed_in_threshold_mode(trained, tiny_model):

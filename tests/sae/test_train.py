@@ -144,7 +144,8 @@ def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_p
     rc = main(["sae", "train", "--model", str(tiny_model_dir), "--hook", "blocks.1.hook_resid_post", "--arch", "feature-choice",
                "--k", "4", "--expansion", "2", "--tokens", "1_024", "--batch-size", "128", "--seq-batch", "16",
                "--shuffle-buffer", "256", "--eval-tokens", "256", "--dead-window", "384", "--log-every", "2",
-               "--runs-dir", str(runs), "--name", "e2e", "--wandb-project", "p", "--quiet"])
+               "--runs-dir", str(runs), "--name", "e2e", "--wandb-project", "p", "--wandb-tags", "sweep-a", "fc",
+               "--wandb-group", "sweep-a", "--quiet"])
     assert rc == 0
     run = runs / "e2e"
     for f in ("config.json", "cfg.json", "sae_weights.safetensors", "sae_stats.safetensors", "eval.json", "metrics.jsonl",
@@ -160,7 +161,9 @@ def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_p
     assert ev["hook"] == "blocks.1.hook_resid_post"
     assert list(run.glob("wandb/offline-run-*/run-*.wandb")), "wandb offline files missing"
     assert json.loads((run / "status.json").read_text())["status"] == "done"
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    _check_wandb(run, captured.err)
+    out = captured.out.splitlines()
     first = next(i for i, line in enumerate(out) if "FVU" in line)
     assert out[first].strip().startswith("saved SAE (threshold mode): FVU") and "CE recovered" in out[first]
     assert out[first + 1].strip().startswith("batch mode (the training rule")
@@ -169,6 +172,31 @@ def test_cli_train_then_eval_end_to_end_with_wandb_offline(tiny_model_dir, tmp_p
     assert main(["runs", "--runs-dir", str(runs)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("e2e"))
     assert "done" in line and f"threshold mode: FVU {inf['fvu']:.4f}  CE recovered" in line
+
+
+def _check_wandb(run, err: str):
+    """The offline wandb run, read back: where it is, tags and group, the resolved lr, namespaced metrics, the
+    latent-density histogram, the weights as an artifact."""
+    import math
+
+    from tests.wandb_records import offline_run
+
+    got = offline_run(run)
+    assert f"wandb sync {got['dir'].resolve()}" in err
+    assert got["run"]["tags"] == ["sweep-a", "fc"] and got["run"]["group"] == "sweep-a"
+    d_sae = json.loads((run / "config.json").read_text())["config"]["sae"]["d_sae"]
+    lr = got["run"]["config"]["lr"]
+    assert lr == pytest.approx(2e-4 / math.sqrt(d_sae / 2 ** 14))  # resolved, never null
+    assert json.loads((run / "config.json").read_text())["config"]["lr"] == lr
+    keys = set().union(*got["history"])
+    assert {"train/fvu", "train/l0_mean", "train/dead_fraction", "train/lr", "eval/threshold/fvu", "eval/batch/ce_recovered",
+            "train/latent_density_log10/_type"} <= keys
+    assert not {k for k in keys if not k.startswith(("train/", "eval/", "_"))}  # every metric is namespaced
+    hist = [h for h in got["history"] if "train/latent_density_log10/values" in h]
+    assert hist and all(sum(h["train/latent_density_log10/values"]) == d_sae for h in hist)  # one count per latent
+    (art,) = got["artifacts"]
+    assert art["name"] == "e2e-sae" and art["type"] == "model"
+    assert {"sae_weights.safetensors", "cfg.json"} <= set(art["files"]) and art["metadata"]["arch"] == "feature-choice"
 
 
 def test_cli_resume_rejects_a_changed_flag(tiny_cfg, tiny_model, capsys):

@@ -107,3 +107,20 @@ def test_cli_reports_bad_input_in_one_line(capsys, tmp_path):
     assert cli(["acts", "info", str(tmp_path / "nowhere")]) == 2
     assert "re-run `workbench acts cache" in capsys.readouterr().err
     assert cli(["nosuch"]) == 2
+
+
+def test_train_logs_to_wandb_offline_with_sections_and_the_model_as_an_artifact(tmp_path, monkeypatch, capsys):
+    from tests.wandb_records import offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = ModelTrainConfig(steps=4, warmup_steps=1, eval_every=2, eval_prompts=8, batch_size=8, d_model=32, n_heads=2,
+                           wandb_project="p", wandb_tags=("toy",), wandb_group="g")
+    run = Run.create("model", {}, name="m", root=tmp_path)
+    train(cfg, run, progress=False)
+    got = offline_run(run.path)
+    assert got["run"]["tags"] == ["toy"] and got["run"]["group"] == "g" and got["run"]["config"]["lr"] == cfg.lr
+    keys = set().union(*got["history"])
+    assert {"train/loss", "train/lr", "eval/heldout_names/accuracy"} <= keys
+    (art,) = got["artifacts"]
+    assert art["name"] == "m-model" and "model.safetensors" in art["files"]
+    assert f"wandb sync {got['dir'].resolve()}" in capsys.readouterr().err
