@@ -8,6 +8,7 @@ every group and subcommand is fast, and it checks its arguments before it loads 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -57,14 +58,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from workbench.errors import USER_ERRORS
 
+    old = _terminate_as_interrupt()
     try:
         return int(module.main(rest) or 0)
     except USER_ERRORS as e:
         print(f"workbench {name}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"workbench {name}: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        sub = rest[0] if rest else ""
+        if sub in getattr(module, "RESUMABLE", ()):  # only commands that have --resume are told to use it
+            advice = f"; the last checkpoint is kept, continue with `workbench {name} {sub} --resume RUN_DIR`"
+        else:
+            advice = "; run the command again"
+        print(f"workbench {name}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}{advice}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that trainers record an interrupted (resumable) status, not `running`."""
+
+
+def _terminate_as_interrupt():
+    """Turn SIGTERM into a Terminated exception while a command runs (unless someone else installed a
+    handler); returns the handler to restore afterwards, or None."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.getsignal(signal.SIGTERM)
+        if old not in (signal.SIG_DFL, None):
+            return None
+        signal.signal(signal.SIGTERM, handler)
+        return old
+    except ValueError:  # not the main thread
+        return None
 
 
 if __name__ == "__main__":

@@ -53,10 +53,12 @@ def test_bench_summarises_gates_over_seeds(tmp_path, capsys):
     (["--task", "movielens", "--max-examples", "5"],
      "workbench moe: error: max_examples: 5 examples leave 0 validation and 1 test examples, too few to score "
      "ROC-AUC; pass --max-examples 1000 or more"),
+    (["--max-examples", "5"],  # the default task is synthetic
+     "workbench moe: error: max_examples: applies to --task movielens only, not synthetic; drop --max-examples"),
 ])
 def test_bad_config_is_one_line_error(capsys, tmp_path, argv, message):
     """Each message names the field, the problem and the fix, on one line, before any training starts."""
-    rc = main(["moe", "train", *argv, "--out", str(tmp_path), "--progress", "false"])
+    rc = main(["moe", "train", *argv, "--runs-dir", str(tmp_path), "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(message), err
