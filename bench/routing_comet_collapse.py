@@ -50,8 +50,8 @@ def analyse(run_dir: Path) -> dict:
     with torch.no_grad():
         x = model.features(data.test.x)  # (N, d) the gate's input
         xc = gate._centred(x) if getattr(gate, "center", None) is not None else x  # what the trees see
-        w = gate.nodes.weight  # (k (E-1), d)
-        bias = gate.nodes.bias if getattr(gate.nodes, "bias", None) is not None else torch.zeros(w.shape[0])
+        w = gate.nodes.weight.detach()  # (k (E-1), d)
+        bias = gate.nodes.bias.detach() if getattr(gate.nodes, "bias", None) is not None else torch.zeros(w.shape[0])
         t = (xc @ w.T + bias).view(len(x), k, e - 1)  # node pre-activations u.x + b, in the smooth step's units
         logp = gate.log_reach(x)  # (N, k, E)
         leaf = logp.argmax(-1)  # (N, k) most likely leaf per tree
