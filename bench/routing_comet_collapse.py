@@ -49,9 +49,10 @@ def analyse(run_dir: Path) -> dict:
     k, e, gamma = gate.k, gate.n_experts, gate.gamma
     with torch.no_grad():
         x = model.features(data.test.x)  # (N, d) the gate's input
-        w = gate.nodes.weight  # (k (E-1), d)
-        bias = gate.nodes.bias if getattr(gate.nodes, "bias", None) is not None else torch.zeros(w.shape[0])
-        t = (x @ w.T + bias).view(len(x), k, e - 1)  # node pre-activations u.x + b, in the smooth step's units
+        xc = gate._centred(x) if getattr(gate, "center", None) is not None else x  # what the trees see
+        w = gate.nodes.weight.detach()  # (k (E-1), d)
+        bias = gate.nodes.bias.detach() if getattr(gate.nodes, "bias", None) is not None else torch.zeros(w.shape[0])
+        t = (xc @ w.T + bias).view(len(x), k, e - 1)  # node pre-activations u.x + b, in the smooth step's units
         logp = gate.log_reach(x)  # (N, k, E)
         leaf = logp.argmax(-1)  # (N, k) most likely leaf per tree
         weights = torch.cat([gate(x[i:i + 4096]).weights for i in range(0, len(x), 4096)])  # (N, E)
@@ -62,7 +63,7 @@ def analyse(run_dir: Path) -> dict:
     load = (weights > 0).float().sum(0)
     out["topk_share"] = float(load.sort(descending=True).values[:k].sum() / load.sum())
     out["experts_per_example"] = float((weights > 0).float().sum(1).mean())
-    x_mean = x.mean(0)
+    x_mean = xc.mean(0)
     for j in range(k):
         counts = torch.bincount(leaf[:, j], minlength=e).float() / len(x)
         nodes = []

@@ -33,12 +33,6 @@ flags every command spells the same way: --runs-dir DIR (where run directories l
 """
 
 
-RESUMABLE = {"sae": "workbench sae train --resume RUN", "model": "workbench model train --resume RUN"}
-
-
-def _terminate(signum, frame):
-    """SIGTERM -> KeyboardInterrupt, so trainers record status 'interrupted' and release their run lock."""
-    raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
 def usage() -> str:
@@ -66,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from workbench.errors import USER_ERRORS
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
+    old = _terminate_as_interrupt()
     try:
         return int(module.main(rest) or 0)
     except USER_ERRORS as e:
@@ -77,10 +70,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workbench {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        how = f"; the last checkpoint is kept, continue with `{RESUMABLE[name]}`" if name in RESUMABLE else ""
-        what = str(e) or "interrupted"
-        print(f"workbench {name}: {what}{how}", file=sys.stderr)
-        return 143 if "signal" in what else 130
+        sub = rest[0] if rest else ""
+        advice = ""
+        if sub in getattr(module, "RESUMABLE", ()):  # only commands that have --resume are told to use it
+            advice = f"; the last checkpoint is kept, continue with `workbench {name} {sub} --resume RUN`"
+        print(f"workbench {name}: {str(e) or 'interrupted'}{advice}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that trainers record an interrupted (resumable) status, not `running`."""
+
+
+def _terminate_as_interrupt():
+    """Turn SIGTERM into a Terminated exception while a command runs (unless someone else installed a
+    handler); returns the handler to restore afterwards, or None."""
+    def handler(signum, frame):
+        raise Terminated(f"terminated by signal {signum}")
+
+    try:
+        old = signal.getsignal(signal.SIGTERM)
+        if old not in (signal.SIG_DFL, None):
+            return None
+        signal.signal(signal.SIGTERM, handler)
+        return old
+    except ValueError:  # not the main thread
+        return None
 
 
 if __name__ == "__main__":

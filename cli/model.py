@@ -7,6 +7,8 @@ import argparse
 from cli.common import add_quiet, add_runs_dir, check_name, examples
 from workbench.config import add_arguments, from_args, to_dict
 
+RESUMABLE = ("train",)  # subcommands with --resume (cli.main names them after an interruption)
+
 ACCEPT = {"accuracy": 0.9, "logit_diff": 2.5, "accuracy_pos": 0.85, "top1": 0.8}
 
 

@@ -12,6 +12,8 @@ import json
 
 from cli.common import add_quiet, check_name, dead_fraction, examples, parse_int
 
+RESUMABLE = ("train",)  # subcommands with --resume (cli.main names them after an interruption)
+
 TRAIN_EXAMPLES = examples(
     "workbench sae train --arch topk --k 8 --expansion 8 --tokens 2_000_000 --name topk-k8",
     "workbench acts cache --hook blocks.1.hook_resid_post --tokens 2_000_000 --name acts-l1",

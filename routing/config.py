@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from workbench.config import one_of, positive, require
 
 GATES = ("topk", "hash", "expert-choice", "base", "s-base", "dselect", "comet", "sparse-ot")
+# The authors' COMET / local-search choices that `--ablate` can revert, each to the version before it
+# (docs/routing.md, "COMET ablation"): no node biases; permutation logits U(0, 1e-3); Hungarian on the
+# logits instead of the last soft permutation; one permutation-entropy term (H(Pi)) instead of two.
+ABLATIONS = ("node-bias", "perm-init", "harden-logits", "perm-entropy")
 
 
 @dataclass
@@ -53,6 +57,12 @@ class GateConfig:
     ls_iters_end: int = field(default=150, metadata={"help": "local search: Sinkhorn iterations at the end"})
     ls_entropy: float = field(default=1e-4, metadata={"help": "local search: permutation entropy penalty"})
     ls_gumbel: float = field(default=0.0, metadata={"help": "local search: Gumbel noise scale (0 = none)"})
+    ablate: str = field(default="", metadata={
+        "help": f"ablation only: comma-separated authors' COMET/local-search choices to revert to the earlier "
+                f"version ({', '.join(ABLATIONS)})"})
+    center_input: bool = field(default=False, metadata={
+        "help": "comet: subtract a running mean of the gate input before the trees (against the collapse onto "
+                "~2 experts on MovieLens; not in the authors' method)"})
 
     def __post_init__(self):
         one_of(self, "gate", GATES)
@@ -62,6 +72,8 @@ class GateConfig:
         require(self.k <= self.experts, "k", f"k = {self.k} exceeds experts = {self.experts}",
                 "pass --k at most --experts")
         one_of(self, "ot_orientation", ("tokens", "experts"))
+        for a in self.ablations():
+            require(a in ABLATIONS, "ablate", f"unknown ablation {a!r}", f"choose from {', '.join(ABLATIONS)}")
         one_of(self, "ot_combine", ("scores", "plan"))
         one_of(self, "ot_method", ("bfgs", "newton", "adam"))
         one_of(self, "ot_compile", ("auto", "on", "off"))
@@ -80,6 +92,9 @@ class GateConfig:
             require(self.ot_group * self.k >= self.experts, "ot_group",
                     f"{self.ot_group} tokens x k = {self.k} cannot cover {self.experts} experts",
                     "raise --ot-group")
+
+    def ablations(self) -> set[str]:
+        return {a.strip() for a in self.ablate.split(",") if a.strip()}
 
     @property
     def tag(self) -> str:
@@ -117,6 +132,8 @@ class MoETrainConfig:
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, ...)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
     log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl rows"})
+    checkpoint_every: int = field(default=500, metadata={
+        "help": "steps between checkpoints (also at every epoch end and the last step; 0 = only those)"})
     wandb_project: str | None = field(default=None, metadata={
         "help": "also log to this wandb project (offline unless wandb is configured)"})
     wandb_tags: tuple[str, ...] = field(default=(), metadata={"help": "wandb tags of the run"})
@@ -136,6 +153,11 @@ class MoETrainConfig:
                 "pass --d-model a multiple of --n-heads")
         require(-1 <= self.correlation <= 1, "correlation", f"must be in [-1, 1], got {self.correlation}",
                 "pass --correlation 0.5")
+        require(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}",
+                "pass --checkpoint-every 500 (or 0: at epoch ends only)")
+        require(self.max_examples == 0 or self.task == "movielens", "max_examples",
+                f"applies to --task movielens only, not {self.task}",
+                "drop --max-examples, or use --n-train for the synthetic and planted tasks")
         require(self.max_examples >= 0 and self.threads >= 0, "max_examples/threads", "must be >= 0", "pass 0 or more")
         if self.task == "movielens" and self.max_examples:
             n = self.max_examples

@@ -213,6 +213,13 @@ class ToyTask:
     def optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.weight_decay)
 
+    def state_dict(self) -> dict:
+        """The training text's RNG: the rest of a resumed run draws the text it would have drawn."""
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+
     def lr(self, step: int) -> float:
         return warmup_cosine(step, self.cfg.steps, self.cfg.lr, self.cfg.steps // 10, self.min_lr_frac)
 

@@ -12,7 +12,15 @@ batch's task loss, and evaluates. The loop itself is the same for all of them:
 Run dir (kind "moe"): config.json, metrics.jsonl (loss, aux losses, per-expert load of every gate
 every `log_every` steps), load.json (expert load on the evaluation split + a token x expert weight
 sample for the app's heatmaps), results.json, ot_plan.json (sparse-ot: one small transport plan),
-checkpoints/final.pt (model state, written atomically), status.json.
+checkpoints/step-XXXXXXXX.pt (the last two; workbench.checkpoint.CheckpointStore) and checkpoints/final.pt
+(model state, written atomically), status.json.
+
+Checkpoints are written every `checkpoint_every` steps, at every epoch end and at the last step; each holds
+the model, the optimizer, the global RNG states, the task's own state (batch order, best epoch so far) and
+the training seconds so far, so `train(cfg, resume=run_dir)` continues an interrupted run to the same
+numbers as an uninterrupted one (on CPU; the sparse-OT gate's compile="auto" solves its first problems
+again eagerly after a resume, which can move its results in the last float digits). metrics.jsonl rows
+carry the number of completed steps, so a resume drops the rows after its checkpoint.
 """
 
 from __future__ import annotations
@@ -28,9 +36,14 @@ from torch.nn import functional as F
 from routing.config import MoETrainConfig
 from routing.data import Split, TaskData
 from routing.gate import GateOutput
+from workbench.checkpoint import CheckpointStore, rng_state, set_rng_state
 from workbench.config import to_dict
+from workbench.errors import RunError
 from workbench.runs import Run, atomic_save_torch
 from workbench.tracking import Tracker
+
+KIND = "moe"
+CHECKPOINT_KEYS = ("model", "optimizer", "rng", "task", "train_time")
 
 
 def load_task(cfg: MoETrainConfig) -> TaskData:
@@ -117,6 +130,15 @@ class MultiTask:
     def optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr)
 
+    def state_dict(self) -> dict:
+        """What the loop needs besides the model and optimizer to continue exactly: the batch order, the
+        current epoch's permutation, the best epoch so far and the per-epoch history."""
+        return {"gen": self.gen.get_state(), "perm": self.perm, "best": self.best, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.perm, self.best, self.history = state["perm"], state["best"], state["history"]
+
     def lr(self, step: int) -> float:
         return self.cfg.lr
 
@@ -187,18 +209,32 @@ def _gate_metrics(routes: list[GateOutput]) -> dict:
     return row
 
 
-def fit(task, run: Run, cfg: MoETrainConfig, tracker: Tracker) -> tuple[int, float]:
-    """The training loop (module docstring); returns the steps taken and the training seconds."""
+def checkpoint_store(run: Run) -> CheckpointStore:
+    return CheckpointStore(run.path / "checkpoints")
+
+
+def fit(task, run: Run, cfg: MoETrainConfig, tracker: Tracker, ck: dict | None = None) -> tuple[int, float]:
+    """The training loop (module docstring), from checkpoint `ck` when given; returns the steps taken and
+    the training seconds (over every session of the run)."""
     model: nn.Module = task.model
     opt = task.optimizer()
     total, per_epoch = task.total_steps, task.steps_per_epoch
+    start, before = 0, 0.0
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        task.load_state_dict(ck["task"])
+        set_rng_state(ck["rng"])
+        start, before = ck["step"], ck["train_time"]
+    store = checkpoint_store(run)
+    every = cfg.checkpoint_every or total
     bar = None
     if cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=f"moe {cfg.task} {cfg.routing.tag} s{cfg.seed}", leave=False)
+        bar = tqdm(total=total, initial=start, desc=f"moe {cfg.task} {cfg.routing.tag} s{cfg.seed}", leave=False)
     t0 = time.time()
-    for step in range(total):
+    for step in range(start, total):
         model.set_progress(step / total)
         lr = task.lr(step)
         for group in opt.param_groups:
@@ -216,35 +252,74 @@ def fit(task, run: Run, cfg: MoETrainConfig, tracker: Tracker) -> tuple[int, flo
         if task.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
         opt.step()
-        if step % cfg.log_every == 0 or step == total - 1:
+        done = step + 1  # rows and checkpoints are numbered by completed steps
+        if step % cfg.log_every == 0 or done == total:
             tracker.log({"epoch": step // per_epoch, "loss": loss.item(), "task_loss": task_loss.item(), "lr": lr,
-                         **logs, **{k: float(v.detach()) for k, v in aux.items()}, **_gate_metrics(routes)}, step)
+                         **logs, **{k: float(v.detach()) for k, v in aux.items()}, **_gate_metrics(routes)}, done)
         if bar is not None:
             bar.update(1)
-        if (step + 1) % per_epoch == 0:
-            model.set_progress((step + 1) / total)
+        if done % per_epoch == 0:
+            model.set_progress(done / total)
             row = task.end_epoch(step // per_epoch)
             if row:
-                tracker.log({"epoch": step // per_epoch, **row}, step + 1, section="eval")
+                tracker.log({"epoch": step // per_epoch, **row}, done, section="eval")
+        if done % every == 0 or done % per_epoch == 0 or done == total:
+            path = store.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
+                                     "task": task.state_dict(), "train_time": before + time.time() - t0,
+                                     "config": to_dict(cfg)})
+            run.set_status("running", step=done, steps=total, last_checkpoint=str(path))
     if bar is not None:
         bar.close()
-    return total, time.time() - t0
+    return total, before + time.time() - t0
 
 
-def train(cfg: MoETrainConfig, run: Run | None = None) -> dict:
-    """Train the MoE model of cfg.task with gate cfg.routing; write the run dir; return results.json."""
+def open_resume(path) -> tuple[Run, MoETrainConfig]:
+    """The run to resume and its stored config (one-line errors for a run of another kind)."""
+    run = Run.open(path)
+    if run.kind != KIND:
+        raise RunError(f"{path} is a {run.kind!r} run, not a moe run; pass a run made by `workbench moe train`")
+    return run, MoETrainConfig(**run.config)
+
+
+def train(cfg: MoETrainConfig, run: Run | None = None, resume: bool = False) -> dict:
+    """Train the MoE model of cfg.task with gate cfg.routing; write the run dir; return results.json.
+
+    With resume=True, `run` is an existing run dir: training continues from its newest checkpoint (from
+    the start if it has none). A kill or an error leaves status "interrupted" / "failed" with the last
+    checkpoint named in status.json."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg)  # data and model first: a config they reject leaves no run dir behind
-    run = run or Run.create("moe", to_dict(cfg), name=cfg.name or None, root=cfg.out)
-    tracker = Tracker(run, cfg.wandb_project or None, to_dict(cfg), tags=cfg.wandb_tags, group=cfg.wandb_group)
-    steps, train_time = fit(task, run, cfg, tracker)
-    task.model.set_progress(1.0)
-    results = task.finish(run, train_time, steps)
-    run.write_json("results.json", results)
-    atomic_save_torch(run.file("checkpoints") / "final.pt", {"model": task.model.state_dict(), "config": to_dict(cfg)})
-    tracker.artifact(f"{run.name}-moe", [run.file("checkpoints") / "final.pt"], metadata={"task": cfg.task, "gate": cfg.routing.gate})
-    tracker.finish()
-    run.set_status("done")
+    ck = None
+    if resume:
+        run.clean_tmp()
+        ck = checkpoint_store(run).load_latest(required=CHECKPOINT_KEYS)
+    run = run or Run.create(KIND, to_dict(cfg), name=cfg.name or None, root=cfg.out)
+    run.truncate_metrics(ck["step"] if ck is not None else 0)
+    wandb_id = _wandb_id(run) if resume else None
+    tracker = Tracker(run, cfg.wandb_project or None, to_dict(cfg), resume_id=wandb_id, tags=cfg.wandb_tags, group=cfg.wandb_group)
+    run.set_status("running", step=ck["step"] if ck is not None else 0, steps=task.total_steps)
+    try:
+        steps, train_time = fit(task, run, cfg, tracker, ck)
+        task.model.set_progress(1.0)
+        results = task.finish(run, train_time, steps)
+        run.write_json("results.json", results)
+        atomic_save_torch(run.file("checkpoints") / "final.pt", {"model": task.model.state_dict(), "config": to_dict(cfg)})
+        tracker.artifact(f"{run.name}-moe", [run.file("checkpoints") / "final.pt"], metadata={"task": cfg.task, "gate": cfg.routing.gate})
+    except BaseException as e:
+        last = checkpoint_store(run).paths()
+        run.set_status("failed" if not isinstance(e, KeyboardInterrupt) else "interrupted", error=str(e) or type(e).__name__,
+                       last_checkpoint=str(last[-1]) if last else None)
+        raise
+    finally:
+        tracker.finish()
+    run.set_status("done", step=steps, steps=steps)
     return results
+
+
+def _wandb_id(run: Run) -> str | None:
+    try:
+        return run.read_json("wandb.json").get("id")
+    except RunError:
+        return None

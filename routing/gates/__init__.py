@@ -11,8 +11,10 @@ def make_permutation(cfg: GateConfig):
     """The learned expert permutation of local search (COMET+), with cfg's schedule."""
     from routing.gates.local_search import LearnedPermutation
 
+    ab = cfg.ablations()
     return LearnedPermutation(cfg.experts, cfg.ls_fraction, cfg.ls_temp_start, cfg.ls_temp_end, cfg.ls_iters_start,
-                              cfg.ls_iters_end, cfg.ls_entropy, cfg.ls_gumbel)
+                              cfg.ls_iters_end, cfg.ls_entropy, cfg.ls_gumbel, authors_init="perm-init" not in ab,
+                              harden_soft="harden-logits" not in ab, two_entropies="perm-entropy" not in ab)
 
 
 def make_gate(cfg: GateConfig, d_in: int, seed: int = 12345, permutation=None) -> Gate:
@@ -34,7 +36,8 @@ def make_gate(cfg: GateConfig, d_in: int, seed: int = 12345, permutation=None) -
         "base": lambda: BaseGate(d_in, e, k, cfg.z_coef),
         "s-base": lambda: SBaseGate(d_in, e, k, cfg.sinkhorn_iters, cfg.z_coef),
         "dselect": lambda: DSelectKGate(d_in, e, k, cfg.smooth_gamma, cfg.entropy_reg),
-        "comet": lambda: CometGate(d_in, e, k, cfg.smooth_gamma, cfg.entropy_reg),
+        "comet": lambda: CometGate(d_in, e, k, cfg.smooth_gamma, cfg.entropy_reg,
+                                   node_bias="node-bias" not in cfg.ablations(), center_input=cfg.center_input),
         "sparse-ot": lambda: SparseOTGate(d_in, e, k, cfg.ot_gamma, cfg.ot_orientation, cfg.ot_combine,
                                           cfg.ot_method, cfg.ot_iters, cfg.ot_group, cfg.capacity_factor,
                                           cfg.ot_compile, cfg.ot_capacity_multiple_of),

@@ -15,6 +15,11 @@ Leaf logits are linear in x: o_{j,l} = w_{j,l} . x + c_{j,l}.
 Init as the authors' TF code (mazumder-lab/COMET, model/gates/comet.py): node weights and biases
 U(+-gamma/100), leaf weights and biases U(+-0.05) (Keras' RandomUniform default). When every tree is
 hard (p_{j,.} one-hot) a token has at most k nonzero weights.
+
+Two switches outside the authors' method: node_bias=False drops the node biases (the version before them,
+for the ablation in docs/routing.md), and center_input=True subtracts a running mean of x (a BatchNorm
+without scale, momentum 0.01; the batch mean in training, the running mean in evaluation) before the
+trees, so that the node hyperplanes see centred inputs.
 """
 
 from __future__ import annotations
@@ -46,15 +51,18 @@ def leaf_paths(n_experts: int) -> list[list[tuple[int, bool]]]:
 
 
 class CometGate(Gate):
-    def __init__(self, d_in: int, n_experts: int, k: int, gamma: float = 10.0, entropy_reg: float = 0.1):
+    def __init__(self, d_in: int, n_experts: int, k: int, gamma: float = 10.0, entropy_reg: float = 0.1,
+                 node_bias: bool = True, center_input: bool = False):
         super().__init__(d_in, n_experts, k)
         if n_experts < 2:
             raise ValueError(f"COMET needs at least 2 experts (a tree with one split), got {n_experts}")
         self.gamma, self.entropy_reg = gamma, entropy_reg
-        self.nodes = nn.Linear(d_in, k * (n_experts - 1))  # one hyperplane (with bias) per tree per node
+        self.nodes = nn.Linear(d_in, k * (n_experts - 1), bias=node_bias)  # one hyperplane per tree per node
         self.leaves = nn.Linear(d_in, k * n_experts)  # one logit per tree per leaf
+        self.center = nn.BatchNorm1d(d_in, affine=False, momentum=0.01) if center_input else None
         nn.init.uniform_(self.nodes.weight, -gamma / 100, gamma / 100)
-        nn.init.uniform_(self.nodes.bias, -gamma / 100, gamma / 100)
+        if node_bias:
+            nn.init.uniform_(self.nodes.bias, -gamma / 100, gamma / 100)
         nn.init.uniform_(self.leaves.weight, -0.05, 0.05)
         nn.init.uniform_(self.leaves.bias, -0.05, 0.05)
         paths = torch.zeros(2 * (n_experts - 1), n_experts)  # [goes left; goes right] at node i on the way to leaf l
@@ -66,10 +74,23 @@ class CometGate(Gate):
     def _projections(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Node pre-activations divided by gamma (N k, E-1) and leaf logits (N, k, E), from one matmul."""
         n, e, k = x.shape[0], self.n_experts, self.k
+        if self.center is not None:
+            x = self._centred(x)
         w = torch.cat([self.nodes.weight / self.gamma, self.leaves.weight])
-        bias = torch.cat([self.nodes.bias / self.gamma, self.leaves.bias])
+        node_bias = self.nodes.bias if self.nodes.bias is not None else self.nodes.weight.new_zeros(k * (e - 1))
+        bias = torch.cat([node_bias / self.gamma, self.leaves.bias])
         out = F.linear(x, w, bias)  # (N, k (E-1) + k E)
         return out[:, :k * (e - 1)].reshape(n * k, e - 1), out[:, k * (e - 1):].reshape(n, k, e)
+
+    def _centred(self, x: Tensor) -> Tensor:
+        """x minus the batch mean (training; updates the running mean) or the running mean (evaluation)."""
+        bn = self.center
+        if self.training and x.shape[0] > 1:
+            with torch.no_grad():
+                bn.running_mean.lerp_(x.mean(0).to(bn.running_mean.dtype), bn.momentum)
+                bn.num_batches_tracked += 1
+            return x - x.mean(0)
+        return x - bn.running_mean.to(x.dtype)
 
     def log_reach(self, x: Tensor, pre: Tensor | None = None) -> Tensor:
         """log p (N, k, E): log-probability that tree j reaches leaf l, -inf where p = 0.

@@ -17,6 +17,10 @@ the authors' code (mazumder-lab/COMET, model/permutations/learn_permutations.py)
   evaluation during the search phase uses the Hungarian permutation of the last soft one, as the
   authors' inference does.
 
+For the ablation in docs/routing.md each of these choices can be reverted to the version before it:
+authors_init=False starts the logits at U(0, 1e-3), harden_soft=False runs the Hungarian algorithm on the
+logits, two_entropies=False keeps only H(Pi).
+
 The permutation is its own module (LearnedPermutation) so that several gates can share one: the
 authors' MovieLens model learns a single permutation for all task gates (and for the k trees).
 """
@@ -43,10 +47,13 @@ class LearnedPermutation(nn.Module):
     """A permutation of E experts learned through its Sinkhorn relaxation, then hardened and frozen."""
 
     def __init__(self, n_experts: int, fraction: float = 0.1, temp_start: float = 1e-3, temp_end: float = 1e-7,
-                 iters_start: int = 20, iters_end: int = 150, entropy_coef: float = 1e-4, gumbel: float = 0.0):
+                 iters_start: int = 20, iters_end: int = 150, entropy_coef: float = 1e-4, gumbel: float = 0.0,
+                 authors_init: bool = True, harden_soft: bool = True, two_entropies: bool = True):
         super().__init__()
         e = n_experts
-        self.perm_logits = nn.Parameter(torch.empty(e, e).uniform_(-0.05, 0.05))  # (E, E), the authors' init
+        lo, hi = (-0.05, 0.05) if authors_init else (0.0, 1e-3)
+        self.perm_logits = nn.Parameter(torch.empty(e, e).uniform_(lo, hi))  # (E, E), the authors' init by default
+        self.harden_soft, self.two_entropies = harden_soft, two_entropies
         self.register_buffer("perm", torch.arange(e))
         self.register_buffer("hard", torch.tensor(False))
         self.register_buffer("last_soft", torch.full((e, e), float("nan")))  # (E, E) last training Pi
@@ -78,7 +85,7 @@ class LearnedPermutation(nn.Module):
         """(E,) the permutation closest to the last soft one of training (maximum-weight matching)."""
         from scipy.optimize import linear_sum_assignment
 
-        soft = self.last_soft
+        soft = self.last_soft if self.harden_soft else self.perm_logits
         if torch.isnan(soft).any():  # no training step yet: the relaxation at the current temperature
             with torch.no_grad():
                 soft = self.soft()
@@ -100,7 +107,8 @@ class LearnedPermutation(nn.Module):
         self.last_soft.copy_(pi.detach())
         w = a.dense() @ pi  # (N, E): a soft permutation mixes every expert's weight
         w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
-        return from_dense(w), {"perm_entropy": self.entropy_coef * permutation_entropy(pi)}
+        h = permutation_entropy(pi) if self.two_entropies else -(pi * (pi + 1e-6).log()).sum()
+        return from_dense(w), {"perm_entropy": self.entropy_coef * h}
 
 
 class LocalSearchGate(Gate):

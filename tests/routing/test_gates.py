@@ -7,6 +7,7 @@ from routing.config import GATES, GateConfig
 from routing.gate import switch_balance_loss
 from routing.gates import make_gate
 from workbench.alloc import from_dense
+from workbench.errors import ConfigError
 
 N, D, E, K = 64, 12, 8, 2
 
@@ -298,3 +299,44 @@ def test_task_gates_share_one_learned_permutation():
     assert logits[0].grad is not None and logits[0].grad.abs().sum() > 0
     model.set_progress(0.6)
     assert bool(g0.permutation.hard)
+
+
+def test_ablations_revert_each_of_the_authors_choices():
+    """--ablate node-bias,perm-init,harden-logits,perm-entropy gives the earlier versions, one by one."""
+    torch.manual_seed(0)
+    gate = make_gate(GateConfig(gate="comet", experts=E, k=K, ablate="node-bias"), D)
+    assert gate.nodes.bias is None
+    torch.testing.assert_close(gate(_x()).weights.sum(1), torch.ones(N))
+    p = make_gate(GateConfig(gate="topk", experts=16, k=2, local_search=True, ablate="perm-init"), D).permutation
+    assert 0 <= float(p.perm_logits.detach().min()) and float(p.perm_logits.detach().max()) <= 1e-3
+    p.set_progress(0.0)
+    with torch.no_grad():
+        assert float(p.soft().amax(1).mean()) < 0.2  # the nearly uniform first permutation of the old init
+    gate = _gate("topk", local_search=True, ls_fraction=0.5, ablate="harden-logits")
+    p = gate.permutation
+    gate.set_progress(0.1)
+    gate(_x())
+    target = torch.randperm(E)
+    with torch.no_grad():
+        p.last_soft.copy_(torch.eye(E)[target] * 0.9 + 0.1 / E)
+        p.perm_logits.copy_(torch.eye(E) * 10)  # the logits' matching is the identity
+    gate.set_progress(0.5)
+    assert torch.equal(p.perm, torch.arange(E))
+    gate = _gate("topk", local_search=True, ablate="perm-entropy")
+    gate.set_progress(0.0)
+    out = gate(_x())
+    pi = gate.permutation.last_soft
+    torch.testing.assert_close(out.aux_losses["perm_entropy"], 1e-4 * -(pi * (pi + 1e-6).log()).sum())
+    with pytest.raises(ConfigError, match="unknown ablation 'bias'"):
+        GateConfig(gate="comet", ablate="bias")
+
+
+def test_comet_centre_input_uses_the_batch_mean_then_the_running_mean():
+    torch.manual_seed(0)
+    gate = make_gate(GateConfig(gate="comet", experts=E, k=K, center_input=True), D)
+    x = _x() + 5.0
+    shifted = gate(x).weights
+    torch.testing.assert_close(shifted, gate(x - 7.0).weights)  # training: a constant shift is removed
+    assert float(gate.center.running_mean.mean()) > 0  # and the running mean moved towards the data's
+    gate.eval()
+    assert not torch.allclose(gate(x).weights, gate(x - 7.0).weights)
