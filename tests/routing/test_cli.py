@@ -76,7 +76,8 @@ def test_bench_groups_its_wandb_runs_and_tags_each_with_its_gate(tmp_path, capsy
                  "CPU-only build; pass --device cpu",
                  marks=pytest.mark.skipif(__import__("torch").version.cuda is not None, reason="a CUDA build of torch")),
     (["--max-examples", "5"],  # the default task is synthetic
-     "workbench moe: error: max_examples: applies to --task movielens only, not synthetic; drop --max-examples"),
+     "workbench moe: error: max_examples: applies to --task movielens only, not synthetic; drop --max-examples, "
+     "or use --n-train for the synthetic and planted tasks"),
 ])
 def test_bad_config_is_one_line_error(capsys, tmp_path, argv, message):
     """Each message names the field, the problem and the fix, on one line, before any training starts."""

@@ -106,4 +106,4 @@ def test_interrupt_advice_only_for_commands_with_resume(monkeypatch, capsys):
     assert main(["moe", "bench"]) == 130
     assert "--resume" not in capsys.readouterr().err  # bench has no --resume
     assert main(["moe", "train"]) == 130
-    assert "continue with `workbench moe train --resume RUN_DIR`" in capsys.readouterr().err
+    assert "continue with `workbench moe train --resume RUN`" in capsys.readouterr().err
