@@ -138,7 +138,7 @@ def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict
         if isinstance(top, data.Missing):
             ui.not_available("Top contexts", f"{top.reason}; {ANALYZE}")
         elif top.empty:
-            st.info("This latent never fired on the analysed tokens (dead).")
+            st.info("This latent never fired on the analysed tokens (whether it is dead, i.e. silent on the run's dead window, is in eval.json).")
         else:
             st.markdown("\n".join(
                 f'<div style="margin: 3px 0; font-family: monospace; font-size: 0.9em"><span style="color: #888">{r.act:6.3f}'
