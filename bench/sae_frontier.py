@@ -85,7 +85,7 @@ def row_of(run_dir: Path, variant: str, k: int, seed: int, seconds: float | None
     ev = json.loads((run_dir / "eval.json").read_text())
     row = {"name": run_dir.name, "variant": variant, "k": k, "seed": seed, "model": ev["model"], "hook": ev["hook"],
            "normalize": ev.get("normalize"), "aux": ev["aux"], "tokens_trained": ev["tokens_trained"],
-           "inference_mode": ev["mode"], "train_seconds": seconds}
+           "inference_mode": ev["mode"], "dead_window": ev.get("dead_window"), "train_seconds": seconds}
     for label, mode in (("inference", ev["mode"]), ("batch", "batch")):
         r = ev["modes"].get(mode)
         if r is not None:
@@ -106,14 +106,14 @@ def table(rows: list[dict]) -> str:
 
     cols = [("fvu", 4, "FVU"), ("ce_recovered", 4, "CE recovered"), ("dead_pct", 1, "dead %"),
             ("l0_mean", 2, "L0"), ("l0_std", 2, "L0 std"), ("l0_zero_frac", 3, "no-latent tokens")]
-    head = ["variant", "k", "norm", "seeds"] + [f"{t} (inference)" for _, _, t in cols] + \
+    head = ["variant", "k", "norm", "seeds", "dead window"] + [f"{t} (inference)" for _, _, t in cols] + \
            [f"{t} (batch)" for _, _, t in cols if t in ("FVU", "CE recovered", "dead %", "L0 std", "no-latent tokens")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((list(VARIANTS).index(r["variant"]), r["k"], r["normalize"]), []).append(r)
-    for (vi, k, norm), rs in sorted(groups.items()):
-        cells = [list(VARIANTS)[vi], str(k), str(norm), str(len(rs))]
+        groups.setdefault((list(VARIANTS).index(r["variant"]), r["k"], r["normalize"], r.get("dead_window") or 0), []).append(r)
+    for (vi, k, norm, window), rs in sorted(groups.items()):
+        cells = [list(VARIANTS)[vi], str(k), str(norm), str(len(rs)), f"{window:,}" if window else "?"]
         cells += [cell([r.get(f"inference_{m}") for r in rs], nd) for m, nd, _ in cols]
         batch_same = all(r["inference_mode"] == "batch" for r in rs)  # TopK: one mode
         cells += ["(same)" if batch_same else cell([r.get(f"batch_{m}") for r in rs], nd)

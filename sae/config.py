@@ -18,7 +18,7 @@ NORMALIZE = ("none", "expected_norm", "per_token")  # input normalisation option
 
 ARCHS = ("topk", "feature-choice", "mutual-choice", "relu-l1", "routed")
 AUX = ("none", "aux_k", "aux_zipf")
-# --normalize auto: each architecture's default, chosen from measurement (docs/sae.md, "Normalisation")
+# --normalize auto: each architecture's default, chosen from measurement (docs/sae.md, "Choosing the defaults")
 DEFAULT_NORMALIZE = {"topk": "expected_norm", "feature-choice": "per_token", "mutual-choice": "per_token",
                      "relu-l1": "expected_norm", "routed": "expected_norm"}
 

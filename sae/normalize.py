@@ -14,9 +14,11 @@ Three options (``SAEConfig.normalize``), each matching one of SAELens 6.54's ``n
   token with |x| = 0 we use |x| = 1e-12 (SAELens divides by zero); activations are never exactly 0.
   Training computes its loss in the normalised space, where every token weighs the same.
 
-Why per-token exists here: a few tokens with very large norms (10% of toy-ioi's tokens at ~6x the
-median norm, one direction) take a global allocation's whole budget (Mutual Choice, uniform Feature
-Choice); per token, every token competes at the same scale (docs/sae.md has the measurements).
+Why per-token exists here: a few tokens with very large norms take a global allocation's whole budget
+(Mutual Choice, uniform Feature Choice); per token, every token competes at the same scale. On the
+first toy-ioi (v1) 10% of the tokens at blocks.1 sat at ~6x the median norm, in one direction; on v2
+blocks.1 is healthy but blocks.3 still has 7.6% of its tokens above 3x the median (docs/toy-model.md).
+docs/sae.md, "Choosing the defaults", has the measurements.
 """
 
 from __future__ import annotations

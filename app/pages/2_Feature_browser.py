@@ -222,7 +222,7 @@ def show_latent(latent: int, row: pd.Series, lat: pd.DataFrame, evals: list[dict
         if isinstance(ctx, data.Missing):
             ui.not_available("Top contexts", f"{ctx.reason}; {ANALYZE}")
         elif ctx.empty:
-            st.info("This latent never fired on the analysed tokens (dead).")
+            st.info("This latent never fired on the analysed tokens (whether it is dead, i.e. silent on the run's dead window, is in eval.json).")
         else:
             st.markdown(contexts_block(ctx[ctx["sample"] == 0], row["max_act"]), unsafe_allow_html=True)
             quantile_samples(ctx, row)
