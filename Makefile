@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 2>&1 | sed "/is ignored/d"
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]" 2>&1 | sed "/is ignored/d"
 	$(BIN)/pip install -q -c constraints.txt --no-deps recbole==1.2.1 2>&1 | sed "/is ignored/d"
-	$(BIN)/python -c "import torch, transformer_lens, workbench, sae, evals, routing, cli, app; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/python -c "import workbench.threads, torch, transformer_lens, workbench, sae, evals, routing, cli, app; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)
