@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workbench.config import one_of, positive, require
+from workbench.grammar import SPLITS as EVAL_SPLITS  # grammar splits of the eval prompts (grammar imports no torch)
 
 ATTRIBUTES = ("IO", "S", "Pos")  # the paper's attributes: edited, scored for interpretability
 EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute (the frame family) a supervised dictionary may also model
@@ -17,7 +18,6 @@ EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute (the frame famil
 PROMPT_ATTRIBUTES = ("IO", "S", "Pos", "A", "B", "IO gender", "S gender", "Place", "Object", "Template")
 K_VALUES = (2, 4, 8, 16)  # the paper's edit sizes: SAE features an edit changes (evals.control)
 F1_THRESHOLDS = (0.5, 0.6, 0.8)  # the paper's F1 thresholds (evals.interpretability)
-EVAL_SPLITS = ("productions", "long", "train", "any")  # workbench.grammar.SPLITS (no torch import here)
 UNION_MAX = 10  # the authors' max_group_size in autointerp_fast: largest union of names searched
 # interpretation kinds searched for each feature (evals.interpretation)
 KINDS = ("IO", "S", "Pos", "IO & Pos", "S & Pos", "IO union", "S union", "Name", "A", "B",
