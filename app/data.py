@@ -21,7 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from workbench.errors import RunError
-from workbench.runs import Run, list_runs
+from workbench.runs import Run, dead_fraction, list_runs
 
 KINDS = ("sae", "ioi", "moe", "model", "acts")
 SAE_ANALYSIS = "analysis.json"  # written last by `workbench sae analyze` (sae/analyze.py)
@@ -239,16 +239,6 @@ def summarize(run: Run, meta: dict) -> dict:
     else:
         raise RunError(f"unknown run kind {kind!r} (known: {', '.join(KINDS)})")
     return row
-
-
-def dead_fraction(d: Any) -> float | None:
-    """The fraction of dead latents in an eval.json or metrics row; runs written before the name was
-    unified stored it as dead_pct (percent, eval.json) or dead_frac (metrics.jsonl)."""
-    for key, scale in (("dead_fraction", 1.0), ("dead_frac", 1.0), ("dead_pct", 0.01)):
-        v = d.get(key) if hasattr(d, "get") else None
-        if v is not None and not pd.isna(v):
-            return float(v) * scale
-    return None
 
 
 def runs_of(kind: str, root: str | Path | None = None) -> pd.DataFrame:

@@ -91,5 +91,10 @@ def examples(*lines: str) -> str:
 
 
 def dead_fraction(metrics: dict) -> float:
-    """A mode's dead fraction from eval.json (runs written before the rename call it dead_frac)."""
-    return metrics["dead_fraction"] if "dead_fraction" in metrics else metrics["dead_frac"]
+    """A mode's dead fraction from eval.json (workbench.runs.dead_fraction); KeyError if it has none."""
+    from workbench.runs import dead_fraction as stored
+
+    v = stored(metrics)
+    if v is None:
+        raise KeyError("dead_fraction")
+    return v

@@ -340,3 +340,16 @@ def list_runs(root: str | Path = DEFAULT_ROOT) -> Iterator[RunListing]:
             yield RunListing(p, run, None, run.meta())
         except RunError as e:
             yield RunListing(p, None, str(e))
+
+
+def dead_fraction(d: Any) -> float | None:
+    """The fraction of dead latents in an eval.json or metrics row (None if it holds none); runs written
+    before the name was unified stored it as dead_pct (percent, eval.json) or dead_frac (metrics.jsonl)."""
+    for key, scale in (("dead_fraction", 1.0), ("dead_frac", 1.0), ("dead_pct", 0.01)):
+        try:
+            v = float(d.get(key))
+        except (AttributeError, TypeError, ValueError):  # not a mapping, key missing, or NA
+            continue
+        if not math.isnan(v):
+            return v * scale
+    return None
