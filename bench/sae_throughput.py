@@ -36,6 +36,7 @@ import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before t
 import argparse
 import contextlib
 import io
+import os
 import sys
 import time
 
@@ -78,37 +79,69 @@ class Floor:
         return None
 
 
-class Ours:
-    """Our trainer's per-batch work: finiteness check + sae.trainer.train_step."""
+class FloorBF16(Floor):
+    """The same matmul in bfloat16 (tensor cores on a GPU): the floor for a bfloat16 selection."""
 
-    def __init__(self, a, data0, arch="topk", kernel="sparse"):
+    def __init__(self, a):
+        super().__init__(a)
+        self.w = self.w.bfloat16()
+
+    def step(self, x):
+        x.bfloat16() @ self.w
+
+
+class Ours:
+    """Our trainer's per-batch work: sae.trainer.train_step plus the finiteness check the trainer makes
+    (every step on the CPU; on a GPU folded into a device flag that the trainer reads every log step).
+
+    precision: SAEConfig.precision (auto: bfloat16 selection on CUDA); triton: which sae.triton_ops kernels
+    this row uses (set before each of its steps, so rows with and without them can interleave)."""
+
+    def __init__(self, a, data0, arch="topk", kernel="sparse", precision="auto", triton=None):
+        from sae import triton_ops
+        from sae.trainer import DeferredCheck
+
+        self.kernels = set(triton_ops.KERNELS) if triton is None else set(triton)
+        self.check = DeferredCheck() if a.device.startswith("cuda") else None
         from sae.config import SAEConfig, TrainConfig
         from sae.model import build_sae
         from sae.trainer import Schedule, make_optimizer
         from workbench.acts import ActsConfig
 
         self.cfg = TrainConfig(acts=ActsConfig(batch_size=a.batch), sae=SAEConfig(arch=arch, k=a.k, d_sae=a.d_sae, kernel=kernel,
-                                                                                 normalize="none"),
+                                                                                 normalize="none", precision=precision),
                                tokens=a.batch * a.steps, lr=a.lr, warmup_steps=0, decay_frac=0.0, aux="aux_k")
         self.sae = build_sae(self.cfg.sae.resolve(a.d_in))
         self.sae.init_weights(torch.Generator().manual_seed(0))
         self.sae.to(a.device)
         with torch.no_grad():
             self.sae.b_dec.copy_(data0.mean(0))
+        triton_ops.KERNELS = self.kernels
         self.sae.fit_encoder_scale(data0)  # as the trainer does on its first batch
         self.opt = make_optimizer(self.sae, a.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, Schedule(0, a.steps, 0.0))
         self.k_aux = self.cfg.aux_k(a.d_in, a.d_sae)
 
     def step(self, x):
+        from sae import triton_ops
         from sae.trainer import train_step
 
-        if not torch.isfinite(x).all():
-            raise FloatingPointError
-        train_step(self.sae, self.opt, self.sched, x, self.cfg, self.k_aux)
+        triton_ops.KERNELS = self.kernels
+        if self.check is None:
+            if not torch.isfinite(x).all():
+                raise FloatingPointError
+            train_step(self.sae, self.opt, self.sched, x, self.cfg, self.k_aux)
+        else:
+            _, parts = train_step(self.sae, self.opt, self.sched, x, self.cfg, self.k_aux, check_finite=False)
+            self.check.add(parts["loss"], 0)
 
     @torch.no_grad()
     def fvu(self, x):
+        from sae import triton_ops
+
+        if self.check is not None and self.check.failed() is not None:
+            raise FloatingPointError("a non-finite loss during the timed steps")
+        triton_ops.KERNELS = self.kernels
         return fvu_of(x, self.sae(x).x_hat)
 
 
@@ -181,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default: 2e-4 / sqrt(d_sae / 2^14) (4e-4 for d_sae 4096)")
     p.add_argument("--block", type=int, default=5, help="steps each trainer runs before the next one takes its turn")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--only", nargs="+", default=None, help="subset of rows: floor ours dense saelens sparsify fc mc")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="subset of rows: floor ours dense saelens sparsify fc mc, and floor16 (bf16 matmul), ours-fp32 (float32 selection), "
+                        "ours-triton (sae/triton_ops.py kernels instead of torch's)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (synchronised timing, peak memory)")
     p.add_argument("--shapes", choices=("one", "issue"), default="one",
                    help="one: --d-in/--d-sae/--k/--batch; issue: issue 14's three GPU shapes in turn")
@@ -197,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = a.only or ["floor", "ours", "dense", "saelens", "sparsify", "fc", "mc"]
+    if not a.device.startswith("cuda"):  # sparsify picks its Triton decoder whenever triton imports, even on a
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # CPU, where Triton has no driver: its eager one
     missing = []
     for mod, row, pkg in (("sae_lens", "saelens", "sae-lens"), ("sparsify", "sparsify", "eai-sparsify")):
         if row in rows:
@@ -234,10 +271,12 @@ def run_shape(a, rows: list[str]) -> None:
     data = planted_data(a.steps + 2, a.batch, a.d_in, n_atoms=2 * a.d_sae, k_true=a.k, seed=0, device=a.device)
     heldout, warm = data.pop(), data.pop()  # same atoms, codes not trained on
     tokens = a.batch * a.steps
-    names = {"floor": "dense encoder matmul (floor)", "ours": "ours topk (sparse kernel)",
+    names = {"floor": "dense encoder matmul (floor)", "floor16": "dense encoder matmul, bfloat16", "ours": "ours topk (sparse kernel)",
+             "ours-fp32": "ours topk, float32 selection", "ours-triton": "ours topk, Triton kernels",
              "dense": "ours topk (dense autograd)", "saelens": "SAELens TopKTrainingSAE + SAETrainer",
              "sparsify": "sparsify SparseCoder", "fc": "ours feature-choice (sparse)", "mc": "ours mutual-choice (sparse)"}
-    make = {"floor": lambda: Floor(a), "ours": lambda: Ours(a, data[0]), "dense": lambda: Ours(a, data[0], kernel="dense"),
+    make = {"floor": lambda: Floor(a), "floor16": lambda: FloorBF16(a), "ours": lambda: Ours(a, data[0]), "dense": lambda: Ours(a, data[0], kernel="dense"),
+            "ours-fp32": lambda: Ours(a, data[0], precision="float32"), "ours-triton": lambda: Ours(a, data[0], triton=("dots", "bag")),
             "saelens": lambda: SAELens(a, data[0]), "sparsify": lambda: Sparsify(a, data[0]),
             "fc": lambda: Ours(a, data[0], arch="feature-choice"), "mc": lambda: Ours(a, data[0], arch="mutual-choice")}
     trainers, resident, transient = {}, {}, {key: 0 for key in rows}
@@ -274,6 +313,7 @@ def run_shape(a, rows: list[str]) -> None:
     print("ratios")
     for a_, b_, what in (("ours", "saelens", "ours / SAELens"), ("ours", "sparsify", "ours / sparsify"),
                          ("ours", "floor", "ours / matmul floor"), ("ours", "dense", "sparse / dense kernel"),
+                         ("ours", "ours-fp32", "bf16 / fp32 selection"), ("ours-triton", "ours", "Triton / torch kernels"),
                          ("sparsify", "saelens", "sparsify / SAELens")):
         if a_ in tps and b_ in tps:
             print(f"  {what:<28} {tps[a_] / tps[b_]:.2f}x")

@@ -18,6 +18,7 @@ NORMALIZE = ("none", "expected_norm", "per_token")  # input normalisation option
 
 ARCHS = ("topk", "feature-choice", "mutual-choice", "relu-l1", "routed")
 AUX = ("none", "aux_k", "aux_zipf")
+PRECISIONS = ("auto", "float32", "bfloat16")
 # --normalize auto: each architecture's default, chosen from measurement (docs/sae.md, "Choosing the defaults")
 DEFAULT_NORMALIZE = {"topk": "expected_norm", "feature-choice": "per_token", "mutual-choice": "per_token",
                      "relu-l1": "expected_norm", "routed": "expected_norm"}
@@ -34,6 +35,7 @@ class SAEConfig:
     zipf_alpha: float = field(default=1.0, metadata={"help": "exponent of the Zipf profiles (zipf capacities and aux_zipf targets)"})
     l1_coeff: float = field(default=1e-3, metadata={"help": "relu-l1: weight of the L1 penalty on the codes"})
     kernel: str = field(default="auto", metadata={"help": "sparse (gather-sum decoder, gradients only for active pairs), dense (reference autograd), auto (sparse except relu-l1)"})
+    precision: str = field(default="auto", metadata={"help": "sparse kernel: dtype of the encoder matmul and the allocation over the (N, d_sae) pre-activations: float32, bfloat16 (tensor cores; the codes at the chosen pairs are recomputed in float32, so only near-ties can be chosen differently), auto (bfloat16 on CUDA, float32 elsewhere)"})
     threshold_ema: float = field(default=0.05, metadata={"help": "feature/mutual-choice: weight of each batch in the running inference threshold (smallest selected activation)"})
     gate: str = field(default="topk", metadata={"help": "routed: the router, any gate of routing/gates (topk, expert-choice, comet, sparse-ot, ...)"})
     experts: int = field(default=8, metadata={"help": "routed: expert sub-dictionaries; expert e owns latents [e*d_sae/experts, (e+1)*d_sae/experts)"})
@@ -49,6 +51,7 @@ class SAEConfig:
             self.normalize = DEFAULT_NORMALIZE[self.arch]
         one_of(self, "capacity", ("uniform", "zipf"))
         one_of(self, "kernel", ("auto", "sparse", "dense"))
+        one_of(self, "precision", PRECISIONS)
         positive(self, "k", "expansion", "zipf_alpha")
         for name in ("d_sae", "d_in"):
             v = getattr(self, name)
@@ -120,6 +123,7 @@ class TrainConfig:
     eval_tokens: int = field(default=65_536, metadata={"help": "held-out tokens for the evaluation at the end (and CE during training)"})
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints (atomic; the last two are kept)"})
     cache: str | None = field(default=None, metadata={"help": "read activations from this cache (made by `workbench acts cache`) instead of streaming"})
+    prefetch: int | None = field(default=None, metadata={"help": "batches made ahead in a background thread (text, model forward, shuffle) while the SAE trains, in one process; default 2 on a GPU, 0 (off) on the CPU"})
     wandb_project: str | None = field(default=None, metadata={"help": "also log to this wandb project (offline unless wandb is configured)"})
     distribute: str = field(default="data", metadata={"help": "under torchrun: data (DDP: every process trains every SAE on its shard of each global batch) or hooks (one process per group of --hook values, each trained on the activations of all processes)"})
     backend: str = field(default="auto", metadata={"help": "torch.distributed backend under torchrun: auto (nccl on cuda, gloo on cpu), gloo, nccl"})
@@ -142,6 +146,7 @@ class TrainConfig:
         require(0 <= self.decay_frac <= 1, "decay_frac", f"must be in [0, 1], got {self.decay_frac}", "pass --decay-frac in [0, 1]")
         require(self.aux_coeff >= 0, "aux_coeff", f"must be >= 0, got {self.aux_coeff}", "pass --aux-coeff >= 0")
         require(self.cover_coeff >= 0, "cover_coeff", f"must be >= 0, got {self.cover_coeff}", "pass --cover-coeff >= 0 (0: off)")
+        require(self.prefetch is None or self.prefetch >= 0, "prefetch", f"must be >= 0, got {self.prefetch}", "pass --prefetch 0 (off) or more, or leave it out")
         require(self.k_aux is None or self.k_aux > 0, "k_aux", f"must be positive, got {self.k_aux}", "pass --k-aux > 0 or leave it out")
         require(self.dead_window > 0, "dead_window", f"must be positive, got {self.dead_window}", "pass --dead-window > 0 (tokens)")
         require(0 < self.density_ema <= 1, "density_ema", f"must be in (0, 1], got {self.density_ema}", "pass e.g. --density-ema 0.01")

@@ -31,6 +31,8 @@ from torch import Tensor
 
 from workbench.alloc import Allocation
 
+from sae import triton_ops
+
 
 class Plan:
     """Index bookkeeping for one Allocation, shared by the encoder and decoder kernels.
@@ -58,11 +60,15 @@ class Plan:
 
 def _bag(indices: Tensor, table: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
     """out[b] = sum over bag b of weights[e] * table[indices[e]]  -> (len(offsets), table.shape[1])."""
+    if triton_ops.usable(table, "bag") and table.dtype == weights.dtype == torch.float32:
+        return triton_ops.segment_sum(indices, table, offsets, weights)
     return F.embedding_bag(indices, table.contiguous(), offsets, mode="sum", per_sample_weights=weights)
 
 
 def sampled_dots(a: Tensor, b: Tensor, plan: Plan) -> Tensor:
     """out[e] = <a[r_e], b[c_e]> for every active pair; a: (N, d), b: (F, d) -> (nnz,)."""
+    if triton_ops.usable(a, "dots") and a.dtype == b.dtype == torch.float32:
+        return triton_ops.sampled_dots(a, b, plan.rows, plan.cols)
     if a.device.type in ("cpu", "cuda") and plan.rows.numel() > 0:
         with warnings.catch_warnings():  # "CSR support is in beta": we only use sampled_addmm
             warnings.simplefilter("ignore", UserWarning)
@@ -73,10 +79,16 @@ def sampled_dots(a: Tensor, b: Tensor, plan: Plan) -> Tensor:
 
 
 class _EncodeAt(torch.autograd.Function):
-    """values = ReLU(x_c @ W_enc + b_enc) at the plan's pairs (forward values precomputed)."""
+    """values = ReLU(x_c @ W_enc + b_enc) at the plan's pairs (forward values precomputed).
+
+    With x_c = x - b_dec and x a constant (training data), pass x_c detached and b_dec separately:
+    dL/db_dec = -sum_r dL/dx_c[r] = -W_enc @ dL/db_enc, a matrix-vector product instead of the
+    (N, d_in) gather-sum over every token's pairs (and the transposed copy of W_enc it reads).
+    """
 
     @staticmethod
-    def forward(ctx, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, plan: Plan) -> Tensor:
+    def forward(ctx, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, plan: Plan,
+                b_dec: Tensor | None = None) -> Tensor:
         ctx.plan = plan
         ctx.save_for_backward(x_c, W_enc, values)
         return values.clone()
@@ -86,15 +98,17 @@ class _EncodeAt(torch.autograd.Function):
         x_c, W_enc, values = ctx.saved_tensors
         plan: Plan = ctx.plan
         g = g * (values > 0)  # ReLU'(pre)  (nnz,)
-        gx = gW = gb = None
+        gx = gW = gb = gbd = None
         if ctx.needs_input_grad[0]:
             gx = _bag(plan.cols, W_enc.t(), plan.row_offsets, g)  # (N, d_in)
         if ctx.needs_input_grad[1]:
             order, rows_c, col_offsets = plan.by_col
             gW = _bag(rows_c, x_c, col_offsets, g[order]).t()  # (d_in, d_sae)
-        if ctx.needs_input_grad[2]:
-            gb = torch.zeros(plan.n_units, dtype=g.dtype, device=g.device).index_add_(0, plan.cols, g)
-        return gx, gW, gb, None, None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[5]:
+            gb = torch.zeros(plan.n_units, dtype=g.dtype, device=g.device).index_add_(0, plan.cols, g)  # (d_sae,)
+            if ctx.needs_input_grad[5]:
+                gbd = -(W_enc @ gb)  # (d_in,)
+        return gx, gW, gb if ctx.needs_input_grad[2] else None, None, None, gbd
 
 
 class _DecodeAt(torch.autograd.Function):
@@ -119,13 +133,22 @@ class _DecodeAt(torch.autograd.Function):
         return gv, gW, None
 
 
-def encode_at(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, alloc: Allocation, plan: Plan) -> Tensor:
+def encode_at(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, alloc: Allocation, plan: Plan,
+              b_dec: Tensor | None = None) -> Tensor:
     """(nnz,) ReLU'd pre-activations at the allocation's pairs, differentiable w.r.t. x_c, W_enc, b_enc.
 
+    b_dec: when x_c = x - b_dec for an x that needs no gradient, pass x_c detached and b_dec here: its
+    gradient then costs one matrix-vector product (see _EncodeAt).
+
     alloc.values must hold the pre-activations ``(x_c @ W_enc + b_enc)[rows, cols]`` (as the
-    allocation functions return them); only their ReLU is recomputed here.
+    allocation functions return them); only their ReLU is recomputed here. When they are of a lower
+    precision than x_c (a bfloat16 selection, ``SAEConfig.precision``), the pre-activations at the
+    pairs are recomputed in x_c's precision first: O(nnz d) work, so the codes are exact.
     """
-    return _EncodeAt.apply(x_c, W_enc, b_enc, alloc.values.detach().relu(), plan)
+    pre = alloc.values.detach()
+    if pre.dtype != x_c.dtype:
+        pre = sampled_dots(x_c.detach(), W_enc.detach().t(), plan) + b_enc.detach()[plan.cols]  # (nnz,)
+    return _EncodeAt.apply(x_c, W_enc, b_enc, pre.relu(), plan, b_dec)
 
 
 def decode_at(values: Tensor, W_dec: Tensor, plan: Plan) -> Tensor:

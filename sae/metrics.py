@@ -33,7 +33,7 @@ HELD_OUT_SEED = 1_000_003  # added to the training seed: evaluation text the SAE
 def l0_stats(l0: Tensor) -> dict:
     """Summary of per-token L0 (active latents per token): mean, spread and quantiles."""
     l = l0.double()
-    q = torch.quantile(l, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)) if l.numel() else torch.zeros(3)
+    q = torch.quantile(l, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64, device=l.device)) if l.numel() else torch.zeros(3)
     return {"l0_mean": l.mean().item(), "l0_std": l.std(unbiased=False).item(), "l0_min": int(l0.min()),
             "l0_p05": q[0].item(), "l0_p50": q[1].item(), "l0_p95": q[2].item(), "l0_max": int(l0.max()),
             "l0_zero_frac": (l0 == 0).double().mean().item()}

@@ -56,7 +56,7 @@ class SAEOutput:
 
     def l0(self) -> Tensor:
         """(N,) active latents per token (codes > 0)."""
-        return torch.bincount(self.alloc.rows[self.values > 0], minlength=self.alloc.shape[0])
+        return alloc.counts_weighted(self.alloc.rows, self.values > 0, self.alloc.shape[0])  # (no device sync)
 
     def codes(self) -> Tensor:
         """(N, d_sae) dense codes."""
@@ -87,6 +87,7 @@ class SAE(nn.Module):
         self.mode = "batch"
         self.kernel = cfg.kernel_used
         self._last_factor: Tensor | None = None  # per_token: factors of the last encode() (for decode())
+        self._since_bound: int | None = None  # host-side upper bound on since_active.max() (None: unknown)
 
     # ---- the one place variants differ -------------------------------------------------------
     def allocate(self, pre: Tensor) -> Allocation:
@@ -133,11 +134,22 @@ class SAE(nn.Module):
         self.b_enc.mul_(c)
         return c
 
+    def select_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype pre_acts and the allocation run in (SAEConfig.precision; the sparse kernel only:
+        the dense kernel differentiates through pre itself, so it stays in the weights' dtype)."""
+        p = self.cfg.precision
+        if self.kernel == "sparse" and (p == "bfloat16" or (p == "auto" and device.type == "cuda")):
+            return torch.bfloat16
+        return self.W_enc.dtype
+
     def pre_acts(self, x_c: Tensor) -> Tensor:
         """(N, d_sae) = x_c @ W_enc + b_enc, written column-major when allocate reads columns."""
+        W, b, dt = self.W_enc, self.b_enc, self.select_dtype(x_c.device)
+        if dt != x_c.dtype:
+            W, b, x_c = W.to(dt), b.to(dt), x_c.to(dt)
         if self.pre_layout == "col" and self.mode == "batch":
-            return torch.addmm(self.b_enc[:, None], self.W_enc.t(), x_c.t()).t()
-        return torch.addmm(self.b_enc, x_c, self.W_enc)
+            return torch.addmm(b[:, None], W.t(), x_c.t()).t()
+        return torch.addmm(b, x_c, W)
 
     def select(self, pre: Tensor) -> Allocation:
         """The active pairs: the variant's allocation, or pre > threshold in threshold mode."""
@@ -148,6 +160,9 @@ class SAE(nn.Module):
     def values_at(self, out_pre: Tensor, x_c: Tensor, a: Allocation, plan: Plan | None) -> Tensor:
         """(nnz,) ReLU(pre) at a's pairs with gradients to W_enc, b_enc, x_c."""
         if plan is not None:
+            if getattr(x_c, "_data_minus_b_dec", False):
+                # x_c = x - b_dec with x data (no gradient): b_dec's gradient without the per-token gather
+                return encode_at(x_c.detach(), self.W_enc, self.b_enc, a, plan, b_dec=self.b_dec)
             return encode_at(x_c, self.W_enc, self.b_enc, a, plan)
         return out_pre[a.rows, a.cols].relu()
 
@@ -162,6 +177,8 @@ class SAE(nn.Module):
         factor = per_token_factor(x) if self.cfg.normalize == "per_token" else None  # (N, 1)
         x_in = x * factor if factor is not None else x
         x_c = x_in - self.b_dec  # (N, d_in)
+        if not x_in.requires_grad:
+            x_c._data_minus_b_dec = True  # only b_dec carries a gradient into x_c (see values_at)
         sparse = self.kernel == "sparse"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse):
             pre = self.pre_acts(x_c)  # (N, d_sae)
@@ -215,18 +232,20 @@ class SAE(nn.Module):
 
         `total` (data parallel) sums a tensor over the processes, so every rank counts the global batch.
         """
-        on = out.values > 0
-        cols, vals = out.alloc.cols[on], out.values.detach()[on]
-        counts = torch.bincount(cols, minlength=self.cfg.d_sae)  # (d_sae,)
+        on = out.values > 0  # (nnz,) pairs whose code fired (values are ReLU'd: the others are 0)
+        cols, vals = out.alloc.cols, out.values.detach()  # masks, not boolean indexing: no device sync
+        counts = alloc.counts_weighted(cols, on, self.cfg.d_sae)  # (d_sae,)
         n = out.alloc.shape[0]
         if total is not None:
             counts = total(counts)
             n = int(total(torch.tensor([n], device=counts.device))[0])
         self.since_active.add_(n).masked_fill_(counts > 0, 0)
+        if self._since_bound is not None:
+            self._since_bound += n
         self.density.mul_(1 - density_ema).add_(counts.to(self.density) / n, alpha=density_ema)
         self._update_usage(cols, vals, density_ema)
         if self.threshold_kind and self.mode == "batch" and vals.numel():
-            self._update_threshold(cols, vals, counts > 0)
+            self._update_threshold(cols, vals.masked_fill(~on, float("inf")), counts > 0, on)
 
     def _update_usage(self, cols: Tensor, vals: Tensor, ema: float) -> None:
         """Variants whose usage is not the density keep their own statistic here."""
@@ -236,16 +255,31 @@ class SAE(nn.Module):
         Zipf capacities rank latents by. The running density, unless the allocation fixes it (FC)."""
         return self.density
 
-    def _update_threshold(self, cols: Tensor, vals: Tensor, seen: Tensor) -> None:
-        """theta <- (1 - beta) theta + beta * (smallest selected activation), first value taken as is."""
+    def _update_threshold(self, cols: Tensor, vals: Tensor, seen: Tensor, on: Tensor) -> None:
+        """theta <- (1 - beta) theta + beta * (smallest selected activation), first value taken as is.
+
+        vals: (nnz,) the pairs' codes, inf where a pair did not fire; seen: (d_sae,) latents that fired."""
         if self.threshold_kind == "global":
             obs = vals.min().expand_as(self.threshold)
-            seen = torch.ones_like(seen)
+            seen = on.any().expand_as(seen)
         else:
             obs = torch.full_like(self.threshold, float("inf")).scatter_reduce(0, cols, vals, "amin")
         beta = self.cfg.threshold_ema
         new = torch.where(torch.isinf(self.threshold), obs, (1 - beta) * self.threshold + beta * obs)
         self.threshold.copy_(torch.where(seen, new, self.threshold))
+
+    def any_dead(self, window: int) -> bool:
+        """Whether some latent fired on none of the last `window` tokens (= dead_mask(window).any()).
+
+        Reads the device only when a latent could have reached the window: since_active grows by at
+        most the batch per step, so a host-side bound answers most steps without a GPU sync."""
+        if self._since_bound is None or self._since_bound >= window:
+            self._since_bound = int(self.since_active.max()) if self.since_active.numel() else 0
+        return self._since_bound >= window
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._since_bound = None  # since_active is replaced: the bound is unknown until read again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def dead_mask(self, window: int) -> Tensor:
         """(d_sae,) bool: latents that fired on none of the last `window` tokens."""
@@ -304,7 +338,12 @@ class FeatureChoiceSAE(SAE):
         self.register_buffer("mass", torch.full((cfg.d_sae,), cfg.k / cfg.d_sae))
 
     def allocate(self, pre: Tensor) -> Allocation:
-        return alloc.topk_per_col(pre, self.capacities(pre.shape[0]))
+        n = pre.shape[0]
+        known = None
+        if self.cfg.capacity == "uniform":  # floor(kN/d_sae) each, one more for kN mod d_sae: known on the host
+            base, extra = divmod(self.cfg.k * n, self.cfg.d_sae)
+            known = (base, base + (extra > 0), self.cfg.k * n)
+        return alloc.topk_per_col(pre, self.capacities(n), known)
 
     def capacities(self, n: int) -> Tensor:
         """(d_sae,) capacities summing exactly to k N: uniform (floor(kN/d_sae), one more for the

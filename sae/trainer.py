@@ -71,15 +71,19 @@ def make_optimizer(sae: SAE, lr: float) -> torch.optim.Adam:
 
 
 def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg: TrainConfig,
-               k_aux: int, group: Dist = SINGLE, module: torch.nn.Module | None = None) -> tuple[SAEOutput, dict[str, torch.Tensor]]:
+               k_aux: int, group: Dist = SINGLE, module: torch.nn.Module | None = None,
+               check_finite: bool = True) -> tuple[SAEOutput, dict[str, torch.Tensor]]:
     """One update on a (N, d_in) batch (already scaled). Raises FloatingPointError on a non-finite loss.
+
+    check_finite=False skips that check (it reads the loss back to the host: on a GPU, a sync per step
+    that stalls the queue of kernels); the caller then checks parts["loss"] itself (see DeferredCheck).
 
     Data parallel (`group` active, `module` the DDP wrapper of `sae`): x is this rank's shard of the
     global batch; FVU denominators and latent statistics are global, so the averaged gradients and the
     statistics are those of one process on the global batch.
     """
     w = aux_weights(cfg.aux, sae, cfg.dead_window)
-    aux_on = w is not None and cfg.aux_coeff > 0 and bool((w > 0).any())
+    aux_on = w is not None and cfg.aux_coeff > 0 and (cfg.aux != "aux_k" or sae.any_dead(cfg.dead_window))
     if hasattr(sae, "keep_pre"):  # routed SAEs skip the dense pre-activations when no aux loss reads them
         sae.keep_pre = aux_on
     out = (module or sae)(x)
@@ -90,7 +94,8 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg
         parts["l1"] = l1_penalty(out)
         loss = loss + sae.cfg.l1_coeff * parts["l1"]
     if w is not None and cfg.aux_coeff > 0:
-        parts["aux"] = aux_loss(sae, out, w, k_aux, den)
+        # aux_k with no dead latent is 0: skip the call (it reads the candidate latents back to the host)
+        parts["aux"] = aux_loss(sae, out, w, k_aux, den) if aux_on else out.x_in.new_zeros(())
         loss = loss + cfg.aux_coeff * parts["aux"]
     if sae.arch in COVER_ARCHS and cfg.cover_coeff > 0:
         parts["cover"] = cover_loss(sae, out, sae.cfg.k)
@@ -100,7 +105,7 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg
             parts[f"route_{name}"] = v
         loss = loss + out.route.aux_loss()
     parts["loss"] = loss
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}")
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -110,6 +115,40 @@ def train_step(sae: SAE, opt: torch.optim.Optimizer, sched, x: torch.Tensor, cfg
     sae.normalize_decoder()
     sae.update_stats(out, cfg.density_ema, group.sum if group.active else None)
     return out, parts
+
+
+class DeferredCheck:
+    """Finiteness of the losses on a GPU, read back only every so many steps instead of every step.
+
+    ``add(loss)`` folds a step's loss into a device flag without a sync; ``failed()`` reads it (one sync).
+    The loop reads it before it logs or checkpoints, so no checkpoint holds weights from a non-finite step.
+    """
+
+    def __init__(self):
+        self.ok: torch.Tensor | None = None
+        self.since = 0  # first step folded in since the last read
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        f = torch.isfinite(loss.detach())
+        if self.ok is None:
+            self.ok, self.since = f, step
+        else:
+            self.ok = self.ok & f
+
+    def failed(self) -> int | None:
+        """The first step folded in since the last read if a loss since then was not finite, else None."""
+        if self.ok is None:
+            return None
+        bad = not bool(self.ok)
+        self.ok = None
+        return self.since if bad else None
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x on the device; a CPU batch bound for a GPU goes through pinned memory, asynchronously."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -145,6 +184,7 @@ class Source:
             self._it = None
         else:
             from workbench.acts import ActivationStream
+            from workbench.distributed import rank_device
             from workbench.models import hook_dim
 
             self.cache = None
@@ -153,7 +193,9 @@ class Source:
             # each rank reads its own text (rank 0 the one-process text)
             local = replace(local, seed=a.seed + RANK_SEED * group.rank)
             gather = group.cat if (group.active and not data_parallel) else None
-            self.stream = ActivationStream(model, local, hooks=self.hooks, keep=self.keep, gather=gather)
+            on_gpu = torch.device(a.device).type == "cuda"  # batches stay on the model's GPU, shuffled there
+            self.stream = ActivationStream(model, local, hooks=self.hooks, keep=self.keep, gather=gather,
+                                           buffer_device=rank_device(a.device, group) if on_gpu else "cpu")
 
     def __next__(self) -> torch.Tensor:
         if self.cache is None:
@@ -165,14 +207,110 @@ class Source:
         return next(self._it)
 
     def next_all(self) -> dict[str, torch.Tensor]:
+        if self._queue is not None:
+            item = self._take()
+            if isinstance(item, BaseException):
+                raise item
+            if item is not None:
+                batch, self._state = item
+                for t in batch.values():
+                    if t.is_cuda:  # made on the prefetch stream: its memory is not reused while this stream reads it
+                        t.record_stream(torch.cuda.current_stream(t.device))
+                return batch
+            batch = self._produce()  # prefetch paused and nothing made ahead: make it here
+            self._state = self._snapshot()
+            return batch
+        return self._produce()
+
+    def _produce(self) -> dict[str, torch.Tensor]:
         if len(self.keep) == 1:
             return {self.keep[0]: next(self)}
         return self.stream.next_all()
 
+    # ---- prefetch: the next batches are made (text, model forward, shuffle) while the GPU trains ----
+    _queue = None
+    _thread = None
+    _state: dict | None = None
+
+    def prefetch(self, depth: int = 2) -> None:
+        """Make the next `depth` batches in a background thread (one process on a GPU: the model forward
+        runs on its own CUDA stream, beside the SAE step). Batches come in the same order as without it,
+        and state_dict() is the state after the last batch taken, so resume stays exact. The model is the
+        thread's while it runs: :meth:`pause` before using the model elsewhere (evaluation)."""
+        import collections
+        import queue
+        import threading
+
+        if self._thread is not None:
+            return
+        if self._queue is None:
+            self._state = self._snapshot()
+            self._queue, self._leftover = queue.Queue(maxsize=depth), collections.deque()
+        q, leftover = self._queue, self._leftover
+        model_cfg = getattr(getattr(self.stream, "model", None), "cfg", None) if self.cache is None else None
+        side = torch.cuda.Stream() if model_cfg is not None and "cuda" in str(model_cfg.device) else None
+        self._stop = stop = threading.Event()
+
+        def work():
+            try:
+                with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                    while not stop.is_set():
+                        item = (self._produce(), self._snapshot())
+                        if side is not None:
+                            side.synchronize()  # the batch is ready before the training thread's stream reads it
+                        while True:
+                            try:
+                                q.put(item, timeout=0.05)
+                                break
+                            except queue.Full:
+                                if stop.is_set():  # made but not queued: kept, in order, for next_all
+                                    leftover.append(item)
+                                    return
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread, raised there
+                leftover.append(e)
+
+        self._thread = threading.Thread(target=work, name="sae-prefetch", daemon=True)
+        self._thread.start()
+
+    def _take(self):
+        """The next prefetched item (batch, state) or exception; None when paused and nothing is left."""
+        import queue
+
+        while True:
+            try:
+                return self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._thread is None or not self._thread.is_alive():
+                    try:
+                        return self._queue.get_nowait()
+                    except queue.Empty:
+                        return self._leftover.popleft() if self._leftover else None
+
+    def pause(self) -> None:
+        """Stop the prefetch thread (batches already made are kept and come next); prefetch() restarts it."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    close = pause
+
+    def _snapshot(self) -> dict:
+        """The state after the batch just made (references, not copies: the stream replaces its buffers)."""
+        if self.cache is not None:
+            return {"batch": self.batch}
+        s = self.stream
+        return {"stream": {"text": s.text.state_dict(), "gen": s.gen.get_state(), "buffers": dict(s.buffers),
+                           "tokens_seen": s.tokens_seen}}
+
     def state_dict(self) -> dict:
+        if self._queue is not None:
+            return self._state
         return {"batch": self.batch} if self.cache is not None else {"stream": self.stream.state_dict()}
 
     def load_state_dict(self, s: dict) -> None:
+        if self._queue is not None:
+            raise RuntimeError("load_state_dict after prefetch() started")
         if self.cache is not None:
             self.batch, self._it = s["batch"], None
         else:
@@ -213,6 +351,7 @@ class Job:
     k_aux: int = 0
     last_ckpt: str | None = None
     ck: dict | None = None
+    check: "DeferredCheck | None" = None
 
     @property
     def hook(self) -> str:
@@ -313,7 +452,7 @@ def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: cont
                 j.run.truncate_metrics(0)  # a resumed run killed before its first checkpoint starts over
             if first is None:
                 first = source.next_all()
-            x0 = first[j.hook]
+            x0 = first[j.hook].cpu()  # the SAE is initialised on the host, then moved
             _finite(x0, 0, j.run, None)
             xg = group.cat(x0.to(device)).cpu() if data_parallel else x0  # (N_global, d_in)
             _init_sae(j, xg)
@@ -343,6 +482,11 @@ def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: cont
     what = f"sae {cfg.sae.arch} {jobs[0].run.name}" if len(jobs) == 1 else f"sae {cfg.sae.arch} x{len(jobs)} hooks"
     bar = tqdm(total=total, initial=start, desc=what, unit="step", disable=not show, dynamic_ncols=True, mininterval=0.5)
     t_log, s_log = time.perf_counter(), start
+    for j in jobs:  # on a GPU the loss is checked every log/checkpoint step, not every step (no sync per step)
+        j.check = DeferredCheck() if device.type == "cuda" else None
+    depth = cfg.prefetch if cfg.prefetch is not None else (2 if device.type == "cuda" else 0)
+    if depth and not group.active:  # collectives (hook groups) stay on the training thread
+        source.prefetch(depth)
     try:
         for step in range(start, total):
             batch = first if first is not None else source.next_all()
@@ -351,12 +495,23 @@ def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: cont
             log = completed % cfg.log_every == 0 or completed == total
             results = []
             for j in jobs:
-                x = _finite(batch[j.hook], step, j.run, j.last_ckpt).to(device) * j.scale  # (N, d_in)
+                x = batch[j.hook]
+                if j.check is None or not x.is_cuda:  # a GPU batch: the deferred loss check covers it (no sync)
+                    x = _finite(x, step, j.run, j.last_ckpt)
+                x = to_device(x, device) * j.scale  # (N, d_in)
                 j.sae.set_progress(step / total)
                 try:
-                    results.append(train_step(j.sae, j.opt, j.sched, x, j.cfg, j.k_aux, group if data_parallel else SINGLE, j.module))
+                    results.append(train_step(j.sae, j.opt, j.sched, x, j.cfg, j.k_aux, group if data_parallel else SINGLE,
+                                              j.module, check_finite=j.check is None))
                 except FloatingPointError as e:
                     raise _diverged(j.run, step, j.last_ckpt, str(e)) from None
+                if j.check is not None:
+                    j.check.add(results[-1][1]["loss"], step)
+            if log or completed % cfg.checkpoint_every == 0 or completed == total or (cfg.ce_every and completed % cfg.ce_every == 0):
+                for j in jobs:  # GPU: the losses since the last read, before anything is logged or saved
+                    first_bad = j.check.failed() if j.check is not None else None
+                    if first_bad is not None:
+                        raise _diverged(j.run, step, j.last_ckpt, f"a non-finite loss at a step from {first_bad + 1} to {completed}")
             now = time.perf_counter()
             for j, (out, parts) in zip(jobs, results):
                 if log:
@@ -370,16 +525,20 @@ def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: cont
                         j.tracker.histogram("train/latent_density_log10", _log_density(j.sae), step=completed)
                         bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0_mean']:.1f}", dead=f"{100 * row['dead_fraction']:.1f}%")
                 if j.cfg.ce_every and completed % j.cfg.ce_every == 0 and completed != total and j.writes:
+                    source.pause()  # the evaluation runs the model: the prefetch thread must not
                     ev = _evaluate(j.sae, j.scale, model, j.cfg, modes=("batch",))["batch"]
                     j.tracker.log({"ce_recovered": ev["ce_recovered"], "eval_fvu": ev["fvu"]}, step=completed, section="eval")
             if log:
                 t_log, s_log = now, completed
+            if depth and not group.active:
+                source.prefetch(depth)  # (again, after an evaluation paused it; a no-op while it runs)
             if completed % cfg.checkpoint_every == 0 or completed == total:
                 _checkpoint(jobs, source, group, completed, n)
             bar.update(1)
             if on_step is not None:
                 on_step(completed)
         bar.close()
+        source.pause()  # the final evaluation runs the model
         for j in jobs:
             if j.writes:
                 _finish(j, model, total, n)
@@ -392,6 +551,7 @@ def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: cont
                 j.run.set_status(status, error=str(e) or type(e).__name__, last_checkpoint=j.last_ckpt)
         raise
     finally:
+        source.close()
         for j in jobs:
             if j.tracker is not None:
                 j.tracker.finish()

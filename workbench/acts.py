@@ -86,7 +86,11 @@ class ActivationStream:
     MAX_EMPTY_CHUNKS = 8  # forward passes in a row that select no token before --positions is called wrong
 
     def __init__(self, model: "HookedTransformer", cfg: ActsConfig, hooks: list[str] | None = None,
-                 keep: list[str] | None = None, gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 keep: list[str] | None = None, gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 buffer_device: str | torch.device = "cpu"):
+        """buffer_device: where the shuffle buffer lives and batches come out; the model's GPU saves the
+        copies to and from the host (and the host's slow shuffle) when the SAE trains on that GPU."""
+        self.buffer_device = torch.device(buffer_device)
         self.hooks = list(hooks or [cfg.hook])
         for h in self.hooks:
             check_hook(model, h)
@@ -95,7 +99,7 @@ class ActivationStream:
         self.model, self.cfg, self.gather = model, cfg, gather
         self.text = TextSource(cfg)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.buffers = {h: torch.empty(0) for h in self.keep}
+        self.buffers = {h: torch.empty(0, device=self.buffer_device) for h in self.keep}
         self.tokens_seen = 0
         self._empty = 0
 
@@ -126,7 +130,7 @@ class ActivationStream:
             a = acts[h][mask].float()
             a = self.gather(a) if self.gather is not None else a
             if h in self.keep:
-                out[h] = a.cpu()
+                out[h] = a.to(self.buffer_device)
         return out
 
     def forward_chunk(self) -> torch.Tensor:
@@ -150,7 +154,9 @@ class ActivationStream:
             for h in self.keep:
                 parts[h].append(chunk[h])
             have += len(chunk[self.keep[0]])
-        perm = torch.randperm(have, generator=self.gen) if cfg.shuffle_buffer else None
+        perm = torch.randperm(have, generator=self.gen) if cfg.shuffle_buffer else None  # on the host: same order anywhere
+        if perm is not None:
+            perm = perm.to(self.buffer_device)
         out = {}
         for h in self.keep:
             buf = torch.cat(parts[h])
@@ -166,7 +172,8 @@ class ActivationStream:
     def load_state_dict(self, s: dict) -> None:
         self.text.load_state_dict(s["text"])
         self.gen.set_state(s["gen"])
-        self.buffers = dict(s["buffers"]) if "buffers" in s else {self.keep[0]: s["buffer"]}  # older checkpoints
+        bufs = dict(s["buffers"]) if "buffers" in s else {self.keep[0]: s["buffer"]}  # older checkpoints
+        self.buffers = {h: b.to(self.buffer_device) for h, b in bufs.items()}
         self.tokens_seen = s["tokens_seen"]
 
 

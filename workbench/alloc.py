@@ -73,11 +73,11 @@ class Allocation:
 
     def row_counts(self) -> Tensor:
         """(n_rows,) number of active units per row (per-token L0)."""
-        return torch.bincount(self.rows, minlength=self.shape[0])
+        return counts(self.rows, self.shape[0])
 
     def col_counts(self) -> Tensor:
         """(n_units,) number of active rows per unit (load / usage)."""
-        return torch.bincount(self.cols, minlength=self.shape[1])
+        return counts(self.cols, self.shape[1])
 
     def offsets(self) -> Tensor:
         """(n_rows,) start of each row's entries, for ``F.embedding_bag(cols, W, offsets)``."""
@@ -94,6 +94,20 @@ class Allocation:
         """(n_rows, n_units) matrix with `values` on the support and 0 elsewhere (differentiable)."""
         out = self.values.new_zeros(self.shape)
         return out.index_put((self.rows, self.cols), self.values)
+
+
+def counts(idx: Tensor, n: int) -> Tensor:
+    """(n,) long: how often each of 0..n-1 occurs in idx (= ``torch.bincount(idx, minlength=n)``).
+
+    A scatter-add rather than bincount: bincount reads idx.max() back to the host, a device sync per
+    call on a GPU, which stalls a training step's queue of kernels.
+    """
+    return torch.zeros(n, dtype=torch.long, device=idx.device).scatter_add_(0, idx, torch.ones_like(idx))
+
+
+def counts_weighted(idx: Tensor, keep: Tensor, n: int) -> Tensor:
+    """(n,) long: how often each of 0..n-1 occurs in idx where keep (nnz,) bool is set, without a sync."""
+    return torch.zeros(n, dtype=torch.long, device=idx.device).scatter_add_(0, idx, keep.long())
 
 
 def _from_mask_order(rows: Tensor, cols: Tensor, scores: Tensor) -> Allocation:
@@ -113,20 +127,25 @@ def topk_per_row(scores: Tensor, k: int) -> Allocation:
     return Allocation(rows, idx.reshape(-1), vals.reshape(-1), (n, f))
 
 
-def topk_per_col(scores: Tensor, capacity: int | Tensor) -> Allocation:
-    """Each unit (column) keeps its top-`capacity` rows; capacity is an int or a (n_units,) tensor."""
+def topk_per_col(scores: Tensor, capacity: int | Tensor, known: tuple[int, int, int] | None = None) -> Allocation:
+    """Each unit (column) keeps its top-`capacity` rows; capacity is an int or a (n_units,) tensor.
+
+    known: (smallest, largest, sum) of the capacities when the caller knows them (uniform capacities):
+    the allocation then never reads the device back (on a GPU, each read is a sync that stalls the step).
+    """
     n, f = scores.shape
     cap = torch.as_tensor(capacity, device=scores.device).long()
     if cap.ndim == 0:
         cap = cap.expand(f)
-    if cap.shape != (f,) or (cap < 0).any():
+    if cap.shape != (f,) or (known is None and (cap < 0).any()):
         raise ValueError(f"capacity must be a non-negative int or a ({f},) tensor, got shape {tuple(cap.shape)}")
     cap = cap.clamp(max=n)
-    if int(cap.max()) == 0:
+    lo, hi, total = known if known is not None and known[1] <= n else (int(cap.min()), int(cap.max()), None)
+    if hi == 0:
         empty = scores.new_zeros(0, dtype=torch.long)
         return Allocation(empty, empty, scores.new_zeros(0), (n, f))
-    if int(cap.max()) <= 2 * int(cap.min()):  # (near-)uniform: one top-max over all columns, then cut
-        rows, cols = _topk_cols(scores, cap, torch.arange(f, device=scores.device))
+    if hi <= 2 * lo:  # (near-)uniform: one top-max over all columns, then cut
+        rows, cols = _topk_cols(scores, cap, torch.arange(f, device=scores.device), hi, lo, total)
     else:
         # varying capacities: bucket columns by capacity (powers of two) so that a few large
         # capacities do not force a top-n (a full sort) of every column
@@ -136,13 +155,26 @@ def topk_per_col(scores: Tensor, capacity: int | Tensor) -> Allocation:
     return _from_mask_order(rows, cols, scores)
 
 
-def _topk_cols(scores: Tensor, cap: Tensor, units: Tensor) -> tuple[Tensor, Tensor]:
-    """(rows, cols) of the top-cap[u] rows of each column u in `units` (cap already <= n_rows)."""
-    m = int(cap[units].max())
+def _topk_cols(scores: Tensor, cap: Tensor, units: Tensor, m: int | None = None, lo: int = 0,
+               total: int | None = None) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of the top-cap[u] rows of each column u in `units` (cap already <= n_rows).
+
+    m: the largest cap[units] (read from the device if not given); lo: a lower bound on them (all equal
+    to m: nothing to cut); total: their sum (lets the cut run without a device sync)."""
+    m = m if m is not None else int(cap[units].max())
     sub = scores if units.numel() == scores.shape[1] else scores[:, units]
     _, idx = sub.topk(m, dim=0, sorted=True)  # (m, |units|) row indices, best first per column
+    cols = units.expand(m, -1)
+    if lo == m:
+        return idx.reshape(-1), cols.reshape(-1)
     keep = torch.arange(m, device=scores.device)[:, None] < cap[units][None, :]  # (m, |units|)
-    return idx[keep], units.expand(m, -1)[keep]
+    if total is not None and hasattr(torch, "nonzero_static"):
+        try:  # the kept count is known: a fixed-size nonzero needs no sync
+            at = torch.nonzero_static(keep.reshape(-1), size=total).squeeze(1)  # (total,)
+            return idx.reshape(-1)[at], cols.reshape(-1)[at]
+        except (NotImplementedError, RuntimeError):  # no kernel for this device in this torch
+            pass
+    return idx[keep], cols[keep]
 
 
 def topk_global(scores: Tensor, budget: int) -> Allocation:
@@ -233,8 +265,8 @@ def uniform_capacities(total: int, n_units: int, ranks: Tensor | None = None) ->
     ceil(total / n_units) for all would overshoot the budget by up to n_units - 1 entries.
     """
     base, extra = divmod(int(total), n_units)
-    by_rank = torch.full((n_units,), base, dtype=torch.long)
-    by_rank[:extra] += 1
+    by_rank = torch.full((n_units,), base, dtype=torch.long, device=ranks.device if ranks is not None else None)
+    by_rank[:extra] += 1  # made where the ranks are: a host tensor copied to a GPU would sync it
     return _by_rank(by_rank, ranks)
 
 
@@ -273,7 +305,7 @@ def _by_rank(by_rank: Tensor, ranks: Tensor | None) -> Tensor:
     """Capacities listed by rank -> capacities per unit (unit with rank r gets by_rank[r - 1])."""
     if ranks is None:
         return by_rank
-    return by_rank[ranks.long().cpu() - 1].to(ranks.device)
+    return by_rank.to(ranks.device)[ranks.long() - 1]
 
 
 def ranks_of(usage: Tensor) -> Tensor:

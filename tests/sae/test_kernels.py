@@ -91,3 +91,39 @@ def test_feature_choice_column_major_layout_gives_same_allocation():
     assert pre_col.stride(0) == 1  # written column-major
     a, b = s.allocate(pre_col.detach()), s.allocate(pre_row)
     assert torch.equal(a.mask(), b.mask())
+
+
+@pytest.mark.parametrize("arch", ["topk", "feature-choice", "mutual-choice"])
+def test_bfloat16_selection_keeps_float32_codes_and_gradients(arch):
+    """precision=bfloat16 chooses the pairs on bf16 pre-activations, but the codes at those pairs and
+    every gradient are those of float32 dense autograd on the same pairs."""
+    sae, ref = _pair(arch, kernel_a="sparse", kernel_b="dense", precision="bfloat16", normalize="none")
+    assert sae.select_dtype(torch.device("cpu")) == torch.bfloat16
+    assert ref.select_dtype(torch.device("cpu")) == torch.float32  # the dense kernel differentiates through pre
+    x = torch.randn(48, 16, generator=torch.Generator().manual_seed(3))
+    out = sae(x)
+    assert out.pre.dtype == torch.bfloat16 and out.values.dtype == torch.float32
+    pre32 = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # (N, d_sae) float32
+    torch.testing.assert_close(out.values, pre32[out.alloc.rows, out.alloc.cols].relu(), atol=1e-5, rtol=1e-5)
+    # the pairs are a top-k of the bf16 pre-activations: every chosen value is within bf16 rounding of the
+    # float32 selection's smallest chosen value
+    if arch == "topk":
+        kth = pre32.topk(sae.cfg.k, dim=1).values[:, -1]  # (N,)
+        assert (pre32[out.alloc.rows, out.alloc.cols] >= kth[out.alloc.rows] - 0.02 * kth.abs().max()).all()
+    # gradients: the sparse bf16-selected step equals dense float32 autograd restricted to the same pairs
+    sae.zero_grad()
+    loss = fvu(x, out.x_hat)
+    loss.backward()
+    W_enc, b_enc, W_dec = (p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.b_enc, sae.W_dec))
+    pre = (x - sae.b_dec.detach()) @ W_enc + b_enc
+    codes = torch.zeros_like(pre).index_put((out.alloc.rows, out.alloc.cols), pre[out.alloc.rows, out.alloc.cols]).relu()
+    fvu(x, codes @ W_dec + sae.b_dec.detach()).backward()
+    for p, q in ((sae.W_enc, W_enc), (sae.b_enc, b_enc), (sae.W_dec, W_dec)):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_counts_equal_bincount():
+    idx = torch.randint(0, 50, (1000,), generator=torch.Generator().manual_seed(0))
+    keep = torch.rand(1000, generator=torch.Generator().manual_seed(1)) > 0.3
+    assert torch.equal(alloc.counts(idx, 60), torch.bincount(idx, minlength=60))
+    assert torch.equal(alloc.counts_weighted(idx, keep, 60), torch.bincount(idx[keep], minlength=60))

@@ -376,3 +376,47 @@ def test_cli_cuda_without_a_gpu_is_one_line(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("workbench sae: error: device: 'cuda' asks for a GPU, but") and err.count("\n") == 1
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_any_dead_matches_the_dead_mask_step_by_step_and_after_loading():
+    """SAE.any_dead answers from a host-side bound without reading the device, and agrees with the mask."""
+    from sae.config import SAEConfig
+    from sae.model import build_sae
+
+    sae = build_sae(SAEConfig(arch="topk", k=2, d_sae=32).resolve(8))
+    sae.init_weights(torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    for step in range(40):
+        x = torch.randn(16, 8, generator=g) + (3.0 if step % 7 == 0 else 0.0)
+        for window in (16, 64, 200):
+            assert sae.any_dead(window) == bool(sae.dead_mask(window).any()), (step, window)
+        sae.update_stats(sae(x), 0.01)
+    other = build_sae(sae.cfg)
+    other.any_dead(10**9)  # a bound from its own (fresh) counters...
+    other.load_state_dict(sae.state_dict())  # ...forgotten when the counters are replaced
+    assert other.any_dead(64) == bool(sae.dead_mask(64).any())
+
+
+def test_deferred_check_reports_the_first_unchecked_step():
+    from sae.trainer import DeferredCheck
+
+    c = DeferredCheck()
+    assert c.failed() is None
+    for step, v in ((3, 1.0), (4, float("nan")), (5, 2.0)):
+        c.add(torch.tensor(v), step)
+    assert c.failed() == 3 and c.failed() is None  # read once, then reset
+    c.add(torch.tensor(1.0), 6)
+    assert c.failed() is None
+
+
+def test_prefetch_gives_the_same_run_and_resumes_exactly(tiny_cfg, tiny_model):
+    """--prefetch makes batches in a background thread: same batches in the same order, and a run killed
+    and resumed with it ends bit-identical to one trained without it."""
+    plain = train(tiny_cfg("topk", "aux_k", name="plain"), model=tiny_model, progress=False)
+    cut = tiny_cfg("topk", "aux_k", name="cut", prefetch=2)
+    with pytest.raises(Kill):
+        train(cut, model=tiny_model, progress=False, on_step=_kill_at(6))
+    resumed = train(cut, resume=plain.path.parent / "cut", model=tiny_model, progress=False)
+    a, b = _weights(plain), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain.read_json("eval.json")["fvu"] == resumed.read_json("eval.json")["fvu"]

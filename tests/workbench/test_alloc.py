@@ -143,3 +143,16 @@ def test_drop_over_capacity_keeps_first_choices_then_earlier_rows():
 def test_uniform_capacities_sum_exactly_to_the_budget():
     u = alloc.uniform_capacities(800, 64, ranks=alloc.ranks_of(torch.arange(64.0)))
     assert int(u.sum()) == 800 and set(u.tolist()) == {12, 13} and u[63] == 13 and u[0] == 12
+
+
+def test_topk_per_col_with_known_capacities_is_the_same_allocation():
+    """The sync-free path (capacities' min, max and sum given by the caller) picks the same pairs."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(50, 24, generator=g)
+    for total in (24 * 3, 24 * 3 + 7, 24 * 5 - 1):
+        base, extra = divmod(total, 24)
+        cap = alloc.uniform_capacities(total, 24, alloc.ranks_of(torch.rand(24, generator=g)))
+        a = alloc.topk_per_col(scores, cap)
+        b = alloc.topk_per_col(scores, cap, known=(base, base + (extra > 0), total))
+        assert torch.equal(a.rows, b.rows) and torch.equal(a.cols, b.cols) and torch.equal(a.values, b.values)
+        assert b.nnz == total
