@@ -245,7 +245,7 @@ class Source:
             return
         if self._queue is None:
             self._state = self._snapshot()
-            self._queue, self._leftover = queue.Queue(maxsize=depth), collections.deque()
+            self._queue, self._leftover, self._ready = queue.Queue(maxsize=depth), collections.deque(), collections.deque()
         q, leftover = self._queue, self._leftover
         model_cfg = getattr(getattr(self.stream, "model", None), "cfg", None) if self.cache is None else None
         side = torch.cuda.Stream() if model_cfg is not None and "cuda" in str(model_cfg.device) else None
@@ -276,6 +276,8 @@ class Source:
         """The next prefetched item (batch, state) or exception; None when paused and nothing is left."""
         import queue
 
+        if self._ready:
+            return self._ready.popleft()
         while True:
             try:
                 return self._queue.get(timeout=0.05)
@@ -288,10 +290,19 @@ class Source:
 
     def pause(self) -> None:
         """Stop the prefetch thread (batches already made are kept and come next); prefetch() restarts it."""
+        import queue
+
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
             self._thread = None
+            while True:  # made before the pause, oldest first: queued ones, then the one that found the queue full
+                try:
+                    self._ready.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._ready.extend(self._leftover)
+            self._leftover.clear()
 
     close = pause
 

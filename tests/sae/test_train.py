@@ -420,3 +420,14 @@ def test_prefetch_gives_the_same_run_and_resumes_exactly(tiny_cfg, tiny_model):
     a, b = _weights(plain), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert plain.read_json("eval.json")["fvu"] == resumed.read_json("eval.json")["fvu"]
+
+
+def test_prefetch_pauses_for_evaluations_during_training(tiny_cfg, tiny_model):
+    """With --ce-every the model is also used for evaluations mid-run: the prefetch thread pauses for them
+    (batches already made are kept, in order), so the run equals one without prefetch."""
+    plain = train(tiny_cfg("topk", "aux_k", name="plain", ce_every=4), model=tiny_model, progress=False)
+    pre = train(tiny_cfg("topk", "aux_k", name="pre", ce_every=4, prefetch=3), model=tiny_model, progress=False)
+    a, b = _weights(plain), _weights(pre)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ce = lambda run: [r["ce_recovered"] for r in run.metrics() if "ce_recovered" in r]  # noqa: E731
+    assert ce(plain) == ce(pre) and len(ce(plain)) == 2  # evaluated at steps 4 and 8
