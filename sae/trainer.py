@@ -304,8 +304,6 @@ class Source:
             self._ready.extend(self._leftover)
             self._leftover.clear()
 
-    close = pause
-
     def _snapshot(self) -> dict:
         """The state after the batch just made (references, not copies: the stream replaces its buffers)."""
         if self.cache is not None:
@@ -562,7 +560,7 @@ def _train_many(cfgs, resume, model, progress: bool, on_step, group, locks: cont
                 j.run.set_status(status, error=str(e) or type(e).__name__, last_checkpoint=j.last_ckpt)
         raise
     finally:
-        source.close()
+        source.pause()  # the prefetch thread (if any) stops with the run
         for j in jobs:
             if j.tracker is not None:
                 j.tracker.finish()
