@@ -11,7 +11,10 @@ number on a 0-1 scale is compared (approximation ratios, accuracies, FVU, F1 and
 accuracies and magnitudes, interpretable fractions, the frozen-decoder FVUs); logit differences, L0 and
 the normalised edit coordinates x, y (ratios whose denominators can be near 0) are left out. Prints,
 per candidate, the largest |difference|, where it is, how many numbers are within --tol, and the
-largest bootstrap ± at that setting (what one seed's difference is typically of the order of).
+largest bootstrap ± at that setting (what one seed's difference is typically of the order of); then
+the same for the numbers summary.md shows (`evals.report.headline_numbers`: the tables a reader of the
+report sees, without the finer interpretation kinds and per-k edit rows), and the smallest candidate
+whose every such number is within --tol of the reference.
 Every value goes to --out (a run-store path; large), the comparison to --summary (small, kept in the repo).
 """
 
@@ -65,9 +68,10 @@ def flatten(res) -> tuple[dict, dict]:
     return vals, ses
 
 
-def compare(run: dict, ref: dict, tol: float) -> dict:
-    """How far one setting's numbers are from a reference's: the largest difference, counts within tol."""
-    diffs = {k: abs(v - ref[k]) for k, v in run["values"].items() if k in ref and compared(k)}
+def compare(run: dict, ref: dict, tol: float, field: str = "values") -> dict:
+    """How far one setting's numbers are from a reference's: the largest difference, counts within tol.
+    field "values": every 0-1 number; "headline": those summary.md shows (evals.report.headline_numbers)."""
+    diffs = {k: abs(v - ref[k]) for k, v in run[field].items() if k in ref and (field == "headline" or compared(k))}
     worst = max(diffs, key=diffs.get)
     by_table, outside = {}, {}
     for k, d in diffs.items():
@@ -78,7 +82,8 @@ def compare(run: dict, ref: dict, tol: float) -> dict:
             outside[key] = outside.get(key, 0) + 1
     return {"max_abs_diff": diffs[worst], "worst": worst, "within_tol": sum(d <= tol for d in diffs.values()), "n": len(diffs),
             "max_abs_diff_by_table": by_table, "outside_tol": outside,
-            "max_se": max((v for k, v in run["se"].items() if compared(k)), default=float("nan")), "wall_s": run["wall_s"]}
+            "max_se": max((v for k, v in run["se"].items() if compared(k)), default=float("nan")), "wall_s": run["wall_s"],
+            "outside": sorted(((k, round(d, 4)) for k, d in diffs.items() if d > tol), key=lambda x: -x[1])[:20]}
 
 
 def main(argv=None) -> int:
@@ -102,6 +107,7 @@ def main(argv=None) -> int:
     from cli.ioi import load_cross_sections, select_sections
     from evals.dictionary import load_families
     from evals.harness import EvalConfig, evaluate
+    from evals.report import headline_numbers
     from workbench.models import load_model
 
     model = load_model(args.model, "cpu")
@@ -115,7 +121,7 @@ def main(argv=None) -> int:
     if args.reuse and out.exists():
         old = json.loads(out.read_text())
         if all(old.get(k) == record[k] for k in ("model", "locations", "location", "sae", "seed")):
-            record["runs"] = {k: v for k, v in old["runs"].items()}
+            record["runs"] = {k: v for k, v in old["runs"].items() if "headline" in v}  # older records lack headline numbers
     for setting in [args.reference, *args.settings]:
         if setting in record["runs"]:
             print(f"{setting}: reused from {out}", flush=True)
@@ -126,17 +132,23 @@ def main(argv=None) -> int:
         res = evaluate(model, EvalConfig(model=args.model, n_train=n_train, n_eval=n_eval, seed=args.seed, n_boot=n_boot),
                        sections, families, progress=lambda m: print(f"  [{setting}] {m}", flush=True))
         vals, ses = flatten(res)
-        record["runs"][setting] = {"values": vals, "se": ses, "wall_s": time.perf_counter() - t0, "load_before": load,
-                                   "timings": res.timings}
+        record["runs"][setting] = {"values": vals, "se": ses, "headline": headline_numbers(res), "wall_s": time.perf_counter() - t0,
+                                   "load_before": load, "timings": res.timings}
         print(f"{setting}: {len(vals)} numbers, {time.perf_counter() - t0:.0f} s (load {load:.1f})", flush=True)
         out.write_text(json.dumps(record, indent=1))
     pairs = [(c, args.reference) for c in args.settings] + [tuple(x.split(":")) for x in args.pairs]
-    summary = {}
+    summary, passing = {}, []
     for cand, refname in pairs:
-        summary[f"{cand} vs {refname}"] = s = compare(record["runs"][cand], record["runs"][refname]["values"], args.tol)
-        print(f"{cand} vs {refname}: max |diff| {s['max_abs_diff']:.3f} at {s['worst']}; {s['within_tol']}/{s['n']} within "
-              f"{args.tol}; largest ± here {s['max_se']:.3f}; numbers off by more, per table/metric: {s['outside_tol']}")
-    record["summary"] = summary
+        for field, what in (("values", "every 0-1 number"), ("headline", "summary.md's numbers")):
+            s = compare(record["runs"][cand], record["runs"][refname][field], args.tol, field)
+            summary[f"{cand} vs {refname}" + ("" if field == "values" else " (headline)")] = s
+            print(f"{cand} vs {refname}, {what}: max |diff| {s['max_abs_diff']:.3f} at {s['worst']}; {s['within_tol']}/{s['n']} "
+                  f"within {args.tol}; numbers off by more, per table/metric: {s['outside_tol']}")
+            if field == "headline" and refname == args.reference and s["within_tol"] == s["n"]:
+                passing.append(cand)
+    smallest = min(passing, key=lambda c: sum(int(x) for x in c.split("x")), default=None)
+    print(f"smallest setting with every number of summary.md within {args.tol} of {args.reference}: {smallest or 'none of these'}")
+    record["summary"], record["smallest_headline_within_tol"] = summary, smallest
     out.write_text(json.dumps(record, indent=1))
     small = {k: v for k, v in record.items() if k != "runs"}
     small["timings"] = {s: {"wall_s": r["wall_s"], "load_before": r["load_before"]} for s, r in record["runs"].items()}

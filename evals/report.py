@@ -177,6 +177,61 @@ def _pm(row: dict, key: str, nd: int = 2) -> str:
     return f"{_f(v, nd)} ± {_f(se, nd)}"
 
 
+def best_control(rows: list[dict], method: str) -> dict | None:
+    """The control row summary.md shows for one (cross-section, dictionary, attribute): the best over k of one method
+    (rows with a min_f1 filter left out)."""
+    rs = [r for r in rows if r["method"] == method and not r.get("min_f1")]
+    return max(rs, key=lambda r: r["accuracy"]) if rs else None
+
+
+def headline_numbers(res: "Results") -> dict[str, float]:
+    """Every 0-1 number summary.md shows, keyed table:row/metric (how `bench/ioi_settings.py` measures convergence).
+
+    Left out as summary_markdown leaves them out or shows them on another scale: logit differences, L0, n/a
+    necessities, the finer interpretation kinds (unions, intersections, templates; in interpretability.parquet only).
+    """
+    out: dict[str, float] = {}
+
+    def put(key: str, v) -> None:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+
+    for k in ("accuracy", "top1_accuracy"):
+        put(f"clean:{k}", res.clean.get(k))
+    for r in res.approximation:
+        ks = ["sufficiency", "top1_reconstructed", "fvu"]
+        ks += ["necessity", "ld_recovered", "ld_recovered_signed"] if r.get("necessity_informative", True) else []
+        for k in ks:
+            put(f"approximation:{r['cross_section']}/{r['dictionary']}/{k}", r.get(k))
+    for r in res.interpretable:
+        for k in ("interpretable_fraction", "sufficiency", "necessity", "ld_recovered"):
+            put(f"interpretable:{r['cross_section']}/{r['dictionary']}/{r['f1_threshold']}/{k}", r.get(k))
+    keyed: dict = {}
+    for r in res.control:
+        keyed.setdefault((r["cross_section"], r["dictionary"], r["attribute"]), []).append(r)
+    for (cs, d, a), rows in keyed.items():
+        key = f"control:{cs}/{d}/{a}"
+        put(f"{key}/acc_none", rows[0].get("acc_none"))
+        put(f"{key}/target_changed", rows[0].get("target_changed"))
+        for method in (("supervised",) if rows[0]["kind"] == "supervised" else ("greedy",)) + ("f1",):
+            b = best_control(rows, method)
+            if b is not None:
+                put(f"{key}/{method}_best_accuracy", b["accuracy"])
+    thr0 = min((r["f1_threshold"] for r in res.interpretability), default=None)
+    for r in res.interpretability:
+        key = f"interpretability:{r['cross_section']}/{r['dictionary']}/{r['location']}/{r['attribute']}/{r['f1_threshold']}"
+        if r["attribute"] in ("IO", "S", "Pos"):
+            put(f"{key}/coverage", r.get("coverage"))
+            if r["f1_threshold"] == thr0:
+                put(f"{key}/mean_best_f1", r.get("mean_best_f1"))
+        elif r["attribute"] == "(any)":
+            put(f"{key}/interpretable_fraction", r.get("interpretable_fraction"))
+    for r in res.diagnostics_table:
+        for k in ("fvu_sae", "fvu_frozen"):
+            put(f"diagnostics:{r['cross_section']}/{r['dictionary']}/{r['location']}/{k}", r.get(k))
+    return out
+
+
 def summary_markdown(res: "Results", model: str) -> str:
     """Headline tables with bootstrap ±: approximation, interpretable features, control, interpretability, diagnostics."""
     c = res.clean
@@ -215,10 +270,9 @@ def summary_markdown(res: "Results", model: str) -> str:
         keyed.setdefault((r["cross_section"], r["dictionary"], r["attribute"]), []).append(r)
     for (cs, d, a), rows in keyed.items():
         def best(method):
-            rs = [r for r in rows if r["method"] == method and not r.get("min_f1")]
-            if not rs:
+            b = best_control(rows, method)
+            if b is None:
                 return "–"
-            b = max(rs, key=lambda r: r["accuracy"])
             return _pm(b, "accuracy") + (f" (k={b['k']})" if b["k"] is not None else "")
         main = best("supervised") if rows[0]["kind"] == "supervised" else best("greedy")
         out.append(f"| {cs} | {d} | {a} | {_pm(rows[0], 'acc_none')} | {main} | {best('f1')} | {_pm(rows[0], 'target_changed')} |")

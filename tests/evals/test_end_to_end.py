@@ -10,7 +10,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from cli.main import main
 
@@ -77,24 +76,10 @@ def test_gpt2_path_locate_then_eval(fake_gpt2, tmp_path):
     assert "custom" in set(approx["cross_section"])
 
 
-def _save_sae(path, d_in, hook, head, arch="topk", seed=0, **kw):
-    sae_io = pytest.importorskip("sae.io")
-    from sae.config import SAEConfig
-    from sae.model import build_sae
-
-    cfg = SAEConfig(arch=arch, k=4, d_sae=4 * d_in, **kw).resolve(d_in)
-    sae = build_sae(cfg)
-    sae.init_weights(torch.Generator().manual_seed(seed))
-    if sae.threshold_kind:
-        sae.threshold.fill_(0.1)
-    sae_io.save(sae, path, {"model_name": "tiny", "hook_name": hook, "hook_head_index": head})
-    return path
-
-
-def test_eval_with_saes_on_tiny_model(tiny_model_dir, tmp_path):
+def test_eval_with_saes_on_tiny_model(tiny_model_dir, tmp_path, save_sae):
     model = str(tiny_model_dir)
-    a = _save_sae(tmp_path / "sae_q", 16, "blocks.1.attn.hook_q", 0)
-    b = _save_sae(tmp_path / "sae_z", 16, "blocks.0.attn.hook_z", 1, arch="mutual-choice", seed=1)
+    a = save_sae(tmp_path / "sae_q", 16, "blocks.1.attn.hook_q", 0)
+    b = save_sae(tmp_path / "sae_z", 16, "blocks.0.attn.hook_z", 1, arch="mutual-choice", seed=1)
     args = ["ioi", "eval", "--model", model, "--location", "blocks.1.attn.hook_q[0]@END", "--location", "blocks.0.attn.hook_z[1]@S2",
             "--sae", f"pair={a},{b}", "--sae", str(a), "--runs-dir", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
     assert main(args) == 0
@@ -126,10 +111,10 @@ def test_eval_with_saes_on_tiny_model(tiny_model_dir, tmp_path):
         json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name} contains {c}"))
 
 
-def test_eval_reports_which_experts_carry_io_s_pos_for_a_routed_sae(tiny_model_dir, tmp_path):
+def test_eval_reports_which_experts_carry_io_s_pos_for_a_routed_sae(tiny_model_dir, tmp_path, save_sae):
     model = str(tiny_model_dir)
-    r = _save_sae(tmp_path / "routed", 16, "blocks.1.attn.hook_q", 0, arch="routed", gate="topk", experts=4)
-    t = _save_sae(tmp_path / "topk", 16, "blocks.1.attn.hook_q", 0)
+    r = save_sae(tmp_path / "routed", 16, "blocks.1.attn.hook_q", 0, arch="routed", gate="topk", experts=4)
+    t = save_sae(tmp_path / "topk", 16, "blocks.1.attn.hook_q", 0)
     args = ["ioi", "eval", "--model", model, "--location", "blocks.1.attn.hook_q[0]@END", "--sae", f"sw={r}",
             "--sae", f"tk={t}", "--runs-dir", str(tmp_path), "--name", "ev", *EVAL_FLAGS]
     assert main(args) == 0

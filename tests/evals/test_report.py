@@ -1,0 +1,52 @@
+"""summary.md and the headline numbers that bench/ioi_settings.py holds to the converged values."""
+
+from __future__ import annotations
+
+import pytest
+
+from evals.config import EvalConfig
+from evals.harness import evaluate
+from evals.locations import CrossSection, Location
+from evals.report import headline_numbers, summary_markdown
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model_dir, save_sae):
+    from evals.dictionary import load_families
+    from workbench.models import load_model
+
+    import tempfile
+    from pathlib import Path
+
+    model = load_model(str(tiny_model_dir), "cpu")
+    with tempfile.TemporaryDirectory() as d:
+        sae = save_sae(Path(d) / "sae_z", 16, "blocks.0.attn.hook_z", 1)
+        families = load_families([str(sae)])
+    sections = [CrossSection("custom", [Location.parse("blocks.0.attn.hook_z[1]@END")], "test")]
+    cfg = EvalConfig(model=str(tiny_model_dir), n_train=100, n_eval=24, ks=[2, 4], n_boot=10)
+    return evaluate(model, cfg, sections, families)
+
+
+def test_every_headline_number_is_shown_in_the_summary(results):
+    """headline_numbers is what a reader of summary.md sees: each value, at 2 decimals, is in the text."""
+    text = summary_markdown(results, "tiny")
+    nums = headline_numbers(results)
+    tables = {k.split(":")[0] for k in nums}
+    assert {"clean", "approximation", "control", "interpretability", "diagnostics"} <= tables
+    assert any(k.endswith("/greedy_best_accuracy") for k in nums) and any(k.endswith("/mean_best_f1") for k in nums)
+    for key, v in nums.items():
+        shown = f"{v:.3f}" if key.startswith("clean:") else f"{v:.2f}"
+        assert shown in text or (shown == "-0.00" and "0.00" in text), f"{key} = {shown} is not in summary.md"
+
+
+def test_best_control_is_the_best_over_k(results):
+    """The edit accuracy summary.md shows for an SAE is the largest over the edit sizes, not the last one."""
+    nums = headline_numbers(results)
+    sae_rows = [r for r in results.control if r["kind"] == "sae" and r["method"] == "greedy" and not r.get("min_f1")]
+    assert sae_rows
+    r0 = sae_rows[0]
+    same = [r for r in sae_rows if (r["cross_section"], r["dictionary"], r["attribute"]) ==
+            (r0["cross_section"], r0["dictionary"], r0["attribute"])]
+    assert len(same) == 2  # ks 2 and 4
+    key = f"control:{r0['cross_section']}/{r0['dictionary']}/{r0['attribute']}/greedy_best_accuracy"
+    assert nums[key] == max(r["accuracy"] for r in same)
