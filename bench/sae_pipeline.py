@@ -30,18 +30,6 @@ from dataclasses import replace
 import torch
 
 
-def gpt2_small_shaped(device: str):
-    """A random HookedTransformer of GPT-2 small's shape with the toy tokenizer."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from workbench.models import load_model
-
-    tok = load_model("toy-ioi", device="cpu").tokenizer
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=128,
-                                  d_vocab=len(tok), act_fn="gelu_new", normalization_type="LN", seed=0, device=device)
-    return HookedTransformer(cfg, tokenizer=tok)
-
-
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -112,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-batches", type=int, default=20)
     a = p.parse_args(argv)
     from workbench.devices import check_device
-    from workbench.models import load_model
+    from workbench.models import gpt2_small_shaped, load_model
 
     check_device(a.device)
     if a.device.startswith("cuda"):

@@ -56,7 +56,7 @@ class SAEOutput:
 
     def l0(self) -> Tensor:
         """(N,) active latents per token (codes > 0)."""
-        return alloc.counts_weighted(self.alloc.rows, self.values > 0, self.alloc.shape[0])  # (no device sync)
+        return alloc.counts(self.alloc.rows, self.alloc.shape[0], keep=self.values > 0)  # (no device sync)
 
     def codes(self) -> Tensor:
         """(N, d_sae) dense codes."""
@@ -234,7 +234,7 @@ class SAE(nn.Module):
         """
         on = out.values > 0  # (nnz,) pairs whose code fired (values are ReLU'd: the others are 0)
         cols, vals = out.alloc.cols, out.values.detach()  # masks, not boolean indexing: no device sync
-        counts = alloc.counts_weighted(cols, on, self.cfg.d_sae)  # (d_sae,)
+        counts = alloc.counts(cols, self.cfg.d_sae, keep=on)  # (d_sae,)
         n = out.alloc.shape[0]
         if total is not None:
             counts = total(counts)

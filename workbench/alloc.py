@@ -96,18 +96,15 @@ class Allocation:
         return out.index_put((self.rows, self.cols), self.values)
 
 
-def counts(idx: Tensor, n: int) -> Tensor:
-    """(n,) long: how often each of 0..n-1 occurs in idx (= ``torch.bincount(idx, minlength=n)``).
+def counts(idx: Tensor, n: int, keep: Tensor | None = None) -> Tensor:
+    """(n,) long: how often each of 0..n-1 occurs in idx (= ``torch.bincount(idx, minlength=n)``), counting only
+    the entries where keep (same shape as idx, bool) is set when it is given.
 
     A scatter-add rather than bincount: bincount reads idx.max() back to the host, a device sync per
     call on a GPU, which stalls a training step's queue of kernels.
     """
-    return torch.zeros(n, dtype=torch.long, device=idx.device).scatter_add_(0, idx, torch.ones_like(idx))
-
-
-def counts_weighted(idx: Tensor, keep: Tensor, n: int) -> Tensor:
-    """(n,) long: how often each of 0..n-1 occurs in idx where keep (nnz,) bool is set, without a sync."""
-    return torch.zeros(n, dtype=torch.long, device=idx.device).scatter_add_(0, idx, keep.long())
+    ones = torch.ones_like(idx) if keep is None else keep.long()
+    return torch.zeros(n, dtype=torch.long, device=idx.device).scatter_add_(0, idx, ones)
 
 
 def _from_mask_order(rows: Tensor, cols: Tensor, scores: Tensor) -> Allocation:

@@ -143,6 +143,17 @@ def load_model(name: str = TOY_NAME, device: str | None = None) -> "HookedTransf
     return HookedTransformer.from_pretrained(name, device=device or "cpu")
 
 
+def gpt2_small_shaped(device: str | None = None, seed: int = 0) -> "HookedTransformer":
+    """A randomly initialised HookedTransformer of GPT-2 small's shape (12 layers, d_model 768) with the toy
+    tokenizer: realistic activation sizes for speed checks and GPU tests where GPT-2's weights cannot be loaded."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = load_model(TOY_NAME, device="cpu").tokenizer
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=128, d_vocab=len(tok),
+                                  act_fn="gelu_new", normalization_type="LN", seed=seed, device=device)
+    return HookedTransformer(cfg, tokenizer=tok)
+
+
 def hook_names(model: "HookedTransformer") -> list[str]:
     return list(model.hook_dict)
 

@@ -122,14 +122,9 @@ def test_train_end_to_end_on_cuda_on_the_shipped_model(tmp_path, prefetch):
 
 def test_train_on_cuda_from_a_gpt2_small_shaped_model(tmp_path):
     """Realistic shapes: a randomly initialised HookedTransformer of GPT-2 small's shape (d_model 768)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from workbench.models import gpt2_small_shaped
 
-    from workbench.models import load_model
-
-    tok = load_model("toy-ioi", device="cpu").tokenizer
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=128, d_vocab=len(tok),
-                                  act_fn="gelu_new", normalization_type="LN", seed=0, device="cuda")
-    model = HookedTransformer(cfg, tokenizer=tok)
+    model = gpt2_small_shaped("cuda")
     run = _train_cuda(tmp_path, model=model, model_name="gpt2-small-shaped", hook="blocks.6.hook_resid_post", arch="mutual-choice")
     assert run.status() == "done"
     assert run.read_json("config.json")["config"]["sae"]["d_in"] == 768

@@ -126,4 +126,4 @@ def test_counts_equal_bincount():
     idx = torch.randint(0, 50, (1000,), generator=torch.Generator().manual_seed(0))
     keep = torch.rand(1000, generator=torch.Generator().manual_seed(1)) > 0.3
     assert torch.equal(alloc.counts(idx, 60), torch.bincount(idx, minlength=60))
-    assert torch.equal(alloc.counts_weighted(idx, keep, 60), torch.bincount(idx[keep], minlength=60))
+    assert torch.equal(alloc.counts(idx, 60, keep=keep), torch.bincount(idx[keep], minlength=60))

@@ -76,3 +76,13 @@ def test_pretrained_name_goes_through_transformer_lens(fake_gpt2):
     assert len(fake_gpt2.tokenizer.encode(" Mary", add_special_tokens=False)) == 1
     logits = fake_gpt2(toks)
     assert logits.shape == (1, toks.shape[1], fake_gpt2.cfg.d_vocab)
+
+
+def test_gpt2_small_shaped_is_gpt2_small_sized_and_seeded():
+    """The stand-in for GPT-2 small in speed checks: its shape, the toy tokenizer, the same weights for the same seed."""
+    from workbench.models import gpt2_small_shaped
+
+    a, b = gpt2_small_shaped("cpu", seed=1), gpt2_small_shaped("cpu", seed=1)
+    assert (a.cfg.n_layers, a.cfg.d_model, a.cfg.n_heads, a.cfg.d_mlp) == (12, 768, 12, 3072)
+    assert a.cfg.d_vocab == len(a.tokenizer)
+    assert torch.equal(a.W_E, b.W_E) and not torch.equal(a.W_E, gpt2_small_shaped("cpu", seed=2).W_E)
