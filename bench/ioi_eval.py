@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", default="ioi", choices=("ioi", "toy"), help="SAE training corpus: ioi (task SAEs) or toy (full distribution)")
     p.add_argument("--sae-root", default="runs/bench-ioi-saes", help="where SAE runs are kept and reused")
     p.add_argument("--tokens", type=int, default=400_000, help="training tokens per SAE when one must be trained")
+    p.add_argument("--dead-window", type=int, default=None,
+                   help="tokens a latent must be silent to count as dead, for aux_k (default: a tenth of --tokens)")
     p.add_argument("--k", type=int, default=4, help="SAE k (mean active latents per token)")
     p.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
     p.add_argument("--n-train", type=int, default=2000)
@@ -90,6 +92,7 @@ def main(argv=None) -> int:
             if not has_sae(run):
                 cmd = ["sae", "train", "--model", args.model, "--hook", hook, "--corpus", args.corpus, "--positions", "all",
                        "--arch", arch, "--k", str(args.k), "--expansion", str(args.expansion), "--tokens", str(args.tokens),
+                       "--dead-window", str(args.dead_window or max(1, args.tokens // 10)),
                        "--batch-size", "1024", "--eval-tokens", "8192", "--checkpoint-every", "100000",
                        "--runs-dir", str(sae_root), "--name", run.name, "--device", args.device, "--quiet"]
                 if head is not None:
