@@ -156,6 +156,38 @@ def first_layer(locations: Iterable[Location]) -> int:
     return 0 if not layers or any(layer is None for layer in layers) else min(layers)
 
 
+def _patcher(by_hook: dict[str, list[Location]], patches: dict[Location, torch.Tensor], pos_of, sl: slice, rows: torch.Tensor):
+    """A forward hook writing patches[loc][sl] at each row's position pos_of(loc) (and head) of its hook."""
+
+    def patch(act, hook):
+        act = act.clone()
+        for loc in by_hook[hook.name]:
+            val = patches[loc][sl].to(act.dtype)
+            p = pos_of(loc)
+            if act.ndim == 4:
+                if loc.head is not None:
+                    act[rows, p, loc.head] = val
+                else:
+                    act[rows, p] = val.view(len(rows), act.shape[2], act.shape[3])
+            else:
+                act[rows, p] = val
+        return act
+
+    return patch
+
+
+def _by_hook(patches) -> dict[str, list[Location]]:
+    out: dict[str, list[Location]] = {}
+    for loc in patches:
+        out.setdefault(loc.hook, []).append(loc)
+    return out
+
+
+def _end_output(end: torch.Tensor, batch: "IOIBatch", sl: slice, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ld, argmax) of END logits (n, vocab)."""
+    return end[rows, batch.io_id[sl]] - end[rows, batch.s_id[sl]], end.argmax(-1)
+
+
 @torch.no_grad()
 def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor],
                 patches: dict[Location, torch.Tensor] | None = None, chunk: int = 256,
@@ -168,37 +200,20 @@ def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[s
     computed at END only (the unembedding of every position costs a lot for GPT-2's vocabulary).
     """
     patches = patches or {}
-    by_hook: dict[str, list[Location]] = {}
-    for loc in patches:
-        by_hook.setdefault(loc.hook, []).append(loc)
+    by_hook = _by_hook(patches)
     start = first_layer(patches) if patches else 0
     start = start if resid is not None and start in resid and start > 0 else None
     end_only = model.cfg.normalization_type is not None and getattr(model.cfg, "output_logits_soft_cap", -1) <= 0
     lds, tops = [], []
     for sl in _chunks(len(batch), chunk):
-        n = sl.stop - sl.start
-        rows = torch.arange(n, device=batch.tokens.device)
+        rows = torch.arange(sl.stop - sl.start, device=batch.tokens.device)
         ends = batch.end[sl]
-
-        def patch(act, hook):
-            act = act.clone()
-            for loc in by_hook[hook.name]:
-                val = patches[loc][sl].to(act.dtype)
-                p = positions[loc.pos][sl]
-                if act.ndim == 4:
-                    if loc.head is not None:
-                        act[rows, p, loc.head] = val
-                    else:
-                        act[rows, p] = val.view(n, act.shape[2], act.shape[3])
-                else:
-                    act[rows, p] = val
-            return act
-
         store = {}
 
         def grab_final(act, hook):
             store["x"] = act[rows, ends]
 
+        patch = _patcher(by_hook, patches, lambda loc: positions[loc.pos][sl], sl, rows)
         hooks = [(h, patch) for h in by_hook]
         if end_only:
             hooks.append(("ln_final.hook_normalized", grab_final))
@@ -206,8 +221,80 @@ def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[s
         logits = model.run_with_hooks(inp, fwd_hooks=hooks, start_at_layer=start,
                                       return_type=None if end_only else "logits")
         end = model.unembed(_ln_affine(model, store["x"])[:, None])[:, 0] if end_only else logits[rows, ends]  # (n, vocab)
-        lds.append(end[rows, batch.io_id[sl]] - end[rows, batch.s_id[sl]])
-        tops.append(end.argmax(-1))
+        ld, top = _end_output(end, batch, sl, rows)
+        lds.append(ld)
+        tops.append(top)
+    return EndOutput(torch.cat(lds).float(), torch.cat(tops))
+
+
+def end_only_ok(model: "HookedTransformer", patches: dict[Location, torch.Tensor]) -> bool:
+    """Whether patched runs can recompute END alone (``Patcher``'s fast path): every patch is at END (the last
+    token read: nothing before it changes, in a causal model) and attention does not depend on absolute
+    positions beyond the embedding (learned or sinusoidal positions; not rotary, ALiBi or shortformer)."""
+    cfg = model.cfg
+    return (bool(patches) and all(loc.pos == "END" and loc.layer is not None for loc in patches)
+            and cfg.positional_embedding_type == "standard" and not getattr(cfg, "use_logn_attn", False)
+            and not getattr(cfg, "use_attn_in", False) and not getattr(cfg, "use_split_qkv_input", False))
+
+
+class _CleanStates:
+    """One clean run's keys and values at every block (batch, pos, head, d_head) and residual stream entering
+    every block at END (batch, d_model): what a run that recomputes only END needs from the positions before it."""
+
+    def __init__(self, model: "HookedTransformer", batch: "IOIBatch", ends: torch.Tensor, chunk: int = 256):
+        n_layers = model.cfg.n_layers
+        self.k: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        self.v: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        self.resid_end: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        for sl in _chunks(len(batch), chunk):
+            rows = torch.arange(sl.stop - sl.start, device=batch.tokens.device)
+
+            def keep(act, hook):
+                layer, name = int(hook.name.split(".")[1]), hook.name.rsplit(".", 1)[-1]
+                if name == "hook_resid_pre":
+                    self.resid_end[layer].append(act[rows, ends[sl]].clone())
+                else:
+                    (self.k if name == "hook_k" else self.v)[layer].append(act.clone())
+                return act
+
+            names = lambda h: h.endswith(("attn.hook_k", "attn.hook_v")) or (h.startswith("blocks.") and h.endswith("hook_resid_pre"))
+            with torch.no_grad():
+                model.run_with_hooks(batch.tokens[sl], fwd_hooks=[(names, keep)], return_type=None)
+        self.chunk = chunk
+
+
+@torch.no_grad()
+def run_patched_at_end(model: "HookedTransformer", batch: "IOIBatch", patches: dict[Location, torch.Tensor],
+                       ends: torch.Tensor, states: _CleanStates) -> EndOutput:
+    """``run_patched`` for patches at END only, recomputing the END token alone from the first patched block.
+
+    In a causal model a change at END touches no earlier position, so each block's attention at END reads
+    the clean keys and values of the positions before END (``states``, masked beyond each prompt's END) and
+    END's own, recomputed. Hooks fire on the one-token activations, so patches land at index 0. Equal to
+    ``run_patched`` up to float rounding (tests/evals/test_locations.py); one token per prompt instead of all.
+    """
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
+
+    by_hook = _by_hook(patches)
+    start = first_layer(patches)
+    lds, tops = [], []
+    for i, sl in enumerate(_chunks(len(batch), states.chunk)):
+        n = sl.stop - sl.start
+        rows = torch.arange(n, device=batch.tokens.device)
+        n_pos = states.k[start][i].shape[1]
+        before = torch.arange(n_pos, device=ends.device)[None] < ends[sl, None]  # (n, pos): positions before END
+        mask = torch.cat([before, torch.ones(n, 1, dtype=torch.bool, device=ends.device)], 1).long()  # (n, pos + 1)
+        kv = [None] * model.cfg.n_layers
+        for layer in range(start, model.cfg.n_layers):
+            kv[layer] = Entry(states.k[layer][i], states.v[layer][i], frozen=True)
+        zero = torch.zeros(n, dtype=torch.long, device=batch.tokens.device)
+        patch = _patcher(by_hook, patches, lambda loc: zero, sl, rows)
+        x = states.resid_end[start][i][:, None]  # (n, 1, d_model): the residual entering the first patched block
+        logits = model.run_with_hooks(x, fwd_hooks=[(h, patch) for h in by_hook], start_at_layer=start,
+                                      past_kv_cache=kv, attention_mask=mask)
+        ld, top = _end_output(logits[:, 0], batch, sl, rows)
+        lds.append(ld)
+        tops.append(top)
     return EndOutput(torch.cat(lds).float(), torch.cat(tops))
 
 
@@ -215,14 +302,21 @@ class Patcher:
     """``run_patched`` on one batch, restarting each run at its first patched block.
 
     Caches the clean ``resid_pre`` of each block it restarts at (one (batch, pos, d_model) tensor per
-    block), so a patch in block L costs the blocks from L on only.
+    block), so a patch in block L costs the blocks from L on only. Patches at END only (most of the
+    harness's) take the fast path: from block L on, END alone is recomputed against the clean keys and
+    values of one clean run (``run_patched_at_end``). ``fast=False`` turns that off.
     """
 
-    def __init__(self, model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor]):
-        self.model, self.batch, self.positions = model, batch, positions
+    def __init__(self, model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor], fast: bool = True):
+        self.model, self.batch, self.positions, self.fast = model, batch, positions, fast
         self.resid: dict[int, torch.Tensor] = {}
+        self.states: _CleanStates | None = None
 
     def __call__(self, patches: dict[Location, torch.Tensor] | None = None) -> EndOutput:
+        if self.fast and end_only_ok(self.model, patches or {}) and torch.equal(self.positions["END"], self.batch.end):
+            if self.states is None:
+                self.states = _CleanStates(self.model, self.batch, self.batch.end)
+            return run_patched_at_end(self.model, self.batch, patches, self.batch.end, self.states)
         layer = first_layer(patches or {})
         if layer > 0 and layer not in self.resid:
             self.resid[layer] = resid_pre(self.model, self.batch, layer)
