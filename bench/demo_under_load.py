@@ -73,12 +73,14 @@ def run_steps(steps: list[list[str]]) -> int:
     return 0
 
 
-def timed_demo(steps: list[list[str]], policy: str, log: Path, timeout: float | None = None) -> float:
+def timed_demo(steps: list[list[str]], policy: str, log: Path, timeout: float | None = None, threads: int | None = None) -> float:
     """Wall seconds of one demo run in a fresh process and a fresh runs dir, with OMP_WAIT_POLICY=policy
-    (inf when it ran past `timeout` and was stopped)."""
+    (inf when it ran past `timeout` and was stopped); threads: OMP_NUM_THREADS (default torch's choice)."""
     env = {**os.environ, "OMP_WAIT_POLICY": policy, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env.pop("OMP_NUM_THREADS", None)  # torch's default thread count, as a user gets it
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory(prefix="demo-load-") as cwd, open(log, "a") as out:
         t0 = time.perf_counter()
         try:
@@ -127,6 +129,9 @@ def main() -> int:
     p.add_argument("--policy", choices=("passive", "active", "both"), default="passive",
                    help="OMP_WAIT_POLICY of the demo: passive (what the CLI sets), active (torch's spinning), or both")
     p.add_argument("--timeout", type=float, default=None, help="stop a demo run after this many seconds (reported as > timeout)")
+    p.add_argument("--one-thread", action="store_true",
+                   help="also time the demo idle on one thread: its slowdown is what the demo costs on one core, the "
+                        "fair-share bound when busy processes take the other core's worth")
     p.add_argument("--log", default=str(Path(tempfile.gettempdir()) / "demo_under_load.log"), help="the demo's output goes here")
     p.add_argument("--run-steps", help=argparse.SUPPRESS)  # internal: the child process that runs the demo
     args = p.parse_args()
@@ -154,10 +159,19 @@ def main() -> int:
                 times.setdefault(key, []).append(secs)
                 shown = f"> {args.timeout:.0f} s (stopped)" if secs == float("inf") else f"{secs:7.1f} s"
                 print(f"  {key:<16} {shown}   [{uptime().split('load average:')[-1].strip()}]", flush=True)
+    if args.one_thread:
+        secs = timed_demo(steps, "PASSIVE", log, args.timeout, threads=1)
+        times["idle passive, 1 thread"] = [secs]
+        print(f"  {'idle passive, 1 thread':<16} {secs:7.1f} s   [{uptime().split('load average:')[-1].strip()}]", flush=True)
     print(f"after:  {uptime()}")
+    if "idle passive" not in times:  # --rounds 0: only the one-thread run
+        return 0
     idle = statistics.median(times["idle passive"])
+    if args.one_thread:
+        print(f"one thread idle: {times['idle passive, 1 thread'][0] / idle:.2f}x idle on {os.cpu_count()} cores (the demo on one "
+              "core's worth of CPU: what fair scheduling gives it when busy processes hold the rest)")
     for key, ts in times.items():
-        if key.startswith("loaded"):
+        if key.startswith("loaded") and "1 thread" not in key:
             ratio = statistics.median(ts) / idle
             verdict = "" if "active" in key else ("  (target <= 1.5: met)" if ratio <= 1.5 else "  (target <= 1.5: NOT met)")
             print(f"{key}: median {statistics.median(ts):.1f} s = {ratio:.2f}x idle ({idle:.1f} s){verdict}")

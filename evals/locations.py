@@ -227,84 +227,129 @@ def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[s
     return EndOutput(torch.cat(lds).float(), torch.cat(tops))
 
 
-def end_only_ok(model: "HookedTransformer", patches: dict[Location, torch.Tensor]) -> bool:
-    """Whether patched runs can recompute END alone (``Patcher``'s fast path): every patch is at END (the last
-    token read: nothing before it changes, in a causal model) and attention does not depend on absolute
-    positions beyond the embedding (learned or sinusoidal positions; not rotary, ALiBi or shortformer)."""
+def fast_path_ok(model: "HookedTransformer", patches: dict[Location, torch.Tensor]) -> bool:
+    """Whether patched runs can skip the positions before the first patched one (``Patcher``'s fast paths): every
+    patch is inside a block, and attention does not depend on absolute positions beyond the embedding (learned or
+    sinusoidal positions; not rotary, ALiBi or shortformer), so the clean keys and values of earlier positions
+    can be reused as they are."""
     cfg = model.cfg
-    return (bool(patches) and all(loc.pos == "END" and loc.layer is not None for loc in patches)
+    return (bool(patches) and all(loc.layer is not None for loc in patches)
             and cfg.positional_embedding_type == "standard" and not getattr(cfg, "use_logn_attn", False)
             and not getattr(cfg, "use_attn_in", False) and not getattr(cfg, "use_split_qkv_input", False))
 
 
+def end_only_ok(model: "HookedTransformer", patches: dict[Location, torch.Tensor]) -> bool:
+    """Whether patched runs can recompute END alone: the fast path, with every patch at END (the last token read:
+    in a causal model nothing before it changes)."""
+    return fast_path_ok(model, patches) and all(loc.pos == "END" for loc in patches)
+
+
 class _CleanStates:
-    """One clean run's keys and values at every block (batch, pos, head, d_head) and residual stream entering
-    every block at END (batch, d_model): what a run that recomputes only END needs from the positions before it."""
+    """One clean run's keys and values (batch, pos, head, d_head) and residual stream entering every block
+    (batch, pos, d_model): what a run that recomputes only the positions from the first patched one on needs."""
 
-    def __init__(self, model: "HookedTransformer", batch: "IOIBatch", ends: torch.Tensor, chunk: int = 256):
+    def __init__(self, model: "HookedTransformer", batch: "IOIBatch", chunk: int = 256):
         n_layers = model.cfg.n_layers
-        self.k: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-        self.v: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-        self.resid_end: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        parts: dict[str, list[list[torch.Tensor]]] = {n: [[] for _ in range(n_layers)] for n in ("hook_k", "hook_v", "hook_resid_pre")}
+
+        def keep(act, hook):
+            parts[hook.name.rsplit(".", 1)[-1]][int(hook.name.split(".")[1])].append(act.clone())
+            return act
+
+        names = lambda h: h.startswith("blocks.") and h.endswith(("attn.hook_k", "attn.hook_v", "hook_resid_pre"))
         for sl in _chunks(len(batch), chunk):
-            rows = torch.arange(sl.stop - sl.start, device=batch.tokens.device)
-
-            def keep(act, hook):
-                layer, name = int(hook.name.split(".")[1]), hook.name.rsplit(".", 1)[-1]
-                if name == "hook_resid_pre":
-                    self.resid_end[layer].append(act[rows, ends[sl]].clone())
-                else:
-                    (self.k if name == "hook_k" else self.v)[layer].append(act.clone())
-                return act
-
-            names = lambda h: h.endswith(("attn.hook_k", "attn.hook_v")) or (h.startswith("blocks.") and h.endswith("hook_resid_pre"))
             with torch.no_grad():
                 model.run_with_hooks(batch.tokens[sl], fwd_hooks=[(names, keep)], return_type=None)
+        self.k, self.v, self.resid = ([torch.cat(x) for x in parts[n]] for n in ("hook_k", "hook_v", "hook_resid_pre"))
         self.chunk = chunk
+
+
+def _kv(model: "HookedTransformer", states: _CleanStates, start: int, rows, upto=None) -> list:
+    """Frozen key/value cache entries of blocks start.. for the given rows (positions < upto, or all)."""
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
+
+    kv = [None] * model.cfg.n_layers
+    for layer in range(start, model.cfg.n_layers):
+        k, v = states.k[layer][rows], states.v[layer][rows]
+        kv[layer] = Entry(k[:, :upto], v[:, :upto], frozen=True) if upto is not None else Entry(k, v, frozen=True)
+    return kv
 
 
 @torch.no_grad()
 def run_patched_at_end(model: "HookedTransformer", batch: "IOIBatch", patches: dict[Location, torch.Tensor],
-                       ends: torch.Tensor, states: _CleanStates) -> EndOutput:
+                       states: _CleanStates) -> EndOutput:
     """``run_patched`` for patches at END only, recomputing the END token alone from the first patched block.
 
     In a causal model a change at END touches no earlier position, so each block's attention at END reads
-    the clean keys and values of the positions before END (``states``, masked beyond each prompt's END) and
+    the clean keys and values of the positions before END (``states``, masked from each prompt's END on) and
     END's own, recomputed. Hooks fire on the one-token activations, so patches land at index 0. Equal to
     ``run_patched`` up to float rounding (tests/evals/test_locations.py); one token per prompt instead of all.
     """
-    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
-
     by_hook = _by_hook(patches)
     start = first_layer(patches)
     lds, tops = [], []
-    for i, sl in enumerate(_chunks(len(batch), states.chunk)):
+    for sl in _chunks(len(batch), states.chunk):
         n = sl.stop - sl.start
         rows = torch.arange(n, device=batch.tokens.device)
-        n_pos = states.k[start][i].shape[1]
-        before = torch.arange(n_pos, device=ends.device)[None] < ends[sl, None]  # (n, pos): positions before END
+        ends = batch.end[sl]
+        n_pos = states.k[start].shape[1]
+        before = torch.arange(n_pos, device=ends.device)[None] < ends[:, None]  # (n, pos): positions before END
         mask = torch.cat([before, torch.ones(n, 1, dtype=torch.bool, device=ends.device)], 1).long()  # (n, pos + 1)
-        kv = [None] * model.cfg.n_layers
-        for layer in range(start, model.cfg.n_layers):
-            kv[layer] = Entry(states.k[layer][i], states.v[layer][i], frozen=True)
         zero = torch.zeros(n, dtype=torch.long, device=batch.tokens.device)
         patch = _patcher(by_hook, patches, lambda loc: zero, sl, rows)
-        x = states.resid_end[start][i][:, None]  # (n, 1, d_model): the residual entering the first patched block
+        x = states.resid[start][sl][rows, ends][:, None]  # (n, 1, d_model): the residual entering the first patched block
         logits = model.run_with_hooks(x, fwd_hooks=[(h, patch) for h in by_hook], start_at_layer=start,
-                                      past_kv_cache=kv, attention_mask=mask)
+                                      past_kv_cache=_kv(model, states, start, sl), attention_mask=mask)
         ld, top = _end_output(logits[:, 0], batch, sl, rows)
         lds.append(ld)
         tops.append(top)
     return EndOutput(torch.cat(lds).float(), torch.cat(tops))
 
 
+@torch.no_grad()
+def run_patched_suffix(model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor],
+                       patches: dict[Location, torch.Tensor], states: _CleanStates) -> EndOutput:
+    """``run_patched`` recomputing, from the first patched block, only the positions from the first patched one on.
+
+    Prompts are grouped by their first patched position (sorted, in chunks); a chunk restarts at its smallest
+    one, p0, reading the clean keys and values of the positions before p0 (``states``), which no patch
+    changes in a causal model. Equal to ``run_patched`` up to float rounding (tests/evals/test_locations.py).
+    """
+    by_hook = _by_hook(patches)
+    start = first_layer(patches)
+    end_only = model.cfg.normalization_type is not None and getattr(model.cfg, "output_logits_soft_cap", -1) <= 0
+    first = torch.stack([positions[loc.pos] for loc in patches]).min(0).values  # (batch,)
+    order = torch.argsort(first, stable=True)
+    ld_out = torch.empty(len(batch), device=batch.tokens.device)
+    top_out = torch.empty(len(batch), dtype=torch.long, device=batch.tokens.device)
+    for sl in _chunks(len(batch), states.chunk):
+        idx = order[sl]
+        n, p0 = len(idx), int(first[idx].min())
+        rows = torch.arange(n, device=batch.tokens.device)
+        ends = batch.end[idx] - p0
+        store = {}
+
+        def grab_final(act, hook):
+            store["x"] = act[rows, ends]
+
+        patch = _patcher(by_hook, patches, lambda loc: positions[loc.pos][idx] - p0, idx, rows)
+        hooks = [(h, patch) for h in by_hook] + ([("ln_final.hook_normalized", grab_final)] if end_only else [])
+        logits = model.run_with_hooks(states.resid[start][idx, p0:], fwd_hooks=hooks, start_at_layer=start,
+                                      past_kv_cache=_kv(model, states, start, idx, p0) if p0 else None,
+                                      return_type=None if end_only else "logits")
+        end = model.unembed(_ln_affine(model, store["x"])[:, None])[:, 0] if end_only else logits[rows, ends]  # (n, vocab)
+        ld_out[idx], top_out[idx] = _end_output(end, batch, idx, rows)
+    return EndOutput(ld_out.float(), top_out)
+
+
 class Patcher:
     """``run_patched`` on one batch, restarting each run at its first patched block.
 
     Caches the clean ``resid_pre`` of each block it restarts at (one (batch, pos, d_model) tensor per
-    block), so a patch in block L costs the blocks from L on only. Patches at END only (most of the
-    harness's) take the fast path: from block L on, END alone is recomputed against the clean keys and
-    values of one clean run (``run_patched_at_end``). ``fast=False`` turns that off.
+    block), so a patch in block L costs the blocks from L on only. With the fast paths (``fast``, the default,
+    where ``fast_path_ok``) one clean run's keys, values and residuals are kept instead, and only the
+    positions a patch can change are recomputed: END alone when every patch is at END
+    (``run_patched_at_end``), else the positions from the first patched one on (``run_patched_suffix``).
     """
 
     def __init__(self, model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor], fast: bool = True):
@@ -313,10 +358,12 @@ class Patcher:
         self.states: _CleanStates | None = None
 
     def __call__(self, patches: dict[Location, torch.Tensor] | None = None) -> EndOutput:
-        if self.fast and end_only_ok(self.model, patches or {}) and torch.equal(self.positions["END"], self.batch.end):
+        if self.fast and fast_path_ok(self.model, patches or {}):
             if self.states is None:
-                self.states = _CleanStates(self.model, self.batch, self.batch.end)
-            return run_patched_at_end(self.model, self.batch, patches, self.batch.end, self.states)
+                self.states = _CleanStates(self.model, self.batch)
+            if end_only_ok(self.model, patches) and torch.equal(self.positions["END"], self.batch.end):
+                return run_patched_at_end(self.model, self.batch, patches, self.states)
+            return run_patched_suffix(self.model, self.batch, self.positions, patches, self.states)
         layer = first_layer(patches or {})
         if layer > 0 and layer not in self.resid:
             self.resid[layer] = resid_pre(self.model, self.batch, layer)

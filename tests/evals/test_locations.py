@@ -91,3 +91,33 @@ def test_end_only_fast_path_equals_the_full_patched_run(which, tiny_model_dir, r
     assert not torch.allclose(ref.ld, run_patched(model, batch, pos).ld)  # the patches do change the answer
     s2 = {Location("blocks.1.attn.hook_z", 1, "S2"): torch.zeros(len(batch), model.cfg.d_head)}
     assert not end_only_ok(model, s2)  # a patch before END changes later positions: the full run
+
+
+@pytest.mark.parametrize("which", ["affine", "fake_gpt2"])
+def test_suffix_fast_path_equals_the_full_patched_run(which, tiny_model_dir, request):
+    """Patches before END (S2, IO, S1, mixed with END) recompute only the positions from the first patched one on,
+    prompts grouped by that position: the same answers as the full patched run, chunk boundaries included."""
+    from evals import locations
+
+    model = _model_with_affine_ln(tiny_model_dir) if which == "affine" else request.getfixturevalue("fake_gpt2")
+    s = make_splits(model, n_train=2, n_eval=24, seed=2)
+    batch, cf = make_batch(model, s.eval), make_batch(model, s.counterfactual["S"])
+    pos, cpos = semantic_positions(batch), semantic_positions(cf)
+    assert len(set(pos["S2"].tolist())) > 1
+    groups = [[Location("blocks.0.attn.hook_v", 1, "S2")],
+              [Location("blocks.1.hook_resid_pre", None, "S2"), Location("blocks.1.attn.hook_z", 0, "END")],
+              [Location("blocks.0.hook_resid_post", None, "IO"), Location("blocks.1.attn.hook_k", 1, "S1")],
+              [Location("blocks.0.hook_resid_pre", None, "S1")]]
+    slow = Patcher(model, batch, pos, fast=False)
+    for locs in groups:
+        patches = read_acts(model, cf, cpos, locs)
+        assert locations.fast_path_ok(model, patches) and not end_only_ok(model, patches)
+        ref = slow(patches)
+        old, locations._CleanStates.__init__.__defaults__ = locations._CleanStates.__init__.__defaults__, (5,)  # chunks of 5
+        try:
+            got = Patcher(model, batch, pos)(patches)
+        finally:
+            locations._CleanStates.__init__.__defaults__ = old
+        assert torch.allclose(got.ld, ref.ld, atol=1e-4), locs
+        assert torch.equal(got.top, ref.top), locs
+        assert not torch.allclose(ref.ld, run_patched(model, batch, pos).ld), locs  # the patch matters
