@@ -160,12 +160,13 @@ def main() -> int:
                 shown = f"> {args.timeout:.0f} s (stopped)" if secs == float("inf") else f"{secs:7.1f} s"
                 print(f"  {key:<16} {shown}   [{uptime().split('load average:')[-1].strip()}]", flush=True)
     if args.one_thread:
+        if "idle passive" not in times:  # --rounds 0: one idle run to compare with
+            times["idle passive"] = [timed_demo(steps, "PASSIVE", log, args.timeout)]
+            print(f"  {'idle passive':<16} {times['idle passive'][0]:7.1f} s   [{uptime().split('load average:')[-1].strip()}]", flush=True)
         secs = timed_demo(steps, "PASSIVE", log, args.timeout, threads=1)
         times["idle passive, 1 thread"] = [secs]
         print(f"  {'idle passive, 1 thread':<16} {secs:7.1f} s   [{uptime().split('load average:')[-1].strip()}]", flush=True)
     print(f"after:  {uptime()}")
-    if "idle passive" not in times:  # --rounds 0: only the one-thread run
-        return 0
     idle = statistics.median(times["idle passive"])
     if args.one_thread:
         print(f"one thread idle: {times['idle passive, 1 thread'][0] / idle:.2f}x idle on {os.cpu_count()} cores (the demo on one "

@@ -311,9 +311,9 @@ def run_patched_suffix(model: "HookedTransformer", batch: "IOIBatch", positions:
                        patches: dict[Location, torch.Tensor], states: _CleanStates) -> EndOutput:
     """``run_patched`` recomputing, from the first patched block, only the positions from the first patched one on.
 
-    Prompts are grouped by their first patched position (sorted, in chunks); a chunk restarts at its smallest
-    one, p0, reading the clean keys and values of the positions before p0 (``states``), which no patch
-    changes in a causal model. Equal to ``run_patched`` up to float rounding (tests/evals/test_locations.py).
+    Prompts are grouped by their first patched position (sorted, in chunks of at most 64); a chunk recomputes
+    from its smallest one, p0, to its last END, reading the clean keys and values of the positions before p0
+    (``states``), which no patch changes in a causal model (nor does anything after END reach END). Equal to ``run_patched`` up to float rounding (tests/evals/test_locations.py).
     """
     by_hook = _by_hook(patches)
     start = first_layer(patches)
@@ -322,9 +322,9 @@ def run_patched_suffix(model: "HookedTransformer", batch: "IOIBatch", positions:
     order = torch.argsort(first, stable=True)
     ld_out = torch.empty(len(batch), device=batch.tokens.device)
     top_out = torch.empty(len(batch), dtype=torch.long, device=batch.tokens.device)
-    for sl in _chunks(len(batch), states.chunk):
+    for sl in _chunks(len(batch), min(states.chunk, 64)):  # small groups: p0 close to each prompt's first patch
         idx = order[sl]
-        n, p0 = len(idx), int(first[idx].min())
+        n, p0, p1 = len(idx), int(first[idx].min()), int(batch.end[idx].max()) + 1  # positions p0..p1-1 are recomputed
         rows = torch.arange(n, device=batch.tokens.device)
         ends = batch.end[idx] - p0
         store = {}
@@ -334,7 +334,7 @@ def run_patched_suffix(model: "HookedTransformer", batch: "IOIBatch", positions:
 
         patch = _patcher(by_hook, patches, lambda loc: positions[loc.pos][idx] - p0, idx, rows)
         hooks = [(h, patch) for h in by_hook] + ([("ln_final.hook_normalized", grab_final)] if end_only else [])
-        logits = model.run_with_hooks(states.resid[start][idx, p0:], fwd_hooks=hooks, start_at_layer=start,
+        logits = model.run_with_hooks(states.resid[start][idx, p0:p1], fwd_hooks=hooks, start_at_layer=start,
                                       past_kv_cache=_kv(model, states, start, idx, p0) if p0 else None,
                                       return_type=None if end_only else "logits")
         end = model.unembed(_ln_affine(model, store["x"])[:, None])[:, 0] if end_only else logits[rows, ends]  # (n, vocab)
