@@ -10,6 +10,12 @@ single-threaded torch matmul loop at the same priority as the demo. Each demo ru
 loaded in ABBA order so a drift in the machine's other load hits both. Prints the wall time of each
 run, the ratio loaded / idle (target <= 1.5 with the passive policy the CLI sets), and ``uptime``
 before and after: on a shared machine "idle" means "without our load", so report it with the ratio.
+
+    python bench/demo_under_load.py --scale 0.5 --load-procs 1      # a busy process beside the demo: 1.30x
+    python bench/demo_under_load.py --scale 0.5 --rounds 0 --one-thread
+
+With a busy process on every core the demo gets one core's worth of CPU (fair scheduling), so its ratio
+cannot go below its one-thread slowdown, which ``--one-thread`` measures (docs/threads.md).
 """
 
 from __future__ import annotations
