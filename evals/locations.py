@@ -156,8 +156,10 @@ def first_layer(locations: Iterable[Location]) -> int:
     return 0 if not layers or any(layer is None for layer in layers) else min(layers)
 
 
-def _patcher(by_hook: dict[str, list[Location]], patches: dict[Location, torch.Tensor], pos_of, sl: slice, rows: torch.Tensor):
-    """A forward hook writing patches[loc][sl] at each row's position pos_of(loc) (and head) of its hook."""
+def _patcher(by_hook: dict[str, list[Location]], patches: dict[Location, torch.Tensor], pos_of, sl: "slice | torch.Tensor",
+             rows: torch.Tensor):
+    """A forward hook writing patches[loc][sl] (sl: a slice or indices of the batch) at each row's position pos_of(loc)
+    (and head) of its hook."""
 
     def patch(act, hook):
         act = act.clone()
@@ -183,7 +185,7 @@ def _by_hook(patches) -> dict[str, list[Location]]:
     return out
 
 
-def _end_output(end: torch.Tensor, batch: "IOIBatch", sl: slice, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _end_output(end: torch.Tensor, batch: "IOIBatch", sl: "slice | torch.Tensor", rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ld, argmax) of END logits (n, vocab)."""
     return end[rows, batch.io_id[sl]] - end[rows, batch.s_id[sl]], end.argmax(-1)
 
