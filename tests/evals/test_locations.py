@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evals.data import make_splits, semantic_positions
-from evals.locations import Location, Patcher, end_only_ok, read_acts, resid_pre, run_patched
+from evals.locations import Location, Patcher, end_only_ok, fast_path_ok, read_acts, resid_pre, run_patched
 from workbench.ioi import make_batch
 
 
@@ -58,8 +58,22 @@ def test_run_patched_matches_hooked_run(which, tiny_model_dir, request):
     assert not torch.allclose(got.ld, clean.ld)
 
 
+def _fast_equals_full(model, batch, pos, patches, chunk, monkeypatch):
+    """Patcher's fast path, its clean states kept in chunks of `chunk` prompts, gives the full patched run's
+    logit differences and argmax tokens; returns the full run's output."""
+    from evals import locations
+
+    ref = Patcher(model, batch, pos, fast=False)(patches)
+    monkeypatch.setattr(locations._CleanStates.__init__, "__defaults__", (chunk,))
+    got = Patcher(model, batch, pos)(patches)
+    monkeypatch.undo()
+    assert torch.allclose(got.ld, ref.ld, atol=1e-4), list(patches)
+    assert torch.equal(got.top, ref.top), list(patches)
+    return ref
+
+
 @pytest.mark.parametrize("which", ["affine", "fake_gpt2"])
-def test_end_only_fast_path_equals_the_full_patched_run(which, tiny_model_dir, request):
+def test_end_only_fast_path_equals_the_full_patched_run(which, tiny_model_dir, request, monkeypatch):
     """Patches at END recompute END alone against the clean keys/values (Patcher's fast path): the same logit
     differences and argmax tokens as the full patched run, for every hook kind at END, in block 0 and block 1,
     with prompts of different lengths (ENDs at different positions) and a chunk boundary inside the batch."""
@@ -73,32 +87,21 @@ def test_end_only_fast_path_equals_the_full_patched_run(which, tiny_model_dir, r
               [Location("blocks.0.hook_resid_pre", None, "END")],
               [Location("blocks.1.hook_resid_mid", None, "END"), Location("blocks.1.hook_mlp_out", None, "END")],
               [Location("blocks.0.attn.hook_q", 1, "END"), Location("blocks.0.hook_resid_post", None, "END")]]
-    fast, slow = Patcher(model, batch, pos), Patcher(model, batch, pos, fast=False)
-    from evals import locations
-
+    fast = Patcher(model, batch, pos)  # one instance for every group: its clean states are reused
     for locs in groups:
         patches = read_acts(model, cf, cpos, locs)
         assert end_only_ok(model, patches)
-        ref = slow(patches)
-        old, locations._CleanStates.__init__.__defaults__ = locations._CleanStates.__init__.__defaults__, (7,)  # chunks of 7
-        try:
-            got = Patcher(model, batch, pos)(patches)
-        finally:
-            locations._CleanStates.__init__.__defaults__ = old
-        assert torch.allclose(got.ld, ref.ld, atol=1e-4), locs
-        assert torch.equal(got.top, ref.top), locs
+        ref = _fast_equals_full(model, batch, pos, patches, 7, monkeypatch)
         assert torch.allclose(fast(patches).ld, ref.ld, atol=1e-4)
     assert not torch.allclose(ref.ld, run_patched(model, batch, pos).ld)  # the patches do change the answer
     s2 = {Location("blocks.1.attn.hook_z", 1, "S2"): torch.zeros(len(batch), model.cfg.d_head)}
-    assert not end_only_ok(model, s2)  # a patch before END changes later positions: the full run
+    assert not end_only_ok(model, s2)  # a patch before END changes later positions: the suffix path
 
 
 @pytest.mark.parametrize("which", ["affine", "fake_gpt2"])
-def test_suffix_fast_path_equals_the_full_patched_run(which, tiny_model_dir, request):
+def test_suffix_fast_path_equals_the_full_patched_run(which, tiny_model_dir, request, monkeypatch):
     """Patches before END (S2, IO, S1, mixed with END) recompute only the positions from the first patched one on,
     prompts grouped by that position: the same answers as the full patched run, chunk boundaries included."""
-    from evals import locations
-
     model = _model_with_affine_ln(tiny_model_dir) if which == "affine" else request.getfixturevalue("fake_gpt2")
     s = make_splits(model, n_train=2, n_eval=24, seed=2)
     batch, cf = make_batch(model, s.eval), make_batch(model, s.counterfactual["S"])
@@ -108,16 +111,8 @@ def test_suffix_fast_path_equals_the_full_patched_run(which, tiny_model_dir, req
               [Location("blocks.1.hook_resid_pre", None, "S2"), Location("blocks.1.attn.hook_z", 0, "END")],
               [Location("blocks.0.hook_resid_post", None, "IO"), Location("blocks.1.attn.hook_k", 1, "S1")],
               [Location("blocks.0.hook_resid_pre", None, "S1")]]
-    slow = Patcher(model, batch, pos, fast=False)
     for locs in groups:
         patches = read_acts(model, cf, cpos, locs)
-        assert locations.fast_path_ok(model, patches) and not end_only_ok(model, patches)
-        ref = slow(patches)
-        old, locations._CleanStates.__init__.__defaults__ = locations._CleanStates.__init__.__defaults__, (5,)  # chunks of 5
-        try:
-            got = Patcher(model, batch, pos)(patches)
-        finally:
-            locations._CleanStates.__init__.__defaults__ = old
-        assert torch.allclose(got.ld, ref.ld, atol=1e-4), locs
-        assert torch.equal(got.top, ref.top), locs
+        assert fast_path_ok(model, patches) and not end_only_ok(model, patches)
+        ref = _fast_equals_full(model, batch, pos, patches, 5, monkeypatch)
         assert not torch.allclose(ref.ld, run_patched(model, batch, pos).ld), locs  # the patch matters
