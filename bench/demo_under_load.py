@@ -153,6 +153,10 @@ def main() -> int:
     subprocess.call([sys.executable, "-c", "import torch, transformer_lens"])  # warm the file cache, untimed
     policies = ["PASSIVE", "ACTIVE"] if args.policy == "both" else [args.policy.upper()]
     times: dict[str, list[float]] = {}
+
+    def show(key: str, secs: float) -> None:
+        shown = f"> {args.timeout:.0f} s (stopped)" if secs == float("inf") else f"{secs:7.1f} s"
+        print(f"  {key:<16} {shown}   [{uptime().split('load average:')[-1].strip()}]", flush=True)
     for _ in range(args.rounds):
         for loaded in (False, True, True, False):
             for pol in policies if loaded else ["PASSIVE"]:
@@ -163,15 +167,14 @@ def main() -> int:
                 else:
                     secs = timed_demo(steps, pol, log, args.timeout)
                 times.setdefault(key, []).append(secs)
-                shown = f"> {args.timeout:.0f} s (stopped)" if secs == float("inf") else f"{secs:7.1f} s"
-                print(f"  {key:<16} {shown}   [{uptime().split('load average:')[-1].strip()}]", flush=True)
+                show(key, secs)
     if args.one_thread:
         if "idle passive" not in times:  # --rounds 0: one idle run to compare with
             times["idle passive"] = [timed_demo(steps, "PASSIVE", log, args.timeout)]
-            print(f"  {'idle passive':<16} {times['idle passive'][0]:7.1f} s   [{uptime().split('load average:')[-1].strip()}]", flush=True)
+            show("idle passive", times["idle passive"][0])
         secs = timed_demo(steps, "PASSIVE", log, args.timeout, threads=1)
         times["idle passive, 1 thread"] = [secs]
-        print(f"  {'idle passive, 1 thread':<16} {secs:7.1f} s   [{uptime().split('load average:')[-1].strip()}]", flush=True)
+        show("idle passive, 1 thread", secs)
     print(f"after:  {uptime()}")
     idle = statistics.median(times["idle passive"])
     if args.one_thread:

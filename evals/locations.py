@@ -100,15 +100,20 @@ def _chunks(n: int, chunk: int):
         yield slice(i, min(n, i + chunk))
 
 
+def _by_hook(locations: Iterable[Location]) -> dict[str, list[Location]]:
+    out: dict[str, list[Location]] = {}
+    for loc in locations:
+        out.setdefault(loc.hook, []).append(loc)
+    return out
+
+
 @torch.no_grad()
 def read_acts(model: "HookedTransformer", batch: "IOIBatch", positions: dict[str, torch.Tensor],
               locations: Iterable[Location], chunk: int = 256) -> dict[Location, torch.Tensor]:
     """Activations at each location: {location: (batch, d)} (float32, on the model's device)."""
     locations = list(dict.fromkeys(locations))
     parts: dict[Location, list[torch.Tensor]] = {loc: [] for loc in locations}
-    by_hook: dict[str, list[Location]] = {}
-    for loc in locations:
-        by_hook.setdefault(loc.hook, []).append(loc)
+    by_hook = _by_hook(locations)
     for sl in _chunks(len(batch), chunk):
         rows = torch.arange(sl.stop - sl.start, device=batch.tokens.device)
 
@@ -178,11 +183,9 @@ def _patcher(by_hook: dict[str, list[Location]], patches: dict[Location, torch.T
     return patch
 
 
-def _by_hook(patches) -> dict[str, list[Location]]:
-    out: dict[str, list[Location]] = {}
-    for loc in patches:
-        out.setdefault(loc.hook, []).append(loc)
-    return out
+def _unembed_end_only(model: "HookedTransformer") -> bool:
+    """Whether END's logits can be taken by unembedding ln_final's output at END alone (no soft cap after it)."""
+    return model.cfg.normalization_type is not None and getattr(model.cfg, "output_logits_soft_cap", -1) <= 0
 
 
 def _end_output(end: torch.Tensor, batch: "IOIBatch", sl: "slice | torch.Tensor", rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +208,7 @@ def run_patched(model: "HookedTransformer", batch: "IOIBatch", positions: dict[s
     by_hook = _by_hook(patches)
     start = first_layer(patches) if patches else 0
     start = start if resid is not None and start in resid and start > 0 else None
-    end_only = model.cfg.normalization_type is not None and getattr(model.cfg, "output_logits_soft_cap", -1) <= 0
+    end_only = _unembed_end_only(model)
     lds, tops = [], []
     for sl in _chunks(len(batch), chunk):
         rows = torch.arange(sl.stop - sl.start, device=batch.tokens.device)
@@ -273,7 +276,7 @@ def _kv(model: "HookedTransformer", states: _CleanStates, start: int, rows, upto
     kv = [None] * model.cfg.n_layers
     for layer in range(start, model.cfg.n_layers):
         k, v = states.k[layer][rows], states.v[layer][rows]
-        kv[layer] = Entry(k[:, :upto], v[:, :upto], frozen=True) if upto is not None else Entry(k, v, frozen=True)
+        kv[layer] = Entry(k[:, :upto], v[:, :upto], frozen=True)
     return kv
 
 
@@ -315,11 +318,12 @@ def run_patched_suffix(model: "HookedTransformer", batch: "IOIBatch", positions:
 
     Prompts are grouped by their first patched position (sorted, in chunks of at most 64); a chunk recomputes
     from its smallest one, p0, to its last END, reading the clean keys and values of the positions before p0
-    (``states``), which no patch changes in a causal model (nor does anything after END reach END). Equal to ``run_patched`` up to float rounding (tests/evals/test_locations.py).
+    (``states``), which no patch changes in a causal model (nor does anything after END reach END). Equal to
+    ``run_patched`` up to float rounding (tests/evals/test_locations.py).
     """
     by_hook = _by_hook(patches)
     start = first_layer(patches)
-    end_only = model.cfg.normalization_type is not None and getattr(model.cfg, "output_logits_soft_cap", -1) <= 0
+    end_only = _unembed_end_only(model)
     first = torch.stack([positions[loc.pos] for loc in patches]).min(0).values  # (batch,)
     order = torch.argsort(first, stable=True)
     ld_out = torch.empty(len(batch), device=batch.tokens.device)

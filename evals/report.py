@@ -177,6 +177,14 @@ def _pm(row: dict, key: str, nd: int = 2) -> str:
     return f"{_f(v, nd)} ± {_f(se, nd)}"
 
 
+def control_groups(control: list[dict]) -> dict[tuple, list[dict]]:
+    """Control rows grouped by (cross-section, dictionary, attribute): one line of summary.md each."""
+    out: dict[tuple, list[dict]] = {}
+    for r in control:
+        out.setdefault((r["cross_section"], r["dictionary"], r["attribute"]), []).append(r)
+    return out
+
+
 def best_control(rows: list[dict], method: str) -> dict | None:
     """The control row summary.md shows for one (cross-section, dictionary, attribute): the best over k of one method
     (rows with a min_f1 filter left out)."""
@@ -206,10 +214,7 @@ def headline_numbers(res: "Results") -> dict[str, float]:
     for r in res.interpretable:
         for k in ("interpretable_fraction", "sufficiency", "necessity", "ld_recovered"):
             put(f"interpretable:{r['cross_section']}/{r['dictionary']}/{r['f1_threshold']}/{k}", r.get(k))
-    keyed: dict = {}
-    for r in res.control:
-        keyed.setdefault((r["cross_section"], r["dictionary"], r["attribute"]), []).append(r)
-    for (cs, d, a), rows in keyed.items():
+    for (cs, d, a), rows in control_groups(res.control).items():
         key = f"control:{cs}/{d}/{a}"
         put(f"{key}/acc_none", rows[0].get("acc_none"))
         put(f"{key}/target_changed", rows[0].get("target_changed"))
@@ -265,10 +270,7 @@ def summary_markdown(res: "Results", model: str) -> str:
                        f"{_pm(r, 'necessity')} ({_f(r['necessity_full'])}) | {_pm(r, 'ld_recovered')} ({_f(r['ld_recovered_full'])}) |")
     out += ["", "## Control (edit accuracy; SAE edits: the best over k = features changed, with the k that reached it)", "",
             "| cross-section | dictionary | attribute | no edit | supervised / greedy | F1-guided | target changed |", "|---|---|---|---|---|---|---|"]
-    keyed: dict = {}
-    for r in res.control:
-        keyed.setdefault((r["cross_section"], r["dictionary"], r["attribute"]), []).append(r)
-    for (cs, d, a), rows in keyed.items():
+    for (cs, d, a), rows in control_groups(res.control).items():
         def best(method):
             b = best_control(rows, method)
             if b is None:
