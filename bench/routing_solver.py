@@ -1,10 +1,12 @@
-"""Sparsity-constrained OT: our batched torch solver vs POT on the same problems (time + objective).
+"""Sparsity-constrained OT: our solver vs POT on the same problems (time + objective).
 
     .venv/bin/python bench/routing_solver.py [--batch 64 --batch-cols 512 --cols 2048 --threads 1]
 
 Same as `workbench moe solve-bench --gates false`; prints single-problem rows (16 x 2048, k=2,
 gamma 0.1 and 1), the batched case (64 problems of 16 experts x 512 tokens) with the speed-up over
-POT's per-problem loop, and the k=1 / small-gamma comparison with exact OT (ot.emd).
+POT's per-problem loop, and the k=1 / small-gamma comparison with exact OT (ot.emd). Rows without a
+suffix are the default solve (on the CPU: the C BFGS of routing/ot_native.py); "-torch" rows are the
+torch.compile'd BFGS, "-eager" the same uncompiled. Every time is the best of --repeats calls, POT's too.
 """
 
 import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)

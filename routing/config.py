@@ -193,7 +193,7 @@ class SolverBenchConfig:
     batch: int = field(default=64, metadata={"help": "problems in the batched case"})
     batch_cols: int = field(default=512, metadata={"help": "tokens per problem in the batched case"})
     problems: int = field(default=4, metadata={"help": "random single problems per regularisation"})
-    repeats: int = field(default=3, metadata={"help": "timed runs of each batched solver (the best is reported)"})
+    repeats: int = field(default=3, metadata={"help": "timed runs of each solve, ours and POT's (the best is reported)"})
     threads: int = field(default=1, metadata={"help": "torch threads (1 = fair vs single-threaded POT)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     gates: bool = field(default=True, metadata={"help": "also time every gate (forward + backward)"})

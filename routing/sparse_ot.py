@@ -19,7 +19,9 @@ contiguous across columns. One evaluation of D, its gradient and (optionally) P 
 large problems it runs through torch.compile, which fuses its dozen elementwise passes into one
 (`compile="auto"`; it falls back to eager with a warning where compilation is unavailable). The ascent
 loops live in routing/ot_solvers.py (both build on routing/ot_duals.py): "bfgs" (default), "newton" (semismooth, to a zero gradient where
-one exists) and "adam" (vmoe's fixed budget).
+one exists) and "adam" (vmoe's fixed budget). On the CPU "bfgs" runs as plain C by default
+(routing/ot_native.py: the same algorithm, one problem per pass, built with the system compiler on first
+use), which removes the per-step framework cost that dominates at router sizes; backend="torch" keeps torch.
 
 Gradients w.r.t. cost, a and b use the implicit function theorem at the solution: with alpha* fixed
 (no grad) we take one Newton step whose right-hand side carries the graph,
@@ -36,8 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from routing import ot_solvers
-from routing import ot_duals
+from routing import ot_duals, ot_native, ot_solvers
 from routing.ot_duals import dual_potentials, grad_converged, newton_solve, semi_dual
 from workbench.errors import WorkbenchError
 
@@ -45,6 +46,7 @@ COMPILE_MIN_NUMEL = 1 << 12  # "auto" compiles the evaluation for cost tensors a
 AUTO_COMPILE_AFTER = 3  # ... once this many solves of the same problem family ran eagerly in this process
 _solves: dict[tuple, int] = {}  # solves so far per problem family (rows, k, dtype, device)
 METHODS = ("bfgs", "newton", "adam")
+BACKENDS = ("auto", "native", "torch")
 BFGS_MAX_ROWS = 64  # dense BFGS keeps an n x n matrix per problem; above this "bfgs" runs Newton (m x m Woodbury)
 
 
@@ -82,23 +84,12 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
         raise MarginalError(f"k (max nonzeros per column) must be an int >= 1, got {k!r}")
     if not gamma > 0:
         raise MarginalError(f"gamma must be > 0, got {gamma}; use a small positive value for near-exact OT")
-    for name, t in (("cost", cost), ("a", a), ("b", b)):
-        if not torch.isfinite(t).all():
-            raise MarginalError(f"{name} has non-finite entries; clean the inputs (NaN/inf)")
-    if (a < 0).any():
-        raise MarginalError("row marginals a must be >= 0")
-    if (b <= 0).any():
-        raise MarginalError("column marginals b must be > 0; drop empty columns before solving")
     sa, sb = a.sum(-1), b.sum(-1)
-    bad = (sa - sb).abs() > 1e-6 * sb.abs().clamp(min=1)
-    if bad.any():
-        i = int(bad.reshape(-1).nonzero()[0])
-        raise MarginalError(f"marginals are unbalanced: sum(a) = {sa.reshape(-1)[i].item():.6g} but sum(b) = "
-                            f"{sb.reshape(-1)[i].item():.6g}; rescale one of them so the sums match")
     need = (a > 0).sum(-1)
-    if (need > m * k).any():
-        raise MarginalError(f"infeasible: {int(need.max())} rows need mass but {m} columns with at most "
-                            f"k = {k} nonzeros each reach at most {m * k} rows; raise k or merge rows")
+    fine = (torch.isfinite(cost).all() & torch.isfinite(sa).all() & torch.isfinite(b).all() & (a >= 0).all()
+            & (b > 0).all() & ((sa - sb).abs() <= 1e-6 * sb.abs().clamp(min=1)).all() & (need <= m * k).all())
+    if not bool(fine):  # one test on the way in (a single solve is ~1 ms); find the first problem to name it
+        _explain(cost, a, b, sa, sb, need, m, k)
     if k == 1 and n > 1:
         rtol = 1e-9 if cost.dtype == torch.float64 else 1e-5
         uniform = (b - b[..., :1]).abs().max() <= rtol * b.abs().max()
@@ -108,6 +99,24 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
                 raise MarginalError("infeasible: with k = 1 every column goes to one row whole, so each a_i must "
                                     "be a multiple of the (uniform) column mass b; use k >= 2 or adjust a")
     return a, b
+
+
+def _explain(cost: Tensor, a: Tensor, b: Tensor, sa: Tensor, sb: Tensor, need: Tensor, m: int, k: int) -> None:
+    """Raise the MarginalError for the first thing check_problem's combined test found wrong."""
+    for name, t in (("cost", cost), ("a", a), ("b", b)):
+        if not torch.isfinite(t).all():
+            raise MarginalError(f"{name} has non-finite entries; clean the inputs (NaN/inf)")
+    if (a < 0).any():
+        raise MarginalError("row marginals a must be >= 0")
+    if (b <= 0).any():
+        raise MarginalError("column marginals b must be > 0; drop empty columns before solving")
+    bad = (sa - sb).abs() > 1e-6 * sb.abs().clamp(min=1)
+    if bad.any():
+        i = int(bad.reshape(-1).nonzero()[0])
+        raise MarginalError(f"marginals are unbalanced: sum(a) = {sa.reshape(-1)[i].item():.6g} but sum(b) = "
+                            f"{sb.reshape(-1)[i].item():.6g}; rescale one of them so the sums match")
+    raise MarginalError(f"infeasible: {int(need.max())} rows need mass but {m} columns with at most "
+                        f"k = {k} nonzeros each reach at most {m * k} rows; raise k or merge rows")
 
 
 def _use_compile(compile: bool | str, cost: Tensor, k: int) -> bool:
@@ -127,7 +136,8 @@ def _use_compile(compile: bool | str, cost: Tensor, k: int) -> bool:
 
 def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1.0, method: str = "bfgs",
                     max_iter: int | None = None, tol: float | None = None, ftol: float | None = None,
-                    lr: float = 1.0, damping: float | None = None, compile: bool | str = "auto") -> SparseOTResult:
+                    lr: float = 1.0, damping: float | None = None, compile: bool | str = "auto",
+                    backend: str = "auto") -> SparseOTResult:
     """Solve a batch of sparsity-constrained OT problems.
 
     cost: (..., n, m); a: (..., n) or (n,); b: (..., m) or (m,); at most k nonzeros per column.
@@ -135,18 +145,30 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
     relative, as L-BFGS-B does; problems with more than BFGS_MAX_ROWS rows, e.g. a router's experts
     orientation, run "newton" instead), "newton" (semismooth, to tolerance) or "adam" (fixed max_iter steps).
     compile: "auto" (torch.compile the evaluation for large costs), True or False.
+    backend: where "bfgs" runs on the CPU: "auto" (the C solve of routing/ot_native.py where it applies and
+    builds, else torch), "native" (the C solve or an error) or "torch" (routing/ot_solvers.py).
     Differentiable w.r.t. cost, a, b through the implicit function theorem (module docstring).
     """
     if method not in METHODS:
         raise MarginalError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if backend not in BACKENDS:
+        raise MarginalError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if compile not in (True, False, "auto"):
+        raise MarginalError(f"compile must be True, False or 'auto', got {compile!r}")
     a, b = check_problem(cost, a, b, k, gamma)
     f64 = cost.dtype == torch.float64
     tol = tol if tol is not None else (1e-9 if f64 else 1e-5)
     ftol = ftol if ftol is not None else (1e-10 if f64 else 1e-6)
     if damping is None:  # Levenberg-Marquardt term relative to the curvature scale (counts ~ m k / n)
         damping = (1e-8 if f64 else 1e-4) * max(1.0, cost.shape[-1] * k / cost.shape[-2])
-    use_compile = _use_compile(compile, cost, k)
     batch, (n, m) = cost.shape[:-2], cost.shape[-2:]
+    native = method == "bfgs" and backend != "torch" and ot_native.applies(cost, k, BFGS_MAX_ROWS)
+    if backend == "native" and not (native and ot_native.available()):
+        why = "it is unavailable (see the warning)" if native else \
+            "it takes method 'bfgs' on CPU float32/float64 costs with at most 64 rows"
+        raise MarginalError(f"backend 'native' cannot solve this problem: {why}; use backend='auto'")
+    native = native and ot_native.available()
+    use_compile = not native and _use_compile(compile, cost, k)
     with torch.no_grad():
         # one memory layout (rows contiguous across columns) whatever view the caller passed: the row
         # reductions read memory in order, and a compiled build never sees a second stride pattern
@@ -161,7 +183,12 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
         def evaluate(alpha, with_plan=False):  # BFGS asks for the plan once or twice per solve: eager then
             plan_eager = with_plan and method == "bfgs"
             return ot_duals.evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile and not plan_eager)
-        if method == "bfgs":
+        if native:  # the C solve also gives the plan, primal, row error and beta
+            out = ot_native.bfgs(cost.detach().reshape(-1, n, m), a0, b0, k, gamma, max_iter or 200, tol, ftol,
+                                 damping)
+            alpha, value, grad, n_iter = out["alpha"], out["value"], out["grad"], out["n_iter"]
+            p = None
+        elif method == "bfgs":
             alpha, n_iter = ot_solvers.bfgs(evaluate, c0, a0, b0, k, gamma_t, max_iter or 200, tol, ftol, use_compile)
             alpha, value, grad, p = ot_solvers.polish(evaluate, alpha, a0, gamma, tol, damping)
         else:
@@ -170,9 +197,16 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
             else:
                 alpha, n_iter = ot_solvers.adam(evaluate, a0, b0, gamma, max_iter or 20, lr)
             value, grad, p = evaluate(alpha, with_plan=True)
-        alpha, value, p = alpha.reshape(*batch, n), value.reshape(batch), p.reshape(*batch, n, m)
+        alpha, value = alpha.reshape(*batch, n), value.reshape(batch)
         converged = grad_converged(grad, a0, tol).reshape(batch)
-    if torch.is_grad_enabled() and (cost.requires_grad or a.requires_grad or b.requires_grad):
+    needs_grad = torch.is_grad_enabled() and (cost.requires_grad or a.requires_grad or b.requires_grad)
+    if native and not needs_grad:
+        return SparseOTResult(out["plan"].reshape(*batch, n, m), alpha, out["beta"].reshape(*batch, m), value,
+                              out["primal"].reshape(batch), out["row_error"].reshape(batch), n_iter, converged)
+    if p is None:  # (B, n, m) column distributions of the native plan, for the gradient path
+        p = out["plan"] / b0.unsqueeze(-2)
+    p = p.reshape(*batch, n, m)
+    if needs_grad:
         _, grad, _ = semi_dual(alpha, cost, a, b, k, gamma)  # carries the graph w.r.t. cost, a, b
         step = gamma * newton_solve(p > 0, grad, damping)
         with torch.no_grad():

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_sparse_ot_on_cuda_matches_cpu(dtype, rtol, compile):
     cost = router_costs(12, 16, 256, 0, dtype)  # 12 problems: BFGS shrinks the batch on the way
     a, b = torch.full((16,), 1 / 16, dtype=dtype), torch.full((256,), 1 / 256, dtype=dtype)
-    cpu = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False)
+    cpu = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False, backend="torch")  # the same torch code on both
     gpu = solve_sparse_ot(cost.cuda(), a.cuda(), b.cuda(), 2, 1.0, compile=compile)
     assert gpu.plan.device.type == "cuda"
     torch.testing.assert_close(gpu.value.cpu(), cpu.value, rtol=rtol, atol=0)

@@ -30,11 +30,12 @@ def _pot(cost, a, b, k, gamma, reg_type="sparsity_constrained"):
     return torch.as_tensor(plan), torch.as_tensor(log["alpha"])
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
 @pytest.mark.parametrize("n,m,k,gamma,seed", [(4, 40, 2, 1.0, 0), (8, 64, 2, 0.1, 1), (6, 30, 3, 0.5, 2),
                                               (5, 50, 1, 0.05, 3)])
-def test_matches_pot_objective_and_plan(n, m, k, gamma, seed):
+def test_matches_pot_objective_and_plan(n, m, k, gamma, seed, backend):
     cost, a, b = _instance(n, m, seed, uniform=(k == 1))
-    res = solve_sparse_ot(cost, a, b, k, gamma)
+    res = solve_sparse_ot(cost, a, b, k, gamma, backend=backend)
     plan, alpha = _pot(cost, a, b, k, gamma)
     d_pot = semi_dual(alpha, cost, a, b, k, gamma)[0]
     assert bool(res.converged)
@@ -116,8 +117,9 @@ def test_k1_small_gamma_approaches_exact_ot():
     assert abs(float((res.plan * cost).sum() - (emd * cost).sum())) < 1e-3
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
 @pytest.mark.parametrize("row_mass,col_mass,rtol", [(1 / 8, 1 / 64, 1e-9), (8.0, 1.0, 5e-6)])
-def test_bfgs_reaches_pot_objective_on_router_batches(row_mass, col_mass, rtol):
+def test_bfgs_reaches_pot_objective_on_router_batches(row_mass, col_mass, rtol, backend):
     """The default BFGS solver ends at POT's objective on router-shaped problems, batched = one by one.
 
     Most of them end on a kink of the semi-dual, where no solver reaches a zero gradient: with marginals
@@ -125,13 +127,13 @@ def test_bfgs_reaches_pot_objective_on_router_batches(row_mass, col_mass, rtol):
     kinkier and both solvers stop a few 1e-6 (relative) apart, either side."""
     cost = router_costs(4, 8, 64, 21)
     a, b = torch.full((8,), row_mass, dtype=f64), torch.full((64,), col_mass, dtype=f64)
-    res = solve_sparse_ot(cost, a, b, 2, 1.0)
+    res = solve_sparse_ot(cost, a, b, 2, 1.0, backend=backend)
     for i in range(4):
         _, alpha = _pot(cost[i], a, b, 2, 1.0)
         d_pot = float(semi_dual(alpha, cost[i], a, b, 2, 1.0)[0])
         assert float(res.value[i]) >= d_pot - rtol * abs(d_pot)
-        torch.testing.assert_close(solve_sparse_ot(cost[i], a, b, 2, 1.0).value, res.value[i], atol=1e-9 * abs(d_pot),
-                                   rtol=0)
+        torch.testing.assert_close(solve_sparse_ot(cost[i], a, b, 2, 1.0, backend=backend).value, res.value[i],
+                                   atol=1e-9 * abs(d_pot), rtol=0)
     assert ((res.plan > 0).sum(-2) <= 2).all()
     torch.testing.assert_close(res.plan.sum(-2), b.expand(4, 64), atol=1e-12 * col_mass, rtol=0)
 
@@ -146,10 +148,10 @@ def test_bfgs_drops_finished_problems_without_changing_any_result(monkeypatch):
     a, b = scale * torch.full((12, 8), 1 / 8, dtype=f64), scale * torch.full((12, 64), 1 / 64, dtype=f64)
     sizes, step = [], ot_solvers._bfgs_step
     monkeypatch.setattr(ot_solvers, "_bfgs_step", lambda *s: sizes.append(len(s[0])) or step(*s))
-    res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False)
+    res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False, backend="torch")
     assert sizes[0] == 12 and min(sizes) < 6  # it did shrink the batch
     for i in range(12):
-        alone = solve_sparse_ot(cost[i], a[i], b[i], 2, 1.0, compile=False)
+        alone = solve_sparse_ot(cost[i], a[i], b[i], 2, 1.0, compile=False, backend="torch")
         torch.testing.assert_close(alone.alpha, res.alpha[i], atol=1e-12 * float(scale[i]), rtol=0)
         torch.testing.assert_close(alone.plan, res.plan[i], atol=1e-12 * float(scale[i]), rtol=0)
 
@@ -158,20 +160,20 @@ def test_compiled_evaluation_matches_eager():
     """torch.compile fuses the evaluation (the default for large problems); it must not change the result."""
     cost = router_costs(3, 8, 96, 22)
     a, b = torch.full((8,), 1 / 8, dtype=f64), torch.full((96,), 1 / 96, dtype=f64)
-    eager = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False)
-    fused = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True)
+    eager = solve_sparse_ot(cost, a, b, 2, 1.0, compile=False, backend="torch")
+    fused = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True, backend="torch")
     torch.testing.assert_close(fused.plan, eager.plan, atol=1e-12, rtol=0)
     torch.testing.assert_close(fused.value, eager.value, atol=1e-14, rtol=0)
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_tied_costs_keep_k_nonzeros(compile):
+@pytest.mark.parametrize("compile,backend", [(False, "torch"), (True, "torch"), (False, "native")])
+def test_tied_costs_keep_k_nonzeros(compile, backend):
     """A router with equal scores (e.g. zero-initialised weights) gives exactly tied costs: the fast top-k path
-    is ambiguous there, and the solver must redo those evaluations exactly."""
+    is ambiguous there, and the solver must redo those evaluations exactly (the C solve breaks ties by row)."""
     cost = torch.zeros(2, 4, 32, dtype=f64)
     cost[1, :, :16] = -0.5  # ties within half of the columns of the second problem
     a, b = torch.full((4,), 0.25, dtype=f64), torch.full((32,), 1 / 32, dtype=f64)
-    res = solve_sparse_ot(cost, a, b, 2, 0.5, compile=compile)
+    res = solve_sparse_ot(cost, a, b, 2, 0.5, compile=compile, backend=backend)
     assert ((res.plan > 0).sum(-2) <= 2).all()
     torch.testing.assert_close(res.plan.sum(-2), b.expand(2, 32), atol=1e-14, rtol=0)
     for i in range(2):  # identical columns put the optimum on a kink (row errors are then unavoidable): check D
@@ -216,9 +218,10 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     cost = router_costs(2, 8, 64, 23)
     a, b = torch.full((8,), 1 / 8, dtype=f64), torch.full((64,), 1 / 64, dtype=f64)
     with pytest.warns(UserWarning, match="eager mode") as record:
-        res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True)
+        res = solve_sparse_ot(cost, a, b, 2, 1.0, compile=True, backend="torch")
     assert len([w for w in record if "eager mode" in str(w.message)]) == 1
-    torch.testing.assert_close(res.plan, solve_sparse_ot(cost, a, b, 2, 1.0, compile=False).plan, atol=0, rtol=0)
+    torch.testing.assert_close(res.plan, solve_sparse_ot(cost, a, b, 2, 1.0, compile=False, backend="torch").plan,
+                               atol=0, rtol=0)
 
 
 def test_differentiable_solve_returns_the_solvers_plan_even_off_the_optimum():
