@@ -124,6 +124,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    from cli.acts import ensure_cache
     from cli.main import main as wb
 
     out = Path(a.out)
@@ -133,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(a.cache) if a.cache else out / "cache"
-    if not (cache / "manifest.json").is_file():
-        rc = wb(["acts", "cache", "--model", a.model, "--hook", a.hook, "--tokens", str(a.tokens), "--out", str(cache)])
-        if rc:
-            return rc
+    rc = ensure_cache(cache, a.model, a.hook, a.tokens)
+    if rc:
+        return rc
     todo = [(v, k, s) for k in a.ks for v in a.variants for s in a.seeds]
     for i, (variant, k, seed) in enumerate(todo):
         # the name carries the normalisation actually used (auto resolves per arch)

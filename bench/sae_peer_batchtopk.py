@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from workbench.cache import ActivationCache
+    from cli.acts import ensure_cache
     from cli.main import main as wb
     from workbench.models import load_model
 
@@ -198,10 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(a.cache) if a.cache else out / "cache"
-    if not (cache / "manifest.json").is_file():
-        rc = wb(["acts", "cache", "--model", a.model, "--hook", a.hook, "--tokens", str(a.tokens), "--out", str(cache)])
-        if rc:
-            return rc
+    rc = ensure_cache(cache, a.model, a.hook, a.tokens)
+    if rc:
+        return rc
     d_in = ActivationCache(cache).d
     lr = a.lr or TrainConfig().learning_rate(a.expansion * d_in)
     results = out / "results.jsonl"

@@ -32,7 +32,6 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 VARIANTS = ("topk", "routed-flops", "routed-time")
@@ -142,12 +141,11 @@ def main(argv=None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
-    if not (cache / "manifest.json").is_file():
-        from cli.main import main as wb
+    from cli.acts import ensure_cache
 
-        rc = wb(["acts", "cache", "--model", a.model, "--hook", a.hook, "--tokens", str(a.cache_tokens), "--out", str(cache)])
-        if rc:
-            return rc
+    rc = ensure_cache(cache, a.model, a.hook, a.cache_tokens)
+    if rc:
+        return rc
     from workbench.models import load_model
 
     model = load_model(a.model, device="cpu")

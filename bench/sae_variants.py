@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", nargs="+", default=None, help="only print the table of these run names (no training)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `workbench sae train` flags")
     a = p.parse_args(argv)
+    from cli.acts import ensure_cache
     from cli.main import main as wb
 
     root = Path(a.runs_dir)
@@ -40,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table(root, a.names))
         return 0
     cache = root / f"{a.prefix}-cache"
-    if not (cache / "manifest.json").is_file():
-        rc = wb(["acts", "cache", "--model", a.model, "--hook", a.hook, "--tokens", str(a.tokens), "--out", str(cache)])
-        if rc:
-            return rc
+    rc = ensure_cache(cache, a.model, a.hook, a.tokens)
+    if rc:
+        return rc
     names = []
     for arch in a.archs:
         for aux in a.aux:

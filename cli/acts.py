@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from cli.common import add_quiet, add_runs_dir, check_name, examples, parse_int
+from cli.common import add_quiet, add_runs_dir, check_name, examples, parse_int, subcommand
 from workbench.config import add_arguments, from_args, to_dict
 
 
@@ -14,14 +15,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="workbench acts", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("cache", help="stream activations from a model into an on-disk cache", prog="workbench acts cache",
-                       description="Run the model over a corpus and store activations at --hook as Arrow shards "
-                                   "with a manifest (model, hook, tokens, dtype). Read them back with "
-                                   "workbench.cache.ActivationCache or `workbench sae train --cache DIR`.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=examples("workbench acts cache --hook blocks.1.hook_resid_post --tokens 400_000 --name acts-l1",
-                                       "workbench acts cache --hook blocks.0.attn.hook_z --head 2 --corpus ioi --out caches/z-head2",
-                                       "workbench acts cache --model gpt2 --hook blocks.6.hook_resid_post --corpus my.txt"))
+    c = subcommand(sub, "cache", "workbench acts", "stream activations from a model into an on-disk cache",
+                   description="Run the model over a corpus and store activations at --hook as Arrow shards "
+                               "with a manifest (model, hook, tokens, dtype). Read them back with "
+                               "workbench.cache.ActivationCache or `workbench sae train --cache DIR`.",
+                   epilog=examples("workbench acts cache --hook blocks.1.hook_resid_post --tokens 400_000 --name acts-l1",
+                                   "workbench acts cache --hook blocks.0.attn.hook_z --head 2 --corpus ioi --out caches/z-head2",
+                                   "workbench acts cache --model gpt2 --hook blocks.6.hook_resid_post --corpus my.txt"))
     add_arguments(c, ActsConfig)
     c.add_argument("--tokens", type=parse_int, default=200_000, help="activations to store (default 200_000)")
     c.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage dtype")
@@ -32,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a cache's manifest after checking every shard", prog="workbench acts info")
     i.add_argument("path")
     return p
+
+
+def ensure_cache(out: str | Path, model: str, hook: str, tokens: int) -> int:
+    """`workbench acts cache` into out unless a complete cache is there already (a bench reuses one across
+    its runs and restarts); returns the command's exit code (0 when the cache was there)."""
+    if (Path(out) / "manifest.json").is_file():
+        return 0
+    from cli.main import main as workbench  # the front door: its errors are one line and an exit code
+
+    return workbench(["acts", "cache", "--model", model, "--hook", hook, "--tokens", str(tokens), "--out", str(out)])
 
 
 def main(argv: list[str]) -> int:

@@ -85,6 +85,14 @@ def parse_int(s: str) -> int:
     return int(s.replace("_", ""))
 
 
+def subcommand(sub, name: str, prog: str, help: str, description: str | None = None,
+               epilog: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand parser in the CLI's layout: `help` in the parent's list, `description` on top of its own
+    --help, `epilog` (worked examples, see `examples`) below the options, kept verbatim."""
+    return sub.add_parser(name, help=help, prog=f"{prog} {name}", description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def examples(*lines: str) -> str:
     """An --help epilog: 'examples:' and one command per line."""
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cli.common import add_quiet, add_runs_dir, check_name, examples, say
+from cli.common import add_quiet, add_runs_dir, check_name, examples, say, subcommand
 from workbench.config import add_arguments, from_args, to_dict
 
 
@@ -23,22 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="workbench ioi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    loc = sub.add_parser("locate", help="find heads/positions that matter for IOI and name cross-sections", prog="workbench ioi locate",
-                         description="Direct logit attribution, attention from END, mean ablation and activation "
-                                     "patching (ABC counterfactual) per head and position; writes locations.json.",
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog=examples("workbench ioi locate --name ioi-locate",
-                                         "workbench ioi locate --model gpt2 --n-prompts 200 --device cuda --name gpt2-locate"))
+    loc = subcommand(sub, "locate", "workbench ioi", "find heads/positions that matter for IOI and name cross-sections",
+                     description="Direct logit attribution, attention from END, mean ablation and activation "
+                                 "patching (ABC counterfactual) per head and position; writes locations.json.",
+                     epilog=examples("workbench ioi locate --name ioi-locate",
+                                     "workbench ioi locate --model gpt2 --n-prompts 200 --device cuda --name gpt2-locate"))
     add_arguments(loc, LocateConfig)
     _run_args(loc)
-    ev = sub.add_parser("eval", help="evaluate supervised dictionaries and SAEs on the cross-sections", prog="workbench ioi eval",
-                        description="Approximation (sufficiency, necessity, LD recovered), control (edit accuracy) and "
-                                    "interpretability (F1 of features vs attribute values) per cross-section.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog=examples("workbench ioi eval --locations runs/ioi-locate --sae runs/topk-k8 --sae runs/fc-zipf-k8",
-                                        "workbench ioi eval --location blocks.1.hook_resid_post@END --sae runs/topk-k8 --n-eval 300",
-                                        "workbench ioi eval --locations runs/ioi-locate --cross-section name-movers-z "
-                                        "--sae z=runs/z-h0,runs/z-h1"))
+    ev = subcommand(sub, "eval", "workbench ioi", "evaluate supervised dictionaries and SAEs on the cross-sections",
+                    description="Approximation (sufficiency, necessity, LD recovered), control (edit accuracy) and "
+                                "interpretability (F1 of features vs attribute values) per cross-section.",
+                    epilog=examples("workbench ioi eval --locations runs/ioi-locate --sae runs/topk-k8 --sae runs/fc-zipf-k8",
+                                    "workbench ioi eval --location blocks.1.hook_resid_post@END --sae runs/topk-k8 --n-eval 300",
+                                    "workbench ioi eval --locations runs/ioi-locate --cross-section name-movers-z "
+                                    "--sae z=runs/z-h0,runs/z-h1"))
     add_arguments(ev, EvalConfig)
     ev.add_argument("--locations", metavar="PATH", help="locations.json or a `workbench ioi locate` run dir "
                     "(default: run discovery now)")

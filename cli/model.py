@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import add_quiet, add_runs_dir, check_name, examples
+from cli.common import add_quiet, add_runs_dir, check_name, examples, subcommand
 from workbench.config import add_arguments, from_args, to_dict
 
 RESUMABLE = ("train",)  # subcommands with --resume (cli.main names them after an interruption)
@@ -17,28 +17,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="workbench model", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train the toy IOI model from scratch (~25-40 min on 2 cores)", prog="workbench model train",
-                       description="Train the toy model on the toy world (IOI prompts from the grammar in "
-                                   "workbench/grammar.py, general text); IOI accuracy stays at chance for ~1k steps, "
-                                   "then jumps. Saves run_dir/model (and --out). Recipe: docs/toy-model.md.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=examples("workbench model train --name toy-v2",
-                                       "workbench model train --steps 6000 --seed 1 --out my-model   # then --model my-model",
-                                       "workbench model train --resume runs/toy-v2            # after an interruption"))
+    t = subcommand(sub, "train", "workbench model", "train the toy IOI model from scratch (~25-40 min on 2 cores)",
+                   description="Train the toy model on the toy world (IOI prompts from the grammar in "
+                               "workbench/grammar.py, general text); IOI accuracy stays at chance for ~1k steps, "
+                               "then jumps. Saves run_dir/model (and --out). Recipe: docs/toy-model.md.",
+                   epilog=examples("workbench model train --name toy-v2",
+                                   "workbench model train --steps 6000 --seed 1 --out my-model   # then --model my-model",
+                                   "workbench model train --resume runs/toy-v2            # after an interruption"))
     add_arguments(t, ModelTrainConfig)
     t.add_argument("--name", help="run name (default: model-<time>)")
     add_runs_dir(t)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     add_quiet(t)
-    e = sub.add_parser("eval", help="IOI acceptance on every held-out split and frame family, or score your own prompt",
-                       prog="workbench model eval",
-                       description="Print IOI accuracy (LD > 0; ABB and BAB), mean logit difference and top-1 accuracy "
-                                   "on training names and the held-out splits (names, productions, lengths), per frame "
-                                   "family, and the LD when attention at END is ablated. With --prompt, score prompts you write.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=examples("workbench model eval",
-                                       'workbench model eval --prompt "Mary and John went home . John gave a book to"',
-                                       "workbench model eval --model runs/toy-v2/model --n 300 --json eval.json"))
+    e = subcommand(sub, "eval", "workbench model",
+                   "IOI acceptance on every held-out split and frame family, or score your own prompt",
+                   description="Print IOI accuracy (LD > 0; ABB and BAB), mean logit difference and top-1 accuracy "
+                               "on training names and the held-out splits (names, productions, lengths), per frame "
+                               "family, and the LD when attention at END is ablated. With --prompt, score prompts you write.",
+                   epilog=examples("workbench model eval",
+                                   'workbench model eval --prompt "Mary and John went home . John gave a book to"',
+                                   "workbench model eval --model runs/toy-v2/model --n 300 --json eval.json"))
     e.add_argument("--model", default="toy-ioi", help="toy-ioi, a model dir or a TransformerLens name")
     e.add_argument("--n", type=int, default=1000, help="prompts per split (default 1000)")
     e.add_argument("--device", default="cpu")

@@ -17,7 +17,7 @@ import shlex
 import typing
 from pathlib import Path
 
-from cli.common import add_quiet, add_runs_dir, check_name, deprecated_progress, examples
+from cli.common import add_quiet, add_runs_dir, check_name, deprecated_progress, examples, subcommand
 
 RESUMABLE = ("train",)  # subcommands with --resume (cli.main's advice after an interruption names only these)
 
@@ -48,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_, extra in (("train", "train one MoE model and write a run dir", None),
                                ("bench", "train every gate over several seeds and compare", BenchConfig)):
-        p = sub.add_parser(name, help=help_, prog=f"workbench moe {name}", epilog=EXAMPLES[name],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = subcommand(sub, name, "workbench moe", help_, epilog=EXAMPLES[name])
         for cls in (MoETrainConfig, GateConfig) + ((extra,) if extra else ()):
             add_arguments(p, cls, skip=("out", "progress"))
             _bare_bools(p, cls)

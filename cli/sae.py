@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.common import add_quiet, check_name, dead_fraction, examples, parse_int
+from cli.common import add_quiet, check_name, dead_fraction, examples, parse_int, subcommand
 
 RESUMABLE = ("train",)  # subcommands with --resume (cli.main names them after an interruption)
 
@@ -37,11 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="workbench sae", description="Train and evaluate sparse autoencoders (TopK, Feature Choice, Mutual Choice, ReLU+L1, routed by any gate).")
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train an SAE on activations at a hook", prog="workbench sae train",
-                       description="Train an SAE on activations streamed from the model at --hook, or read from a "
-                                   "--cache made by `workbench acts cache`; writes a run dir with the SAE "
-                                   "(cfg.json + sae_weights.safetensors, SAELens' layout) and eval.json.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)
+    t = subcommand(sub, "train", "workbench sae", "train an SAE on activations at a hook",
+                   description="Train an SAE on activations streamed from the model at --hook, or read from a "
+                               "--cache made by `workbench acts cache`; writes a run dir with the SAE "
+                               "(cfg.json + sae_weights.safetensors, SAELens' layout) and eval.json.", epilog=TRAIN_EXAMPLES)
     acts = t.add_argument_group("activations")
     acts.add_argument("--hook", dest="hooks", action="append", default=None, metavar="HOOK",
                       help="TransformerLens hook name; repeat it (--hook A --hook B) to train one SAE per hook from one "
@@ -52,9 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", action="append", default=None,
                    help="continue this run directory from its last checkpoint (repeat it for runs trained together)")
     add_quiet(t)
-    e = sub.add_parser("eval", help="evaluate a trained SAE run on held-out tokens", prog="workbench sae eval",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=examples("workbench sae eval runs/topk-k8", "workbench sae eval runs/fc-zipf-k8 --modes threshold --no-ce --json"))
+    e = subcommand(sub, "eval", "workbench sae", "evaluate a trained SAE run on held-out tokens",
+                   epilog=examples("workbench sae eval runs/topk-k8", "workbench sae eval runs/fc-zipf-k8 --modes threshold --no-ce --json"))
     e.add_argument("run", help="run directory written by `workbench sae train`")
     e.add_argument("--tokens", type=parse_int, default=None, help="held-out tokens (default: the run's eval_tokens)")
     e.add_argument("--modes", nargs="+", choices=("batch", "threshold"), default=None, help="allocation modes (default: all the SAE supports)")
@@ -71,11 +69,10 @@ def _add_analyze(sub) -> None:
 
     from sae.config import AnalyzeConfig
 
-    a = sub.add_parser("analyze", help="precompute the app's feature browser data (top contexts, histograms, output tokens)",
-                       prog="workbench sae analyze",
-                       description="Run the SAE over held-out text once and store what the app's feature browser shows "
-                                   "(top-activating contexts, activation histograms, output tokens, per-token L0) in the run dir.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples("workbench sae analyze runs/topk-k8"))
+    a = subcommand(sub, "analyze", "workbench sae", "precompute the app's feature browser data (top contexts, histograms, output tokens)",
+                   description="Run the SAE over held-out text once and store what the app's feature browser shows "
+                               "(top-activating contexts, activation histograms, output tokens, per-token L0) in the run dir.",
+                   epilog=examples("workbench sae analyze runs/topk-k8"))
     a.add_argument("run", help="run directory written by `workbench sae train`")
     add_arguments(a, AnalyzeConfig)
     add_quiet(a)
