@@ -6,7 +6,7 @@ Same as `workbench moe solve-bench --gates false`; prints single-problem rows (1
 gamma 0.1 and 1), the batched case (64 problems of 16 experts x 512 tokens) with the speed-up over
 POT's per-problem loop, and the k=1 / small-gamma comparison with exact OT (ot.emd). Rows without a
 suffix are the default solve (on the CPU: the C BFGS of routing/ot_native.py); "-torch" rows are the
-torch.compile'd BFGS, "-eager" the same uncompiled. Every time is the best of --repeats calls, POT's too.
+torch.compile'd BFGS, "-eager" the same uncompiled. Every time is the best of --repeats calls, POT's too (single problems: ours and POT's calls alternate).
 """
 
 import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)

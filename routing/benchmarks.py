@@ -62,11 +62,14 @@ def solver_comparison(cfg: SolverBenchConfig) -> dict:
         costs = router_costs(cfg.problems, n, m, cfg.seed)
         for i in range(cfg.problems):
             c = costs[i]
-            ours_s, res = _best_of(cfg.repeats, lambda: solve_sparse_ot(c, a, b, k, gamma, compile=comp))
+            runs = [lambda: solve_sparse_ot(c, a, b, k, gamma, compile=comp)]
+            if pot:
+                runs.append(lambda: pot_solve(c, a, b, k, gamma))
+            (ours_s, res), *pot_run = _best_of(cfg.repeats, *runs)
             row = {"gamma": gamma, "shape": [n, m], "k": k, "ours_s": ours_s, "ours_D": float(res.value),
                    "ours_primal": float(res.primal), "ours_row_err": float(res.row_error), "ours_iters": res.n_iter}
             if pot:
-                pot_s, (plan, alpha, _) = _best_of(cfg.repeats, lambda: pot_solve(c, a, b, k, gamma))
+                pot_s, (plan, alpha, _) = pot_run[0]
                 row.update(pot_s=pot_s, pot_D=float(semi_dual(alpha, c, a, b, k, gamma)[0]),
                            pot_primal=float((plan * c).sum() + 0.5 * gamma * (plan * plan).sum()),
                            pot_row_err=float((plan.sum(1) - a).abs().max()),
@@ -106,14 +109,16 @@ BATCHED_SOLVERS = (  # label, dtype, method, compile, backend ("auto": the C sol
 )
 
 
-def _best_of(repeats: int, fn):
-    """(fastest wall time of `repeats` calls of fn, the last call's result)."""
-    best, out = float("inf"), None
+def _best_of(repeats: int, *fns) -> list[tuple[float, object]]:
+    """For each fn, (its fastest wall time over `repeats` calls, its last result); the calls alternate between
+    the fns (A B A B ...) so that a machine whose speed drifts during the run slows both sides alike."""
+    best, out = [float("inf")] * len(fns), [None] * len(fns)
     for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            out[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return list(zip(best, out))
 
 
 def _compiles(numel: int) -> bool:

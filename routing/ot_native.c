@@ -50,21 +50,31 @@ static void top_k(const problem *pr, const double *alpha, double *u, double *ix,
     }
 }
 
-/* top_k for k = 2 in vector registers (GCC/Clang vector extensions: AVX where the compiler may use it, SSE
- * pairs otherwise), eight columns at a time as two independent groups of four (one group's insertion is a
- * chain of dependent compares and blends; two chains keep the core busy); the last m % 8 columns go to
- * top_k. Same results. */
-typedef double v4d __attribute__((vector_size(32)));
-typedef long long v4l __attribute__((vector_size(32)));
+/* top_k for k = 2 in vector registers (GCC/Clang vector extensions), two independent groups of VW columns
+ * at a time (one group's insertion is a chain of dependent compares and blends; two chains keep the core
+ * busy): VW = 4 with AVX (-march=native on an AVX machine; vblendvpd), 2 otherwise (SSE2 / NEON). The last
+ * m % (2 VW) columns go to top_k. Same results either way. */
+#ifdef __AVX__
+#include <immintrin.h>
+#define VW 4
+#else
+#define VW 2
+#endif
+typedef double vd __attribute__((vector_size(8 * VW)));
+typedef long long vl __attribute__((vector_size(8 * VW)));
 
-static inline v4d blend(v4l mask, v4d yes, v4d no) { return (v4d)(((v4l)yes & mask) | ((v4l)no & ~mask)); }
+#ifdef __AVX__
+static inline vd blend(vl mask, vd yes, vd no) { return (vd)_mm256_blendv_pd((__m256d)no, (__m256d)yes, (__m256d)mask); }
+#else
+static inline vd blend(vl mask, vd yes, vd no) { return (vd)(((vl)yes & mask) | ((vl)no & ~mask)); }
+#endif
 
 typedef struct {
-    v4d u0, u1, i0, i1;
+    vd u0, u1, i0, i1;
 } top2_lanes;
 
-static inline void insert2(top2_lanes *t, v4d x, v4d xi) {
-    const v4l g0 = x > t->u0, g1 = x > t->u1;
+static inline void insert2(top2_lanes *t, vd x, vd xi) {
+    const vl g0 = x > t->u0, g1 = x > t->u1;
     t->u1 = blend(g0, t->u0, blend(g1, x, t->u1));
     t->i1 = blend(g0, t->i0, blend(g1, xi, t->i1));
     t->u0 = blend(g0, x, t->u0);
@@ -80,20 +90,24 @@ static inline void store2(const top2_lanes *t, double *u, double *ix, int m, int
 
 static void top_2(const problem *pr, const double *alpha, double *u, double *ix) {
     const int n = pr->n, m = pr->m;
-    const v4d ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, zero = {0, 0, 0, 0};
+    vd ninf, zero;
+    for (int w = 0; w < VW; w++) {
+        ninf[w] = -INFINITY;
+        zero[w] = 0.0;
+    }
     int j0 = 0;
-    for (; j0 + 8 <= m; j0 += 8) {
+    for (; j0 + 2 * VW <= m; j0 += 2 * VW) {
         top2_lanes a = {ninf, ninf, zero, zero}, b = a;
         for (int i = 0; i < n; i++) {
-            v4d ca, cb;
+            vd ca, cb;
             memcpy(&ca, pr->c + (size_t)i * m + j0, sizeof ca);
-            memcpy(&cb, pr->c + (size_t)i * m + j0 + 4, sizeof cb);
-            const v4d xi = zero + (double)i;
+            memcpy(&cb, pr->c + (size_t)i * m + j0 + VW, sizeof cb);
+            const vd xi = zero + (double)i;
             insert2(&a, alpha[i] - ca, xi);
             insert2(&b, alpha[i] - cb, xi);
         }
         store2(&a, u, ix, m, j0);
-        store2(&b, u, ix, m, j0 + 4);
+        store2(&b, u, ix, m, j0 + VW);
     }
     top_k(pr, alpha, u, ix, j0);
 }
@@ -343,14 +357,43 @@ static void finish(const problem *pr, double *p, double *theta, double *primal, 
     *row_error = err;
 }
 
+/* The value checks of routing/sparse_ot.check_values, on one problem: every entry finite, a >= 0, b > 0,
+ * sum a = sum b (to 1e-6 relative), at most m k rows needing mass. 1 when they hold; the caller explains a
+ * failure (Python names the problem). A cost whose finite entries overflow its sum counts as invalid. */
+static int valid(const problem *pr) {
+    const int n = pr->n, m = pr->m;
+    const size_t len = (size_t)n * m;
+    double lane[4] = {0, 0, 0, 0}, sa = 0.0, sb = 0.0;
+    size_t q = 0;
+    for (; q + 4 <= len; q += 4)
+        for (int w = 0; w < 4; w++) lane[w] += pr->c[q + w];
+    for (; q < len; q++) lane[0] += pr->c[q];
+    if (!isfinite(lane[0] + lane[1] + lane[2] + lane[3])) return 0; /* a non-finite entry makes the sum so */
+    int need = 0;
+    for (int i = 0; i < n; i++) {
+        if (!(pr->a[i] >= 0) || !isfinite(pr->a[i])) return 0;
+        sa += pr->a[i];
+        need += pr->a[i] > 0;
+    }
+    for (int j = 0; j < m; j++) {
+        if (!(pr->b[j] > 0) || !isfinite(pr->b[j])) return 0;
+        sb += pr->b[j];
+    }
+    return fabs(sa - sb) <= 1e-6 * fmax(fabs(sb), 1.0) && (long)need <= (long)m * pr->k;
+}
+
 /* Problems [lo, hi) of a batch: c (B, n, m), a (B, n), b (B, m) -> alpha (B, n), value (B), grad (B, n),
- * plan (B, n, m), beta (B, m), primal (B), row_error (B), iters (B). Returns 0, or -1 when k is out of
- * range or memory runs out. */
+ * plan (B, n, m), beta (B, m), primal (B), row_error (B), iters (B). Returns 0; -1 when k is out of
+ * range or memory runs out; -2 when some problem fails the value checks (`valid`; nothing is solved). */
 int sparse_ot_bfgs(const double *c, const double *a, const double *b, int lo, int hi, int n, int m, int k,
                    double gamma, int max_iter, double tol, double ftol, double damping, double *alpha,
                    double *value, double *grad, double *plan, double *beta, double *primal, double *row_error,
                    int *iters) {
     if (k < 1 || k > KMAX) return -1;
+    for (int q = lo; q < hi; q++) {
+        const problem pr = {n, m, k, gamma, c + (size_t)q * n * m, a + (size_t)q * n, b + (size_t)q * m, NULL};
+        if (!valid(&pr)) return -2;
+    }
     if (k > n) k = n;
     double *work = malloc(((size_t)2 * n * n + 6 * (size_t)n + 2 * (size_t)k * m + m) * sizeof(double));
     int *iwork = malloc(((size_t)m * k + m) * sizeof(int));

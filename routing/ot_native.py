@@ -33,6 +33,12 @@ FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-Wno-psabi"]
 NATIVE = ["-march=native"]  # the machine's vector units (as torch.compile's C++ builds); dropped if refused
 KMAX = 64  # the C code's bound on k (it clamps k to the rows)
 _lib: ctypes.CDLL | None = None
+
+
+class InvalidInput(ValueError):
+    """Some problem failed the C solve's value checks (non-finite, signs, sums, sparsity budget); the caller
+    names which with routing.sparse_ot.check_values."""
+
 _failed: str | None = None  # why the build failed (then the torch path is used)
 
 
@@ -141,6 +147,8 @@ def bfgs(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float, max_iter: int
     else:
         bounds = [bsz * t // threads for t in range(threads + 1)]
         codes = list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
+    if -2 in codes:
+        raise InvalidInput("a problem failed the value checks")
     if any(codes):
         raise RuntimeError(f"the native sparse-OT solver failed (k = {k}, out of memory?)")
     res: dict[str, Tensor | int] = {name: x.to(cost.dtype) for name, x in out.items()}

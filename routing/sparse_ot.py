@@ -66,8 +66,8 @@ class SparseOTResult:
     converged: Tensor  # (...,) bool: ||grad||_inf <= tol * max(1, max a)
 
 
-def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> tuple[Tensor, Tensor]:
-    """Validate shapes, signs, sums and the sparsity budget; return a, b broadcast to (..., n), (..., m)."""
+def check_shapes(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> tuple[Tensor, Tensor]:
+    """The checks that need no pass over the data: shapes, broadcasting, k and gamma; returns a, b broadcast."""
     if cost.ndim < 2:
         raise MarginalError(f"cost must have shape (..., n, m), got {tuple(cost.shape)}; add the row/column dims")
     n, m = cost.shape[-2:]
@@ -84,13 +84,26 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
         raise MarginalError(f"k (max nonzeros per column) must be an int >= 1, got {k!r}")
     if not gamma > 0:
         raise MarginalError(f"gamma must be > 0, got {gamma}; use a small positive value for near-exact OT")
+    return a, b
+
+
+def check_values(cost: Tensor, a: Tensor, b: Tensor, k: int) -> None:
+    """Finite inputs, a >= 0, b > 0, equal sums, a sparsity budget that reaches every row needing mass, and
+    for k = 1 column masses that can fill each row whole (a, b as check_shapes returns them). The C solve
+    (routing/ot_native.c) runs the same tests but k = 1's in its own pass and calls this to name a failure."""
+    n, m = cost.shape[-2:]
     sa, sb = a.sum(-1), b.sum(-1)
     need = (a > 0).sum(-1)
     fine = (torch.isfinite(cost).all() & torch.isfinite(sa).all() & torch.isfinite(b).all() & (a >= 0).all()
             & (b > 0).all() & ((sa - sb).abs() <= 1e-6 * sb.abs().clamp(min=1)).all() & (need <= m * k).all())
     if not bool(fine):  # one test on the way in (a single solve is ~1 ms); find the first problem to name it
         _explain(cost, a, b, sa, sb, need, m, k)
-    if k == 1 and n > 1:
+    check_k1(cost, a, b, k)
+
+
+def check_k1(cost: Tensor, a: Tensor, b: Tensor, k: int) -> None:
+    """With k = 1 and uniform column masses every a_i must be a multiple of the column mass."""
+    if k == 1 and cost.shape[-2] > 1:
         rtol = 1e-9 if cost.dtype == torch.float64 else 1e-5
         uniform = (b - b[..., :1]).abs().max() <= rtol * b.abs().max()
         if uniform:
@@ -98,11 +111,10 @@ def check_problem(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> t
             if ((ratio - ratio.round()).abs() > 100 * rtol * ratio.clamp(min=1)).any():
                 raise MarginalError("infeasible: with k = 1 every column goes to one row whole, so each a_i must "
                                     "be a multiple of the (uniform) column mass b; use k >= 2 or adjust a")
-    return a, b
 
 
 def _explain(cost: Tensor, a: Tensor, b: Tensor, sa: Tensor, sb: Tensor, need: Tensor, m: int, k: int) -> None:
-    """Raise the MarginalError for the first thing check_problem's combined test found wrong."""
+    """Raise the MarginalError for the first thing check_values' combined test found wrong."""
     for name, t in (("cost", cost), ("a", a), ("b", b)):
         if not torch.isfinite(t).all():
             raise MarginalError(f"{name} has non-finite entries; clean the inputs (NaN/inf)")
@@ -115,8 +127,10 @@ def _explain(cost: Tensor, a: Tensor, b: Tensor, sa: Tensor, sb: Tensor, need: T
         i = int(bad.reshape(-1).nonzero()[0])
         raise MarginalError(f"marginals are unbalanced: sum(a) = {sa.reshape(-1)[i].item():.6g} but sum(b) = "
                             f"{sb.reshape(-1)[i].item():.6g}; rescale one of them so the sums match")
-    raise MarginalError(f"infeasible: {int(need.max())} rows need mass but {m} columns with at most "
-                        f"k = {k} nonzeros each reach at most {m * k} rows; raise k or merge rows")
+    if (need > m * k).any():
+        raise MarginalError(f"infeasible: {int(need.max())} rows need mass but {m} columns with at most "
+                            f"k = {k} nonzeros each reach at most {m * k} rows; raise k or merge rows")
+    raise MarginalError("the inputs' sums overflow their dtype; rescale them")
 
 
 def _use_compile(compile: bool | str, cost: Tensor, k: int) -> bool:
@@ -155,7 +169,7 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
         raise MarginalError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if compile not in (True, False, "auto"):
         raise MarginalError(f"compile must be True, False or 'auto', got {compile!r}")
-    a, b = check_problem(cost, a, b, k, gamma)
+    a, b = check_shapes(cost, a, b, k, gamma)
     f64 = cost.dtype == torch.float64
     tol = tol if tol is not None else (1e-9 if f64 else 1e-5)
     ftol = ftol if ftol is not None else (1e-10 if f64 else 1e-6)
@@ -168,6 +182,8 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
             "it takes method 'bfgs' on CPU float32/float64 costs with at most 64 rows"
         raise MarginalError(f"backend 'native' cannot solve this problem: {why}; use backend='auto'")
     native = native and ot_native.available()
+    if not native or k == 1:  # the C solve tests the values in its own pass (a router solve is ~1 ms), but not k = 1's
+        check_values(cost, a, b, k)
     use_compile = not native and _use_compile(compile, cost, k)
     with torch.no_grad():
         # one memory layout (rows contiguous across columns) whatever view the caller passed: the row
@@ -184,8 +200,13 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
             plan_eager = with_plan and method == "bfgs"
             return ot_duals.evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile and not plan_eager)
         if native:  # the C solve also gives the plan, primal, row error and beta
-            out = ot_native.bfgs(cost.detach().reshape(-1, n, m), a0, b0, k, gamma, max_iter or 200, tol, ftol,
-                                 damping)
+            try:
+                out = ot_native.bfgs(cost.detach().reshape(-1, n, m), a0, b0, k, gamma, max_iter or 200, tol, ftol,
+                                     damping)
+            except ot_native.InvalidInput:
+                check_values(cost, a, b, k)  # names the problem; passes only when the C sum of the cost overflowed
+                raise MarginalError("the cost's entries are too large to sum in float64 (overflow); rescale the "
+                                    "cost") from None
             alpha, value, grad, n_iter = out["alpha"], out["value"], out["grad"], out["n_iter"]
             p = None
         elif method == "bfgs":

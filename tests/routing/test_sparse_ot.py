@@ -87,11 +87,24 @@ def test_invariants_hold_batched_and_match_single_solves():
     (dict(k=0), "k"),
     (dict(gamma=0.0), "gamma"),
 ])
-def test_malformed_inputs_are_clear_errors(kwargs, match):
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # auto: the C solve's own checks, explained in torch
+def test_malformed_inputs_are_clear_errors(kwargs, match, backend):
     args = dict(cost=torch.rand(2, 2), a=torch.tensor([0.5, 0.5]), b=torch.tensor([0.5, 0.5]), k=1, gamma=1.0)
     args.update(kwargs)
     with pytest.raises(MarginalError, match=match):
-        solve_sparse_ot(**args)
+        solve_sparse_ot(**args, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_non_finite_cost_and_infeasible_budget_in_a_batch_are_named(backend):
+    cost = torch.rand(3, 2, 2, dtype=f64)
+    cost[2, 1, 0] = float("inf")
+    a, b = torch.tensor([0.5, 0.5], dtype=f64), torch.tensor([0.5, 0.5], dtype=f64)
+    with pytest.raises(MarginalError, match="cost has non-finite"):
+        solve_sparse_ot(cost, a, b, 1, backend=backend)
+    with pytest.raises(MarginalError, match="raise k"):
+        solve_sparse_ot(torch.rand(2, 5, 2, dtype=f64), torch.full((5,), 0.2, dtype=f64),
+                        torch.full((2,), 0.5, dtype=f64), k=2, backend=backend)
 
 
 def test_infeasible_sparsity_budget_is_a_clear_error():
