@@ -6,11 +6,13 @@ import io
 import pytest
 import torch
 
+from routing import ot_native
 from routing.benchmarks import router_costs
 from routing.ot_duals import semi_dual
 from routing.sparse_ot import MarginalError, solve_sparse_ot
 
 f64 = torch.float64
+NATIVE = pytest.param("native", marks=pytest.mark.skipif(not ot_native.available(), reason="no C compiler"))
 
 
 def _instance(n, m, seed, uniform=False):
@@ -30,7 +32,7 @@ def _pot(cost, a, b, k, gamma, reg_type="sparsity_constrained"):
     return torch.as_tensor(plan), torch.as_tensor(log["alpha"])
 
 
-@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("backend", ["torch", NATIVE])
 @pytest.mark.parametrize("n,m,k,gamma,seed", [(4, 40, 2, 1.0, 0), (8, 64, 2, 0.1, 1), (6, 30, 3, 0.5, 2),
                                               (5, 50, 1, 0.05, 3)])
 def test_matches_pot_objective_and_plan(n, m, k, gamma, seed, backend):
@@ -130,7 +132,7 @@ def test_k1_small_gamma_approaches_exact_ot():
     assert abs(float((res.plan * cost).sum() - (emd * cost).sum())) < 1e-3
 
 
-@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("backend", ["torch", NATIVE])
 @pytest.mark.parametrize("row_mass,col_mass,rtol", [(1 / 8, 1 / 64, 1e-9), (8.0, 1.0, 5e-6)])
 def test_bfgs_reaches_pot_objective_on_router_batches(row_mass, col_mass, rtol, backend):
     """The default BFGS solver ends at POT's objective on router-shaped problems, batched = one by one.
@@ -179,7 +181,8 @@ def test_compiled_evaluation_matches_eager():
     torch.testing.assert_close(fused.value, eager.value, atol=1e-14, rtol=0)
 
 
-@pytest.mark.parametrize("compile,backend", [(False, "torch"), (True, "torch"), (False, "native")])
+@pytest.mark.parametrize("compile,backend", [(False, "torch"), (True, "torch"),
+                                             pytest.param(False, "native", marks=NATIVE.marks)])
 def test_tied_costs_keep_k_nonzeros(compile, backend):
     """A router with equal scores (e.g. zero-initialised weights) gives exactly tied costs: the fast top-k path
     is ambiguous there, and the solver must redo those evaluations exactly (the C solve breaks ties by row)."""
