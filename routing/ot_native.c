@@ -4,9 +4,10 @@
  * here each problem runs alone, so a step costs one pass over its cost and no framework overhead.
  * Built and loaded by routing/ot_native.py (ctypes; the caller splits a batch across threads).
  *
- * Layout: the cost as given, (n, m), rows contiguous across columns. For column j, x_i = alpha_i - c_ij; its k largest entries, scaled by
- * s_j = 1 / (gamma b_j), are projected onto the simplex (p_j); D(alpha) = <alpha, a> - sum_j b_j max_k_j
- * with max_k_j = gamma b_j (<p_j, z_j> - |p_j|^2 / 2), grad D = a - sum_j b_j p_j.
+ * Layout: the cost as given, (n, m), rows contiguous across columns. For column j, x_i = alpha_i - c_ij;
+ * its k largest entries, scaled by s_j = 1 / (gamma b_j), are projected onto the simplex (p_j);
+ * D(alpha) = <alpha, a> - sum_j b_j max_k_j with max_k_j = gamma b_j (<p_j, z_j> - |p_j|^2 / 2), and
+ * grad D = a - sum_j b_j p_j.
  * Ties at the k-th value go to the lower row index (any choice gives the same D).
  */
 #include <math.h>
@@ -64,7 +65,9 @@ typedef double vd __attribute__((vector_size(8 * VW)));
 typedef long long vl __attribute__((vector_size(8 * VW)));
 
 #ifdef __AVX__
-static inline vd blend(vl mask, vd yes, vd no) { return (vd)_mm256_blendv_pd((__m256d)no, (__m256d)yes, (__m256d)mask); }
+static inline vd blend(vl mask, vd yes, vd no) {
+    return (vd)_mm256_blendv_pd((__m256d)no, (__m256d)yes, (__m256d)mask);
+}
 #else
 static inline vd blend(vl mask, vd yes, vd no) { return (vd)(((vl)yes & mask) | ((vl)no & ~mask)); }
 #endif

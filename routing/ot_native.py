@@ -31,7 +31,7 @@ from torch import Tensor
 SOURCE = Path(__file__).with_name("ot_native.c")
 FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-Wno-psabi"]
 NATIVE = ["-march=native"]  # the machine's vector units (as torch.compile's C++ builds); dropped if refused
-KMAX = 64  # the C code's bound on k (it clamps k to the rows)
+KMAX = 64  # the C code's bound on k; k is clamped to the rows, so problems of up to KMAX rows
 _lib: ctypes.CDLL | None = None
 
 
@@ -106,9 +106,9 @@ def available() -> bool:
 
 
 def applies(cost: Tensor, k: int, max_rows: int) -> bool:
-    """Whether the native solve can take this problem: CPU, float32/64, n <= max_rows, k <= KMAX."""
+    """Whether the native solve can take this problem: CPU, float32/64, n <= max_rows (<= KMAX; k is clamped to n)."""
     return (cost.device.type == "cpu" and cost.dtype in (torch.float32, torch.float64)
-            and cost.shape[-2] <= max_rows and k <= KMAX)
+            and cost.shape[-2] <= min(max_rows, KMAX))
 
 
 def _ptr(x: Tensor, ctype=ctypes.c_double):
@@ -138,8 +138,8 @@ def bfgs(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float, max_iter: int
     ptrs = [_ptr(x) for x in out.values()]
 
     def run(lo: int, hi: int) -> int:
-        return lib.sparse_ot_bfgs(_ptr(c), _ptr(a64), _ptr(b64), lo, hi, n, m, k, float(gamma), max_iter, tol, ftol,
-                                  damping, *ptrs, _ptr(iters, ctypes.c_int))
+        return lib.sparse_ot_bfgs(_ptr(c), _ptr(a64), _ptr(b64), lo, hi, n, m, min(k, n), float(gamma), max_iter,
+                                  tol, ftol, damping, *ptrs, _ptr(iters, ctypes.c_int))
 
     threads = max(1, min(threads or torch.get_num_threads(), bsz))
     if threads == 1:

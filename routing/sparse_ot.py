@@ -18,8 +18,8 @@ Everything works in the cost's own layout (..., n, m), reducing over the rows (d
 contiguous across columns. One evaluation of D, its gradient and (optionally) P is `ot_duals.evaluate`; for
 large problems it runs through torch.compile, which fuses its dozen elementwise passes into one
 (`compile="auto"`; it falls back to eager with a warning where compilation is unavailable). The ascent
-loops live in routing/ot_solvers.py (both build on routing/ot_duals.py): "bfgs" (default), "newton" (semismooth, to a zero gradient where
-one exists) and "adam" (vmoe's fixed budget). On the CPU "bfgs" runs as plain C by default
+loops live in routing/ot_solvers.py (both build on routing/ot_duals.py): "bfgs" (default), "newton"
+(semismooth, to a zero gradient where one exists) and "adam" (vmoe's fixed budget). On the CPU "bfgs" runs as plain C by default
 (routing/ot_native.py: the same algorithm, one problem per pass, built with the system compiler on first
 use), which removes the per-step framework cost that dominates at router sizes; backend="torch" keeps torch.
 
@@ -72,6 +72,9 @@ def check_shapes(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float) -> tu
         raise MarginalError(f"cost must have shape (..., n, m), got {tuple(cost.shape)}; add the row/column dims")
     n, m = cost.shape[-2:]
     batch = cost.shape[:-2]
+    if n == 0 or m == 0:
+        raise MarginalError(f"empty problem: cost has shape {tuple(cost.shape)}; transport needs at least one row "
+                            "and one column")
     if a.shape[-1:] != (n,) or b.shape[-1:] != (m,):
         raise MarginalError(f"marginals must have shapes (..., {n}) and (..., {m}) for a cost of shape "
                             f"{tuple(cost.shape)}, got a {tuple(a.shape)} and b {tuple(b.shape)}")

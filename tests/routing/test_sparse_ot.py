@@ -109,6 +109,13 @@ def test_non_finite_cost_and_infeasible_budget_in_a_batch_are_named(backend):
                         torch.full((2,), 0.5, dtype=f64), k=2, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_empty_problems_are_a_clear_error(backend):
+    for n, m in ((3, 0), (0, 4)):
+        with pytest.raises(MarginalError, match="empty problem"):
+            solve_sparse_ot(torch.rand(n, m), torch.ones(n) / max(n, 1), torch.ones(m) / max(m, 1), 2, backend=backend)
+
+
 def test_infeasible_sparsity_budget_is_a_clear_error():
     with pytest.raises(MarginalError, match="raise k"):
         solve_sparse_ot(torch.rand(5, 2), torch.full((5,), 0.2), torch.full((2,), 0.5), k=2)  # 2 x 2 < 5 rows
