@@ -19,9 +19,10 @@ contiguous across columns. One evaluation of D, its gradient and (optionally) P 
 large problems it runs through torch.compile, which fuses its dozen elementwise passes into one
 (`compile="auto"`; it falls back to eager with a warning where compilation is unavailable). The ascent
 loops live in routing/ot_solvers.py (both build on routing/ot_duals.py): "bfgs" (default), "newton"
-(semismooth, to a zero gradient where one exists) and "adam" (vmoe's fixed budget). On the CPU "bfgs" runs as plain C by default
-(routing/ot_native.py: the same algorithm, one problem per pass, built with the system compiler on first
-use), which removes the per-step framework cost that dominates at router sizes; backend="torch" keeps torch.
+(semismooth, to a zero gradient where one exists) and "adam" (vmoe's fixed budget). On the CPU "bfgs" runs
+as plain C by default (routing/ot_native.py: the same algorithm, one problem per pass, built with the system
+compiler on first use), which removes the per-step framework cost that dominates at router sizes;
+backend="torch" keeps torch.
 
 Gradients w.r.t. cost, a and b use the implicit function theorem at the solution: with alpha* fixed
 (no grad) we take one Newton step whose right-hand side carries the graph,
