@@ -130,6 +130,10 @@ def _eval(args) -> int:
     found = None
     if args.locations:
         found, sections = load_cross_sections(args.locations)
+        located = found.get("config", {}).get("s2", "name")
+        if located != cfg.s2:  # positions (S2) and circuits differ between the two prompt forms
+            raise ConfigError(f"s2: the cross-sections were located on {located!r} prompts but --s2 is {cfg.s2!r}; "
+                              f"pass --s2 {located} (or locate again with --s2 {cfg.s2})")
     else:
         sections = []
     sections = select_sections(sections, args.cross_section, args.location) if (args.locations or args.location) else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workbench.config import one_of, positive, require
+from workbench.grammar import S2_FORMS  # how prompts say S2: its name, or "the former" / "the latter"
 from workbench.grammar import SPLITS as EVAL_SPLITS  # grammar splits of the eval prompts (grammar imports no torch)
 
 ATTRIBUTES = ("IO", "S", "Pos")  # the paper's attributes: edited, scored for interpretability
@@ -29,6 +30,9 @@ class LocateConfig:
     model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
     n_prompts: int = field(default=400, metadata={"help": "eval prompts used for discovery"})
     seed: int = field(default=0, metadata={"help": "seed for prompts"})
+    s2: str = field(default="name", metadata={"help": "how the prompts say S2: name (S's name again, the classic IOI prompt) or ordinal "
+                                                        "(\"the former\" / \"the latter\": S is known only by its place in the pair, so "
+                                                        "the model must use Pos)"})
     min_effect: float = field(default=0.1, metadata={"help": "a location/head is significant when patching or ablating it drops LD by this fraction"})
     qkv_heads: int = field(default=8, metadata={"help": "patch q/k/v of this many strongest heads (by their hook_z effect)"})
     max_cross_sections: int = field(default=8, metadata={"help": "keep at most this many named cross-sections (largest group effect first)"})
@@ -36,6 +40,7 @@ class LocateConfig:
 
     def __post_init__(self):
         positive(self, "n_prompts", "qkv_heads", "max_cross_sections")
+        one_of(self, "s2", S2_FORMS)
         require(0 < self.min_effect < 1, "min_effect", f"must be in (0, 1), got {self.min_effect}", "pass e.g. --min-effect 0.1")
 
 
@@ -48,6 +53,9 @@ class EvalConfig:
                                                                      "never seen in training, the default), long (S2 beyond the training range), "
                                                                      "train, any; train prompts always come from the training frames"})
     seed: int = field(default=0, metadata={"help": "seed: train prompts use it, eval seed+1, counterfactuals seed+2, bootstrap seed+3/+4"})
+    s2: str = field(default="name", metadata={"help": "how the prompts say S2: name (S's name again, the classic IOI prompt) or ordinal "
+                                                        "(\"the former\" / \"the latter\": S is known only by its place in the pair, so "
+                                                        "the model must use Pos)"})
     ks: list[int] = field(default_factory=lambda: list(K_VALUES),
                           metadata={"help": "edit sizes: features an SAE edit changes (F1-guided edits remove k/2 and add k/2; the authors' 2 4 8 16)"})
     f1_thresholds: list[float] = field(default_factory=lambda: list(F1_THRESHOLDS),
@@ -62,6 +70,7 @@ class EvalConfig:
     def __post_init__(self):
         positive(self, "n_train", "n_eval")
         one_of(self, "eval_split", EVAL_SPLITS)
+        one_of(self, "s2", S2_FORMS)
         require(all(k > 0 for k in self.ks), "ks", f"must be positive, got {self.ks}", "pass e.g. --ks 2 4 8 16")
         require(set(ATTRIBUTES) <= set(self.attributes) <= set(ATTRIBUTES + EXTRA_ATTRIBUTES), "attributes",
                 f"must contain IO, S, Pos and nothing but {', '.join(EXTRA_ATTRIBUTES)} besides, got {self.attributes}",

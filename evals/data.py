@@ -102,14 +102,15 @@ def with_attributes(p: toyworld.IOIPrompt, **changes: str) -> toyworld.IOIPrompt
 
 
 def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "train",
-                     name_first: bool = True) -> list[toyworld.IOIPrompt]:
+                     name_first: bool = True, s2: str = "name") -> list[toyworld.IOIPrompt]:
     """n prompts whose IO, S and Pos are balanced and independent; frames drawn from a grammar split.
 
     In each block of m = len(names) prompts, IO runs over a random permutation of the names, S over the
     same permutation shifted by a random non-zero offset (so S != IO and every name is S once), and a
     random half of the block is ABB. Frames come from :func:`workbench.grammar.sample_prompt`.
     name_first=False redraws frames whose text starts with a name (for tokenizers such as GPT-2's, where
-    a name at the start is a different token from the same name after a space).
+    a name at the start is a different token from the same name after a space). s2: how the prompts say
+    S2 (grammar.S2_FORMS: S's name, or "the former" / "the latter").
     """
     names = list(names)
     m = len(names)
@@ -129,7 +130,7 @@ def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "trai
                 p = toyworld.make_ioi_prompt(rng, names, split, pos=pos[j], io=perm[j], s=perm[(j + shift) % m])
                 if name_first or p.text.split(" ", 1)[0] not in (p.io, p.s):
                     break
-            out.append(p)
+            out.append(p.with_s2_form(s2))
     return out
 
 
@@ -170,13 +171,14 @@ class IOISplits:
             return out
 
         return {"n_train": len(self.train), "n_eval": len(self.eval), "eval_split": self.eval_split,
+                "s2": self.eval[0].s2_form if self.eval else "name",
                 "names_kept": len(self.pools.kept), "names_dropped": self.pools.dropped,
                 "eval_pool": self.pools.eval, "counterfactual_pool": self.pools.counterfactual,
                 "train_balance": balance(self.train), "eval_balance": balance(self.eval)}
 
 
 def make_splits(model: "HookedTransformer", n_train: int = 2000, n_eval: int = 500, seed: int = 0,
-                names: Sequence[str] | None = None, eval_split: str = "train") -> IOISplits:
+                names: Sequence[str] | None = None, eval_split: str = "train", s2: str = "name") -> IOISplits:
     """Train (seed), eval (seed + 1) and counterfactual (seed + 2) prompts; see the module docstring."""
     kept, dropped = check_names(model, names if names is not None else default_names(model))
     if len(kept) < 6:
@@ -185,15 +187,16 @@ def make_splits(model: "HookedTransformer", n_train: int = 2000, n_eval: int = 5
     half = len(kept) // 2
     pools = NamePools(kept, dropped, kept[:half], kept[half:])
     first = name_first_ok(model, kept[0])
-    train = balanced_prompts(n_train, kept, seed, "train", name_first=first)
-    ev = balanced_prompts(n_eval, pools.eval, seed + 1, eval_split, name_first=first)
+    train = balanced_prompts(n_train, kept, seed, "train", name_first=first, s2=s2)
+    ev = balanced_prompts(n_eval, pools.eval, seed + 1, eval_split, name_first=first, s2=s2)
     rng = random.Random(seed + 2)
     cf = {a: [counterfactual(p, a, rng, pools.counterfactual) for p in ev] for a in ATTRIBUTES}
     return IOISplits(pools, eval_split, train, ev, cf)
 
 
 def semantic_positions(batch: "IOIBatch") -> dict[str, torch.Tensor]:
-    """Token index of IO, S1 (first S), S2 (second S) and END in each prompt: name -> (batch,) long.
+    """Token index of IO, S1 (first S), S2 (second S, or the ordinal word "former" / "latter" of an ordinal
+    prompt) and END in each prompt: name -> (batch,) long.
 
     Found from the token ids, so it works for any tokenizer with single-token names.
     """
@@ -203,13 +206,16 @@ def semantic_positions(batch: "IOIBatch") -> dict[str, torch.Tensor]:
     in_prompt = ar[None, :] <= batch.end[:, None]
     is_io = (toks == batch.io_id[:, None]) & in_prompt
     is_s = (toks == batch.s_id[:, None]) & in_prompt
-    bad = (is_io.sum(1) != 1) | (is_s.sum(1) != 2)
+    is_s2 = (toks == batch.s2_id[:, None]) & in_prompt  # S's name again, or "former" / "latter"
+    named = batch.s2_id == batch.s_id
+    bad = (is_io.sum(1) != 1) | (is_s.sum(1) != torch.where(named, 2, 1)) | (is_s2.sum(1) < 1)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"prompt {batch.prompts[i].text!r}: expected IO once and S twice as single tokens")
+        raise ValueError(f"prompt {batch.prompts[i].text!r}: expected IO once, S twice (or once and S2 as "
+                         "'the former' / 'the latter') as single tokens")
     first = lambda m: torch.where(m, ar, t).min(1).values  # noqa: E731
     last = lambda m: torch.where(m, ar, -1).max(1).values  # noqa: E731
-    return {"IO": first(is_io), "S1": first(is_s), "S2": last(is_s), "END": batch.end.clone()}
+    return {"IO": first(is_io), "S1": first(is_s), "S2": last(is_s2), "END": batch.end.clone()}
 
 
 def labels(prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]]) -> dict[str, torch.Tensor]:

@@ -139,7 +139,7 @@ def evaluate(model: "HookedTransformer", cfg: EvalConfig, sections: Sequence[Cro
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    splits = make_splits(model, cfg.n_train, cfg.n_eval, cfg.seed, eval_split=cfg.eval_split)
+    splits = make_splits(model, cfg.n_train, cfg.n_eval, cfg.seed, eval_split=cfg.eval_split, s2=cfg.s2)
     require(cfg.n_train >= len(splits.pools.kept), "n_train", f"{cfg.n_train} train prompts cannot show each of the "
             f"{len(splits.pools.kept)} names as IO and as S", f"pass --n-train >= {len(splits.pools.kept)}")
     locations = sorted({loc for cs in sections for loc in cs.locations})

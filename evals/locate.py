@@ -43,9 +43,14 @@ PAPER_HEADS = {"name-movers": [(9, 6), (9, 9), (10, 0)], "s-inhibition": [(7, 3)
 
 
 def abc_counterfactual(prompts, pool, seed: int) -> list[str]:
-    """The text of each prompt with its S2 token replaced by a third name C from `pool` (the "ABC" distribution)."""
+    """The text of each prompt with its S2 token replaced by a third name C from `pool` (the "ABC" distribution);
+    an ordinal prompt's "the former" / "the latter" becomes "the C" (same length, no pointer to A or B)."""
     rng = random.Random(seed)
-    return [p.render(s2=rng.choice([n for n in pool if n not in (p.io, p.s)])) for p in prompts]
+    out = []
+    for p in prompts:
+        c = rng.choice([n for n in pool if n not in (p.io, p.s)])
+        out.append(p.render(s2=c if p.s2_form == "name" else f"the {c}"))
+    return out
 
 
 def _frac_drop(ld_clean: float, ld: float) -> float:
@@ -93,7 +98,7 @@ def locate(model: "HookedTransformer", cfg: LocateConfig, progress=None) -> dict
 
     say = progress or (lambda msg: None)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    splits = make_splits(model, n_train=2, n_eval=cfg.n_prompts, seed=cfg.seed)
+    splits = make_splits(model, n_train=2, n_eval=cfg.n_prompts, seed=cfg.seed, s2=cfg.s2)
     prompts = splits.eval
     batch = make_batch(model, prompts)
     pos = semantic_positions(batch)

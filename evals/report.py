@@ -246,6 +246,9 @@ def summary_markdown(res: "Results", model: str) -> str:
            f"{_pm(c, 'logit_diff')} on {c['n']} eval prompts ({res.splits['n_train']} train). "
            f"± = bootstrap standard error ({st.get('n_boot', 0)} resamples of the prompts). "
            f"Active feature: {st.get('activation_rule', 'code > 0')}. Total time {_f(res.timings.get('total_s'), 1)} s.", ""]
+    if res.splits.get("s2") == "ordinal":
+        out += ["Prompts with S2 said by its place in the pair (\"the former\" / \"the latter\", `--s2 ordinal`): "
+                "S is known only through Pos, and the Pos counterfactual swaps the pair and the word together.", ""]
     out += ["## Cross-sections", ""]
     for cs in res.cross_sections:
         out.append(f"- **{cs['name']}**: {', '.join(f'`{loc}`' for loc in cs['locations'])}" + (f" — {cs['description']}" if cs.get("description") else ""))

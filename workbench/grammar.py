@@ -94,6 +94,10 @@ LONG_S2 = (TRAIN_MAX_S2 + 1, 44)  # the "long" split's S2 range
 # Frame families: the top-level structure, reported separately by `workbench model eval`.
 FAMILIES = ("subordinate", "sentence", "then-sentence", "coordinated", "separate")
 
+# S2 said by its place in the pair instead of its name: "When Mary and John ... , the latter gave a drink to".
+ORDINAL_S2 = {"ABB": "the latter", "BAB": "the former"}
+S2_FORMS = ("name", "ordinal")  # how an IOIPrompt says S2: S's name, or ORDINAL_S2[pos]
+
 
 @dataclass(frozen=True)
 class IOIPrompt:
@@ -107,16 +111,21 @@ class IOIPrompt:
     productions: tuple[str, ...] = ()
     place: str = ""  # the frame's place and object (each frame uses at most one of each)
     obj: str = ""
+    s2_form: str = "name"  # one of S2_FORMS: S2 is S's name, or its place in the pair (then Pos decides S)
 
     @property
     def text(self) -> str:
         """The prompt without its answer."""
         return self.render()
 
+    def s2_text(self) -> str:
+        """What the prompt says at S2: S's name, or "the former" / "the latter" for its place in the pair."""
+        return self.s if self.s2_form == "name" else ORDINAL_S2[self.pos]
+
     def render(self, s2: str | None = None) -> str:
         """The text; ``s2`` replaces the second mention of S only (the "ABC" distribution)."""
         a, b = (self.io, self.s) if self.pos == "ABB" else (self.s, self.io)
-        return self.frame.format(A=a, B=b, S=self.s if s2 is None else s2)
+        return self.frame.format(A=a, B=b, S=self.s2_text() if s2 is None else s2)
 
     def with_names(self, io: str | None = None, s: str | None = None, pos: str | None = None) -> "IOIPrompt":
         """The same frame with some of IO / S / Pos replaced (counterfactual prompts)."""
@@ -126,6 +135,12 @@ class IOIPrompt:
         if q.pos not in ("ABB", "BAB"):
             raise ValueError(f"pos must be ABB or BAB, got {q.pos!r}")
         return q
+
+    def with_s2_form(self, form: str) -> "IOIPrompt":
+        """The same prompt saying S2 as `form` (one of S2_FORMS)."""
+        if form not in S2_FORMS:
+            raise ValueError(f"s2 form must be one of {', '.join(S2_FORMS)}, got {form!r}")
+        return dataclasses.replace(self, s2_form=form)
 
     @property
     def template(self) -> str:

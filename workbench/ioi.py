@@ -27,6 +27,7 @@ class IOIBatch:
     end: torch.Tensor  # (batch,) index of the last prompt token
     io_id: torch.Tensor  # (batch,)
     s_id: torch.Tensor  # (batch,)
+    s2_id: torch.Tensor  # (batch,) the token that says S2: s_id, or "former" / "latter" (grammar.S2_FORMS)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -57,8 +58,9 @@ def make_batch(model: "HookedTransformer", prompts: Sequence[toyworld.IOIPrompt]
         lengths = not_pad.sum(1)
     io = torch.tensor([name_token_id(model, p.io) for p in prompts])
     s = torch.tensor([name_token_id(model, p.s) for p in prompts])
+    s2 = torch.tensor([name_token_id(model, p.s2_text().split()[-1]) for p in prompts])  # a name, or former / latter
     dev = tokens.device
-    return IOIBatch(prompts, tokens, (lengths - 1).to(dev), io.to(dev), s.to(dev))
+    return IOIBatch(prompts, tokens, (lengths - 1).to(dev), io.to(dev), s.to(dev), s2.to(dev))
 
 
 def sample_prompts(n: int, names: Sequence[str], seed: int, split: str = "train",
@@ -88,7 +90,8 @@ def run_end_logits(model: "HookedTransformer", batch: IOIBatch, fwd_hooks: list 
     out = []
     for i in range(0, len(batch), chunk):
         sl = slice(i, i + chunk)
-        sub = IOIBatch(batch.prompts[sl], batch.tokens[sl], batch.end[sl], batch.io_id[sl], batch.s_id[sl])
+        sub = IOIBatch(batch.prompts[sl], batch.tokens[sl], batch.end[sl], batch.io_id[sl], batch.s_id[sl],
+                       batch.s2_id[sl])
         hooks = [(name, _bind(fn, sub)) for name, fn in (fwd_hooks or [])]
         logits = model.run_with_hooks(sub.tokens, fwd_hooks=hooks) if hooks else model(sub.tokens)
         out.append(end_logits(logits, sub.end))

@@ -119,8 +119,7 @@ def general_text(rng: random.Random, names: list[str]) -> str:
 
 MAX_WORDS = 63  # general text fits a 64-token context with BOS
 
-# S2 said by its place in the pair instead of its name: "When Mary and John ... , the latter gave a drink to".
-ORDINAL_S2 = {"ABB": "the latter", "BAB": "the former"}
+ORDINAL_S2 = grammar.ORDINAL_S2  # S2 said by its place in the pair ("the latter" for ABB)
 
 
 def _filler_prefix(rng: random.Random, room: int) -> str:

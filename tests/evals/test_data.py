@@ -9,7 +9,7 @@ import torch
 
 from evals.data import ATTRIBUTES, attribute_value, balanced_prompts, check_names, make_splits, semantic_positions
 from workbench import toyworld
-from workbench.ioi import make_batch
+from workbench.ioi import make_batch, name_token_id
 
 
 def test_balanced_prompts_are_balanced_and_seeded():
@@ -76,3 +76,39 @@ def test_eval_splits_are_the_grammars_and_eval_prompts_use_held_out_frames(tiny_
     assert not any(held & set(p.productions) for p in s.train)
     cf = s.counterfactual["IO"]
     assert [p.productions for p in cf] == [p.productions for p in s.eval]  # counterfactuals keep the frame
+
+
+@pytest.mark.parametrize("which", ["tiny_model", "fake_gpt2"])
+def test_ordinal_prompts_say_s2_by_its_place_and_pos_counterfactuals_swap_the_marker(which, request):
+    """s2="ordinal": S2 is "the latter" (ABB) / "the former" (BAB); S2's position is that word; the Pos
+    counterfactual swaps the pair and the marker together (same S, same answer); ABC keeps the length."""
+    from evals.locate import abc_counterfactual
+    from workbench.grammar import ORDINAL_S2
+
+    model = request.getfixturevalue(which)
+    s = make_splits(model, n_train=4, n_eval=20, seed=3, s2="ordinal")
+    assert all(p.s2_form == "ordinal" for p in s.train + s.eval)
+    for p, q in zip(s.eval, s.counterfactual["Pos"]):
+        assert ORDINAL_S2[p.pos] in p.text and p.text.count(p.s) == 1 and p.text.count(p.io) == 1
+        assert (q.io, q.s, q.pos != p.pos) == (p.io, p.s, True) and ORDINAL_S2[q.pos] in q.text
+    batch = make_batch(model, s.eval)
+    pos = semantic_positions(batch)
+    rows = torch.arange(len(batch))
+    assert torch.equal(batch.tokens[rows, pos["S1"]], batch.s_id)
+    words = {name_token_id(model, w) for w in ("former", "latter")}
+    assert set(batch.tokens[rows, pos["S2"]].tolist()) <= words and not (batch.s2_id == batch.s_id).any()
+    assert (pos["S1"] < pos["S2"]).all() and (pos["S2"] < pos["END"]).all()
+    for cf in ("Pos", "IO", "S"):  # counterfactual prompts line up token by token with the eval prompts
+        cb = make_batch(model, s.counterfactual[cf])
+        assert cb.tokens.shape == batch.tokens.shape and torch.equal(semantic_positions(cb)["S2"], pos["S2"])
+    abc = make_batch(model, s.eval, texts=abc_counterfactual(s.eval, s.pools.counterfactual, 0))
+    assert torch.equal(abc.end, batch.end) and all(" the " in t for t in abc_counterfactual(s.eval, s.pools.counterfactual, 0))
+
+
+def test_s2_form_is_validated():
+    from evals.config import EvalConfig, LocateConfig
+    from workbench.errors import ConfigError
+
+    for cls in (EvalConfig, LocateConfig):
+        with pytest.raises(ConfigError, match="s2"):
+            cls(s2="pronoun")

@@ -132,3 +132,20 @@ def test_eval_reports_which_experts_carry_io_s_pos_for_a_routed_sae(tiny_model_d
     means = ex[ex["value"] == "(mean)"]
     assert len(means) == 3 and means["f1_chance"].notna().all()
     assert "which experts carry IO, S and Pos" in (run / "summary.md").read_text()
+
+
+def test_ordinal_prompts_locate_then_eval_and_a_mismatched_s2_is_refused(tiny_model_dir, tmp_path, capsys):
+    model = str(tiny_model_dir)
+    assert main(["ioi", "locate", "--model", model, "--s2", "ordinal", "--n-prompts", "40", "--qkv-heads", "2",
+                 "--runs-dir", str(tmp_path), "--name", "loc", "--quiet"]) == 0
+    assert json.loads((tmp_path / "loc" / "locations.json").read_text())["config"]["s2"] == "ordinal"
+    rc = main(["ioi", "eval", "--model", model, "--locations", str(tmp_path / "loc"), "--runs-dir", str(tmp_path),
+               *EVAL_FLAGS])
+    assert rc == 2 and "pass --s2 ordinal" in capsys.readouterr().err
+    assert main(["ioi", "eval", "--model", model, "--s2", "ordinal", "--locations", str(tmp_path / "loc"),
+                 "--location", "blocks.0.attn.hook_k[1]@S2", "--runs-dir", str(tmp_path), "--name", "ev",
+                 *EVAL_FLAGS]) == 0
+    ctrl = pd.read_parquet(tmp_path / "ev" / "control.parquet")
+    assert set(ctrl["attribute"]) == {"IO", "S", "Pos"} and ctrl["accuracy"].between(0, 1).all()
+    assert json.loads((tmp_path / "ev" / "config.json").read_text())["config"]["s2"] == "ordinal"
+    assert "S2 said by its place" in (tmp_path / "ev" / "summary.md").read_text()
