@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ioi_eval.py                      # toy-ioi, SAEs trained here if missing
     .venv/bin/python bench/ioi_eval.py --corpus toy         # full-distribution SAEs instead of task SAEs
+    .venv/bin/python bench/ioi_eval.py --corpus toy --locations runs/ioi-locate-ordinal   # sections of `--s2 ordinal`
 
 Steps:
 1. ``workbench ioi locate`` (timed on its own) unless ``--locations`` is given;
@@ -75,7 +76,9 @@ def main(argv=None) -> int:
         assert wb(["ioi", "locate", "--model", args.model, "--device", args.device, "--runs-dir", str(root), "--name", name, "--quiet"]) == 0
         record["timings"]["locate_s"] = time.perf_counter() - t
         args.locations = str(root / name)
-    _, sections = load_cross_sections(args.locations)
+    located, sections = load_cross_sections(args.locations)
+    s2 = located.get("config", {}).get("s2", "name")  # evaluate on the prompt form the sections were found on
+    record["s2"] = s2
     if args.cross_section:
         sections = [cs for cs in sections if cs.name in args.cross_section]
     sites = sorted({(loc.hook, loc.head) for cs in sections for loc in cs.locations}, key=str)
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
     record["sae_families"] = families
 
     name = f"bench-ioi-eval-{args.corpus}-{stamp}"
-    cmd = ["ioi", "eval", "--model", args.model, "--locations", args.locations, "--n-train", str(args.n_train),
+    cmd = ["ioi", "eval", "--model", args.model, "--locations", args.locations, "--s2", s2, "--n-train", str(args.n_train),
            "--n-eval", str(args.n_eval), "--device", args.device, "--runs-dir", str(root), "--name", name, "--quiet"]
     for label, paths in families.items():
         cmd += ["--sae", f"{label}-{args.corpus}={','.join(paths)}"]
