@@ -48,6 +48,9 @@ if clean:
 if isinstance(dicts, dict) and dicts.get("timings", {}).get("total_s") is not None:
     bits.append(f"{dicts['timings']['total_s']:.0f} s")
 st.caption(" · ".join(bits))
+if cfg.get("s2") == "ordinal":
+    st.caption('Prompts say S2 by its place in the pair ("the former" / "the latter", `--s2 ordinal`): S is known only '
+               "through Pos, and the Pos counterfactual swaps the pair and the word together.")
 if settings.get("n_boot"):
     st.caption(f"± = bootstrap standard error over {settings['n_boot']} resamples of the prompts (columns `*_se`). "
                f"A feature is active when {settings.get('activation_rule', 'code > 0')}.")

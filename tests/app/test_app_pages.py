@@ -513,3 +513,20 @@ def test_pages_on_an_empty_or_missing_runs_dir(page, tmp_path, monkeypatch):
     at.run()
     assert not at.exception
     assert "nothing-here" in infos(at) or any("nothing-here" in c.value for c in at.caption)
+
+
+def test_ioi_page_says_when_prompts_name_s2_by_its_place(app_test, app_runs, tmp_path, monkeypatch):
+    """An `ioi eval --s2 ordinal` run is captioned as such (a copy of ioi-eval with its config changed)."""
+    import json
+    import shutil
+
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval")  # a name-S2 run: no such caption
+    assert not any("--s2 ordinal" in c.value for c in at.caption)
+    dst = tmp_path / "runs" / "ioi-eval-ordinal"
+    shutil.copytree(app_runs / "ioi-eval", dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["config"]["s2"] = "ordinal"
+    (dst / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval-ordinal")
+    assert any("--s2 ordinal" in c.value for c in at.caption) and not at.exception
