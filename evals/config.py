@@ -20,6 +20,8 @@ PROMPT_ATTRIBUTES = ("IO", "S", "Pos", "A", "B", "IO gender", "S gender", "Place
 K_VALUES = (2, 4, 8, 16)  # the paper's edit sizes: SAE features an edit changes (evals.control)
 F1_THRESHOLDS = (0.5, 0.6, 0.8)  # the paper's F1 thresholds (evals.interpretability)
 UNION_MAX = 10  # the authors' max_group_size in autointerp_fast: largest union of names searched
+S2_HELP = ("how the prompts say S2: name (S's name again, the classic IOI prompt) or ordinal (\"the former\" / "
+           "\"the latter\": S is known only by its place in the pair, so the model must use Pos)")  # --s2 of locate and eval
 # interpretation kinds searched for each feature (evals.interpretation)
 KINDS = ("IO", "S", "Pos", "IO & Pos", "S & Pos", "IO union", "S union", "Name", "A", "B",
          "IO gender", "S gender", "Place", "Object", "Template")
@@ -30,9 +32,7 @@ class LocateConfig:
     model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
     n_prompts: int = field(default=400, metadata={"help": "eval prompts used for discovery"})
     seed: int = field(default=0, metadata={"help": "seed for prompts"})
-    s2: str = field(default="name", metadata={"help": "how the prompts say S2: name (S's name again, the classic IOI prompt) or ordinal "
-                                                        "(\"the former\" / \"the latter\": S is known only by its place in the pair, so "
-                                                        "the model must use Pos)"})
+    s2: str = field(default="name", metadata={"help": S2_HELP})
     min_effect: float = field(default=0.1, metadata={"help": "a location/head is significant when patching or ablating it drops LD by this fraction"})
     qkv_heads: int = field(default=8, metadata={"help": "patch q/k/v of this many strongest heads (by their hook_z effect)"})
     max_cross_sections: int = field(default=8, metadata={"help": "keep at most this many named cross-sections (largest group effect first)"})
@@ -53,9 +53,7 @@ class EvalConfig:
                                                                      "never seen in training, the default), long (S2 beyond the training range), "
                                                                      "train, any; train prompts always come from the training frames"})
     seed: int = field(default=0, metadata={"help": "seed: train prompts use it, eval seed+1, counterfactuals seed+2, bootstrap seed+3/+4"})
-    s2: str = field(default="name", metadata={"help": "how the prompts say S2: name (S's name again, the classic IOI prompt) or ordinal "
-                                                        "(\"the former\" / \"the latter\": S is known only by its place in the pair, so "
-                                                        "the model must use Pos)"})
+    s2: str = field(default="name", metadata={"help": S2_HELP})
     ks: list[int] = field(default_factory=lambda: list(K_VALUES),
                           metadata={"help": "edit sizes: features an SAE edit changes (F1-guided edits remove k/2 and add k/2; the authors' 2 4 8 16)"})
     f1_thresholds: list[float] = field(default_factory=lambda: list(F1_THRESHOLDS),

@@ -17,7 +17,6 @@
 #define ARMIJO 1e-4
 #define LINE_SEARCH_STEPS 30
 #define FIRST_STEP 0.01
-#define KMAX 64
 
 typedef struct {
     int n, m, k;
@@ -392,7 +391,7 @@ int sparse_ot_bfgs(const double *c, const double *a, const double *b, int lo, in
                    double gamma, int max_iter, double tol, double ftol, double damping, double *alpha,
                    double *value, double *grad, double *plan, double *beta, double *primal, double *row_error,
                    int *iters) {
-    if (k < 1 || k > KMAX) return -1;
+    if (k < 1) return -1;
     for (int q = lo; q < hi; q++) {
         const problem pr = {n, m, k, gamma, c + (size_t)q * n * m, a + (size_t)q * n, b + (size_t)q * m, NULL};
         if (!valid(&pr)) return -2;

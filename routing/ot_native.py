@@ -31,15 +31,13 @@ from torch import Tensor
 SOURCE = Path(__file__).with_name("ot_native.c")
 FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-Wno-psabi"]
 NATIVE = ["-march=native"]  # the machine's vector units (as torch.compile's C++ builds); dropped if refused
-KMAX = 64  # the C code's bound on k; k is clamped to the rows, so problems of up to KMAX rows
 _lib: ctypes.CDLL | None = None
+_failed: str | None = None  # why the build failed (then the torch path is used)
 
 
 class InvalidInput(ValueError):
     """Some problem failed the C solve's value checks (non-finite, signs, sums, sparsity budget); the caller
     names which with routing.sparse_ot.check_values."""
-
-_failed: str | None = None  # why the build failed (then the torch path is used)
 
 
 def cache_dir() -> Path:
@@ -106,9 +104,9 @@ def available() -> bool:
 
 
 def applies(cost: Tensor, k: int, max_rows: int) -> bool:
-    """Whether the native solve can take this problem: CPU, float32/64, n <= max_rows (<= KMAX; k is clamped to n)."""
-    return (cost.device.type == "cpu" and cost.dtype in (torch.float32, torch.float64)
-            and cost.shape[-2] <= min(max_rows, KMAX))
+    """Whether the native solve can take this problem: CPU, float32/64, at most max_rows rows (any k: the C
+    code clamps it to the rows)."""
+    return cost.device.type == "cpu" and cost.dtype in (torch.float32, torch.float64) and cost.shape[-2] <= max_rows
 
 
 def _ptr(x: Tensor, ctype=ctypes.c_double):
@@ -138,7 +136,7 @@ def bfgs(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float, max_iter: int
     ptrs = [_ptr(x) for x in out.values()]
 
     def run(lo: int, hi: int) -> int:
-        return lib.sparse_ot_bfgs(_ptr(c), _ptr(a64), _ptr(b64), lo, hi, n, m, min(k, n), float(gamma), max_iter,
+        return lib.sparse_ot_bfgs(_ptr(c), _ptr(a64), _ptr(b64), lo, hi, n, m, k, float(gamma), max_iter,
                                   tol, ftol, damping, *ptrs, _ptr(iters, ctypes.c_int))
 
     threads = max(1, min(threads or torch.get_num_threads(), bsz))

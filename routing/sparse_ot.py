@@ -147,8 +147,6 @@ def _use_compile(compile: bool | str, cost: Tensor, k: int) -> bool:
         key = (cost.shape[-2], k, cost.dtype, cost.device.type)
         _solves[key] = _solves.get(key, 0) + 1
         return _solves[key] > AUTO_COMPILE_AFTER
-    if not isinstance(compile, bool):
-        raise MarginalError(f"compile must be True, False or 'auto', got {compile!r}")
     return compile
 
 
@@ -171,7 +169,7 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
         raise MarginalError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if backend not in BACKENDS:
         raise MarginalError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if compile not in (True, False, "auto"):
+    if not (compile == "auto" or isinstance(compile, bool)):
         raise MarginalError(f"compile must be True, False or 'auto', got {compile!r}")
     a, b = check_shapes(cost, a, b, k, gamma)
     f64 = cost.dtype == torch.float64
@@ -205,8 +203,7 @@ def solve_sparse_ot(cost: Tensor, a: Tensor, b: Tensor, k: int, gamma: float = 1
             return ot_duals.evaluate(alpha, c0, a0, b0, k, gamma_t, with_plan, use_compile and not plan_eager)
         if native:  # the C solve also gives the plan, primal, row error and beta
             try:
-                out = ot_native.bfgs(cost.detach().reshape(-1, n, m), a0, b0, k, gamma, max_iter or 200, tol, ftol,
-                                     damping)
+                out = ot_native.bfgs(c0, a0, b0, k, gamma, max_iter or 200, tol, ftol, damping)
             except ot_native.InvalidInput:
                 check_values(cost, a, b, k)  # names the problem; passes only when the C sum of the cost overflowed
                 raise MarginalError("the cost's entries are too large to sum in float64 (overflow); rescale the "

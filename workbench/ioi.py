@@ -57,8 +57,10 @@ def make_batch(model: "HookedTransformer", prompts: Sequence[toyworld.IOIPrompt]
         not_pad[:, 0] = True
         lengths = not_pad.sum(1)
     io = torch.tensor([name_token_id(model, p.io) for p in prompts])
-    s = torch.tensor([name_token_id(model, p.s) for p in prompts])
-    s2 = torch.tensor([name_token_id(model, p.s2_text().split()[-1]) for p in prompts])  # a name, or former / latter
+    s_ids = [name_token_id(model, p.s) for p in prompts]
+    s2 = torch.tensor([sid if p.s2_form == "name" else name_token_id(model, p.s2_text().split()[-1])  # former / latter
+                       for p, sid in zip(prompts, s_ids)])
+    s = torch.tensor(s_ids)
     dev = tokens.device
     return IOIBatch(prompts, tokens, (lengths - 1).to(dev), io.to(dev), s.to(dev), s2.to(dev))
 

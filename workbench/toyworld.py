@@ -119,7 +119,6 @@ def general_text(rng: random.Random, names: list[str]) -> str:
 
 MAX_WORDS = 63  # general text fits a 64-token context with BOS
 
-ORDINAL_S2 = grammar.ORDINAL_S2  # S2 said by its place in the pair ("the latter" for ABB)
 
 
 def _filler_prefix(rng: random.Random, room: int) -> str:
@@ -155,7 +154,7 @@ def training_text(rng: random.Random, ioi_fraction: float = IOI_FRACTION, ordina
             text = p.render(s2=PRONOUN[GENDER[s]])
         else:
             p = make_ioi_prompt(rng, IOI_NAMES)
-            text = p.render(s2=ORDINAL_S2[p.pos]) if u < pronoun_fraction + ordinal_fraction else p.text
+            text = p.with_s2_form("ordinal").text if u < pronoun_fraction + ordinal_fraction else p.text
         return f"{text} {p.io} ."
     text = general_text(rng, NAMES)
     return " ".join(x for x in (_filler_prefix(rng, MAX_WORDS - len(text.split())), text) if x)
