@@ -64,15 +64,28 @@ def _compile(cc: str, out: Path) -> None:
     raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
 
 
-def _build() -> ctypes.CDLL:
-    """Compile ot_native.c (once per source, compiler, flags and CPU) and load it."""
+def _compiler() -> str:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + "\n".join(FLAGS + NATIVE + [cc, platform.machine(), _cpu()]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"ot_native-{key}.so"
-    if not out.exists():
+    return cc
+
+
+def library_path(cc: str) -> Path:
+    """The cached library for this source, compiler, flags and CPU."""
+    key = hashlib.sha256(SOURCE.read_bytes() + "\n".join(FLAGS + NATIVE + [cc, platform.machine(), _cpu()]).encode())
+    return cache_dir() / f"ot_native-{key.hexdigest()[:16]}.so"
+
+
+def _build() -> ctypes.CDLL:
+    """Compile ot_native.c (once per source, compiler, flags and CPU) and load it."""
+    cc = _compiler()
+    out = library_path(cc)
+    try:
+        lib = ctypes.CDLL(str(out)) if out.exists() else None
+    except OSError:  # a damaged cache file (a full disk, an interrupted copy): build it again
+        lib = None
+    if lib is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"sparse-OT: building the native solver into {out} (once per machine, about a second)",
               file=sys.stderr, flush=True)
@@ -80,7 +93,7 @@ def _build() -> ctypes.CDLL:
             tmp_out = Path(tmp) / out.name
             _compile(cc, tmp_out)
             os.replace(tmp_out, out)
-    lib = ctypes.CDLL(str(out))
+        lib = ctypes.CDLL(str(out))
     dp, ip, i, d = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_double
     lib.sparse_ot_bfgs.argtypes = [dp, dp, dp, i, i, i, i, i, d, i, d, d, d, dp, dp, dp, dp, dp, dp, dp, ip]
     lib.sparse_ot_bfgs.restype = ctypes.c_int

@@ -68,6 +68,16 @@ def test_builds_once_into_the_cache_and_says_so(tmp_path, monkeypatch, capfd):
     assert built[0].stat().st_mtime_ns == mtime and capfd.readouterr().err == ""
 
 
+def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    built = ot_native.library_path(ot_native._compiler())  # (a file this process has not loaded)
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"not a shared library")
+    lib = ot_native._build()
+    assert "building the native solver" in capfd.readouterr().err and built.stat().st_size > 1000
+    assert lib.sparse_ot_bfgs is not None
+
+
 def test_without_a_compiler_auto_falls_back_to_torch_and_native_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
