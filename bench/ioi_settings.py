@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/ioi_settings.py --locations runs/demo-ioi-locate --location blocks.1.hook_resid_post@END \\
         --sae runs/demo-sae-topk --sae runs/demo-sae-feature-choice --sae runs/demo-sae-mutual-choice \\
-        --reference 8000x4000 --settings 600x300 1000x500 2000x1000 3000x1500 --summary bench/results/ioi_settings_v3.json
+        --reference 96000x8000 --settings 3000x1500 12000x1500 24000x1500 24000x3000 --n-boot 50 \\
+        --out runs/bench/ioi_settings_v4_full.json --summary bench/results/ioi_settings_v4.json
 
 Runs the evaluation in-process (one model load) at the reference setting (n_train x n_eval; taken as
 the converged values) and at each candidate, with the same seed: the prompts of a smaller setting are
@@ -93,8 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--location", action="append", default=[])
     p.add_argument("--cross-section", action="append", default=[])
     p.add_argument("--sae", action="append", default=[])
-    p.add_argument("--reference", default="8000x4000", help="n_train x n_eval taken as converged")
-    p.add_argument("--settings", nargs="+", default=["600x300", "1000x500", "2000x1000", "3000x1500"])
+    p.add_argument("--reference", default="96000x8000", help="n_train x n_eval taken as converged")
+    p.add_argument("--settings", nargs="+", default=["3000x1500", "12000x1500", "24000x1500", "24000x3000"])
     p.add_argument("--pairs", nargs="*", default=[], metavar="CAND:REF", help="further comparisons between stored settings")
     p.add_argument("--n-boot", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,8 @@ of Makelov et al. (2024, Sec. 3) satisfy it with one feature per attribute value
 By default the attributes are the paper's IO, S, Pos; ``attrs`` may add ``Template`` (a nuisance
 attribute: our templates differ in length, so a position's absolute index, and with it the position
 embedding, depends on the template). Their "true" codes come from the labels (:meth:`SupervisedDictionary.codes_for`), not from
-activations; ``encode`` is a read-out (the nearest value per attribute) so the interface holds.
+activations; ``encode`` is a read-out (the values that together reconstruct an activation best) so
+the interface holds, and :func:`crossfit_encode` reads each prompt with a dictionary fitted without it.
 """
 
 from __future__ import annotations
@@ -114,15 +115,38 @@ class SupervisedDictionary:
         """(N, d) a_hat = center + sum_i u_{i, v_i(prompt)}."""
         return self.decode(self.codes_for(prompts))
 
-    def encode(self, a: torch.Tensor) -> torch.Tensor:
-        """Read-out from activations: per attribute, the value v minimising ||a - center - u_{i,v}||."""
-        x = a.to(self.U) - self.center
+    def read_alone(self, x: torch.Tensor, attr: str) -> torch.Tensor:
+        """(N,) index within attr's block of the value v minimising ||x - u_{attr,v}|| (x: centred, (N, d))."""
+        off = self.offset(attr)
+        u = self.U[off: off + len(self.values[attr])]  # (n_v, d)
+        return (x @ u.T - 0.5 * (u * u).sum(1)).argmax(1)  # argmax <x,u> - |u|^2/2 = argmin |x - u|
+
+    def encode(self, a: torch.Tensor, max_sweeps: int = 20) -> torch.Tensor:
+        """Read-out from activations: one value per attribute, chosen so that their vectors together
+        reconstruct ``a`` best (min ||a - center - sum_i u_{i,v_i}||), by coordinate descent: start from
+        each attribute's nearest value alone, then re-read one attribute at a time against what the
+        others leave, until a sweep changes nothing (a local optimum; at most ``max_sweeps``).
+
+        Reading each attribute alone treats the other attributes' vectors as noise: where one attribute
+        dominates a location the weak one's read-out follows the fit's sampling noise and does not settle
+        as the train set grows (docs/ioi.md, "How many prompts").
+        """
+        x = a.to(self.U) - self.center  # (N, d)
+        rows = torch.arange(len(a), device=self.U.device)
+        blocks = {attr: (self.offset(attr), len(vals)) for attr, vals in self.values.items()}
+        pick = {attr: self.read_alone(x, attr) for attr in blocks}  # attr -> (N,) value index within its block
+        for _ in range(max_sweeps):
+            changed = False
+            for attr, (off, _) in blocks.items():
+                rest = x - sum(self.U[o + pick[b]] for b, (o, _) in blocks.items() if b != attr)
+                new = self.read_alone(rest, attr)
+                changed |= bool((new != pick[attr]).any())
+                pick[attr] = new
+            if not changed:
+                break
         out = torch.zeros(len(a), self.U.shape[0], device=self.U.device, dtype=self.U.dtype)
-        for attr, vals in self.values.items():
-            off = self.offset(attr)
-            u = self.U[off: off + len(vals)]  # (n_v, d)
-            score = x @ u.T - 0.5 * (u * u).sum(1)  # argmax <x,u> - |u|^2/2 = argmin |x - u|
-            out[torch.arange(len(a)), off + score.argmax(1)] = 1.0
+        for attr, (off, _) in blocks.items():
+            out[rows, off + pick[attr]] = 1.0
         return out
 
     def edit(self, a: torch.Tensor, src: Sequence[toyworld.IOIPrompt], cf: Sequence[toyworld.IOIPrompt], attr: str) -> torch.Tensor:
@@ -147,6 +171,34 @@ def fit_mse(acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], attrs: Se
     c = one_hot_codes(prompts, values).to(acts)
     U = torch.linalg.pinv(c.double()) @ (acts - center).double()
     return SupervisedDictionary("mse", center, U.to(acts), values)
+
+
+FITS = {"mean": fit_mean, "mse": fit_mse}
+
+
+def crossfit_encode(kind: str, acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]],
+                    folds: int = 5) -> torch.Tensor:
+    """(N, n_values) read-out codes of a ``kind`` ("mean"/"mse") dictionary, each prompt read by one fitted
+    on the other folds (prompt i is in fold i mod ``folds``); columns in the order of ``values``.
+
+    A dictionary reads the prompts it was fitted on too well (its vectors lean towards them): at 3,000
+    train prompts the in-sample F1 of a weak location's values was twice the held-out one. Cross-fitting
+    scores what the dictionary would read on fresh prompts, which is what a larger train set converges to.
+    """
+    n = len(prompts)
+    if folds < 2 or n < 2 * folds:
+        raise ConfigError(f"cross-fitting needs at least 2 folds of 2 prompts ({n} prompts, {folds} folds)")
+    col = {(a, v): j for j, (a, v) in enumerate((a, v) for a, vals in values.items() for v in vals)}
+    out = torch.zeros(n, len(col), device=acts.device, dtype=acts.dtype)
+    fold = torch.arange(n, device=acts.device) % folds
+    for f in range(folds):
+        held, fit_on = (fold == f).nonzero().squeeze(1), (fold != f).nonzero().squeeze(1)
+        d = FITS[kind](acts[fit_on], [prompts[i] for i in fit_on.tolist()], list(values))
+        codes = d.encode(acts[held])  # (n_held, the fold dictionary's values)
+        cols = torch.tensor([col.get((a, v), -1) for a, vals in d.values.items() for v in vals], device=acts.device)
+        keep = cols >= 0  # a value the full train set has but this fold's does not stays unread
+        out[held[:, None], cols[keep][None, :]] = codes[:, keep].to(out)
+    return out
 
 
 # ---- SAEs --------------------------------------------------------------------------------------

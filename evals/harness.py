@@ -11,7 +11,8 @@ train prompts, and each ``--sae`` family that covers all its locations):
 3. control (:mod:`evals.control`): counterfactual patching targets for IO, S and Pos; accuracy and
    magnitude of the supervised edit, of greedy SAE edits and of F1-guided SAE edits per edit size;
 4. interpretability (:mod:`evals.interpretation`): every feature scored on the interpretation space
-   (active = code > 0); per attribute the best feature's F1 and coverage at each F1 threshold;
+   (active = code > 0); per attribute the best feature's F1 and coverage at each F1 threshold (a
+   supervised dictionary's codes here are its read-out, cross-fitted over ``READOUT_FOLDS`` folds);
 5. routed SAEs: which experts carry the IO, S and Pos values (precision and recall of the expert
    assignment against each attribute value, :func:`routing.metrics.expert_assignment`);
 6. diagnostics: occlusion and over-splitting (:mod:`evals.interpretability`) and the frozen-decoder
@@ -37,10 +38,12 @@ from evals import interpretation as ip
 from evals.bootstrap import Resampler, wmean
 from evals.config import EvalConfig
 from evals.data import ATTRIBUTES, EXTRA_ATTRIBUTES, IOISplits, make_splits, semantic_positions
-from evals.dictionary import SAEFamily, SupervisedDictionary, attribute_values, bias_of, fit_mean, fit_mse
+from evals.dictionary import SAEFamily, SupervisedDictionary, attribute_values, bias_of, crossfit_encode, fit_mean, fit_mse
 from evals.frozen_decoder import frozen_decoder
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from workbench.config import require
+
+READOUT_FOLDS = 5  # supervised read-outs: each train prompt read by a dictionary fitted on the other 4/5
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -360,7 +363,10 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
     scores, edit_f1 = {}, {}
     for loc in cs.locations:
         d = fam.dicts[loc]
-        codes = d.encode(data.train[loc]).float()  # supervised dictionaries: their read-out (nearest value)
+        if fam.kind == "supervised":  # their read-out, each prompt by a dictionary fitted without it
+            codes = crossfit_encode(fam.arch, data.train[loc], prompts, d.values, READOUT_FOLDS).float()
+        else:
+            codes = d.encode(data.train[loc]).float()
         v_idx = {a: data.value_index(prompts, a) for a in ATTRIBUTES}
         edit_f1[loc] = {a: it.precision_recall_f1(codes > 0, it.value_masks(v_idx[a], len(data.values[a])).to(codes))[2]
                         for a in ATTRIBUTES}

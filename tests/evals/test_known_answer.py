@@ -176,3 +176,71 @@ def test_supervised_edit_moves_to_counterfactual(world):
         got = codes[:, off:off + len(d.values[attr])].argmax(1)
         want = torch.tensor([d.values[attr].index(getattr(p, {"IO": "io", "S": "s", "Pos": "pos"}[attr])) for p in cf])
         assert torch.equal(got, want)
+
+
+def _read(d, codes, attr):
+    off = d.offset(attr)
+    return codes[:, off:off + len(d.values[attr])].argmax(1)
+
+
+def _truth(d, prompts, attr):
+    return torch.tensor([d.values[attr].index(getattr(p, {"IO": "io", "S": "s", "Pos": "pos"}[attr])) for p in prompts])
+
+
+def test_joint_read_out_reads_a_weak_attribute_beside_a_strong_one():
+    """IO's vectors 20x longer than S's and not orthogonal to them: read alone, S follows IO's vector
+    (the nearest S value to u_IO + u_S is the one most aligned with u_IO); read jointly, S is exact and
+    the codes reconstruct at least as well as the per-attribute ones."""
+    train = balanced_prompts(1200, NAMES, seed=0)
+    values = attribute_values(train)
+    g = torch.Generator().manual_seed(3)
+    n_io, n_s = len(values["IO"]), len(values["S"])
+    u_io = 20 * torch.nn.functional.normalize(torch.randn(n_io, D, generator=g), dim=1)
+    u_s = torch.nn.functional.normalize(torch.randn(n_s, D, generator=g), dim=1)
+    u_pos = 3 * torch.nn.functional.normalize(torch.randn(2, D, generator=g), dim=1)
+    P = torch.cat([u_io, u_s, u_pos])
+    acts = one_hot_codes(train, values) @ P + 0.01 * torch.randn(len(train), D, generator=g)
+    d = fit_mse(acts, train)
+    joint = d.encode(acts)
+    alone = torch.cat([torch.nn.functional.one_hot(d.read_alone(acts - d.center, a), len(d.values[a])) for a in d.values], 1).to(acts)
+    for attr in ATTRIBUTES:
+        assert torch.equal(_read(d, joint, attr), _truth(d, train, attr)), attr
+    assert float((_read(d, alone, "S") == _truth(d, train, "S")).float().mean()) < 0.5  # the failure the joint read-out fixes
+    assert float(ap.fvu(acts, d.decode(joint))) <= float(ap.fvu(acts, d.decode(alone)))
+
+
+def test_cross_fitted_read_out_is_at_chance_where_the_activations_carry_nothing():
+    """Pure noise activations: a dictionary reads its own train prompts above chance (its vectors lean
+    towards them) but every prompt read by a dictionary fitted without it is at chance (1/20 names)."""
+    from evals.dictionary import crossfit_encode
+
+    train = balanced_prompts(800, NAMES, seed=0)
+    acts = torch.randn(len(train), 256, generator=torch.Generator().manual_seed(0))
+    for kind, fit in (("mean", fit_mean), ("mse", fit_mse)):
+        d = fit(acts, train)
+        in_sample = float((_read(d, d.encode(acts), "IO") == _truth(d, train, "IO")).float().mean())
+        held = crossfit_encode(kind, acts, train, d.values, folds=5)
+        assert held.shape == (len(train), d.U.shape[0])
+        assert torch.equal(held.sum(1), torch.full((len(train),), 3.0))  # one value per attribute
+        cross = float((_read(d, held, "IO") == _truth(d, train, "IO")).float().mean())
+        assert in_sample > 0.5, (kind, in_sample)
+        assert cross < 0.05 + 3 * (0.05 * 0.95 / len(train)) ** 0.5, (kind, cross)
+
+
+def test_cross_fitted_read_out_uses_the_other_folds():
+    """Prompt i is read by the dictionary fitted on the prompts of the other folds (i mod folds)."""
+    from evals.dictionary import crossfit_encode
+
+    train = balanced_prompts(300, NAMES, seed=2)
+    planted = Planted(train, seed=5)
+    acts = planted.acts(train)
+    d = fit_mean(acts, train)
+    held = crossfit_encode("mean", acts, train, d.values, folds=3)
+    for f in range(3):
+        rows = [i for i in range(len(train)) if i % 3 == f]
+        other = [i for i in range(len(train)) if i % 3 != f]
+        fd = fit_mean(acts[other], [train[i] for i in other])
+        want = fd.encode(acts[rows])
+        for attr in ATTRIBUTES:
+            names = [fd.values[attr][j] for j in _read(fd, want, attr).tolist()]
+            assert names == [d.values[attr][j] for j in _read(d, held[rows], attr).tolist()]
