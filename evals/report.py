@@ -65,7 +65,9 @@ interpretable, each value's best feature) are held fixed across the resamples.
     mean_best_f1 (mean over values of the best feature's F1; null for unions, which are searched per
     feature), min_best_f1, coverage (fraction of values with a feature of F1 >= f1_threshold),
     n_features (features whose best interpretation is of this kind with F1 >= f1_threshold);
-    "(any)" rows: n_features and interpretable_fraction over the whole space.
+    "(any)" rows: n_features and interpretable_fraction over the whole space. A supervised dictionary's
+    features are scored through its read-out (``SupervisedDictionary.encode``), cross-fitted
+    (``evals.dictionary.crossfit_encode``).
 ``features.parquet``  one row per (cross_section, dictionary, location, feature, attribute) with F1 >=
     0.2, and each feature's best interpretation: value (the best value, or the union "A | B | ..."),
     precision, recall, f1, best (this is the feature's best interpretation).
@@ -284,6 +286,8 @@ def summary_markdown(res: "Results", model: str) -> str:
     if res.interpretability:
         thr = sorted({r["f1_threshold"] for r in res.interpretability})
         out += ["", f"## Interpretability (mean best F1; coverage at F1 >= {' / '.join(_f(t) for t in thr)})", "",
+                "Supervised dictionaries are scored through their read-out (the values whose vectors together reconstruct "
+                "an activation best), each train prompt read by a dictionary fitted without it.", "",
                 "| cross-section | dictionary | location | IO | S | Pos | interpretable features (any kind) |", "|---|---|---|---|---|---|---|"]
         keyed = {}
         for r in res.interpretability:
