@@ -57,17 +57,17 @@ def attribute_values(prompts: Sequence[toyworld.IOIPrompt], attrs: Sequence[str]
 
 def one_hot_codes(prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]]) -> torch.Tensor:
     """(N, sum_i |values_i|) one-hot design matrix C; a value not in `values` gets an all-zero block."""
-    cols, off = [], 0
-    n = len(prompts)
-    c = torch.zeros(n, sum(len(v) for v in values.values()))
+    rows, cols, off = [], [], 0
     for a, vals in values.items():
-        idx = {v: i for i, v in enumerate(vals)}
+        idx = {v: off + i for i, v in enumerate(vals)}
         for r, p in enumerate(prompts):
             j = idx.get(attribute_value(p, a))
             if j is not None:
-                c[r, off + j] = 1.0
-        cols.append(off)
+                rows.append(r)
+                cols.append(j)
         off += len(vals)
+    c = torch.zeros(len(prompts), off)
+    c[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = 1.0  # one scatter, not N x attrs writes
     return c
 
 
