@@ -89,17 +89,35 @@ def union_f1(active: torch.Tensor, masks: torch.Tensor, f1: torch.Tensor, max_si
     m_max = min(max_size, masks.shape[1])
     order = torch.nan_to_num(f1, nan=-1.0).topk(m_max, dim=1).indices  # (F, m)
     act = active.to(masks.dtype)
+    n_act = act.sum(0)  # (F,)
+    if bool((masks.sum(1) <= 1).all()):  # one value per prompt: a union's counts are sums of its values' counts
+        inter = (act.T @ masks).gather(1, order).cumsum(1)  # (F, m): |active and value among the top m+1|
+        n_union = masks.sum(0)[order].cumsum(1)  # (F, m): |value among the top m+1|
+        score = torch.nan_to_num(f1_from_counts(inter, n_act[:, None].expand_as(inter), n_union), nan=0.0)
+    else:  # values may share prompts: count the union itself
+        union, cols = torch.zeros_like(act), []
+        for m in range(m_max):
+            union = torch.maximum(union, masks[:, order[:, m]])  # (N, F): the prompt's value is among the top m+1
+            cols.append(torch.nan_to_num(f1_from_counts((act * union).sum(0), n_act, union.sum(0)), nan=0.0))
+        score = torch.stack(cols, 1)
     best = torch.zeros(act.shape[1], device=act.device)
     size = torch.ones(act.shape[1], dtype=torch.long, device=act.device)
-    n_act = act.sum(0)
-    union = torch.zeros_like(act)
-    for m in range(m_max):
-        union = torch.maximum(union, masks[:, order[:, m]])  # (N, F): the prompt's value is among the top m+1
-        score = torch.nan_to_num(f1_from_counts((act * union).sum(0), n_act, union.sum(0)), nan=0.0)
-        better = score > best + 1e-9
-        best = torch.where(better, score, best)
+    for m in range(m_max):  # the smallest union that beats every smaller one by more than 1e-9
+        better = score[:, m] > best + 1e-9
+        best = torch.where(better, score[:, m], best)
         size = torch.where(better, torch.full_like(size, m + 1), size)
     return best, size, order
+
+
+def union_members(masks: torch.Tensor, order: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """(N, F) bool: the prompt's value is one of feature f's union (its first size[f] values in ``order``).
+    masks: (N, V) 0/1; order: (F, m) value indices; size: (F,)."""
+    n, f = masks.shape[0], order.shape[0]
+    member = torch.zeros(masks.shape[1], f, dtype=torch.bool, device=masks.device)  # (V, F)
+    keep = torch.arange(order.shape[1], device=order.device)[None, :] < size[:, None]  # (F, m)
+    feat = torch.arange(f, device=order.device)[:, None].expand_as(order)
+    member[order[keep], feat[keep]] = True
+    return (masks.to(torch.float32) @ member.to(torch.float32)) > 0  # (N, F); handles prompts with several values
 
 
 def over_splitting(active: torch.Tensor, masks: torch.Tensor, f1_threshold: float = 0.8, min_precision: float = 0.9,

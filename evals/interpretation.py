@@ -165,32 +165,35 @@ def score(active: torch.Tensor, kinds: Sequence[Kind], max_union: int = it.UNION
     """Score every feature (active: (N, F) bool on the prompts the kinds were built on) on every kind."""
     n, f = active.shape
     dev = active.device
-    act = active.float()
-    n_act = act.sum(0)
     out: list[KindScores] = []
+    members = []  # per kind, a function of feature indices -> (N, len) bool: the prompts of their value (union)
     best_f1 = torch.full((f,), -1.0, device=dev)
-    best_kind, best_label = [""] * f, [""] * f
-    best_mask = torch.zeros(n, f, device=dev)
+    best_at = torch.full((f,), -1, dtype=torch.long, device=dev)  # index of the kind whose interpretation is best
     for kind in kinds:
         masks = kind.masks.to(dev)
         p, r, f1 = it.precision_recall_f1(active, masks)
         if kind.union_of is None:
             vals, idx = torch.nan_to_num(f1, nan=-1.0).max(1)  # (F,) best value per feature
-            col = masks[:, idx]  # (N, F)
             ks = KindScores(kind, vals.clamp_min(0), p.gather(1, idx[:, None])[:, 0], r.gather(1, idx[:, None])[:, 0],
                             _gather_label(kind.values, idx), f1)
+            members.append(lambda js, masks=masks, idx=idx: masks[:, idx[js]] > 0)
         else:
             vals, size, order = it.union_f1(active, masks, f1, max_union)
-            col = torch.zeros(n, f, device=dev)
-            for m in range(order.shape[1]):
-                col = torch.maximum(col, masks[:, order[:, m]] * (m < size).float()[None, :])
-            inter = (act * col).sum(0)
+            col = it.union_members(masks, order, size)  # (N, F)
+            inter = (active & col).sum(0).to(vals)
             labels = [UNION_SEP.join(kind.values[i] for i in order[j, :size[j]].tolist()) for j in range(f)]
-            ks = KindScores(kind, vals, inter / n_act, inter / col.sum(0).clamp_min(1), labels)
+            ks = KindScores(kind, vals, inter / active.sum(0).to(vals), inter / col.sum(0).clamp_min(1).to(vals), labels)
+            members.append(lambda js, col=col: col[:, js])
         out.append(ks)
         better = ks.f1 > best_f1
         best_f1 = torch.where(better, ks.f1, best_f1)
-        best_mask = torch.where(better[None, :], col, best_mask)
-        for j in better.nonzero().squeeze(1).tolist():
-            best_kind[j], best_label[j] = kind.name, ks.labels[j]
+        best_at = torch.where(better, torch.full_like(best_at, len(out) - 1), best_at)
+    best_mask = torch.zeros(n, f, dtype=torch.bool, device=dev)  # built once, from each feature's best kind
+    best_kind, best_label = [""] * f, [""] * f
+    for k, ks in enumerate(out):
+        js = (best_at == k).nonzero().squeeze(1)
+        if len(js):
+            best_mask[:, js] = members[k](js)
+        for j in js.tolist():
+            best_kind[j], best_label[j] = ks.kind.name, ks.labels[j]
     return Scores(active, out, best_f1.clamp_min(0), best_kind, best_label, best_mask)

@@ -146,3 +146,30 @@ def test_interpretable_fraction_counts_only_features_that_fire():
     assert s.best_f1.tolist() == pytest.approx([1.0, 2 / 3, 0.0])
     assert float(s.interpretable_fraction(0.8)) == pytest.approx(0.5)  # feature 2 never fires: not counted
     assert float(s.interpretable_fraction(0.6)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("values_per_prompt", [1, 2])
+def test_union_f1_equals_scoring_each_union_directly(values_per_prompt):
+    """The union search from the per-value counts (one value per prompt) and the counted one (values that
+    share prompts) both equal F1 computed on each union's own mask, and union_members is that mask."""
+    g = torch.Generator().manual_seed(values_per_prompt)
+    n, v, f = 600, 12, 25
+    masks = torch.zeros(n, v)
+    for _ in range(values_per_prompt):
+        masks[torch.arange(n), torch.randint(0, v, (n,), generator=g)] = 1.0
+    active = torch.rand(n, f, generator=g) < 0.2
+    active[:, 0] = masks[:, :3].sum(1) > 0  # a feature that is exactly a union of three values
+    f1 = it.precision_recall_f1(active, masks)[2]
+    best, size, order = it.union_f1(active, masks, f1, max_size=6)
+    for j in range(f):
+        want_best, want_size = 0.0, 1
+        for m in range(1, 7):
+            union = masks[:, order[j, :m]].sum(1) > 0
+            inter = float((active[:, j] & union).sum())
+            score = 2 * inter / (float(active[:, j].sum()) + float(union.sum()))
+            if score > want_best + 1e-9:
+                want_best, want_size = score, m
+        assert abs(float(best[j]) - want_best) < 1e-6 and int(size[j]) == want_size, j
+        assert torch.equal(it.union_members(masks, order, size)[:, j], masks[:, order[j, :want_size]].sum(1) > 0)
+    if values_per_prompt == 1:
+        assert float(best[0]) == 1.0 and int(size[0]) == 3
