@@ -112,7 +112,7 @@ def union_f1(active: torch.Tensor, masks: torch.Tensor, f1: torch.Tensor, max_si
 def union_members(masks: torch.Tensor, order: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """(N, F) bool: the prompt's value is one of feature f's union (its first size[f] values in ``order``).
     masks: (N, V) 0/1; order: (F, m) value indices; size: (F,)."""
-    n, f = masks.shape[0], order.shape[0]
+    f = order.shape[0]
     member = torch.zeros(masks.shape[1], f, dtype=torch.bool, device=masks.device)  # (V, F)
     keep = torch.arange(order.shape[1], device=order.device)[None, :] < size[:, None]  # (F, m)
     feat = torch.arange(f, device=order.device)[:, None].expand_as(order)

@@ -180,7 +180,7 @@ def score(active: torch.Tensor, kinds: Sequence[Kind], max_union: int = it.UNION
         else:
             vals, size, order = it.union_f1(active, masks, f1, max_union)
             col = it.union_members(masks, order, size)  # (N, F)
-            inter = (active & col).sum(0).to(vals)
+            inter = (active.bool() & col).sum(0).to(vals)  # active may come as 0/1 floats, as before
             labels = [UNION_SEP.join(kind.values[i] for i in order[j, :size[j]].tolist()) for j in range(f)]
             ks = KindScores(kind, vals, inter / active.sum(0).to(vals), inter / col.sum(0).clamp_min(1).to(vals), labels)
             members.append(lambda js, col=col: col[:, js])

@@ -120,7 +120,6 @@ def general_text(rng: random.Random, names: list[str]) -> str:
 MAX_WORDS = 63  # general text fits a 64-token context with BOS
 
 
-
 def _filler_prefix(rng: random.Random, room: int) -> str:
     """Up to 5 name-free sentences (never a held-out production's) within ``room`` words, so names also
     occur late in a sequence."""
