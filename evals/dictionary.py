@@ -186,6 +186,8 @@ def crossfit_encode(kind: str, acts: torch.Tensor, prompts: Sequence[toyworld.IO
     scores what the dictionary would read on fresh prompts, which is what a larger train set converges to.
     """
     n = len(prompts)
+    if kind not in FITS:
+        raise ConfigError(f"unknown supervised dictionary kind {kind!r}; known: {', '.join(FITS)}")
     if folds < 2 or n < 2 * folds:
         raise ConfigError(f"cross-fitting needs at least 2 folds of 2 prompts ({n} prompts, {folds} folds)")
     col = {(a, v): j for j, (a, v) in enumerate((a, v) for a, vals in values.items() for v in vals)}

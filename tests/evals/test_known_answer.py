@@ -244,3 +244,18 @@ def test_cross_fitted_read_out_uses_the_other_folds():
         for attr in ATTRIBUTES:
             names = [fd.values[attr][j] for j in _read(fd, want, attr).tolist()]
             assert names == [d.values[attr][j] for j in _read(d, held[rows], attr).tolist()]
+
+
+def test_cross_fitted_read_out_refuses_bad_input_with_a_clear_error():
+    from evals.dictionary import crossfit_encode
+    from workbench.errors import ConfigError
+
+    train = balanced_prompts(40, NAMES, seed=0)
+    acts = torch.randn(len(train), 8)
+    values = attribute_values(train)
+    with pytest.raises(ConfigError, match="unknown supervised dictionary kind 'median'"):
+        crossfit_encode("median", acts, train, values)
+    with pytest.raises(ConfigError, match="at least 2 folds"):
+        crossfit_encode("mean", acts, train, values, folds=1)
+    with pytest.raises(ConfigError, match="6 prompts, 5 folds"):
+        crossfit_encode("mean", acts[:6], train[:6], values, folds=5)
