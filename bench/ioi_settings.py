@@ -32,7 +32,7 @@ from pathlib import Path
 
 SKIP = ("logit_diff", "ld_clean", "ld_ablated", "ld_reconstructed", "ld_without_reconstruction", "l0", "l0_full", "l0_interpretable",
         "x", "y", "n_features", "n_values", "n_interpretable", "frozen_k", "frozen_l0", "frozen_minus_sae_fvu", "occlusion_ratio",
-        "dead_fraction", "n_removed", "k", "min_f1", "f1_threshold", "d_sae", "target_changed", "min_best_f1")
+        "dead_fraction", "n_removed", "k", "min_f1", "f1_threshold", "d_sae", "target_changed", "min_best_f1", "read_z")
 
 
 def compared(key: str) -> bool:

@@ -38,7 +38,7 @@ from evals import interpretation as ip
 from evals.bootstrap import Resampler, wmean
 from evals.config import EvalConfig
 from evals.data import ATTRIBUTES, EXTRA_ATTRIBUTES, IOISplits, make_splits, semantic_positions
-from evals.dictionary import SAEFamily, SupervisedDictionary, attribute_values, bias_of, crossfit_encode, fit_mean, fit_mse
+from evals.dictionary import SAEFamily, SupervisedDictionary, attribute_values, bias_of, crossfit_read, fit_mean, fit_mse
 from evals.frozen_decoder import frozen_decoder
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from workbench.config import require
@@ -364,7 +364,7 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
     for loc in cs.locations:
         d = fam.dicts[loc]
         if fam.kind == "supervised":  # their read-out, each prompt by a dictionary fitted without it
-            codes = crossfit_encode(fam.arch, data.train[loc], prompts, d.values, READOUT_FOLDS).float()
+            codes = crossfit_read(fam.arch, data.train[loc], prompts, d.values, READOUT_FOLDS)[0].float()
         else:
             codes = d.encode(data.train[loc]).float()
         v_idx = {a: data.value_index(prompts, a) for a in ATTRIBUTES}
