@@ -121,7 +121,7 @@ class SupervisedDictionary:
         u = self.U[off: off + len(self.values[attr])]  # (n_v, d)
         return (x @ u.T - 0.5 * (u * u).sum(1)).argmax(1)  # argmax <x,u> - |u|^2/2 = argmin |x - u|
 
-    def encode(self, a: torch.Tensor, max_sweeps: int = 20, attrs: Sequence[str] | None = None) -> torch.Tensor:
+    def encode(self, a: torch.Tensor, max_sweeps: int = 20) -> torch.Tensor:
         """Read-out from activations: one value per attribute, chosen so that their vectors together
         reconstruct ``a`` best (min ||a - center - sum_i u_{i,v_i}||), by coordinate descent: start from
         each attribute's nearest value alone, then re-read one attribute at a time against what the
@@ -133,7 +133,7 @@ class SupervisedDictionary:
         """
         x = a.to(self.U) - self.center  # (N, d)
         rows = torch.arange(len(a), device=self.U.device)
-        blocks = {attr: (self.offset(attr), len(vals)) for attr, vals in self.values.items() if attrs is None or attr in attrs}
+        blocks = {attr: (self.offset(attr), len(vals)) for attr, vals in self.values.items()}
         pick = {attr: self.read_alone(x, attr) for attr in blocks}  # attr -> (N,) value index within its block
         for _ in range(max_sweeps):
             changed = False
@@ -177,7 +177,7 @@ FITS = {"mean": fit_mean, "mse": fit_mse}
 
 
 def crossfit_encode(kind: str, acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]],
-                    folds: int = 5, attrs: Sequence[str] | None = None) -> torch.Tensor:
+                    folds: int = 5) -> torch.Tensor:
     """(N, n_values) read-out codes of a ``kind`` ("mean"/"mse") dictionary, each prompt read by one fitted
     on the other folds (prompt i is in fold i mod ``folds``); columns in the order of ``values``.
 
@@ -196,7 +196,7 @@ def crossfit_encode(kind: str, acts: torch.Tensor, prompts: Sequence[toyworld.IO
     for f in range(folds):
         held, fit_on = (fold == f).nonzero().squeeze(1), (fold != f).nonzero().squeeze(1)
         d = FITS[kind](acts[fit_on], [prompts[i] for i in fit_on.tolist()], list(values))
-        codes = d.encode(acts[held], attrs=attrs)  # (n_held, the fold dictionary's values)
+        codes = d.encode(acts[held])  # (n_held, the fold dictionary's values)
         cols = torch.tensor([col.get((a, v), -1) for a, vals in d.values.items() for v in vals], device=acts.device)
         keep = cols >= 0  # a value the full train set has but this fold's does not stays unread
         out[held[:, None], cols[keep][None, :]] = codes[:, keep].to(out)
@@ -325,15 +325,3 @@ def load_families(args: Sequence[str], device: str = "cpu") -> list[SAEFamily]:
                               "name the family with --sae LABEL=PATH")
         out.append(SAEFamily(label, [load_sae(p, device) for p in paths]))
     return out
-
-
-def crossfit_read(kind: str, acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]],
-                  folds: int = 5, min_z: float = READ_Z) -> tuple[torch.Tensor, dict[str, float]]:
-    """EXPERIMENT (reverted in the next commit): read only the attributes whose cross-fitted read-out is
-    above chance by ``min_z`` standard errors (the others' codes stay 0)."""
-    codes = crossfit_encode(kind, acts, prompts, values, folds)
-    z = read_z(codes, prompts, values)
-    read = [a for a in values if z[a] >= min_z]
-    if len(read) < len(values):
-        codes = crossfit_encode(kind, acts, prompts, values, folds, attrs=read)
-    return codes, z

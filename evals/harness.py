@@ -12,7 +12,8 @@ train prompts, and each ``--sae`` family that covers all its locations):
    magnitude of the supervised edit, of greedy SAE edits and of F1-guided SAE edits per edit size;
 4. interpretability (:mod:`evals.interpretation`): every feature scored on the interpretation space
    (active = code > 0); per attribute the best feature's F1 and coverage at each F1 threshold (a
-   supervised dictionary's codes here are its read-out, cross-fitted over ``READOUT_FOLDS`` folds);
+   supervised dictionary's codes here are its read-out, cross-fitted over ``READOUT_FOLDS`` folds, and
+   how far above chance it reads each attribute is in ``read_z``, ``above_chance``);
 5. routed SAEs: which experts carry the IO, S and Pos values (precision and recall of the expert
    assignment against each attribute value, :func:`routing.metrics.expert_assignment`);
 6. diagnostics: occlusion and over-splitting (:mod:`evals.interpretability`) and the frozen-decoder
@@ -38,7 +39,8 @@ from evals import interpretation as ip
 from evals.bootstrap import Resampler, wmean
 from evals.config import EvalConfig
 from evals.data import ATTRIBUTES, EXTRA_ATTRIBUTES, IOISplits, make_splits, semantic_positions
-from evals.dictionary import SAEFamily, SupervisedDictionary, attribute_values, bias_of, crossfit_read, fit_mean, fit_mse
+from evals.dictionary import (READ_Z, SAEFamily, SupervisedDictionary, attribute_values, bias_of, crossfit_encode, fit_mean,
+                              fit_mse, read_z)
 from evals.frozen_decoder import frozen_decoder
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from workbench.config import require
@@ -364,9 +366,10 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
     for loc in cs.locations:
         d = fam.dicts[loc]
         if fam.kind == "supervised":  # their read-out, each prompt by a dictionary fitted without it
-            codes = crossfit_read(fam.arch, data.train[loc], prompts, d.values, READOUT_FOLDS)[0].float()
+            codes = crossfit_encode(fam.arch, data.train[loc], prompts, d.values, READOUT_FOLDS).float()
+            z = read_z(codes, prompts, d.values)
         else:
-            codes = d.encode(data.train[loc]).float()
+            codes, z = d.encode(data.train[loc]).float(), {}
         v_idx = {a: data.value_index(prompts, a) for a in ATTRIBUTES}
         edit_f1[loc] = {a: it.precision_recall_f1(codes > 0, it.value_masks(v_idx[a], len(data.values[a])).to(codes))[2]
                         for a in ATTRIBUTES}
@@ -380,7 +383,8 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
             res.interpretability.append(any_row)
             for ks in s.kinds:
                 name = ks.kind.name
-                row = {**where, "attribute": name, "f1_threshold": t, "n_values": len(ks.kind.values),
+                row = {**where, "attribute": name, "f1_threshold": t, "n_values": len(ks.kind.values), "read_z": z.get(name),
+                       "above_chance": None if name not in z else bool(z[name] >= READ_Z),
                        "n_features": sum(1 for j, k in enumerate(s.best_kind) if k == name and float(s.best_f1[j]) >= t)}
                 if ks.value_f1 is not None:
                     _put(row, "mean_best_f1", boot, lambda w=None, n=name: s.value_f1(n, w).mean(-1))

@@ -67,7 +67,9 @@ interpretable, each value's best feature) are held fixed across the resamples.
     n_features (features whose best interpretation is of this kind with F1 >= f1_threshold);
     "(any)" rows: n_features and interpretable_fraction over the whole space. A supervised dictionary's
     features are scored through its read-out (``SupervisedDictionary.encode``), cross-fitted
-    (``evals.dictionary.crossfit_encode``).
+    (``evals.dictionary.crossfit_encode``); read_z (IO, S, Pos rows of supervised dictionaries): that
+    read-out's accuracy above chance in standard errors (``evals.dictionary.read_z``); above_chance:
+    read_z >= ``evals.dictionary.READ_Z`` (if not, the F1 of those features is chance level).
 ``features.parquet``  one row per (cross_section, dictionary, location, feature, attribute) with F1 >=
     0.2, and each feature's best interpretation: value (the best value, or the union "A | B | ..."),
     precision, recall, f1, best (this is the feature's best interpretation).
@@ -92,6 +94,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from evals.dictionary import READ_Z
 from workbench.runs import Run, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -287,7 +290,8 @@ def summary_markdown(res: "Results", model: str) -> str:
         thr = sorted({r["f1_threshold"] for r in res.interpretability})
         out += ["", f"## Interpretability (mean best F1; coverage at F1 >= {' / '.join(_f(t) for t in thr)})", "",
                 "Supervised dictionaries are scored through their read-out (the values whose vectors together reconstruct "
-                "an activation best), each train prompt read by a dictionary fitted without it.", "",
+                "an activation best), each train prompt read by a dictionary fitted without it; \"(at chance)\": that read-out "
+                f"is not above chance by {READ_Z:g} standard errors, so the F1 of its features for that attribute is chance level (about 0.5 for Pos's two values).", "",
                 "| cross-section | dictionary | location | IO | S | Pos | interpretable features (any kind) |", "|---|---|---|---|---|---|---|"]
         keyed = {}
         for r in res.interpretability:
@@ -298,7 +302,8 @@ def summary_markdown(res: "Results", model: str) -> str:
                 if not rows:
                     return "–"
                 first = rows[thr[0]]
-                return f"{_pm(first, 'mean_best_f1')}; " + " / ".join(_f(rows[t]["coverage"]) for t in thr if t in rows)
+                chance = " (at chance)" if first.get("above_chance") is False else ""
+                return f"{_pm(first, 'mean_best_f1')}; " + " / ".join(_f(rows[t]["coverage"]) for t in thr if t in rows) + chance
             anyr = by.get("(any)", {})
             interp = " / ".join(_pm(anyr[t], "interpretable_fraction") for t in thr if t in anyr)
             out.append(f"| {cs} | {d} | `{loc}` | {cell('IO')} | {cell('S')} | {cell('Pos')} | {interp} |")

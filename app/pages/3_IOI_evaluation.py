@@ -218,6 +218,12 @@ with ui.section("Interpretability"):
                    "(first / second name); IO / S gender; Place, Object, Template. "
                    + (f"Left out (fewer than two values on these prompts): {', '.join(settings['interpretations_skipped'])}."
                       if settings.get("interpretations_skipped") else ""))
+        if "above_chance" in sub:  # supervised read-outs of an attribute no better than chance at a location
+            chance = sub[sub["above_chance"].eq(False)].drop_duplicates(["row", "attribute"])
+            if len(chance):
+                st.caption("Read at chance (a supervised read-out no better than chance, so its F1 for the attribute is "
+                           "chance level, about 0.5 for Pos): " + "; ".join(f"{r.row}: {r.attribute} (z {r.read_z:.1f})"
+                                                                           for r in chance.itertuples()))
 
 # ---- diagnostics --------------------------------------------------------------------------------
 diag = data.read_table(path, "diagnostics")

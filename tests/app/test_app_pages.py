@@ -530,3 +530,28 @@ def test_ioi_page_says_when_prompts_name_s2_by_its_place(app_test, app_runs, tmp
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     at = app_test("3_IOI_evaluation.py", run="ioi-eval-ordinal")
     assert any("--s2 ordinal" in c.value for c in at.caption) and not at.exception
+
+
+def test_ioi_page_names_the_supervised_read_outs_at_chance(app_test, app_runs, tmp_path, monkeypatch):
+    """Rows with above_chance = False (a supervised read-out no better than chance) are named with their z
+    under the interpretability charts; a run where every read-out is above chance gets no such line."""
+    import shutil
+
+    dst = tmp_path / "runs" / "ioi-eval-chance"
+    shutil.copytree(app_runs / "ioi-eval", dst)
+    interp = pd.read_parquet(dst / "interpretability.parquet")
+    sup = interp["dictionary"].isin(["mean", "mse"]) & interp["attribute"].isin(["IO", "S", "Pos"])
+    assert interp.loc[sup, "read_z"].notna().all() and interp.loc[~sup, "above_chance"].isna().all()
+    interp.loc[sup, "above_chance"] = True
+    interp.to_parquet(dst / "interpretability.parquet", index=False)
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval-chance")
+    assert not any(c.value.startswith("Read at chance") for c in at.caption)
+    pos = (interp["dictionary"] == "mean") & (interp["attribute"] == "Pos")
+    interp.loc[pos, ["above_chance", "read_z"]] = [[False, 1.23]]
+    interp.to_parquet(dst / "interpretability.parquet", index=False)
+    at = app_test("3_IOI_evaluation.py", run="ioi-eval-chance")
+    cap = next(c.value for c in at.caption if c.value.startswith("Read at chance"))
+    loc = interp.loc[pos, "location"].iloc[0]
+    assert cap.endswith(f"mean @ {loc}: Pos (z 1.2)") and "mse" not in cap
+    assert not at.exception

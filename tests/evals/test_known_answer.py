@@ -259,3 +259,59 @@ def test_cross_fitted_read_out_refuses_bad_input_with_a_clear_error():
         crossfit_encode("mean", acts, train, values, folds=1)
     with pytest.raises(ConfigError, match="6 prompts, 5 folds"):
         crossfit_encode("mean", acts[:6], train[:6], values, folds=5)
+
+
+def test_read_z_measures_accuracy_above_chance_in_standard_errors():
+    """Exact read: z = (1 - e) / sqrt(e (1 - e) / N) with e = sum_v p_v^2; a read that is always wrong is
+    below chance; a prompt with nothing read counts as wrong."""
+    from evals.dictionary import read_z
+
+    train = balanced_prompts(400, NAMES, seed=1)
+    values = attribute_values(train)
+    truth = one_hot_codes(train, values)
+    z = read_z(truth, train, values)
+    for attr in ATTRIBUTES:
+        p = torch.bincount(_truth_idx(values, train, attr), minlength=len(values[attr])).float() / len(train)
+        e = float((p * p).sum())
+        assert z[attr] == pytest.approx((1 - e) / (e * (1 - e) / len(train)) ** 0.5, rel=1e-5), attr
+    off = {a: sum(len(values[b]) for b in list(values)[:list(values).index(a)]) for a in values}
+    wrong = torch.zeros_like(truth)
+    for attr, vals in values.items():  # always the next value: never right, read as often as the truth
+        idx = (_truth_idx(values, train, attr) + 1) % len(vals)
+        wrong[torch.arange(len(train)), off[attr] + idx] = 1.0
+    assert all(v < -3 for v in read_z(wrong, train, values).values())
+    none = truth.clone()
+    none[:200] = 0.0  # half the prompts read nothing: accuracy 0.5, values read only on the other half
+    t = _truth_idx(values, train, "Pos")
+    e = float((torch.bincount(t, minlength=2).float() / 400 * torch.bincount(t[200:], minlength=2).float() / 400).sum())
+    assert read_z(none, train, values)["Pos"] == pytest.approx((0.5 - e) / (e * (1 - e) / 400) ** 0.5, rel=1e-5)
+
+
+def _truth_idx(values, prompts, attr):
+    from evals.data import attribute_value
+
+    return torch.tensor([values[attr].index(attribute_value(p, attr)) for p in prompts])
+
+
+@pytest.mark.parametrize("kind", ["mean", "mse"])
+def test_read_z_of_cross_fitted_read_outs_tells_carried_attributes_from_absent_ones(kind):
+    """S planted strongly, IO weakly (0.15 against noise of norm 1), Pos not at all: the cross-fitted
+    read-out is above chance (z >= READ_Z) for S and IO, though IO is read wrong on most prompts, and
+    at chance for Pos; on pure noise every attribute is at chance."""
+    from evals.dictionary import READ_Z, crossfit_encode, read_z
+
+    train = balanced_prompts(3000, NAMES, seed=4)
+    values = attribute_values(train)
+    g = torch.Generator().manual_seed(7)
+    scale = {"IO": 0.15, "S": 3.0, "Pos": 0.0}
+    P = torch.cat([scale[a] * torch.nn.functional.normalize(torch.randn(len(v), D, generator=g), dim=1)
+                   for a, v in values.items()])
+    acts = one_hot_codes(train, values) @ P + torch.randn(len(train), D, generator=g) / D ** 0.5
+    codes = crossfit_encode(kind, acts, train, values, folds=5)
+    z = read_z(codes, train, values)
+    assert z["S"] > 100 and READ_Z <= z["IO"] and z["Pos"] < READ_Z, z
+    d = fit_mean(acts, train)
+    assert float((_read(d, codes, "IO") == _truth(d, train, "IO")).float().mean()) < 0.5
+    noise = torch.randn(len(train), D, generator=g)
+    z = read_z(crossfit_encode(kind, noise, train, values, folds=5), train, values)
+    assert max(z.values()) < READ_Z, z

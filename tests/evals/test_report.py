@@ -50,3 +50,28 @@ def test_best_control_is_the_best_over_k(results):
     assert len(same) == 2  # ks 2 and 4
     key = f"control:{r0['cross_section']}/{r0['dictionary']}/{r0['attribute']}/greedy_best_accuracy"
     assert nums[key] == max(r["accuracy"] for r in same)
+
+
+def test_summary_marks_the_supervised_read_outs_at_chance(results):
+    """Supervised IO / S / Pos rows carry read_z and above_chance (= z >= READ_Z); summary.md marks a cell
+    "(at chance)" exactly where above_chance is False, and SAE rows have neither."""
+    import copy
+    import re
+
+    from evals.dictionary import READ_Z
+
+    rows = [r for r in results.interpretability if r["attribute"] in ("IO", "S", "Pos")]
+    assert any(r["dictionary"] in ("mean", "mse") for r in rows) and any(r["dictionary"] not in ("mean", "mse") for r in rows)
+    for r in rows:
+        if r["dictionary"] in ("mean", "mse"):
+            assert r["above_chance"] == (r["read_z"] >= READ_Z)
+        else:
+            assert r["above_chance"] is None and r["read_z"] is None
+    res = copy.deepcopy(results)
+    for r in res.interpretability:
+        if r["attribute"] in ("IO", "S", "Pos") and r["dictionary"] in ("mean", "mse"):
+            r["above_chance"] = not (r["dictionary"] == "mse" and r["attribute"] == "S")
+    text = summary_markdown(res, "tiny")
+    lines = [ln for ln in text.splitlines() if "(at chance)" in ln and ln.startswith("| ")]
+    assert len(lines) == 1 and "| mse |" in lines[0] and len(re.findall(r"\(at chance\)", lines[0])) == 1
+    assert "(at chance)" in lines[0].split(" | ")[4]  # | cross-section | dictionary | location | IO | S | ...: the S cell
