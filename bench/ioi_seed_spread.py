@@ -18,6 +18,8 @@ seed, how many numbers are within --tol of the reference setting of ``--referenc
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import json
 import statistics
