@@ -77,7 +77,7 @@ def tables(run: Path) -> str:
         for a in ("IO", "S", "Pos"):
             r = g[g.attribute == a].sort_values("f1_threshold")
             v = r["above_chance"].iloc[0] if len(r) and "above_chance" in r else None
-            chance = v is not None and v == v and not v  # a supervised read-out at chance (None / NaN: an SAE, or an older run)
+            chance = bool(pd.notna(v) and not v)  # a supervised read-out at chance (None / NaN: an SAE, or an older run)
             cells.append(f"{_pm(next(r.itertuples()), 'mean_best_f1')}; " + " / ".join(_f(c) for c in r["coverage"])
                          + (" (at chance)" if chance else "") if len(r) else "–")
         anyr = g[g.attribute == "(any)"].sort_values("f1_threshold")

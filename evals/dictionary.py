@@ -25,7 +25,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
-from evals.data import ATTRIBUTES, POS_VALUES, attribute_value
+from evals.data import ATTRIBUTES, POS_VALUES, attribute_value, labels
 from evals.locations import Location
 from workbench import toyworld
 from workbench.errors import ConfigError, RunError
@@ -215,11 +215,15 @@ def read_z(codes: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: d
     of its features for that attribute is chance level (about 0.5 for the two values of Pos).
     codes: (N, n_values) in the order of ``values``; a prompt with no value read counts as wrong."""
     n, out, off = len(prompts), {}, 0
+    width = sum(len(v) for v in values.values())
+    if n == 0 or tuple(codes.shape) != (n, width):
+        raise ConfigError(f"read_z: codes of shape {tuple(codes.shape)} for {n} prompts and {width} attribute values; "
+                          f"pass (n_prompts, n_values) codes, n_prompts >= 1, columns in the order of `values`")
+    truth = labels(prompts, values)  # attr -> (N,) value index, -1 where not listed
     for attr, vals in values.items():
         block = codes[:, off: off + len(vals)].cpu()  # (N, n_v)
         off += len(vals)
-        idx = {v: i for i, v in enumerate(vals)}
-        true = torch.tensor([idx.get(attribute_value(p, attr), -1) for p in prompts])
+        true = truth[attr]
         read = torch.where(block.sum(1) > 0, block.argmax(1), torch.full_like(true, -2))
         acc = float((read == true).float().mean())
         p_true = torch.bincount(true[true >= 0], minlength=len(vals)).float() / n

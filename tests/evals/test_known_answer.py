@@ -271,26 +271,26 @@ def test_read_z_measures_accuracy_above_chance_in_standard_errors():
     truth = one_hot_codes(train, values)
     z = read_z(truth, train, values)
     for attr in ATTRIBUTES:
-        p = torch.bincount(_truth_idx(values, train, attr), minlength=len(values[attr])).float() / len(train)
+        p = torch.bincount(labels(train, values)[attr], minlength=len(values[attr])).float() / len(train)
         e = float((p * p).sum())
         assert z[attr] == pytest.approx((1 - e) / (e * (1 - e) / len(train)) ** 0.5, rel=1e-5), attr
     off = {a: sum(len(values[b]) for b in list(values)[:list(values).index(a)]) for a in values}
     wrong = torch.zeros_like(truth)
     for attr, vals in values.items():  # always the next value: never right, read as often as the truth
-        idx = (_truth_idx(values, train, attr) + 1) % len(vals)
+        idx = (labels(train, values)[attr] + 1) % len(vals)
         wrong[torch.arange(len(train)), off[attr] + idx] = 1.0
     assert all(v < -3 for v in read_z(wrong, train, values).values())
     none = truth.clone()
     none[:200] = 0.0  # half the prompts read nothing: accuracy 0.5, values read only on the other half
-    t = _truth_idx(values, train, "Pos")
+    t = labels(train, values)["Pos"]
     e = float((torch.bincount(t, minlength=2).float() / 400 * torch.bincount(t[200:], minlength=2).float() / 400).sum())
     assert read_z(none, train, values)["Pos"] == pytest.approx((0.5 - e) / (e * (1 - e) / 400) ** 0.5, rel=1e-5)
+    from workbench.errors import ConfigError
 
-
-def _truth_idx(values, prompts, attr):
-    from evals.data import attribute_value
-
-    return torch.tensor([values[attr].index(attribute_value(p, attr)) for p in prompts])
+    with pytest.raises(ConfigError, match=r"codes of shape \(399, 42\) for 400 prompts and 42 attribute values"):
+        read_z(truth[1:], train, values)
+    with pytest.raises(ConfigError, match="n_prompts >= 1"):
+        read_z(truth[:0], [], values)
 
 
 @pytest.mark.parametrize("kind", ["mean", "mse"])
