@@ -45,7 +45,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("Evaluate supervised dictionaries and the three SAEs on IOI (residual stream at END + the circuit)",
      ["ioi", "eval", "--locations", "runs/demo-ioi-locate", "--location", f"{HOOK}@END",
       "--sae", "runs/demo-sae-topk", "--sae", "runs/demo-sae-feature-choice", "--sae", "runs/demo-sae-mutual-choice",
-      "--n-train", "24000", "--n-eval", "1500", "--name", "demo-ioi-eval", "--quiet"]),
+      "--n-train", "24000", "--n-eval", "3000", "--name", "demo-ioi-eval", "--quiet"]),
     ("Train a COMET-gated multi-task MoE on MovieLens-100k (one short epoch)",
      ["moe", "train", "--task", "movielens", "--gate", "comet", "--experts", "8", "--k", "2", "--epochs", "1",
       "--max-examples", "40000", "--name", "demo-moe-comet"]),

@@ -5,8 +5,8 @@ The paper (Makelov et al. 2024, Sec. 3) describes each prompt by three attribute
 (``ABB``: IO is the first name, ``BAB``: S is). Splits:
 
 - ``train``: prompts over every usable name, attributes balanced and independent (each name appears
-  equally often as IO and as S, half the prompts are ABB in every block); supervised dictionaries
-  are fitted here.
+  equally often as IO and as S, half the prompts are ABB in every block, and every ordered pair of
+  names once per round: :func:`balanced_prompts`); supervised dictionaries are fitted here.
 - ``eval``: prompts whose names come from pool A (the first half of the usable names); every metric
   is measured here.
 - ``counterfactual[attr]``: for each eval prompt, the same prompt (its frame: words, places, objects) with
@@ -52,6 +52,9 @@ def attribute_value(prompt: toyworld.IOIPrompt, attr: str) -> str | None:
 
     None when the prompt does not carry it (a gender of a name the gender table does not list).
     """
+    field = _FIELDS.get(attr)
+    if field is not None:
+        return getattr(prompt, field)
     if attr == "Template":
         return str(prompt.template)
     if attr in ("A", "B"):
@@ -59,7 +62,10 @@ def attribute_value(prompt: toyworld.IOIPrompt, attr: str) -> str | None:
         return first if attr == "A" else second
     if attr in ("IO gender", "S gender"):
         return genders().get(prompt.io if attr == "IO gender" else prompt.s)
-    return {"IO": prompt.io, "S": prompt.s, "Pos": prompt.pos, "Place": prompt.place, "Object": prompt.obj}[attr]
+    raise KeyError(attr)
+
+
+_FIELDS = {"IO": "io", "S": "s", "Pos": "pos", "Place": "place", "Object": "obj"}  # attributes that are a prompt field
 
 
 def check_names(model: "HookedTransformer", names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -105,12 +111,18 @@ def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "trai
                      name_first: bool = True, s2: str = "name") -> list[toyworld.IOIPrompt]:
     """n prompts whose IO, S and Pos are balanced and independent; frames drawn from a grammar split.
 
-    In each block of m = len(names) prompts, IO runs over a random permutation of the names, S over the
-    same permutation shifted by a random non-zero offset (so S != IO and every name is S once), and a
-    random half of the block is ABB. Frames come from :func:`workbench.grammar.sample_prompt`.
-    name_first=False redraws frames whose text starts with a name (for tokenizers such as GPT-2's, where
-    a name at the start is a different token from the same name after a space). s2: how the prompts say
-    S2 (grammar.S2_FORMS: S's name, or "the former" / "the latter").
+    The prompts come in rounds of m - 1 blocks of m = len(names) prompts. A round draws one random
+    permutation of the names; in each block IO runs over it and S over it shifted by the block's offset
+    (the offsets 1 .. m-1 once each, in random order), so every block has each name once as IO and once
+    as S, and a round has every ordered pair (IO, S != IO) exactly once. Pos is ABB for half of each
+    block, and within a round for half (+-1) of each name's prompts as IO and as S: ABB where the
+    parity of the IO's place in the permutation, whether the offset is below m / 2 and a coin per round
+    disagree an even number of times. (With a fresh pair per prompt, which S a name's IO prompts drew
+    would add noise to every mean over those prompts; a whole round adds none: docs/ioi.md.)
+    Frames come from :func:`workbench.grammar.sample_prompt`. name_first=False redraws frames whose text
+    starts with a name (for tokenizers such as GPT-2's, where a name at the start is a different token
+    from the same name after a space). s2: how the prompts say S2 (grammar.S2_FORMS: S's name, or
+    "the former" / "the latter").
     """
     names = list(names)
     m = len(names)
@@ -118,16 +130,17 @@ def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "trai
         raise ConfigError(f"names: need at least 2 usable names, got {m}; use a tokenizer with single-token names")
     rng = random.Random(seed)
     out: list[toyworld.IOIPrompt] = []
+    offsets: list[int] = []
     while len(out) < n:
-        perm = rng.sample(names, m)
-        shift = rng.randrange(1, m)
-        pos = ["ABB"] * (m // 2) + ["BAB"] * (m - m // 2)
-        rng.shuffle(pos)
+        if not offsets:  # a new round
+            perm, offsets, coin = rng.sample(names, m), rng.sample(range(1, m), m - 1), rng.randrange(2)
+        shift = offsets.pop()
         for j in range(m):
             if len(out) == n:
                 break
+            pos = "ABB" if (j + (2 * shift < m) + coin) % 2 == 0 else "BAB"
             while True:
-                p = toyworld.make_ioi_prompt(rng, names, split, pos=pos[j], io=perm[j], s=perm[(j + shift) % m])
+                p = toyworld.make_ioi_prompt(rng, names, split, pos=pos, io=perm[j], s=perm[(j + shift) % m])
                 if name_first or p.text.split(" ", 1)[0] not in (p.io, p.s):
                     break
             out.append(p.with_s2_form(s2))

@@ -13,7 +13,7 @@ By default the attributes are the paper's IO, S, Pos; ``attrs`` may add ``Templa
 attribute: our templates differ in length, so a position's absolute index, and with it the position
 embedding, depends on the template). Their "true" codes come from the labels (:meth:`SupervisedDictionary.codes_for`), not from
 activations; ``encode`` is a read-out (the values that together reconstruct an activation best) so
-the interface holds, and :func:`crossfit_encode` reads each prompt with a dictionary fitted without it.
+the interface holds, and :func:`loo_encode` reads each prompt with a dictionary fitted without it.
 """
 
 from __future__ import annotations
@@ -57,17 +57,12 @@ def attribute_values(prompts: Sequence[toyworld.IOIPrompt], attrs: Sequence[str]
 
 def one_hot_codes(prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]]) -> torch.Tensor:
     """(N, sum_i |values_i|) one-hot design matrix C; a value not in `values` gets an all-zero block."""
-    rows, cols, off = [], [], 0
-    for a, vals in values.items():
-        idx = {v: off + i for i, v in enumerate(vals)}
-        for r, p in enumerate(prompts):
-            j = idx.get(attribute_value(p, a))
-            if j is not None:
-                rows.append(r)
-                cols.append(j)
-        off += len(vals)
-    c = torch.zeros(len(prompts), off)
-    c[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = 1.0  # one scatter, not N x attrs writes
+    c = torch.zeros(len(prompts), sum(len(v) for v in values.values()))
+    off = 0
+    for a, idx in labels(prompts, values).items():  # attr -> (N,) index in values[a], -1 if not listed
+        rows = (idx >= 0).nonzero().squeeze(1)
+        c[rows, off + idx[rows]] = 1.0  # one scatter per attribute
+        off += len(values[a])
     return c
 
 
@@ -131,21 +126,18 @@ class SupervisedDictionary:
         dominates a location the weak one's read-out follows the fit's sampling noise and does not settle
         as the train set grows (docs/ioi.md, "How many prompts").
         """
-        x = a.to(self.U) - self.center  # (N, d)
-        rows = torch.arange(len(a), device=self.U.device)
-        blocks = {attr: (self.offset(attr), len(vals)) for attr, vals in self.values.items()}
-        pick = {attr: self.read_alone(x, attr) for attr in blocks}  # attr -> (N,) value index within its block
-        for _ in range(max_sweeps):
-            changed = False
-            for attr, (off, _) in blocks.items():
-                rest = x - sum(self.U[o + pick[b]] for b, (o, _) in blocks.items() if b != attr)
-                new = self.read_alone(rest, attr)
-                changed |= bool((new != pick[attr]).any())
-                pick[attr] = new
-            if not changed:
-                break
-        out = torch.zeros(len(a), self.U.shape[0], device=self.U.device, dtype=self.U.dtype)
-        for attr, (off, _) in blocks.items():
+        return self._codes(joint_read(a.to(self.U) - self.center, self.U, self.blocks(), max_sweeps=max_sweeps))
+
+    def blocks(self) -> dict[str, tuple[int, int]]:
+        """attr -> (first row of its block in U, number of values)."""
+        return {attr: (self.offset(attr), len(vals)) for attr, vals in self.values.items()}
+
+    def _codes(self, pick: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N, n_values) one-hot codes from attr -> (N,) value index within the attribute's block."""
+        n = len(next(iter(pick.values())))
+        out = torch.zeros(n, self.U.shape[0], device=self.U.device, dtype=self.U.dtype)
+        rows = torch.arange(n, device=self.U.device)
+        for attr, (off, _) in self.blocks().items():
             out[rows, off + pick[attr]] = 1.0
         return out
 
@@ -157,50 +149,147 @@ class SupervisedDictionary:
 def fit_mean(acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], attrs: Sequence[str] = ATTRIBUTES) -> SupervisedDictionary:
     """Mean dictionary: ``u_{i,v} = mean(a | a_i = v) - mean(a)`` over the train prompts. acts: (N, d)."""
     values = attribute_values(prompts, attrs)
-    center = acts.mean(0)
-    c = one_hot_codes(prompts, values).to(acts)  # (N, n_values)
-    counts = c.sum(0).clamp_min(1)
-    U = (c.T @ acts) / counts[:, None] - center
-    return SupervisedDictionary("mean", center, U, values)
+    return _fit_mean(acts, one_hot_codes(prompts, values).to(acts), values)
 
 
 def fit_mse(acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], attrs: Sequence[str] = ATTRIBUTES) -> SupervisedDictionary:
     """MSE dictionary: ``U = lstsq(C, A - mean(A))`` (minimum-norm; C's blocks are collinear)."""
     values = attribute_values(prompts, attrs)
+    return _fit_mse(acts, one_hot_codes(prompts, values).to(acts), values)
+
+
+def _fit_mean(acts: torch.Tensor, c: torch.Tensor, values: dict[str, list[str]]) -> SupervisedDictionary:
+    """The mean dictionary from activations (N, d) and their one-hot design C (N, n_values)."""
     center = acts.mean(0)
-    c = one_hot_codes(prompts, values).to(acts)
-    U = torch.linalg.pinv(c.double()) @ (acts - center).double()
+    counts = c.sum(0).clamp_min(1)
+    U = (c.T @ acts) / counts[:, None] - center
+    return SupervisedDictionary("mean", center, U, values)
+
+
+def _fit_mse(acts: torch.Tensor, c: torch.Tensor, values: dict[str, list[str]]) -> SupervisedDictionary:
+    """The MSE dictionary from (acts, C): ``pinv(C) Y = pinv(C^T C) C^T Y`` with Y the centred activations,
+    solved on the (n_values, n_values) Gram matrix (its entries are counts, exact in double) rather than by
+    an SVD of the (N, n_values) design: the same minimum-norm solution, ~N / n_values times less work."""
+    center = acts.mean(0)
+    c = c.double()
+    gram = c.T @ c  # (n_values, n_values)
+    U = torch.linalg.pinv(gram, hermitian=True) @ (c.T @ (acts - center).double())
     return SupervisedDictionary("mse", center, U.to(acts), values)
 
 
 FITS = {"mean": fit_mean, "mse": fit_mse}
+_FIT_CODES = {"mean": _fit_mean, "mse": _fit_mse}
 
 
-def crossfit_encode(kind: str, acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]],
-                    folds: int = 5) -> torch.Tensor:
-    """(N, n_values) read-out codes of a ``kind`` ("mean"/"mse") dictionary, each prompt read by one fitted
-    on the other folds (prompt i is in fold i mod ``folds``); columns in the order of ``values``.
+def joint_read(x: torch.Tensor, U: torch.Tensor, blocks: dict[str, tuple[int, int]], P: torch.Tensor | None = None,
+               Q: torch.Tensor | None = None, ban: torch.Tensor | None = None, max_sweeps: int = 20) -> dict[str, torch.Tensor]:
+    """attr -> (N,) the value index within each block that together reconstruct the centred ``x`` (N, d)
+    best, by the coordinate descent of :meth:`SupervisedDictionary.encode`.
+
+    ``U`` (n_values, d): the vectors. Optionally each prompt n has its own vectors ``U + P[n] @ Q[n]``
+    (P: (N, n_values, R), Q: (N, R, d); a rank-R change, as leaving prompt n out of the fit makes) and
+    ``ban`` (N, n_values) marks values prompt n cannot read (its dictionary has no vector for them).
+    """
+    rows = torch.arange(len(x), device=x.device)
+    sq = (U * U).sum(1).expand(len(x), -1)  # (N, n_values) |u_v|^2 of each prompt's vectors
+    if P is not None:
+        UQ = torch.einsum("vd,nrd->nvr", U, Q)
+        QQ = torch.einsum("nrd,nsd->nrs", Q, Q)
+        sq = sq + 2 * (P * UQ).sum(-1) + torch.einsum("nvr,nrs,nvs->nv", P, QQ, P)
+
+    def vec(v: torch.Tensor) -> torch.Tensor:  # (N,) row of U -> (N, d) each prompt's vector
+        return U[v] if P is None else U[v] + torch.einsum("nr,nrd->nd", P[rows, v], Q)
+
+    def read(rest: torch.Tensor, off: int, n_v: int) -> torch.Tensor:  # argmax <rest, u> - |u|^2 / 2 = argmin |rest - u|
+        score = rest @ U[off: off + n_v].T - 0.5 * sq[:, off: off + n_v]
+        if P is not None:
+            score = score + torch.einsum("nvr,nr->nv", P[:, off: off + n_v], torch.einsum("nd,nrd->nr", rest, Q))
+        if ban is not None:
+            score = score.masked_fill(ban[:, off: off + n_v], float("-inf"))
+        return score.argmax(1)
+
+    pick = {attr: read(x, off, n_v) for attr, (off, n_v) in blocks.items()}  # each attribute's nearest value alone
+    for _ in range(max_sweeps):
+        changed = False
+        for attr, (off, n_v) in blocks.items():
+            rest = x - sum(vec(o + pick[b]) for b, (o, _) in blocks.items() if b != attr)
+            new = read(rest, off, n_v)
+            changed |= bool((new != pick[attr]).any())
+            pick[attr] = new
+        if not changed:
+            break
+    return pick
+
+
+def loo_encode(kind: str, acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: dict[str, list[str]]) -> torch.Tensor:
+    """(N, n_values) read-out codes of a ``kind`` ("mean"/"mse") dictionary, each prompt read by the one
+    fitted on all the other prompts (leave-one-out); columns in the order of ``values``.
 
     A dictionary reads the prompts it was fitted on too well (its vectors lean towards them): at 3,000
-    train prompts the in-sample F1 of a weak location's values was twice the held-out one. Cross-fitting
-    scores what the dictionary would read on fresh prompts, which is what a larger train set converges to.
+    train prompts the in-sample F1 of a weak location's values was twice the held-out one. Leaving one
+    prompt out scores what the dictionary would read on fresh prompts, from a fit on all the others:
+    removing one prompt changes the fit by a rank-one term (MSE, Sherman-Morrison) or moves the center
+    and the prompt's own values' means (mean), so no refit is needed, and the fit keeps the train set's
+    balance (K-fold cross-fitting broke it: :func:`evals.data.balanced_prompts`, docs/ioi.md). A value
+    that only this prompt has cannot be read by it.
     """
-    n = len(prompts)
     if kind not in FITS:
         raise ConfigError(f"unknown supervised dictionary kind {kind!r}; known: {', '.join(FITS)}")
-    if folds < 2 or n < 2 * folds:
-        raise ConfigError(f"cross-fitting needs at least 2 folds of 2 prompts ({n} prompts, {folds} folds)")
-    col = {(a, v): j for j, (a, v) in enumerate((a, v) for a, vals in values.items() for v in vals)}
-    out = torch.zeros(n, len(col), device=acts.device, dtype=acts.dtype)
-    fold = torch.arange(n, device=acts.device) % folds
-    for f in range(folds):
-        held, fit_on = (fold == f).nonzero().squeeze(1), (fold != f).nonzero().squeeze(1)
-        d = FITS[kind](acts[fit_on], [prompts[i] for i in fit_on.tolist()], list(values))
-        codes = d.encode(acts[held])  # (n_held, the fold dictionary's values)
-        cols = torch.tensor([col.get((a, v), -1) for a, vals in d.values.items() for v in vals], device=acts.device)
-        keep = cols >= 0  # a value the full train set has but this fold's does not stays unread
-        out[held[:, None], cols[keep][None, :]] = codes[:, keep].to(out)
-    return out
+    n = len(prompts)
+    if n < 2 or acts.shape[0] != n:
+        raise ConfigError(f"a leave-one-out read-out needs at least 2 prompts and one activation per prompt "
+                          f"({n} prompts, activations of shape {tuple(acts.shape)})")
+    c = one_hot_codes(prompts, values).to(acts)  # (N, n_values)
+    d = _FIT_CODES[kind](acts, c, values)
+    blocks = d.blocks()
+    counts = c.sum(0)  # (n_values,)
+    ban = (c > 0) & (counts <= 1)  # (N, n_values) a value only this prompt has
+    x = acts - d.center  # (N, d)
+    if kind == "mean":  # U_-i = U - delta_i (every row) + (M_v - a_i) / (n_v - 1) (own rows); target x_i - delta_i
+        delta = (d.center - acts) / (n - 1)  # (N, d) center without prompt i minus center
+        x = x - delta
+        idx = torch.stack([off + c[:, off: off + n_v].argmax(1) for off, n_v in blocks.values()], 1)  # (N, A) own rows
+        rows = torch.arange(n, device=acts.device)
+        M = d.U + d.center  # (n_values, d) per-value means
+        shrink = (counts[idx] - 1).clamp_min(1)[..., None]  # (N, A, 1)
+        Q = torch.cat([-delta[:, None, :], (M[idx] - acts[:, None, :]) / shrink], 1)  # (N, 1 + A, d)
+        P = torch.zeros(n, c.shape[1], 1 + len(blocks), device=acts.device, dtype=acts.dtype)
+        P[:, :, 0] = 1.0
+        for r in range(len(blocks)):
+            P[rows, idx[:, r], 1 + r] = 1.0
+        P = P * ~ban[..., None]  # a banned value keeps its full-fit vector; it is never read anyway
+    else:  # Sherman-Morrison: the least squares fit without row i is U - g_i e_i^T, g_i = G^+ c_i / (1 - h_i) (G = C^T C,
+        # e_i prompt i's residual, h_i its leverage); refitting on A_-i - center_-i subtracts z_-i delta_i^T more, with
+        # z_-i = pinv(C_-i) 1 (how the fit spreads a constant over the values); target x_i - delta_i
+        cd = c.double()
+        Ginv = torch.linalg.pinv(cd.T @ cd, hermitian=True)
+        Gc = cd @ Ginv  # (N, n_values) rows G^+ c_i
+        h = (Gc * cd).sum(1)  # (N,)
+        ok = h < 1 - 1e-6  # h = 1: prompt i's values are not in the span of the others' (a value of its own); refitted below
+        g = torch.where(ok[:, None], Gc / (1 - h).clamp_min(1e-9)[:, None], torch.zeros_like(Gc))
+        e = x.double() - cd @ d.U.double()  # (N, d)
+        z = Ginv @ cd.sum(0)  # (n_values,) pinv(C) 1
+        z_i = z - g * (1 - cd @ z)[:, None]  # (N, n_values)
+        delta = (d.center - acts).double() / (n - 1)  # (N, d) center without prompt i minus center
+        x = x - delta.to(x)
+        P = torch.stack([g, z_i], -1).to(acts)  # (N, n_values, 2)
+        Q = torch.stack([-e, -delta], 1).to(acts)  # (N, 2, d)
+    pick = joint_read(x, d.U, blocks, P, Q, ban)
+    codes = d._codes(pick)
+    if kind == "mse":
+        for i in (~ok).nonzero().squeeze(1).tolist():  # refit without prompt i; its own singleton values unread
+            rest = torch.cat([torch.arange(i, device=acts.device), torch.arange(i + 1, n, device=acts.device)])
+            cols = ((c[rest].sum(0) > 0)).nonzero().squeeze(1)
+            keep, sub, j = set(cols.tolist()), {}, 0
+            for a, vals in values.items():
+                sub[a] = [v for k, v in enumerate(vals) if j + k in keep]
+                j += len(vals)
+            if any(not v for v in sub.values()):
+                raise ConfigError(f"prompt {i} is the only one with every value of an attribute; pass more train prompts")
+            di = _FIT_CODES[kind](acts[rest], c[rest][:, cols], sub)
+            codes[i] = 0.0
+            codes[i, cols] = di.encode(acts[i: i + 1])[0].to(codes)
+    return codes
 
 
 READ_Z = 4.0  # a read-out of an attribute is "above chance" where its accuracy beats chance by this many standard errors
@@ -210,7 +299,7 @@ def read_z(codes: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: d
     """attr -> how far the read-out's accuracy on ``prompts`` is above chance, in standard errors:
     ``(acc - e) / sqrt(e (1 - e) / N)`` with ``e = sum_v p_v q_v`` the accuracy of a read-out that is
     independent of the truth but reads each value as often (p: true frequencies, q: read frequencies).
-    Meaningful for codes read without the prompts' own labels (:func:`crossfit_encode`): below
+    Meaningful for codes read without the prompts' own labels (:func:`loo_encode`): below
     ``READ_Z`` the location does not carry the attribute as far as the dictionary can tell, and the F1
     of its features for that attribute is chance level (about 0.5 for the two values of Pos).
     codes: (N, n_values) in the order of ``values``; a prompt with no value read counts as wrong."""

@@ -12,7 +12,8 @@ train prompts, and each ``--sae`` family that covers all its locations):
    magnitude of the supervised edit, of greedy SAE edits and of F1-guided SAE edits per edit size;
 4. interpretability (:mod:`evals.interpretation`): every feature scored on the interpretation space
    (active = code > 0); per attribute the best feature's F1 and coverage at each F1 threshold (a
-   supervised dictionary's codes here are its read-out, cross-fitted over ``READOUT_FOLDS`` folds, and
+   supervised dictionary's codes here are its read-out, each train prompt read by the dictionary fitted
+   on all the others (leave-one-out, :func:`evals.dictionary.loo_encode`), and
    how far above chance it reads each attribute is in ``read_z``, ``above_chance``);
 5. routed SAEs: which experts carry the IO, S and Pos values (precision and recall of the expert
    assignment against each attribute value, :func:`routing.metrics.expert_assignment`);
@@ -39,13 +40,11 @@ from evals import interpretation as ip
 from evals.bootstrap import Resampler, wmean
 from evals.config import EvalConfig
 from evals.data import ATTRIBUTES, EXTRA_ATTRIBUTES, IOISplits, make_splits, semantic_positions
-from evals.dictionary import (READ_Z, SAEFamily, SupervisedDictionary, attribute_values, bias_of, crossfit_encode, fit_mean,
-                              fit_mse, read_z)
+from evals.dictionary import (READ_Z, SAEFamily, SupervisedDictionary, attribute_values, bias_of, fit_mean,
+                              fit_mse, loo_encode, read_z)
 from evals.frozen_decoder import frozen_decoder
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from workbench.config import require
-
-READOUT_FOLDS = 5  # supervised read-outs: each train prompt read by a dictionary fitted on the other 4/5
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -366,7 +365,7 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
     for loc in cs.locations:
         d = fam.dicts[loc]
         if fam.kind == "supervised":  # their read-out, each prompt by a dictionary fitted without it
-            codes = crossfit_encode(fam.arch, data.train[loc], prompts, d.values, READOUT_FOLDS).float()
+            codes = loo_encode(fam.arch, data.train[loc], prompts, d.values).float()
             z = read_z(codes, prompts, d.values)
         else:
             codes, z = d.encode(data.train[loc]).float(), {}

@@ -66,8 +66,8 @@ interpretable, each value's best feature) are held fixed across the resamples.
     feature), min_best_f1, coverage (fraction of values with a feature of F1 >= f1_threshold),
     n_features (features whose best interpretation is of this kind with F1 >= f1_threshold);
     "(any)" rows: n_features and interpretable_fraction over the whole space. A supervised dictionary's
-    features are scored through its read-out (``SupervisedDictionary.encode``), cross-fitted
-    (``evals.dictionary.crossfit_encode``); read_z (IO, S, Pos rows of supervised dictionaries): that
+    features are scored through its read-out (``SupervisedDictionary.encode``), leave-one-out
+    (``evals.dictionary.loo_encode``); read_z (IO, S, Pos rows of supervised dictionaries): that
     read-out's accuracy above chance in standard errors (``evals.dictionary.read_z``); above_chance:
     read_z >= ``evals.dictionary.READ_Z`` (if not, the F1 of those features is chance level).
 ``features.parquet``  one row per (cross_section, dictionary, location, feature, attribute) with F1 >=

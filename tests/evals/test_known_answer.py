@@ -209,56 +209,66 @@ def test_joint_read_out_reads_a_weak_attribute_beside_a_strong_one():
     assert float(ap.fvu(acts, d.decode(joint))) <= float(ap.fvu(acts, d.decode(alone)))
 
 
-def test_cross_fitted_read_out_is_at_chance_where_the_activations_carry_nothing():
+def test_left_out_read_out_is_at_chance_where_the_activations_carry_nothing():
     """Pure noise activations: a dictionary reads its own train prompts above chance (its vectors lean
-    towards them) but every prompt read by a dictionary fitted without it is at chance (1/20 names)."""
-    from evals.dictionary import crossfit_encode
+    towards them) but every prompt read by the dictionary fitted without it is at chance (1/20 names)."""
+    from evals.dictionary import loo_encode
 
     train = balanced_prompts(800, NAMES, seed=0)
     acts = torch.randn(len(train), 256, generator=torch.Generator().manual_seed(0))
     for kind, fit in (("mean", fit_mean), ("mse", fit_mse)):
         d = fit(acts, train)
         in_sample = float((_read(d, d.encode(acts), "IO") == _truth(d, train, "IO")).float().mean())
-        held = crossfit_encode(kind, acts, train, d.values, folds=5)
+        held = loo_encode(kind, acts, train, d.values)
         assert held.shape == (len(train), d.U.shape[0])
         assert torch.equal(held.sum(1), torch.full((len(train),), 3.0))  # one value per attribute
-        cross = float((_read(d, held, "IO") == _truth(d, train, "IO")).float().mean())
+        left_out = float((_read(d, held, "IO") == _truth(d, train, "IO")).float().mean())
         assert in_sample > 0.5, (kind, in_sample)
-        assert cross < 0.05 + 3 * (0.05 * 0.95 / len(train)) ** 0.5, (kind, cross)
+        assert left_out < 0.05 + 3 * (0.05 * 0.95 / len(train)) ** 0.5, (kind, left_out)
 
 
-def test_cross_fitted_read_out_uses_the_other_folds():
-    """Prompt i is read by the dictionary fitted on the prompts of the other folds (i mod folds)."""
-    from evals.dictionary import crossfit_encode
-
-    train = balanced_prompts(300, NAMES, seed=2)
-    planted = Planted(train, seed=5)
-    acts = planted.acts(train)
-    d = fit_mean(acts, train)
-    held = crossfit_encode("mean", acts, train, d.values, folds=3)
-    for f in range(3):
-        rows = [i for i in range(len(train)) if i % 3 == f]
-        other = [i for i in range(len(train)) if i % 3 != f]
-        fd = fit_mean(acts[other], [train[i] for i in other])
-        want = fd.encode(acts[rows])
-        for attr in ATTRIBUTES:
-            names = [fd.values[attr][j] for j in _read(fd, want, attr).tolist()]
-            assert names == [d.values[attr][j] for j in _read(d, held[rows], attr).tolist()]
+def _names_read(d, codes, i):
+    return {(a, v) for a, vals in d.values.items() for k, v in enumerate(vals) if codes[i, d.offset(a) + k] > 0}
 
 
-def test_cross_fitted_read_out_refuses_bad_input_with_a_clear_error():
-    from evals.dictionary import crossfit_encode
+@pytest.mark.parametrize("kind", ["mean", "mse"])
+@pytest.mark.parametrize("design", ["balanced", "with a prompt of its own"])
+def test_left_out_read_out_equals_a_refit_without_the_prompt(kind, design):
+    """Prompt i is read by exactly the dictionary fitted on the other prompts (center and vectors), though
+    no refit is made (rank-one updates); in the second design one prompt's IO and S occur nowhere else
+    (the refit has no vector for them: that prompt reads other values, and every other prompt's fit
+    leaves the pair's split unidentified but must still match the refit's minimum-norm choice)."""
+    from evals.dictionary import FITS, loo_encode
+
+    train = balanced_prompts(36, NAMES[:12], seed=2)
+    if design != "balanced":
+        train = train + balanced_prompts(1, NAMES[12:14], seed=1)
+    values = attribute_values(train)
+    for seed in range(3):  # small d: reads near a tie, where a wrong update would show
+        g = torch.Generator().manual_seed(seed)
+        P = 0.4 * torch.randn(sum(len(v) for v in values.values()), 16, generator=g)
+        acts = one_hot_codes(train, values) @ P + torch.randn(len(train), 16, generator=g)
+        full = FITS[kind](acts, train)
+        got = loo_encode(kind, acts, train, values)
+        for i in range(len(train)):
+            rest = [j for j in range(len(train)) if j != i]
+            d = FITS[kind](acts[rest], [train[j] for j in rest], list(values))
+            assert _names_read(d, d.encode(acts[i: i + 1]), 0) == _names_read(full, got, i), (seed, i, train[i])
+
+
+def test_left_out_read_out_refuses_bad_input_with_a_clear_error():
+    from evals.dictionary import loo_encode
     from workbench.errors import ConfigError
 
     train = balanced_prompts(40, NAMES, seed=0)
     acts = torch.randn(len(train), 8)
     values = attribute_values(train)
     with pytest.raises(ConfigError, match="unknown supervised dictionary kind 'median'"):
-        crossfit_encode("median", acts, train, values)
-    with pytest.raises(ConfigError, match="at least 2 folds"):
-        crossfit_encode("mean", acts, train, values, folds=1)
-    with pytest.raises(ConfigError, match="6 prompts, 5 folds"):
-        crossfit_encode("mean", acts[:6], train[:6], values, folds=5)
+        loo_encode("median", acts, train, values)
+    with pytest.raises(ConfigError, match=r"1 prompts, activations of shape \(1, 8\)"):
+        loo_encode("mean", acts[:1], train[:1], values)
+    with pytest.raises(ConfigError, match=r"40 prompts, activations of shape \(39, 8\)"):
+        loo_encode("mean", acts[:39], train, values)
 
 
 def test_read_z_measures_accuracy_above_chance_in_standard_errors():
@@ -294,11 +304,11 @@ def test_read_z_measures_accuracy_above_chance_in_standard_errors():
 
 
 @pytest.mark.parametrize("kind", ["mean", "mse"])
-def test_read_z_of_cross_fitted_read_outs_tells_carried_attributes_from_absent_ones(kind):
-    """S planted strongly, IO weakly (0.15 against noise of norm 1), Pos not at all: the cross-fitted
+def test_read_z_of_left_out_read_outs_tells_carried_attributes_from_absent_ones(kind):
+    """S planted strongly, IO weakly (0.15 against noise of norm 1), Pos not at all: the left-out
     read-out is above chance (z >= READ_Z) for S and IO, though IO is read wrong on most prompts, and
     at chance for Pos; on pure noise every attribute is at chance."""
-    from evals.dictionary import READ_Z, crossfit_encode, read_z
+    from evals.dictionary import READ_Z, loo_encode, read_z
 
     train = balanced_prompts(3000, NAMES, seed=4)
     values = attribute_values(train)
@@ -307,11 +317,11 @@ def test_read_z_of_cross_fitted_read_outs_tells_carried_attributes_from_absent_o
     P = torch.cat([scale[a] * torch.nn.functional.normalize(torch.randn(len(v), D, generator=g), dim=1)
                    for a, v in values.items()])
     acts = one_hot_codes(train, values) @ P + torch.randn(len(train), D, generator=g) / D ** 0.5
-    codes = crossfit_encode(kind, acts, train, values, folds=5)
+    codes = loo_encode(kind, acts, train, values)
     z = read_z(codes, train, values)
     assert z["S"] > 100 and READ_Z <= z["IO"] and z["Pos"] < READ_Z, z
     d = fit_mean(acts, train)
     assert float((_read(d, codes, "IO") == _truth(d, train, "IO")).float().mean()) < 0.5
     noise = torch.randn(len(train), D, generator=g)
-    z = read_z(crossfit_encode(kind, noise, train, values, folds=5), train, values)
+    z = read_z(loo_encode(kind, noise, train, values), train, values)
     assert max(z.values()) < READ_Z, z
