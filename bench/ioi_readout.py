@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ioi_common import model_and_locations, parser  # noqa: E402 - bench/ is not a package
 
 
 def _numbers(s) -> dict:
@@ -40,17 +42,11 @@ def _numbers(s) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="toy-ioi")
-    p.add_argument("--locations", required=True, help="a `workbench ioi locate` run (for its locations)")
-    p.add_argument("--location", action="append", required=True, help="location name as the locate run writes it")
+    p = parser(__doc__)
     p.add_argument("--n", type=int, nargs="+", default=[3000, 6000, 12000, 24000, 48000, 96000], help="fit sizes")
     p.add_argument("--n-holdout", type=int, default=24000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from cli.ioi import load_cross_sections
     from evals import interpretability as it
     from evals import interpretation as ip
     from evals.config import KINDS
@@ -58,15 +54,8 @@ def main(argv=None) -> int:
     from evals.dictionary import FITS
     from evals.locations import read_acts
     from workbench.ioi import make_batch
-    from workbench.models import load_model
 
-    model = load_model(args.model, "cpu")
-    _, sections = load_cross_sections(args.locations)
-    known = {str(loc): loc for cs in sections for loc in cs.locations}
-    missing = [name for name in args.location if name not in known]
-    if missing:
-        p.error(f"{', '.join(missing)} not in {args.locations}; it has {', '.join(sorted(known))}")
-    locs = [known[name] for name in args.location]
+    model, locs = model_and_locations(p, args)
     n_max = max(args.n)
     t0 = time.perf_counter()
     prompts = make_splits(model, n_max + args.n_holdout, 2, args.seed).train

@@ -104,6 +104,18 @@ def load_cross_sections(path: str) -> tuple[dict, list]:
     return data, [CrossSection.from_dict(c) for c in data.get("cross_sections", [])]
 
 
+def find_locations(path: str, names: list[str]) -> list:
+    """The locations of a locate run (dir or locations.json) named as it writes them, in the order given."""
+    from workbench.errors import ConfigError
+
+    _, sections = load_cross_sections(path)
+    known = {str(loc): loc for cs in sections for loc in cs.locations}
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not in {path}; it has {', '.join(sorted(known))}")
+    return [known[name] for name in names]
+
+
 def select_sections(sections: list, names: list[str], custom: list[str]) -> list:
     from evals.locations import CrossSection, Location
     from workbench.errors import ConfigError

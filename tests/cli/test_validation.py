@@ -92,3 +92,22 @@ def test_a_used_bench_name_fails_before_training(tmp_path, capsys):
     Run.create("moe", {}, name="topk-s0", root=tmp_path / "b")
     err = _run(["moe", "bench", "--task", "synthetic", "--gates", "topk", "--bench-name", "b", "--runs-dir", str(tmp_path)], capsys)
     assert "already holds bench runs" in err
+
+
+def test_find_locations_names_the_missing_ones_and_what_the_run_has(tmp_path):
+    """Locations of a locate run by the names it writes, in the order asked; a missing one is a ConfigError
+    that names it and lists what the run has (the bench scripts turn it into a usage error)."""
+    import json
+
+    from cli.ioi import find_locations
+    from workbench.errors import ConfigError
+
+    run = tmp_path / "locate"
+    run.mkdir()
+    sections = [{"name": "a", "locations": ["blocks.0.attn.hook_z[3]@END", "blocks.1.attn.hook_z[1]@END"], "description": "",
+                 "evidence": {}}]
+    (run / "locations.json").write_text(json.dumps({"cross_sections": sections}))
+    locs = find_locations(str(run), ["blocks.1.attn.hook_z[1]@END", "blocks.0.attn.hook_z[3]@END"])
+    assert [str(loc) for loc in locs] == ["blocks.1.attn.hook_z[1]@END", "blocks.0.attn.hook_z[3]@END"]
+    with pytest.raises(ConfigError, match=r"blocks.9.hook_resid_post@END not in .* it has blocks.0.attn.hook_z\[3\]@END, "):
+        find_locations(str(run), ["blocks.9.hook_resid_post@END"])

@@ -26,6 +26,25 @@ def test_balanced_prompts_are_balanced_and_seeded():
     assert ps != balanced_prompts(200, names, seed=4)
 
 
+def test_balanced_prompts_come_in_rounds_of_every_ordered_pair():
+    """A round (m - 1 blocks of m names) holds every ordered (IO, S != IO) pair once; Pos is ABB for half
+    of every block and for half (+-1) of each name's prompts as IO and as S, so a mean over one name's
+    prompts meets every other name and both Pos values equally often (docs/ioi.md, "How many prompts")."""
+    for m in (10, 9):
+        names = toyworld.IOI_NAMES[:m]
+        ps = balanced_prompts(2 * m * (m - 1), names, seed=5)
+        for r in range(2):
+            round_ = ps[r * m * (m - 1): (r + 1) * m * (m - 1)]
+            assert Counter((p.io, p.s) for p in round_) == Counter({(a, b): 1 for a in names for b in names if a != b})
+            for key in ("io", "s"):
+                abb = Counter(getattr(p, key) for p in round_ if p.pos == "ABB")
+                assert all(abs(abb[n] - (m - 1) / 2) <= 1 for n in names), (m, key, abb)  # within one prompt of half
+            for b in range(m - 1):
+                block = round_[b * m: (b + 1) * m]
+                assert abs(sum(p.pos == "ABB" for p in block) - m / 2) <= 0.5
+        assert ps[: m * (m - 1)] != ps[m * (m - 1):]  # a new permutation and order each round
+
+
 def test_splits_pools_disjoint_and_counterfactuals_change_one_attribute(tiny_model):
     s = make_splits(tiny_model, n_train=160, n_eval=60, seed=0)
     assert s.pools.dropped == [] and len(s.pools.kept) == 80
