@@ -47,6 +47,9 @@ def genders() -> dict[str, str]:
     return dict(getattr(toyworld, "GENDER", None) or {})
 
 
+_FIELDS = {"IO": "io", "S": "s", "Pos": "pos", "Place": "place", "Object": "obj"}  # attributes that are a prompt field
+
+
 def attribute_value(prompt: toyworld.IOIPrompt, attr: str) -> str | None:
     """The value of attribute ``attr`` (one of :data:`PROMPT_ATTRIBUTES`) of one prompt, as text.
 
@@ -63,9 +66,6 @@ def attribute_value(prompt: toyworld.IOIPrompt, attr: str) -> str | None:
     if attr in ("IO gender", "S gender"):
         return genders().get(prompt.io if attr == "IO gender" else prompt.s)
     raise KeyError(attr)
-
-
-_FIELDS = {"IO": "io", "S": "s", "Pos": "pos", "Place": "place", "Object": "obj"}  # attributes that are a prompt field
 
 
 def check_names(model: "HookedTransformer", names: Sequence[str]) -> tuple[list[str], list[str]]:

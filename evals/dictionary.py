@@ -112,9 +112,7 @@ class SupervisedDictionary:
 
     def read_alone(self, x: torch.Tensor, attr: str) -> torch.Tensor:
         """(N,) index within attr's block of the value v minimising ||x - u_{attr,v}|| (x: centred, (N, d))."""
-        off = self.offset(attr)
-        u = self.U[off: off + len(self.values[attr])]  # (n_v, d)
-        return (x @ u.T - 0.5 * (u * u).sum(1)).argmax(1)  # argmax <x,u> - |u|^2/2 = argmin |x - u|
+        return joint_read(x.to(self.U), self.U, {attr: self.blocks()[attr]}, max_sweeps=0)[attr]
 
     def encode(self, a: torch.Tensor, max_sweeps: int = 20) -> torch.Tensor:
         """Read-out from activations: one value per attribute, chosen so that their vectors together

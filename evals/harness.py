@@ -362,6 +362,7 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
     """
     prompts, boot = data.splits.train, data.boot_train
     scores, edit_f1 = {}, {}
+    v_idx = {a: data.value_index(prompts, a) for a in ATTRIBUTES}  # (N,) each train prompt's value index
     for loc in cs.locations:
         d = fam.dicts[loc]
         if fam.kind == "supervised":  # their read-out, each prompt by a dictionary fitted without it
@@ -369,7 +370,6 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
             z = read_z(codes, prompts, d.values)
         else:
             codes, z = d.encode(data.train[loc]).float(), {}
-        v_idx = {a: data.value_index(prompts, a) for a in ATTRIBUTES}
         edit_f1[loc] = {a: it.precision_recall_f1(codes > 0, it.value_masks(v_idx[a], len(data.values[a])).to(codes))[2]
                         for a in ATTRIBUTES}
         s = ip.score(it.active_pattern(codes, cfg.active_fraction), data.kinds)
