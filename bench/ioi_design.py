@@ -1,4 +1,4 @@
-"""Why the supervised read-outs converge faster now: the train prompts' design and the left-out read-out.
+"""Why the supervised read-outs converge faster now: the train prompts' design and how they are read.
 
     .venv/bin/python bench/ioi_design.py --locations runs/demo-ioi-locate \\
         --location "blocks.0.attn.hook_z[3]@END" --location "blocks.0.attn.hook_z[2]@END" \\
@@ -11,15 +11,18 @@ its large-n value at the demo's n_train, and both are compared here on the same 
 - the design of the train prompts: ``pairs`` (before: each block of m prompts drew its own random
   permutation, so which S names a name's IO prompts met was random) or ``rounds`` (now,
   ``evals.data.balanced_prompts``: every ordered (IO, S) pair once per round of m - 1 blocks);
-- the read-out: ``5-fold`` (before: prompt i read by the dictionary fitted on the prompts of the other
-  folds, i mod 5) or ``leave-one-out`` (now, ``evals.dictionary.loo_encode``).
+- the read-out: ``5-fold`` (prompt i read by the dictionary fitted on the prompts of the other folds,
+  i mod 5), ``leave-one-out`` (``evals.dictionary.loo_encode``, ``--n-fit 0``) or ``fit split`` (now:
+  the dictionary fitted on as many prompts of their own, whose blocks share one frame, seed + 5 as in
+  ``evals.data.make_splits``, reads the train prompts).
 
 A weakly carried attribute's mean vector is the mean over its prompts of everything else the
 activation carries; where a strong attribute (S) sits beside it, the S names those prompts happened to
-meet add noise to it that only a complete round removes, and a fold left out breaks the round.
+meet add noise to it that only a complete round removes, and a fold left out breaks the round; which
+frames they were drawn in adds noise that only a frame shared by a whole block removes.
 Printed per (design, read-out, n, location, dictionary): the mean best F1 and coverage at F1 >= 0.5 of
-IO, S and Pos, and the interpretable fraction at 0.5 / 0.6 / 0.8; the last rows are ``rounds`` +
-``leave-one-out`` at --n-ref, the reference.
+IO, S and Pos, and the interpretable fraction at 0.5 / 0.6 / 0.8; the last rows are ``rounds`` with
+``leave-one-out`` and with the ``fit split`` at --n-ref, the references.
 """
 
 from __future__ import annotations
@@ -77,14 +80,15 @@ def kfold_encode(kind: str, acts: torch.Tensor, prompts, values, folds: int = 5)
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--n", type=int, default=24000, help="train prompts (the demo's n_train)")
-    p.add_argument("--n-ref", type=int, default=96000, help="train prompts of the reference (rounds, leave-one-out)")
+    p.add_argument("--n-ref", type=int, default=96000, help="train prompts of the references (rounds; leave-one-out, fit split)")
+    p.add_argument("--only", nargs="*", default=[], help="run only these read-outs (5-fold, leave-one-out, fit split)")
     args = p.parse_args(argv)
 
     from evals import data as ed
     from evals import interpretability as it
     from evals import interpretation as ip
     from evals.config import KINDS
-    from evals.dictionary import attribute_values, loo_encode
+    from evals.dictionary import FITS, attribute_values, loo_encode
     from evals.locations import read_acts
     from workbench.ioi import make_batch
 
@@ -92,21 +96,33 @@ def main(argv=None) -> int:
     kept, _ = ed.check_names(model, ed.default_names(model))
     first = ed.name_first_ok(model, kept[0])
     runs = [("pairs", "5-fold", args.n), ("pairs", "leave-one-out", args.n), ("rounds", "5-fold", args.n),
-            ("rounds", "leave-one-out", args.n), ("rounds", "leave-one-out", args.n_ref)]
+            ("rounds", "leave-one-out", args.n), ("rounds", "fit split", args.n), ("rounds", "leave-one-out", args.n_ref),
+            ("rounds", "fit split", args.n_ref)]
+    runs = [r for r in runs if not args.only or r[1] in args.only]
+
+    def prompts_and_acts(n, seed, make, **kw):
+        prompts = make(n, kept, seed, "train", name_first=first, **kw)
+        batch = make_batch(model, prompts)
+        return prompts, read_acts(model, batch, ed.semantic_positions(batch), locs)
+
     rows, acts_of = [], {}
     for design, read, n in runs:
         t0 = time.perf_counter()
         if (design, n) not in acts_of:
-            make = pairs_design if design == "pairs" else ed.balanced_prompts
-            prompts = make(n, kept, args.seed, "train", name_first=first)
-            batch = make_batch(model, prompts)
-            acts_of = {(design, n): (prompts, read_acts(model, batch, ed.semantic_positions(batch), locs))}
+            acts_of = {(design, n): prompts_and_acts(n, args.seed, pairs_design if design == "pairs" else ed.balanced_prompts)}
         prompts, acts = acts_of[(design, n)]
         kinds, _ = ip.build_kinds(prompts, KINDS)
         values = attribute_values(prompts)
+        if read == "fit split":
+            fit_prompts, fit_acts = prompts_and_acts(n, args.seed + 5, ed.balanced_prompts, frame_per_block=True)
         for loc in locs:
             for kind in ("mean", "mse"):
-                codes = (kfold_encode if read == "5-fold" else loo_encode)(kind, acts[loc], prompts, values)
+                if read == "fit split":
+                    d = FITS[kind](fit_acts[loc], fit_prompts)
+                    assert d.values == values, "the fit and train prompts have different values"
+                    codes = d.encode(acts[loc])
+                else:
+                    codes = (kfold_encode if read == "5-fold" else loo_encode)(kind, acts[loc], prompts, values)
                 s = ip.score(it.active_pattern(codes.float()), kinds)
                 row = {"design": design, "read_out": read, "n": n, "location": str(loc), "dictionary": kind,
                        **{f"fraction@{t}": float(s.interpretable_fraction(t)) for t in (0.5, 0.6, 0.8)}}
@@ -119,7 +135,7 @@ def main(argv=None) -> int:
         print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"model": args.model, "locations": args.locations, "n": args.n,
+        Path(args.json).write_text(json.dumps({"model": args.model, "locations": args.locations, "n": args.n, "only": args.only,
                                                "n_ref": args.n_ref, "seed": args.seed, "rows": rows}, indent=1))
     return 0
 

@@ -47,16 +47,19 @@ class LocateConfig:
 @dataclass
 class EvalConfig:
     model: str = field(default="toy-ioi", metadata={"help": "toy-ioi, a TransformerLens name (gpt2, ...) or a model dir"})
-    n_train: int = field(default=2000, metadata={"help": "train prompts (they fit the supervised dictionaries and score "
-                                                                  "every F1; cheap: one clean pass each). F1 maxima and fitted dictionaries "
-                                                                  "converge slowly: on toy-ioi 24000 put 500 of the 527 summary numbers "
-                                                                  "within 0.02 of 96000 (docs/ioi.md, 'How many prompts')"})
+    n_train: int = field(default=2000, metadata={"help": "train prompts: every F1 is scored on them (cheap: one clean pass each). "
+                                                                  "F1 maxima converge slowly: docs/ioi.md, 'How many prompts'"})
+    n_fit: int | None = field(default=None, metadata={"help": "prompts the supervised dictionaries are fitted on, their own set whose "
+                                                                   "blocks of m names share one frame (rounded up to whole blocks); "
+                                                                   "default: as many as --n-train; 0: fit on the train prompts and read "
+                                                                   "each of them leave-one-out"})
     n_eval: int = field(default=500, metadata={"help": "eval prompts (approximation, control; each a patched run): "
                                                                 "1500 is within 0.02 of 8000 on toy-ioi"})
     eval_split: str = field(default="productions", metadata={"help": "grammar split of the eval prompts: productions (frames and connectives "
                                                                      "never seen in training, the default), long (S2 beyond the training range), "
                                                                      "train, any; train prompts always come from the training frames"})
-    seed: int = field(default=0, metadata={"help": "seed: train prompts use it, eval seed+1, counterfactuals seed+2, bootstrap seed+3/+4"})
+    seed: int = field(default=0, metadata={"help": "seed: train prompts use it, eval seed+1, counterfactuals seed+2, bootstrap seed+3/+4, "
+                                                   "fit prompts seed+5"})
     s2: str = field(default="name", metadata={"help": S2_HELP})
     ks: list[int] = field(default_factory=lambda: list(K_VALUES),
                           metadata={"help": "edit sizes: features an SAE edit changes (F1-guided edits remove k/2 and add k/2; the authors' 2 4 8 16)"})
@@ -71,6 +74,8 @@ class EvalConfig:
 
     def __post_init__(self):
         positive(self, "n_train", "n_eval")
+        require(self.n_fit is None or self.n_fit >= 0, "n_fit", f"must be >= 0, got {self.n_fit}",
+                "pass --n-fit 0 to fit on the train prompts, or leave it out for as many as --n-train")
         one_of(self, "eval_split", EVAL_SPLITS)
         one_of(self, "s2", S2_FORMS)
         require(all(k > 0 for k in self.ks), "ks", f"must be positive, got {self.ks}", "pass e.g. --ks 2 4 8 16")

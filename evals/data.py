@@ -6,7 +6,13 @@ The paper (Makelov et al. 2024, Sec. 3) describes each prompt by three attribute
 
 - ``train``: prompts over every usable name, attributes balanced and independent (each name appears
   equally often as IO and as S, half the prompts are ABB in every block, and every ordered pair of
-  names once per round: :func:`balanced_prompts`); supervised dictionaries are fitted here.
+  names once per round: :func:`balanced_prompts`); every F1 is scored here.
+- ``fit``: the same design over every usable name, but the m prompts of a block share one frame; the
+  supervised dictionaries are fitted here and read the train prompts, which they have not seen. A
+  shared frame is the same for every name, so it adds nothing to the differences between a value's
+  mean and the others' (with a frame per prompt, which frames a name's prompts drew was the largest
+  noise left in a weakly carried attribute's vectors: docs/ioi.md). Scoring F1 on such prompts would
+  rest on a few hundred frames, hence the two sets.
 - ``eval``: prompts whose names come from pool A (the first half of the usable names); every metric
   is measured here.
 - ``counterfactual[attr]``: for each eval prompt, the same prompt (its frame: words, places, objects) with
@@ -107,8 +113,8 @@ def with_attributes(p: toyworld.IOIPrompt, **changes: str) -> toyworld.IOIPrompt
     return p.with_names(**changes)
 
 
-def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "train",
-                     name_first: bool = True, s2: str = "name") -> list[toyworld.IOIPrompt]:
+def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "train", name_first: bool = True,
+                     s2: str = "name", frame_per_block: bool = False) -> list[toyworld.IOIPrompt]:
     """n prompts whose IO, S and Pos are balanced and independent; frames drawn from a grammar split.
 
     The prompts come in rounds of m - 1 blocks of m = len(names) prompts. A round draws one random
@@ -122,7 +128,8 @@ def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "trai
     Frames come from :func:`workbench.grammar.sample_prompt`. name_first=False redraws frames whose text
     starts with a name (for tokenizers such as GPT-2's, where a name at the start is a different token
     from the same name after a space). s2: how the prompts say S2 (grammar.S2_FORMS: S's name, or
-    "the former" / "the latter").
+    "the former" / "the latter"). frame_per_block: the m prompts of a block share one frame (its words,
+    place and object), so every name meets the same frames as IO and as S (the ``fit`` split).
     """
     names = list(names)
     m = len(names)
@@ -135,16 +142,25 @@ def balanced_prompts(n: int, names: Sequence[str], seed: int, split: str = "trai
         if not offsets:  # a new round
             perm, offsets, coin = rng.sample(names, m), rng.sample(range(1, m), m - 1), rng.randrange(2)
         shift = offsets.pop()
+        shared = _prompt(rng, names, split, name_first, perm[0], perm[shift % m], "ABB") if frame_per_block else None
         for j in range(m):
             if len(out) == n:
                 break
             pos = "ABB" if (j + (2 * shift < m) + coin) % 2 == 0 else "BAB"
-            while True:
-                p = toyworld.make_ioi_prompt(rng, names, split, pos=pos, io=perm[j], s=perm[(j + shift) % m])
-                if name_first or p.text.split(" ", 1)[0] not in (p.io, p.s):
-                    break
+            io, s = perm[j], perm[(j + shift) % m]
+            p = shared.with_names(io, s, pos) if shared else _prompt(rng, names, split, name_first, io, s, pos)
             out.append(p.with_s2_form(s2))
     return out
+
+
+def _prompt(rng: random.Random, names: Sequence[str], split: str, name_first: bool, io: str, s: str, pos: str
+            ) -> toyworld.IOIPrompt:
+    """A prompt of the split with these names, its frame redrawn while its text starts with a name and
+    name_first is False."""
+    while True:
+        p = toyworld.make_ioi_prompt(rng, names, split, pos=pos, io=io, s=s)
+        if name_first or p.text.split(" ", 1)[0] not in (p.io, p.s):
+            return p
 
 
 def counterfactual(p: toyworld.IOIPrompt, attr: str, rng: random.Random, pool: Sequence[str]) -> toyworld.IOIPrompt:
@@ -173,6 +189,12 @@ class IOISplits:
     train: list[toyworld.IOIPrompt]
     eval: list[toyworld.IOIPrompt]
     counterfactual: dict[str, list[toyworld.IOIPrompt]]  # attribute -> prompts aligned with eval
+    fit: list[toyworld.IOIPrompt] | None = None  # the supervised dictionaries' prompts; None: the train prompts
+
+    @property
+    def fit_prompts(self) -> list[toyworld.IOIPrompt]:
+        """The prompts the supervised dictionaries are fitted on (the train prompts when there is no fit split)."""
+        return self.train if self.fit is None else self.fit
 
     def describe(self) -> dict:
         """Sizes, pools, dropped names and balance statistics (max/min count of each attribute's values)."""
@@ -184,15 +206,21 @@ class IOISplits:
             return out
 
         return {"n_train": len(self.train), "n_eval": len(self.eval), "eval_split": self.eval_split,
+                "n_fit": None if self.fit is None else len(self.fit),
+                "fit": "train prompts, leave-one-out" if self.fit is None else "own prompts, one frame per block",
                 "s2": self.eval[0].s2_form if self.eval else "name",
                 "names_kept": len(self.pools.kept), "names_dropped": self.pools.dropped,
                 "eval_pool": self.pools.eval, "counterfactual_pool": self.pools.counterfactual,
-                "train_balance": balance(self.train), "eval_balance": balance(self.eval)}
+                "train_balance": balance(self.train), "eval_balance": balance(self.eval),
+                **({} if self.fit is None else {"fit_balance": balance(self.fit)})}
 
 
 def make_splits(model: "HookedTransformer", n_train: int = 2000, n_eval: int = 500, seed: int = 0,
-                names: Sequence[str] | None = None, eval_split: str = "train", s2: str = "name") -> IOISplits:
-    """Train (seed), eval (seed + 1) and counterfactual (seed + 2) prompts; see the module docstring."""
+                names: Sequence[str] | None = None, eval_split: str = "train", s2: str = "name",
+                n_fit: int | None = 0) -> IOISplits:
+    """Train (seed), eval (seed + 1), counterfactual (seed + 2) and fit (seed + 5) prompts; see the module
+    docstring. n_fit: prompts of the fit split, rounded up to whole blocks of the usable names (0: no fit
+    split, the dictionaries are fitted on the train prompts; None: as many as train prompts)."""
     kept, dropped = check_names(model, names if names is not None else default_names(model))
     if len(kept) < 6:
         raise ConfigError(f"names: only {len(kept)} names are single tokens for this tokenizer (dropped {dropped[:10]}); "
@@ -204,7 +232,12 @@ def make_splits(model: "HookedTransformer", n_train: int = 2000, n_eval: int = 5
     ev = balanced_prompts(n_eval, pools.eval, seed + 1, eval_split, name_first=first, s2=s2)
     rng = random.Random(seed + 2)
     cf = {a: [counterfactual(p, a, rng, pools.counterfactual) for p in ev] for a in ATTRIBUTES}
-    return IOISplits(pools, eval_split, train, ev, cf)
+    n_fit = n_train if n_fit is None else n_fit
+    if n_fit < 0:
+        raise ConfigError(f"n_fit: must be >= 0, got {n_fit}; pass 0 to fit on the train prompts")
+    m = len(kept)
+    fit = balanced_prompts(-(-n_fit // m) * m, kept, seed + 5, "train", name_first=first, s2=s2, frame_per_block=True) if n_fit else None
+    return IOISplits(pools, eval_split, train, ev, cf, fit)
 
 
 def semantic_positions(batch: "IOIBatch") -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 For each cross-section (from ``workbench ioi locate`` or given with ``--location``) and each
 dictionary family (the supervised ``mean`` and ``mse`` dictionaries, fitted per location on the
-train prompts, and each ``--sae`` family that covers all its locations):
+fit prompts (:mod:`evals.data`), and each ``--sae`` family that covers all its locations):
 
 1. approximation (:mod:`evals.approximation`): sufficiency, necessity, LD recovered (absolute, as the
    authors compute it, and signed), FVU, L0, accuracy (LD > 0 and top-1) with the reconstruction;
@@ -12,9 +12,10 @@ train prompts, and each ``--sae`` family that covers all its locations):
    magnitude of the supervised edit, of greedy SAE edits and of F1-guided SAE edits per edit size;
 4. interpretability (:mod:`evals.interpretation`): every feature scored on the interpretation space
    (active = code > 0); per attribute the best feature's F1 and coverage at each F1 threshold (a
-   supervised dictionary's codes here are its read-out, each train prompt read by the dictionary fitted
-   on all the others (leave-one-out, :func:`evals.dictionary.loo_encode`), and
-   how far above chance it reads each attribute is in ``read_z``, ``above_chance``);
+   supervised dictionary's codes here are its read-out of the train prompts, which it was not fitted on:
+   it is fitted on the fit prompts (``--n-fit``), or with ``--n-fit 0`` on the train prompts, each read
+   by the dictionary fitted on all the others (:func:`evals.dictionary.loo_encode`); how far above
+   chance it reads each attribute is in ``read_z``, ``above_chance``);
 5. routed SAEs: which experts carry the IO, S and Pos values (precision and recall of the expert
    assignment against each attribute value, :func:`routing.metrics.expert_assignment`);
 6. diagnostics: occlusion and over-splitting (:mod:`evals.interpretability`) and the frozen-decoder
@@ -94,6 +95,11 @@ class _Data:
         self.eval_pos = semantic_positions(self.eval_b)
         self.cf_pos = {a: semantic_positions(b) for a, b in self.cf_b.items()}
         self.train = read_acts(model, self.train_b, self.train_pos, locations)
+        if splits.fit is None:  # the dictionaries are fitted on the train prompts (read leave-one-out)
+            self.fit = self.train
+        else:
+            fit_b = make_batch(model, splits.fit)
+            self.fit = read_acts(model, fit_b, semantic_positions(fit_b), locations)
         self.eval = read_acts(model, self.eval_b, self.eval_pos, locations)
         self.cf = {a: read_acts(model, self.cf_b[a], self.cf_pos[a], locations) for a in ATTRIBUTES}
         self.clean = run_patched(model, self.eval_b, self.eval_pos)
@@ -143,7 +149,7 @@ def evaluate(model: "HookedTransformer", cfg: EvalConfig, sections: Sequence[Cro
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    splits = make_splits(model, cfg.n_train, cfg.n_eval, cfg.seed, eval_split=cfg.eval_split, s2=cfg.s2)
+    splits = make_splits(model, cfg.n_train, cfg.n_eval, cfg.seed, eval_split=cfg.eval_split, s2=cfg.s2, n_fit=cfg.n_fit)
     require(cfg.n_train >= len(splits.pools.kept), "n_train", f"{cfg.n_train} train prompts cannot show each of the "
             f"{len(splits.pools.kept)} names as IO and as S", f"pass --n-train >= {len(splits.pools.kept)}")
     locations = sorted({loc for cs in sections for loc in cs.locations})
@@ -158,7 +164,7 @@ def evaluate(model: "HookedTransformer", cfg: EvalConfig, sections: Sequence[Cro
                     "activation_rule": _rule(cfg), "ks": cfg.ks, "interpretations": [k.name for k in data.kinds],
                     "interpretations_skipped": data.kinds_skipped, "ablation_mean": "eval prompts"}
     res.timings["data_s"] = time.perf_counter() - t0
-    say(f"data: {len(splits.train)} train / {len(splits.eval)} eval prompts, {len(locations)} locations, "
+    say(f"data: {len(splits.train)} train / {len(splits.eval)} eval / {len(splits.fit_prompts)} fit prompts, {len(locations)} locations, "
         f"clean accuracy {clean['accuracy']:.3f} (top-1 {clean['top1_accuracy']:.3f}), LD {clean['logit_diff']:.3f} "
         f"({res.timings['data_s']:.1f}s)")
     for fam in sae_families:
@@ -177,9 +183,9 @@ def _rule(cfg: EvalConfig) -> str:
 
 
 def _families(data: _Data, cfg: EvalConfig, cs: CrossSection, sae_families: Sequence[SAEFamily], res: Results) -> list[Family]:
-    locs, train_prompts, attrs = cs.locations, data.splits.train, cfg.attributes
-    families = [Family("mean", "supervised", "mean", {loc: fit_mean(data.train[loc], train_prompts, attrs) for loc in locs}),
-                Family("mse", "supervised", "mse", {loc: fit_mse(data.train[loc], train_prompts, attrs) for loc in locs})]
+    locs, fit_prompts, attrs = cs.locations, data.splits.fit_prompts, cfg.attributes
+    families = [Family("mean", "supervised", "mean", {loc: fit_mean(data.fit[loc], fit_prompts, attrs) for loc in locs}),
+                Family("mse", "supervised", "mse", {loc: fit_mse(data.fit[loc], fit_prompts, attrs) for loc in locs})]
     for fam in sae_families:
         if fam.covers(locs):
             saes = {loc: fam.for_location(loc) for loc in locs}
@@ -366,7 +372,8 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
     for loc in cs.locations:
         d = fam.dicts[loc]
         if fam.kind == "supervised":  # their read-out, each prompt by a dictionary fitted without it
-            codes = loo_encode(fam.arch, data.train[loc], prompts, d.values).float()
+            codes = (loo_encode(fam.arch, data.train[loc], prompts, d.values) if data.splits.fit is None
+                     else d.encode(data.train[loc])).float()
             z = read_z(codes, prompts, d.values)
         else:
             codes, z = d.encode(data.train[loc]).float(), {}
@@ -436,10 +443,10 @@ def _diagnostics(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Family, ba
 
 def _frozen_decoder(data: _Data, cfg: EvalConfig, loc: Location, fam: Family, codes: torch.Tensor, occ_t: float) -> dict:
     """The mean dictionary's IO / S / Pos directions at this location as a frozen decoder with the SAE's k."""
-    sup = fit_mean(data.train[loc], data.splits.train)  # the paper's attributes, whatever --attributes adds
+    sup = fit_mean(data.fit[loc], data.splits.fit_prompts)  # the paper's attributes, whatever --attributes adds
     k = fam.meta.get("k")
     k = int(k) if isinstance(k, (int, float)) and k else max(1, round(float(ap.l0(codes))))
-    frozen = frozen_decoder(data.train[loc], sup.U, k)
+    frozen = frozen_decoder(data.fit[loc], sup.U, k)
     a = data.eval[loc]
     out = {"frozen_k": k}
     boot = data.boot_eval

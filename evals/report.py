@@ -31,8 +31,9 @@ resamples; null with ``--n-boot 0``). Choices made on the full sample (which fea
 interpretable, each value's best feature) are held fixed across the resamples.
 
 ``cross_sections.json``  the cross-sections evaluated (same objects as in locations.json).
-``splits.json``  n_train, n_eval, templates, names_kept, names_dropped, eval_pool,
-    counterfactual_pool, train_balance / eval_balance: {attr: {"values", "min_count", "max_count"}}.
+``splits.json``  n_train, n_eval, n_fit (null: the dictionaries are fitted on the train prompts), fit,
+    templates, names_kept, names_dropped, eval_pool, counterfactual_pool, train_balance / eval_balance /
+    fit_balance: {attr: {"values", "min_count", "max_count"}}.
 ``dictionaries.json``  {"clean": {"accuracy" (LD > 0), "top1_accuracy" (argmax = IO), "logit_diff", "n",
     + _se}, "settings": {"n_boot", "f1_thresholds", "active_fraction", "activation_rule", "ks",
     "interpretations", "interpretations_skipped", "ablation_mean"}, "sae_families": [{"label", "saes":
@@ -66,8 +67,9 @@ interpretable, each value's best feature) are held fixed across the resamples.
     feature), min_best_f1, coverage (fraction of values with a feature of F1 >= f1_threshold),
     n_features (features whose best interpretation is of this kind with F1 >= f1_threshold);
     "(any)" rows: n_features and interpretable_fraction over the whole space. A supervised dictionary's
-    features are scored through its read-out (``SupervisedDictionary.encode``), leave-one-out
-    (``evals.dictionary.loo_encode``); read_z (IO, S, Pos rows of supervised dictionaries): that
+    features are scored through its read-out (``SupervisedDictionary.encode``) of the train prompts, which
+    it was fitted without (on the fit prompts, or leave-one-out with ``--n-fit 0``:
+    ``evals.dictionary.loo_encode``); read_z (IO, S, Pos rows of supervised dictionaries): that
     read-out's accuracy above chance in standard errors (``evals.dictionary.read_z``); above_chance:
     read_z >= ``evals.dictionary.READ_Z`` (if not, the F1 of those features is chance level).
 ``features.parquet``  one row per (cross_section, dictionary, location, feature, attribute) with F1 >=
@@ -242,13 +244,19 @@ def headline_numbers(res: "Results") -> dict[str, float]:
     return out
 
 
+def _fit_note(splits: dict) -> str:
+    """How the summary names the supervised dictionaries' prompts (splits.json: n_fit, null for the train prompts)."""
+    n = splits.get("n_fit")
+    return "; supervised dictionaries fitted on the train prompts, read leave-one-out" if n is None else f", {n} fit"
+
+
 def summary_markdown(res: "Results", model: str) -> str:
     """Headline tables with bootstrap ±: approximation, interpretable features, control, interpretability, diagnostics."""
     c = res.clean
     st = res.settings or {}
     out = [f"# IOI evaluation of `{model}`", "",
            f"Clean: accuracy (LD > 0) {_pm(c, 'accuracy', 3)}, top-1 accuracy {_pm(c, 'top1_accuracy', 3)}, mean LD "
-           f"{_pm(c, 'logit_diff')} on {c['n']} eval prompts ({res.splits['n_train']} train). "
+           f"{_pm(c, 'logit_diff')} on {c['n']} eval prompts ({res.splits['n_train']} train{_fit_note(res.splits)}). "
            f"± = bootstrap standard error ({st.get('n_boot', 0)} resamples of the prompts). "
            f"Active feature: {st.get('activation_rule', 'code > 0')}. Total time {_f(res.timings.get('total_s'), 1)} s.", ""]
     if res.splits.get("s2") == "ordinal":

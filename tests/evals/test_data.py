@@ -9,6 +9,7 @@ import torch
 
 from evals.data import ATTRIBUTES, attribute_value, balanced_prompts, check_names, make_splits, semantic_positions
 from workbench import toyworld
+from workbench.errors import ConfigError
 from workbench.ioi import make_batch, name_token_id
 
 
@@ -43,6 +44,36 @@ def test_balanced_prompts_come_in_rounds_of_every_ordered_pair():
                 block = round_[b * m: (b + 1) * m]
                 assert abs(sum(p.pos == "ABB" for p in block) - m / 2) <= 0.5
         assert ps[: m * (m - 1)] != ps[m * (m - 1):]  # a new permutation and order each round
+
+
+def test_a_frame_per_block_keeps_the_rounds_and_shares_one_frame_per_block():
+    m = 10
+    names = toyworld.IOI_NAMES[:m]
+    ps = balanced_prompts(m * (m - 1) + 5, names, seed=5, frame_per_block=True)
+    rounds = balanced_prompts(m * (m - 1) + 5, names, seed=5)
+    first = m * (m - 1)  # a round; later rounds differ (the frames draw from the same generator)
+    assert [(p.io, p.s, p.pos) for p in ps[:first]] == [(p.io, p.s, p.pos) for p in rounds[:first]]  # the same design
+    blocks = [ps[b: b + m] for b in range(0, len(ps), m)]
+    assert all(len({(p.frame, p.place, p.obj) for p in blk}) == 1 for blk in blocks)
+    assert len({(blk[0].frame, blk[0].place, blk[0].obj) for blk in blocks}) >= len(blocks) - 1  # a new frame per block
+    assert len({p.frame for p in rounds}) > len(blocks)
+    for p in ps:  # the names fill the frame: IO once, S twice
+        assert p.text.split().count(p.io) == 1 and p.text.split().count(p.s) == 2, p.text
+
+
+def test_the_fit_split_is_its_own_prompts_in_whole_blocks(tiny_model):
+    s = make_splits(tiny_model, n_train=100, n_eval=20, seed=0, n_fit=100)
+    m = len(s.pools.kept)
+    assert len(s.fit) == 2 * m and s.fit_prompts is s.fit  # 100 rounded up to whole blocks of the 80 names
+    assert s.fit[:m] != s.train[:m]  # drawn from their own seed
+    assert all(len({p.frame for p in s.fit[b: b + m]}) == 1 for b in (0, m))
+    d = s.describe()
+    assert d["n_fit"] == 2 * m and d["fit_balance"]["IO"]["min_count"] == d["fit_balance"]["IO"]["max_count"] == 2
+    assert make_splits(tiny_model, n_train=100, n_eval=20, seed=0, n_fit=None).fit == s.fit  # default: n_train
+    none = make_splits(tiny_model, n_train=100, n_eval=20, seed=0, n_fit=0)
+    assert none.fit is None and none.fit_prompts is none.train and none.describe()["n_fit"] is None
+    with pytest.raises(ConfigError, match="n_fit"):
+        make_splits(tiny_model, n_train=100, n_eval=20, seed=0, n_fit=-1)
 
 
 def test_splits_pools_disjoint_and_counterfactuals_change_one_attribute(tiny_model):

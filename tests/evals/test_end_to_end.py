@@ -49,6 +49,8 @@ def test_locate_and_eval_on_tiny_model(tiny_model_dir, tmp_path):
     interp = pd.read_parquet(run / "interpretability.parquet")
     assert set(interp["f1_threshold"]) == {0.5, 0.6, 0.8}
     assert "## Approximation" in (run / "summary.md").read_text()
+    splits = json.loads((run / "splits.json").read_text())  # the dictionaries' own prompts: 100 -> 2 blocks of 80 names
+    assert splits["n_fit"] == 160 and splits["fit"] == "own prompts, one frame per block"
 
 
 def test_unknown_cross_section_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
@@ -144,7 +146,8 @@ def test_ordinal_prompts_locate_then_eval_and_a_mismatched_s2_is_refused(tiny_mo
     assert rc == 2 and "pass --s2 ordinal" in capsys.readouterr().err
     assert main(["ioi", "eval", "--model", model, "--s2", "ordinal", "--locations", str(tmp_path / "loc"),
                  "--location", "blocks.0.attn.hook_k[1]@S2", "--runs-dir", str(tmp_path), "--name", "ev",
-                 *EVAL_FLAGS]) == 0
+                 "--n-fit", "0", *EVAL_FLAGS]) == 0  # fitted on the train prompts, read leave-one-out
+    assert json.loads((tmp_path / "ev" / "splits.json").read_text())["fit"] == "train prompts, leave-one-out"
     ctrl = pd.read_parquet(tmp_path / "ev" / "control.parquet")
     assert set(ctrl["attribute"]) == {"IO", "S", "Pos"} and ctrl["accuracy"].between(0, 1).all()
     assert json.loads((tmp_path / "ev" / "config.json").read_text())["config"]["s2"] == "ordinal"

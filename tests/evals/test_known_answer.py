@@ -209,6 +209,29 @@ def test_joint_read_out_reads_a_weak_attribute_beside_a_strong_one():
     assert float(ap.fvu(acts, d.decode(joint))) <= float(ap.fvu(acts, d.decode(alone)))
 
 
+@pytest.mark.parametrize("kind", ["mean", "mse"])
+def test_a_frame_per_block_adds_nothing_to_the_fitted_vectors(kind):
+    """Activations = a large vector per frame + planted name vectors. Fitted on prompts whose blocks share
+    a frame (the fit split), the dictionary is exactly the one fitted without the frames' vectors: every
+    name meets the same frames as IO and as S. With a frame per prompt (the train design) the frames
+    move every vector, which is the noise the fit split removes (docs/ioi.md, "How many prompts")."""
+    from evals.dictionary import FITS
+
+    names = NAMES[:12]  # m even: Pos is ABB for exactly half of every block
+    g = torch.Generator().manual_seed(0)
+    moved = {}
+    for shared in (True, False):
+        ps = balanced_prompts(2 * 12 * 11, names, seed=1, frame_per_block=shared)
+        frames = sorted({(p.frame, p.place, p.obj) for p in ps})
+        assert (len(frames) == 2 * 11) if shared else (len(frames) > 200)
+        f_vec = 5 * torch.randn(len(frames), D, generator=g)
+        frame_of = torch.tensor([frames.index((p.frame, p.place, p.obj)) for p in ps])
+        planted = Planted(ps).acts(ps)
+        with_frames, without = FITS[kind](planted + f_vec[frame_of], ps), FITS[kind](planted, ps)
+        moved[shared] = float((with_frames.U - without.U).abs().max())
+    assert moved[True] < 1e-4 and moved[False] > 0.5, moved
+
+
 def test_left_out_read_out_is_at_chance_where_the_activations_carry_nothing():
     """Pure noise activations: a dictionary reads its own train prompts above chance (its vectors lean
     towards them) but every prompt read by the dictionary fitted without it is at chance (1/20 names)."""
