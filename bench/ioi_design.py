@@ -13,8 +13,8 @@ its large-n value at the demo's n_train, and both are compared here on the same 
   ``evals.data.balanced_prompts``: every ordered (IO, S) pair once per round of m - 1 blocks);
 - the read-out: ``5-fold`` (prompt i read by the dictionary fitted on the prompts of the other folds,
   i mod 5), ``leave-one-out`` (``evals.dictionary.loo_encode``, ``--n-fit 0``) or ``fit split`` (now:
-  the dictionary fitted on as many prompts of their own, whose blocks share one frame, seed + 5 as in
-  ``evals.data.make_splits``, reads the train prompts).
+  the vectors fitted on as many prompts of their own, whose blocks share one frame, seed + 5 as in
+  ``evals.data.make_splits``, the center the train prompts' mean; it reads the train prompts).
 
 A weakly carried attribute's mean vector is the mean over its prompts of everything else the
 activation carries; where a strong attribute (S) sits beside it, the S names those prompts happened to
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
 
+import dataclasses
 import json
 import random
 import sys
@@ -117,8 +118,8 @@ def main(argv=None) -> int:
             fit_prompts, fit_acts = prompts_and_acts(n, args.seed + 5, ed.balanced_prompts, frame_per_block=True)
         for loc in locs:
             for kind in ("mean", "mse"):
-                if read == "fit split":
-                    d = FITS[kind](fit_acts[loc], fit_prompts)
+                if read == "fit split":  # as evals.harness._fit_supervised: vectors from the fit split, center from the train prompts
+                    d = dataclasses.replace(FITS[kind](fit_acts[loc], fit_prompts), center=acts[loc].mean(0))
                     assert d.values == values, "the fit and train prompts have different values"
                     codes = d.encode(acts[loc])
                 else:

@@ -28,6 +28,7 @@ The results are plain rows (dicts) that :mod:`evals.report` writes into the run 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -41,8 +42,7 @@ from evals import interpretation as ip
 from evals.bootstrap import Resampler, wmean
 from evals.config import EvalConfig
 from evals.data import ATTRIBUTES, EXTRA_ATTRIBUTES, IOISplits, make_splits, semantic_positions
-from evals.dictionary import (READ_Z, SAEFamily, SupervisedDictionary, attribute_values, bias_of, fit_mean,
-                              fit_mse, loo_encode, read_z)
+from evals.dictionary import FITS, READ_Z, SAEFamily, SupervisedDictionary, attribute_values, bias_of, loo_encode, read_z
 from evals.frozen_decoder import frozen_decoder
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from workbench.config import require
@@ -183,9 +183,8 @@ def _rule(cfg: EvalConfig) -> str:
 
 
 def _families(data: _Data, cfg: EvalConfig, cs: CrossSection, sae_families: Sequence[SAEFamily], res: Results) -> list[Family]:
-    locs, fit_prompts, attrs = cs.locations, data.splits.fit_prompts, cfg.attributes
-    families = [Family("mean", "supervised", "mean", {loc: fit_mean(data.fit[loc], fit_prompts, attrs) for loc in locs}),
-                Family("mse", "supervised", "mse", {loc: fit_mse(data.fit[loc], fit_prompts, attrs) for loc in locs})]
+    locs, attrs = cs.locations, cfg.attributes
+    families = [Family(kind, "supervised", kind, {loc: _fit_supervised(data, kind, loc, attrs) for loc in locs}) for kind in ("mean", "mse")]
     for fam in sae_families:
         if fam.covers(locs):
             saes = {loc: fam.for_location(loc) for loc in locs}
@@ -441,12 +440,20 @@ def _diagnostics(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Family, ba
         res.diagnostics_table.append(flat)
 
 
+def _fit_supervised(data: _Data, kind: str, loc: Location, attrs: Sequence[str]) -> SupervisedDictionary:
+    """The ``kind`` dictionary at ``loc``: its vectors fitted on the fit prompts; with a fit split its center
+    is the train prompts' mean, which rests on a frame per prompt where the fit split's rests on one per
+    block (its vectors are differences between values, in which the shared frames cancel)."""
+    d = FITS[kind](data.fit[loc], data.splits.fit_prompts, attrs)
+    return d if data.splits.fit is None else dataclasses.replace(d, center=data.train[loc].mean(0).to(d.center))
+
+
 def _frozen_decoder(data: _Data, cfg: EvalConfig, loc: Location, fam: Family, codes: torch.Tensor, occ_t: float) -> dict:
     """The mean dictionary's IO / S / Pos directions at this location as a frozen decoder with the SAE's k."""
-    sup = fit_mean(data.fit[loc], data.splits.fit_prompts)  # the paper's attributes, whatever --attributes adds
+    sup = _fit_supervised(data, "mean", loc, ATTRIBUTES)  # the paper's attributes, whatever --attributes adds
     k = fam.meta.get("k")
     k = int(k) if isinstance(k, (int, float)) and k else max(1, round(float(ap.l0(codes))))
-    frozen = frozen_decoder(data.fit[loc], sup.U, k)
+    frozen = frozen_decoder(data.train[loc], sup.U, k)
     a = data.eval[loc]
     out = {"frozen_k": k}
     boot = data.boot_eval

@@ -232,6 +232,24 @@ def test_a_frame_per_block_adds_nothing_to_the_fitted_vectors(kind):
     assert moved[True] < 1e-4 and moved[False] > 0.5, moved
 
 
+@pytest.mark.parametrize("kind", ["mean", "mse"])
+def test_the_harness_fits_vectors_on_the_fit_split_and_takes_the_center_from_the_train_prompts(kind):
+    from types import SimpleNamespace
+
+    from evals.dictionary import FITS
+    from evals.harness import _fit_supervised
+
+    fit_ps, train_ps = balanced_prompts(240, NAMES[:12], seed=1, frame_per_block=True), balanced_prompts(240, NAMES[:12], seed=0)
+    g = torch.Generator().manual_seed(0)
+    fit_a, train_a = torch.randn(240, D, generator=g), 3 + torch.randn(240, D, generator=g)
+    split = SimpleNamespace(fit={"L": fit_a}, train={"L": train_a}, splits=SimpleNamespace(fit=fit_ps, fit_prompts=fit_ps))
+    d = _fit_supervised(split, kind, "L", ATTRIBUTES)
+    assert torch.allclose(d.center, train_a.mean(0)) and torch.allclose(d.U, FITS[kind](fit_a, fit_ps).U)
+    alone = SimpleNamespace(fit={"L": train_a}, train={"L": train_a}, splits=SimpleNamespace(fit=None, fit_prompts=train_ps))
+    d = _fit_supervised(alone, kind, "L", ATTRIBUTES)  # --n-fit 0: everything from the train prompts
+    assert torch.allclose(d.center, train_a.mean(0)) and torch.allclose(d.U, FITS[kind](train_a, train_ps).U)
+
+
 def test_left_out_read_out_is_at_chance_where_the_activations_carry_nothing():
     """Pure noise activations: a dictionary reads its own train prompts above chance (its vectors lean
     towards them) but every prompt read by the dictionary fitted without it is at chance (1/20 names)."""
