@@ -20,9 +20,10 @@ A weakly carried attribute's mean vector is the mean over its prompts of everyth
 activation carries; where a strong attribute (S) sits beside it, the S names those prompts happened to
 meet add noise to it that only a complete round removes, and a fold left out breaks the round; which
 frames they were drawn in adds noise that only a frame shared by a whole block removes.
-Printed per (design, read-out, n, location, dictionary): the mean best F1 and coverage at F1 >= 0.5 of
-IO, S and Pos, and the interpretable fraction at 0.5 / 0.6 / 0.8; the last rows are ``rounds`` with
-``leave-one-out`` and with the ``fit split`` at --n-ref, the references.
+Printed per (design, read-out, n, n_fit, location, dictionary): the mean best F1 and coverage at F1 >= 0.5
+of IO, S and Pos, and the interpretable fraction at 0.5 / 0.6 / 0.8. The fit split is also fitted on
+--n-ref prompts reading the --n train prompts (what more fit prompts alone change); the last rows are
+``rounds`` with ``leave-one-out`` and with the ``fit split`` at --n-ref, the references.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ def main(argv=None) -> int:
     model, locs = model_and_locations(p, args)
     kept, _ = ed.check_names(model, ed.default_names(model))
     first = ed.name_first_ok(model, kept[0])
-    runs = [("pairs", "5-fold", args.n), ("pairs", "leave-one-out", args.n), ("rounds", "5-fold", args.n),
-            ("rounds", "leave-one-out", args.n), ("rounds", "fit split", args.n), ("rounds", "leave-one-out", args.n_ref),
-            ("rounds", "fit split", args.n_ref)]
+    n, ref = args.n, args.n_ref  # (design, read-out, train prompts, fit prompts)
+    runs = [("pairs", "5-fold", n, n), ("pairs", "leave-one-out", n, n), ("rounds", "5-fold", n, n),
+            ("rounds", "leave-one-out", n, n), ("rounds", "fit split", n, n), ("rounds", "fit split", n, ref),
+            ("rounds", "leave-one-out", ref, ref), ("rounds", "fit split", ref, ref)]
     runs = [r for r in runs if not args.only or r[1] in args.only]
 
     def prompts_and_acts(n, seed, make, **kw):
@@ -106,8 +108,8 @@ def main(argv=None) -> int:
         batch = make_batch(model, prompts)
         return prompts, read_acts(model, batch, ed.semantic_positions(batch), locs)
 
-    rows, acts_of = [], {}
-    for design, read, n in runs:
+    rows, acts_of, fit_of = [], {}, {}
+    for design, read, n, n_fit in runs:
         t0 = time.perf_counter()
         if (design, n) not in acts_of:
             acts_of = {(design, n): prompts_and_acts(n, args.seed, pairs_design if design == "pairs" else ed.balanced_prompts)}
@@ -115,7 +117,9 @@ def main(argv=None) -> int:
         kinds, _ = ip.build_kinds(prompts, KINDS)
         values = attribute_values(prompts)
         if read == "fit split":
-            fit_prompts, fit_acts = prompts_and_acts(n, args.seed + 5, ed.balanced_prompts, frame_per_block=True)
+            if n_fit not in fit_of:
+                fit_of = {n_fit: prompts_and_acts(n_fit, args.seed + 5, ed.balanced_prompts, frame_per_block=True)}
+            fit_prompts, fit_acts = fit_of[n_fit]
         for loc in locs:
             for kind in ("mean", "mse"):
                 if read == "fit split":  # as evals.harness._fit_supervised: vectors from the fit split, center from the train prompts
@@ -125,13 +129,13 @@ def main(argv=None) -> int:
                 else:
                     codes = (kfold_encode if read == "5-fold" else loo_encode)(kind, acts[loc], prompts, values)
                 s = ip.score(it.active_pattern(codes.float()), kinds)
-                row = {"design": design, "read_out": read, "n": n, "location": str(loc), "dictionary": kind,
+                row = {"design": design, "read_out": read, "n": n, "n_fit": n_fit, "location": str(loc), "dictionary": kind,
                        **{f"fraction@{t}": float(s.interpretable_fraction(t)) for t in (0.5, 0.6, 0.8)}}
                 for a in ("IO", "S", "Pos"):
                     row[f"{a} mean best F1"] = float(s.value_f1(a).mean())
                     row[f"{a} coverage@0.5"] = float((s.value_f1(a) >= 0.5).float().mean())
                 rows.append(row)
-                print(f"{design:6s} {read:13s} n={n:6d} {row['location']:28s} {kind:4s} "
+                print(f"{design:6s} {read:13s} n={n:6d} fit={n_fit:6d} {row['location']:28s} {kind:4s} "
                       + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
         print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.json:
