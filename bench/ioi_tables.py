@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -95,5 +96,15 @@ def tables(run: Path) -> str:
     return "\n".join(out)
 
 
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a `workbench ioi eval` run dir")
+    args = p.parse_args(argv)
+    if not (args.run / "approximation.parquet").exists():
+        p.error(f"{args.run} has no approximation.parquet; pass a `workbench ioi eval` run dir")
+    print(tables(args.run))
+    return 0
+
+
 if __name__ == "__main__":
-    print(tables(Path(sys.argv[1])))
+    sys.exit(main())

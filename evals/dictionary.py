@@ -297,8 +297,8 @@ def read_z(codes: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: d
     """attr -> how far the read-out's accuracy on ``prompts`` is above chance, in standard errors:
     ``(acc - e) / sqrt(e (1 - e) / N)`` with ``e = sum_v p_v q_v`` the accuracy of a read-out that is
     independent of the truth but reads each value as often (p: true frequencies, q: read frequencies).
-    Meaningful for codes read without the prompts' own labels (:func:`loo_encode`): below
-    ``READ_Z`` the location does not carry the attribute as far as the dictionary can tell, and the F1
+    Meaningful for codes of prompts the dictionary was not fitted on (a fit split, or
+    :func:`loo_encode`): below ``READ_Z`` the location does not carry the attribute as far as the dictionary can tell, and the F1
     of its features for that attribute is chance level (about 0.5 for the two values of Pos).
     codes: (N, n_values) in the order of ``values``; a prompt with no value read counts as wrong."""
     n, out, off = len(prompts), {}, 0
