@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
 
-import dataclasses
 import json
 import random
 import sys
@@ -90,7 +89,8 @@ def main(argv=None) -> int:
     from evals import interpretability as it
     from evals import interpretation as ip
     from evals.config import KINDS
-    from evals.dictionary import FITS, attribute_values, loo_encode
+    from evals.data import ATTRIBUTES
+    from evals.dictionary import attribute_values, fit_centred_on, loo_encode
     from evals.locations import read_acts
     from workbench.ioi import make_batch
 
@@ -122,8 +122,8 @@ def main(argv=None) -> int:
             fit_prompts, fit_acts = fit_of[n_fit]
         for loc in locs:
             for kind in ("mean", "mse"):
-                if read == "fit split":  # as evals.harness._fit_supervised: vectors from the fit split, center from the train prompts
-                    d = dataclasses.replace(FITS[kind](fit_acts[loc], fit_prompts), center=acts[loc].mean(0))
+                if read == "fit split":  # as the harness: vectors from the fit split, center from the train prompts
+                    d = fit_centred_on(kind, fit_acts[loc], fit_prompts, ATTRIBUTES, acts[loc])
                     assert d.values == values, "the fit and train prompts have different values"
                     codes = d.encode(acts[loc])
                 else:

@@ -18,6 +18,7 @@ the interface holds, and :func:`loo_encode` reads each prompt with a dictionary 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,18 @@ FITS = {"mean": fit_mean, "mse": fit_mse}
 _FIT_CODES = {"mean": _fit_mean, "mse": _fit_mse}
 
 
+def fit_centred_on(kind: str, acts: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], attrs: Sequence[str],
+                   center_acts: torch.Tensor | None = None) -> SupervisedDictionary:
+    """The ``kind`` dictionary's vectors fitted on (acts, prompts); its center the mean of ``center_acts``
+    (N', d) when given. With a fit split (:mod:`evals.data`) the vectors are differences between values, in
+    which the block-shared frames cancel, but the split's own mean rests on one frame per block: the train
+    prompts' mean (a frame each) is the better center."""
+    if kind not in FITS:
+        raise ConfigError(f"unknown supervised dictionary kind {kind!r}; known: {', '.join(FITS)}")
+    d = FITS[kind](acts, prompts, attrs)
+    return d if center_acts is None else dataclasses.replace(d, center=center_acts.mean(0).to(d.center))
+
+
 def joint_read(x: torch.Tensor, U: torch.Tensor, blocks: dict[str, tuple[int, int]], P: torch.Tensor | None = None,
                Q: torch.Tensor | None = None, ban: torch.Tensor | None = None, max_sweeps: int = 20) -> dict[str, torch.Tensor]:
     """attr -> (N,) the value index within each block that together reconstruct the centred ``x`` (N, d)
@@ -298,8 +311,9 @@ def read_z(codes: torch.Tensor, prompts: Sequence[toyworld.IOIPrompt], values: d
     ``(acc - e) / sqrt(e (1 - e) / N)`` with ``e = sum_v p_v q_v`` the accuracy of a read-out that is
     independent of the truth but reads each value as often (p: true frequencies, q: read frequencies).
     Meaningful for codes of prompts the dictionary was not fitted on (a fit split, or
-    :func:`loo_encode`): below ``READ_Z`` the location does not carry the attribute as far as the dictionary can tell, and the F1
-    of its features for that attribute is chance level (about 0.5 for the two values of Pos).
+    :func:`loo_encode`): below ``READ_Z`` the location does not carry the attribute as far as the
+    dictionary can tell, and the F1 of its features for that attribute is chance level (about 0.5 for
+    the two values of Pos).
     codes: (N, n_values) in the order of ``values``; a prompt with no value read counts as wrong."""
     n, out, off = len(prompts), {}, 0
     width = sum(len(v) for v in values.values())

@@ -28,7 +28,6 @@ The results are plain rows (dicts) that :mod:`evals.report` writes into the run 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -42,7 +41,8 @@ from evals import interpretation as ip
 from evals.bootstrap import Resampler, wmean
 from evals.config import EvalConfig
 from evals.data import ATTRIBUTES, EXTRA_ATTRIBUTES, IOISplits, make_splits, semantic_positions
-from evals.dictionary import FITS, READ_Z, SAEFamily, SupervisedDictionary, attribute_values, bias_of, loo_encode, read_z
+from evals.dictionary import (READ_Z, SAEFamily, SupervisedDictionary, attribute_values, bias_of, fit_centred_on, loo_encode,
+                              read_z)
 from evals.frozen_decoder import frozen_decoder
 from evals.locations import CrossSection, Location, Patcher, read_acts, run_patched
 from workbench.config import require
@@ -441,11 +441,10 @@ def _diagnostics(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Family, ba
 
 
 def _fit_supervised(data: _Data, kind: str, loc: Location, attrs: Sequence[str]) -> SupervisedDictionary:
-    """The ``kind`` dictionary at ``loc``: its vectors fitted on the fit prompts; with a fit split its center
-    is the train prompts' mean, which rests on a frame per prompt where the fit split's rests on one per
-    block (its vectors are differences between values, in which the shared frames cancel)."""
-    d = FITS[kind](data.fit[loc], data.splits.fit_prompts, attrs)
-    return d if data.splits.fit is None else dataclasses.replace(d, center=data.train[loc].mean(0).to(d.center))
+    """The ``kind`` dictionary at ``loc``: its vectors fitted on the fit prompts, its center the train
+    prompts' mean (:func:`evals.dictionary.fit_centred_on`)."""
+    return fit_centred_on(kind, data.fit[loc], data.splits.fit_prompts, attrs,
+                          None if data.splits.fit is None else data.train[loc])
 
 
 def _frozen_decoder(data: _Data, cfg: EvalConfig, loc: Location, fam: Family, codes: torch.Tensor, occ_t: float) -> dict:

@@ -17,6 +17,7 @@ from evals import interpretability as it
 from evals.data import ATTRIBUTES, balanced_prompts, counterfactual, labels
 from evals.dictionary import Dictionary, attribute_values, fit_mean, fit_mse, one_hot_codes
 from workbench import toyworld
+from workbench.errors import ConfigError
 
 NAMES = toyworld.IOI_NAMES[:20]
 D = 64
@@ -248,6 +249,8 @@ def test_the_harness_fits_vectors_on_the_fit_split_and_takes_the_center_from_the
     alone = SimpleNamespace(fit={"L": train_a}, train={"L": train_a}, splits=SimpleNamespace(fit=None, fit_prompts=train_ps))
     d = _fit_supervised(alone, kind, "L", ATTRIBUTES)  # --n-fit 0: everything from the train prompts
     assert torch.allclose(d.center, train_a.mean(0)) and torch.allclose(d.U, FITS[kind](train_a, train_ps).U)
+    with pytest.raises(ConfigError, match="unknown supervised dictionary kind 'median'; known: mean, mse"):
+        _fit_supervised(split, "median", "L", ATTRIBUTES)
 
 
 def test_left_out_read_out_is_at_chance_where_the_activations_carry_nothing():
@@ -299,7 +302,6 @@ def test_left_out_read_out_equals_a_refit_without_the_prompt(kind, design):
 
 def test_left_out_read_out_refuses_bad_input_with_a_clear_error():
     from evals.dictionary import loo_encode
-    from workbench.errors import ConfigError
 
     train = balanced_prompts(40, NAMES, seed=0)
     acts = torch.randn(len(train), 8)
@@ -336,7 +338,6 @@ def test_read_z_measures_accuracy_above_chance_in_standard_errors():
     t = labels(train, values)["Pos"]
     e = float((torch.bincount(t, minlength=2).float() / 400 * torch.bincount(t[200:], minlength=2).float() / 400).sum())
     assert read_z(none, train, values)["Pos"] == pytest.approx((0.5 - e) / (e * (1 - e) / 400) ** 0.5, rel=1e-5)
-    from workbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"codes of shape \(399, 42\) for 400 prompts and 42 attribute values"):
         read_z(truth[1:], train, values)
