@@ -283,12 +283,14 @@ def test_dual_formulation_matches_pot_smooth_ot_dual(n, m, k, gamma, seed):
     torch.testing.assert_close(value, res.value, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(plan, res.plan, atol=1e-12, rtol=1e-9)
     with contextlib.redirect_stdout(io.StringIO()):
-        pot_plan, log = ot.smooth.smooth_ot_dual(a.numpy(), b.numpy(), cost.numpy(), gamma,
-                                                 reg_type="sparsity_constrained", max_nz=k, log=True)
+        # POT's L-BFGS at its default stopThr (1e-9) stops ~1% of the plan's max away on some machines' scipy
+        # (seen 1.2% at gamma 0.1): run it to 1e-14, where it lands within 1e-4 of ours
+        pot_plan, log = ot.smooth.smooth_ot_dual(a.numpy(), b.numpy(), cost.numpy(), gamma, reg_type="sparsity_constrained",
+                                                 max_nz=k, log=True, stopThr=1e-14, numItermax=20_000)
     pot_value = dual(torch.as_tensor(log["alpha"]), torch.as_tensor(log["beta"]), cost, a, b, k, gamma)[0]
     assert float(value) >= float(pot_value) - 1e-9 * abs(float(pot_value))  # ours at least POT's
     assert abs(float(value - pot_value)) <= 1e-6 * abs(float(pot_value))
-    assert (plan - torch.as_tensor(pot_plan)).abs().max() <= 1e-2 * float(plan.max())
+    assert (plan - torch.as_tensor(pot_plan)).abs().max() <= 1e-3 * float(plan.max())
 
 
 def test_auto_compile_waits_for_repeated_solves_and_announces_each_build(monkeypatch, capsys):
