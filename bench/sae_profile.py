@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rows", type=int, default=25, help="kernels listed")
+    p.add_argument("--syncs", action="store_true",
+                   help="CUDA: also list the lines of one step that make the host wait for the GPU (torch's sync debug mode)")
     a = p.parse_args(argv)
     a.lr, a.steps_total = 2e-4 / (a.d_sae / 2 ** 14) ** 0.5, a.warmup + a.steps
     a.steps = a.steps_total  # Ours reads a.steps for its schedule
@@ -43,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         t.step(data[i % 4])
     if cuda:
         torch.cuda.synchronize()
+    if cuda and a.syncs:
+        import collections
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            t.step(data[0])
+            torch.cuda.set_sync_debug_mode("default")
+        where = collections.Counter(f"{w.filename.split('/')[-2]}/{w.filename.split('/')[-1]}:{w.lineno}" for w in caught
+                                    if "synchroniz" in str(w.message))
+        print(f"{a.arch}: {sum(where.values())} device syncs in one step" + "".join(f"\n  {n}x {k}" for k, n in where.items()))
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
         for i in range(a.steps_total - a.warmup):

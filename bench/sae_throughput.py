@@ -25,7 +25,8 @@ Timings on a shared 2-core CPU move by +-20% between runs.
 On CUDA (``--device cuda``) every timed block ends with ``torch.cuda.synchronize()``, and each row also
 reports its peak GPU memory: the memory the trainer holds after its warm-up step (parameters, Adam
 state) plus the largest transient allocation of any of its timed blocks (the shared data batches are
-not counted). ``--shapes issue`` runs the three shapes of issue 14 (768/24576/k32/4096,
+not counted), and how many cudaMalloc calls and allocator retries its timed blocks caused (each one a
+device sync; a steady state makes none). ``--shapes issue`` runs the three shapes of issue 14 (768/24576/k32/4096,
 768/98304/k64/4096, 2048/65536/k64/8192) one after the other with the default rows.
 """
 
@@ -95,19 +96,18 @@ class Ours:
     (every step on the CPU; on a GPU folded into a device flag that the trainer reads every log step).
 
     precision: SAEConfig.precision (auto: bfloat16 selection on CUDA); triton: which sae.triton_ops kernels
-    this row uses (set before each of its steps, so rows with and without them can interleave)."""
+    this row uses; small_topk: workbench/topk_small.py's kernel for column top-m (Feature Choice). Each is set before each of the row's steps, so rows that differ interleave."""
 
-    def __init__(self, a, data0, arch="topk", kernel="sparse", precision="auto", triton=None):
+    def __init__(self, a, data0, arch="topk", kernel="sparse", precision="auto", triton=None, small_topk=True):
         from sae import triton_ops
-        from sae.trainer import DeferredCheck
-
-        self.kernels = set(triton_ops.KERNELS) if triton is None else set(triton)
-        self.check = DeferredCheck() if a.device.startswith("cuda") else None
         from sae.config import SAEConfig, TrainConfig
         from sae.model import build_sae
-        from sae.trainer import Schedule, make_optimizer
+        from sae.trainer import DeferredCheck, Schedule, make_optimizer
         from workbench.acts import ActsConfig
 
+        self.knobs = {"kernels": set(triton_ops.KERNELS) if triton is None else set(triton), "small": small_topk}
+        self._set()
+        self.check = DeferredCheck() if a.device.startswith("cuda") else None
         self.cfg = TrainConfig(acts=ActsConfig(batch_size=a.batch), sae=SAEConfig(arch=arch, k=a.k, d_sae=a.d_sae, kernel=kernel,
                                                                                  normalize="none", precision=precision),
                                tokens=a.batch * a.steps, lr=a.lr, warmup_steps=0, decay_frac=0.0, aux="aux_k")
@@ -116,17 +116,21 @@ class Ours:
         self.sae.to(a.device)
         with torch.no_grad():
             self.sae.b_dec.copy_(data0.mean(0))
-        triton_ops.KERNELS = self.kernels
         self.sae.fit_encoder_scale(data0)  # as the trainer does on its first batch
         self.opt = make_optimizer(self.sae, a.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, Schedule(0, a.steps, 0.0))
         self.k_aux = self.cfg.aux_k(a.d_in, a.d_sae)
 
-    def step(self, x):
+    def _set(self):
         from sae import triton_ops
+        from workbench import topk_small
+
+        triton_ops.KERNELS, topk_small.ENABLED = self.knobs["kernels"], self.knobs["small"]
+
+    def step(self, x):
         from sae.trainer import train_step
 
-        triton_ops.KERNELS = self.kernels
+        self._set()
         if self.check is None:
             if not torch.isfinite(x).all():
                 raise FloatingPointError
@@ -137,11 +141,9 @@ class Ours:
 
     @torch.no_grad()
     def fvu(self, x):
-        from sae import triton_ops
-
         if self.check is not None and self.check.failed() is not None:
             raise FloatingPointError("a non-finite loss during the timed steps")
-        triton_ops.KERNELS = self.kernels
+        self._set()
         return fvu_of(x, self.sae(x).x_hat)
 
 
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--only", nargs="+", default=None,
                    help="subset of rows: floor ours dense saelens sparsify fc mc, and floor16 (bf16 matmul), ours-fp32 (float32 selection), "
-                        "ours-triton (sae/triton_ops.py kernels instead of torch's)")
+                        "ours-triton (sae/triton_ops.py kernels), ours-torch (torch's embedding_bag / sampled_addmm instead), fc-torch (feature-choice with torch.topk "
+                        "instead of workbench/topk_small.py's kernel)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (synchronised timing, peak memory)")
     p.add_argument("--shapes", choices=("one", "issue"), default="one",
                    help="one: --d-in/--d-sae/--k/--batch; issue: issue 14's three GPU shapes in turn")
@@ -273,12 +276,16 @@ def run_shape(a, rows: list[str]) -> None:
     tokens = a.batch * a.steps
     names = {"floor": "dense encoder matmul (floor)", "floor16": "dense encoder matmul, bfloat16", "ours": "ours topk (sparse kernel)",
              "ours-fp32": "ours topk, float32 selection", "ours-triton": "ours topk, Triton kernels",
+             "ours-torch": "ours topk, torch kernels",
              "dense": "ours topk (dense autograd)", "saelens": "SAELens TopKTrainingSAE + SAETrainer",
-             "sparsify": "sparsify SparseCoder", "fc": "ours feature-choice (sparse)", "mc": "ours mutual-choice (sparse)"}
+             "sparsify": "sparsify SparseCoder", "fc": "ours feature-choice (sparse)",
+             "fc-torch": "ours feature-choice, torch.topk columns", "mc": "ours mutual-choice (sparse)"}
     make = {"floor": lambda: Floor(a), "floor16": lambda: FloorBF16(a), "ours": lambda: Ours(a, data[0]), "dense": lambda: Ours(a, data[0], kernel="dense"),
             "ours-fp32": lambda: Ours(a, data[0], precision="float32"), "ours-triton": lambda: Ours(a, data[0], triton=("dots", "bag")),
+            "ours-torch": lambda: Ours(a, data[0], triton=()),
             "saelens": lambda: SAELens(a, data[0]), "sparsify": lambda: Sparsify(a, data[0]),
-            "fc": lambda: Ours(a, data[0], arch="feature-choice"), "mc": lambda: Ours(a, data[0], arch="mutual-choice")}
+            "fc": lambda: Ours(a, data[0], arch="feature-choice"),
+            "fc-torch": lambda: Ours(a, data[0], arch="feature-choice", small_topk=False), "mc": lambda: Ours(a, data[0], arch="mutual-choice")}
     trainers, resident, transient = {}, {}, {key: 0 for key in rows}
     for key in rows:  # each built and warmed up (one untimed step on a held-out batch) in turn: its resident memory
         _sync(a.device)
@@ -289,12 +296,15 @@ def run_shape(a, rows: list[str]) -> None:
         resident[key] = (torch.cuda.memory_allocated(a.device) - before) if cuda else 0
     # Interleave: every trainer runs `block` steps in turn, so a load change on the machine hits all of them.
     elapsed = {key: 0.0 for key in rows}
+    mallocs = {key: 0 for key in rows}  # cudaMalloc calls (new segments) and allocator retries during the row's blocks
     for lo in range(0, a.steps, a.block):
         for key, t in trainers.items():
             _sync(a.device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(a.device)
                 base = torch.cuda.memory_allocated(a.device)
+                st = torch.cuda.memory_stats(a.device)
+                m0 = st.get("segment.all.allocated", 0) + st.get("num_alloc_retries", 0)
             t0 = time.perf_counter()
             for x in data[lo:lo + a.block]:
                 t.step(x)
@@ -302,22 +312,24 @@ def run_shape(a, rows: list[str]) -> None:
             elapsed[key] += time.perf_counter() - t0
             if cuda:
                 transient[key] = max(transient[key], torch.cuda.max_memory_allocated(a.device) - base)
+                st = torch.cuda.memory_stats(a.device)
+                mallocs[key] += st.get("segment.all.allocated", 0) + st.get("num_alloc_retries", 0) - m0
     res: dict[str, tuple[float, float | None]] = {}
     for key, t in trainers.items():
         res[key] = (elapsed[key], t.fvu(heldout))
         f = res[key][1]
-        mem = f"  peak {(resident[key] + transient[key]) / 2 ** 30:6.2f} GiB" if cuda else ""
+        mem = f"  peak {(resident[key] + transient[key]) / 2 ** 30:6.2f} GiB  cudaMalloc+retries {mallocs[key]}" if cuda else ""
         print(f"  {names[key]:<40} {tokens / elapsed[key]:>11,.0f} tok/s  {1000 * elapsed[key] / a.steps:7.1f} ms/step"
               + (f"  FVU {f:.4f}" if f is not None else "") + mem, flush=True)
     tps = {k: tokens / v[0] for k, v in res.items()}
     print("ratios")
     for a_, b_, what in (("ours", "saelens", "ours / SAELens"), ("ours", "sparsify", "ours / sparsify"),
                          ("ours", "floor", "ours / matmul floor"), ("ours", "dense", "sparse / dense kernel"),
-                         ("ours", "ours-fp32", "bf16 / fp32 selection"), ("ours-triton", "ours", "Triton / torch kernels"),
+                         ("ours", "ours-fp32", "bf16 / fp32 selection"), ("ours-triton", "ours-torch", "Triton / torch kernels"),
                          ("sparsify", "saelens", "sparsify / SAELens")):
         if a_ in tps and b_ in tps:
             print(f"  {what:<28} {tps[a_] / tps[b_]:.2f}x")
-    for key, what in (("fc", "feature-choice"), ("mc", "mutual-choice")):
+    for key, what in (("fc", "feature-choice"), ("fc-torch", "fc, torch.topk columns"), ("mc", "mutual-choice")):
         if key in res and "ours" in res:
             print(f"  {what} step time / topk   {res[key][0] / res['ours'][0]:.2f}x")
     if cuda and "ours" in resident and "sparsify" in resident:

@@ -38,6 +38,7 @@ a latent; the allocation itself and inference are unchanged (the SAE exports the
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -117,24 +118,41 @@ def uncovered(out: SAEOutput) -> Tensor:
     return torch.nonzero(out.l0() == 0).squeeze(1)
 
 
-def cover_loss(sae: SAE, out: SAEOutput, k: int) -> Tensor:
-    """Hinge pulling each uncovered token over the bar of the k latents it came closest to winning."""
-    rows = uncovered(out)  # (U,) sorted
-    if rows.numel() == 0:
-        return sae.b_enc.sum() * 0.0
+COVER_ROWS = 0.25  # on a GPU the coverage loss takes at most this share of the batch's tokens a step (cover_loss)
+
+
+def cover_loss(sae: SAE, out: SAEOutput, k: int, fixed: bool | None = None) -> Tensor:
+    """Hinge pulling each uncovered token over the bar of the k latents it came closest to winning.
+
+    On a GPU at most ceil(COVER_ROWS * N) uncovered tokens take part in a step (the first ones of the
+    shuffled batch): the loss then runs in a fixed-size slot, padded and masked, without reading the
+    count back, which would stall the step. More are uncovered only early in training, and the rest
+    are reached in later steps. On the CPU, where a read costs nothing, every uncovered token takes
+    part; the two agree whenever at most that many tokens are uncovered. fixed: force one way (None: by device)."""
+    n, f = out.alloc.shape
     pre = out.pre.detach()  # (N, d_sae)
-    on = out.values.detach() > 0
-    sel = out.alloc.values.detach()[on]  # pre-activations of the active pairs
-    if sel.numel() == 0:
-        return sae.b_enc.sum() * 0.0
+    on = out.values.detach() > 0  # (nnz,) the pairs that fired
+    sel = torch.where(on, out.alloc.values.detach().to(pre.dtype), torch.full_like(pre[0, :1], float("inf")))  # (nnz,)
     if sae.threshold_kind == "global":
-        bar = sel.min().expand(pre.shape[1])
-    else:  # per latent; a latent that took nobody sets no bar beyond 0
-        bar = torch.full_like(pre[0], float("inf")).scatter_reduce(0, out.alloc.cols[on], sel, "amin")
-        bar = torch.where(torch.isinf(bar), torch.zeros_like(bar), bar)
-    bar = bar.clamp_min(0)  # (d_sae,)
-    near = (pre[rows] - bar).topk(min(k, pre.shape[1]), dim=1).indices  # (U, k) latents closest to winning
+        bar = sel.min().expand(f)
+    else:  # per latent
+        bar = torch.full_like(pre[0], float("inf")).scatter_reduce(0, out.alloc.cols, sel, "amin")
+    bar = torch.where(torch.isinf(bar), torch.zeros_like(bar), bar).clamp_min(0)  # (d_sae,) no bar beyond 0 if none
+    unc = out.l0() == 0  # (N,)
+    if unc.is_cuda if fixed is None else fixed:  # fixed size: uncovered tokens first, then padding (token 0, masked)
+        cap = min(n, max(1, math.ceil(COVER_ROWS * n)))
+        rows = alloc.nonzero_fixed(unc, cap)  # (U',) U' = cap
+        live = (torch.arange(cap, device=unc.device) < unc.sum()).to(pre.dtype)  # (cap,)
+    else:
+        rows = torch.nonzero(unc).squeeze(1)  # (U',) U' = U, every uncovered token
+        live = torch.ones(rows.numel(), dtype=pre.dtype, device=unc.device)
+    near = (pre[rows] - bar).topk(min(k, f), dim=1).indices  # (U', k) latents closest to winning
     r, c = rows[:, None].expand_as(near).reshape(-1), near.reshape(-1)
     x_c = out.x_c.detach()  # encoder only
-    pre_rc = (x_c[r] * sae.W_enc[:, c].t()).sum(1) + sae.b_enc[c]  # (U * k,) differentiable pre-activations
-    return (bar[c] - pre_rc).relu().sum() / (r.numel() * sel.mean().clamp_min(1e-12))
+    w = torch.index_select(sae.W_enc, 1, c).t()  # (U' k, d_in): its backward is an index_add (fast on any device)
+    pre_rc = (x_c[r] * w).sum(1) + sae.b_enc[c]  # (U' k,) differentiable pre-activations
+    hinge = (bar[c] - pre_rc).relu() * live.repeat_interleave(near.shape[1])
+    n_on = on.sum()
+    mean_sel = (out.alloc.values.detach().to(pre.dtype) * on).sum() / n_on.clamp_min(1)
+    den = (live.sum() * near.shape[1]).clamp_min(1) * mean_sel.clamp_min(1e-12)
+    return hinge.sum() / den * (n_on > 0)

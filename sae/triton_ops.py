@@ -11,10 +11,12 @@ Allocation, sorted by row, or regrouped by latent):
   (segments = tokens) and the weight gradients (segments = latents). One program per (segment,
   BLOCK_D slice of the output row); ``F.embedding_bag`` is the fallback.
 
-Opt-in (``WORKBENCH_TRITON=1``, or a list such as ``dots``) when Triton imports and the tensors are on
-a CUDA device: on an H200 they measured no faster than torch's kernels (docs/sae.md), so torch's are the default;
-``TRITON_INTERPRET=1`` runs the same kernels on the CPU, which is how tests/sae/test_triton_ops.py
-checks them against the torch path without a GPU.
+Used whenever Triton imports and the tensors are on a CUDA device (``WORKBENCH_TRITON=0`` turns them off, a
+list such as ``dots`` picks). On an H200 they were as fast as torch's ``embedding_bag`` / CSR ``sampled_addmm``
+at two of issue 14's shapes and 1.16x faster at the third, and cuSPARSE's sampled product sometimes ran
+7x slower than usual (15 ms a call at 2048 / 65536 / k 64 / 8192) where the Triton kernel does not
+(docs/sae.md). ``TRITON_INTERPRET=1`` runs the same kernels on the CPU, which is how
+tests/sae/test_triton_ops.py checks them against the torch path without a GPU.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ except ImportError:  # pragma: no cover - depends on the install
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 KINDS = ("dots", "bag")
-_env = os.environ.get("WORKBENCH_TRITON", "0")
-# which kernels run in Triton: WORKBENCH_TRITON=0 (none: torch's embedding_bag and sampled_addmm, the
-# default, measured as fast or faster on an H200: docs/sae.md), 1 (both) or a list such as "dots"
+_env = os.environ.get("WORKBENCH_TRITON", "1")
+# which kernels run in Triton on a GPU: WORKBENCH_TRITON=1 (both, the default), 0 (none: torch's
+# embedding_bag and sampled_addmm) or a list such as "dots"
 KERNELS = set(KINDS) if _env == "1" else set() if _env == "0" else {k for k in _env.split(",") if k in KINDS}
 
 

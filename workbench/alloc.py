@@ -24,6 +24,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from workbench import topk_small
+
 
 @dataclass(frozen=True)
 class UnitGroups:
@@ -160,18 +162,32 @@ def _topk_cols(scores: Tensor, cap: Tensor, units: Tensor, m: int | None = None,
     to m: nothing to cut); total: their sum (lets the cut run without a device sync)."""
     m = m if m is not None else int(cap[units].max())
     sub = scores if units.numel() == scores.shape[1] else scores[:, units]
-    _, idx = sub.topk(m, dim=0, sorted=True)  # (m, |units|) row indices, best first per column
+    if topk_small.usable(sub.t(), m):  # a small m on a GPU: one read of each column (workbench/topk_small.py)
+        idx = topk_small.row_topk_small(sub.t(), m)[1].t()  # (m, |units|) row indices, best first per column
+    else:
+        _, idx = sub.topk(m, dim=0, sorted=True)  # (m, |units|)
     cols = units.expand(m, -1)
     if lo == m:
         return idx.reshape(-1), cols.reshape(-1)
     keep = torch.arange(m, device=scores.device)[:, None] < cap[units][None, :]  # (m, |units|)
-    if total is not None and hasattr(torch, "nonzero_static"):
-        try:  # the kept count is known: a fixed-size nonzero needs no sync
-            at = torch.nonzero_static(keep.reshape(-1), size=total).squeeze(1)  # (total,)
-            return idx.reshape(-1)[at], cols.reshape(-1)[at]
+    if total is not None:  # the kept count is known: a fixed-size nonzero needs no sync
+        at = nonzero_fixed(keep.reshape(-1), total)  # (total,)
+        return idx.reshape(-1)[at], cols.reshape(-1)[at]
+    return idx[keep], cols[keep]
+
+
+def nonzero_fixed(mask: Tensor, size: int, fill: int = 0) -> Tensor:
+    """(size,) long: the indices of the first `size` True entries of a 1-D mask, padded with `fill`.
+
+    ``torch.nonzero`` must read the count back to size its output: a device sync on a GPU, which stalls
+    a training step's queue of kernels. With the size fixed by the caller, nothing is read back."""
+    if hasattr(torch, "nonzero_static"):
+        try:
+            return torch.nonzero_static(mask, size=size, fill_value=fill).squeeze(1)
         except (NotImplementedError, RuntimeError):  # no kernel for this device in this torch
             pass
-    return idx[keep], cols[keep]
+    idx = torch.nonzero(mask).squeeze(1)[:size]
+    return torch.cat([idx, idx.new_full((size - idx.numel(),), fill)])
 
 
 def topk_global(scores: Tensor, budget: int) -> Allocation:

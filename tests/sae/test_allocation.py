@@ -83,6 +83,49 @@ def test_c_cover_loss_teaches_the_allocation_to_cover_tokens_it_left_out(arch):
     assert cover_loss(t, t(X), k=4).item() == 0.0  # nothing to cover
 
 
+@pytest.mark.parametrize("arch", ["feature-choice", "mutual-choice"])
+def test_c_cover_loss_in_a_fixed_slot_equals_the_exact_one_until_the_slot_is_full(arch, monkeypatch):
+    """The GPU's form (a fixed slot of ceil(COVER_ROWS N) rows, padded, nothing read back) gives the CPU's
+    value and gradient while the uncovered tokens fit; past that, it is the mean over the first ones."""
+    import sae.losses as L
+
+    s = build_sae(SAEConfig(arch=arch, k=1, d_sae=64, normalize="per_token").resolve(16))
+    s.init_weights(torch.Generator().manual_seed(0))
+    out = s(X)
+    unc = uncovered(out)
+    assert 30 < unc.numel() < X.shape[0]
+
+    def loss_and_grad(fixed):
+        s.zero_grad()
+        v = cover_loss(s, out, k=3, fixed=fixed)
+        v.backward(retain_graph=True)
+        return v.detach(), s.W_enc.grad.clone(), s.b_enc.grad.clone()
+
+    exact = loss_and_grad(False)
+    assert exact[0] > 0
+    monkeypatch.setattr(L, "COVER_ROWS", 1.0)  # room for every token: same value and gradients
+    for a, b in zip(loss_and_grad(True), exact):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(L, "COVER_ROWS", 10 / X.shape[0])  # room for 10: the first 10 uncovered tokens alone
+    part = loss_and_grad(True)[0]
+    # reference, token by token: the hinge of the first 10 uncovered tokens over the bars of this batch
+    with torch.no_grad():
+        on = out.values > 0
+        sel = out.alloc.values[on]
+        if arch == "mutual-choice":
+            bar = sel.min().expand(64)
+        else:
+            bar = torch.full((64,), float("inf")).scatter_reduce(0, out.alloc.cols[on], sel, "amin")
+            bar = torch.where(torch.isinf(bar), torch.zeros_like(bar), bar)
+        bar = bar.clamp_min(0)
+        total = 0.0
+        for u in unc[:10].tolist():
+            near = (out.pre[u] - bar).topk(3).indices
+            pre_u = out.x_c[u] @ s.W_enc[:, near] + s.b_enc[near]
+            total += float((bar[near] - pre_u).relu().sum())
+    torch.testing.assert_close(float(part), total / (10 * 3 * float(sel.mean())), rtol=1e-5, atol=1e-7)
+
+
 def test_d_uniform_feature_choice_capacities_spend_exactly_the_budget():
     s = build_sae(SAEConfig(arch="feature-choice", k=4, d_sae=48).resolve(16))
     s.init_weights(torch.Generator().manual_seed(0))
