@@ -4,36 +4,15 @@ sums, and whole SAE steps (codes, reconstructions, every gradient) of each archi
 Run on the CPU by Triton's interpreter (TRITON_INTERPRET=1, read when Triton is imported, so each check
 runs in a fresh process); on a GPU, tests/sae/test_cuda.py runs the compiled kernels."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-# Triton's interpreter turns a scalar into a one-element array and reads loop bounds with int(array),
-# which NumPy 2 refuses for arrays of one dimension: read the element instead (interpreter only).
-PREAMBLE = """
-import triton.runtime.interpreter as _I
-_orig = _I._patch_lang_tensor
-def _patch(tensor, scope):
-    _orig(tensor, scope)
-    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-_I._patch_lang_tensor = _patch
-"""
+from tests.triton_interpret import interpret  # noqa: E402
 
 
 def _interpret(code: str) -> str:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT, "WORKBENCH_TRITON": "1"}
-    p = subprocess.run([sys.executable, "-c", PREAMBLE + textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p.stdout
+    return interpret(code, WORKBENCH_TRITON="1")
 
 
 def test_sampled_dots_and_segment_sum_match_torch():

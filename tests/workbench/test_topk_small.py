@@ -4,9 +4,6 @@ Feature Choice's allocation through it equals the torch path's.
 On the CPU by Triton's interpreter (TRITON_INTERPRET=1 is read when Triton is imported, so that check runs in
 a fresh process); on a GPU, the compiled kernel (skipped without one)."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -14,7 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.triton_interpret import interpret  # noqa: E402
 
 CHECK = """
 import torch
@@ -53,21 +50,9 @@ for caps in (alloc.uniform_capacities(300 * 4, 64).to(dev), torch.randint(0, 9, 
 print("OK")
 """
 
-PREAMBLE = """
-import triton.runtime.interpreter as _I
-_orig = _I._patch_lang_tensor
-def _patch(tensor, scope):
-    _orig(tensor, scope)
-    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-_I._patch_lang_tensor = _patch
-"""
-
 
 def test_small_topk_kernel_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
-    code = PREAMBLE + textwrap.dedent(CHECK).replace("DEVICE", "'cpu'")
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
+    assert "OK" in interpret(CHECK.replace("DEVICE", "'cpu'"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
