@@ -12,10 +12,10 @@ Allocation, sorted by row, or regrouped by latent):
   BLOCK_D slice of the output row); ``F.embedding_bag`` is the fallback.
 
 Used whenever Triton imports and the tensors are on a CUDA device (``WORKBENCH_TRITON=0`` turns them off, a
-list such as ``dots`` picks). On an H200 they were as fast as torch's ``embedding_bag`` / CSR ``sampled_addmm``
-at two of issue 14's shapes and 1.16x faster at the third, and cuSPARSE's sampled product sometimes ran
-7x slower than usual (15 ms a call at 2048 / 65536 / k 64 / 8192) where the Triton kernel does not
-(docs/sae.md). ``TRITON_INTERPRET=1`` runs the same kernels on the CPU, which is how
+list such as ``dots`` picks). On an H200 they were 1.05-1.16x faster than torch's ``embedding_bag`` / CSR
+``sampled_addmm`` at the first of issue 14's shapes and as fast at the other two, and cuSPARSE's sampled
+product once ran 7x slower than usual (15.5 ms a call at 2048 / 65536 / k 64 / 8192), which the Triton
+kernel was not seen to do (docs/sae.md). ``TRITON_INTERPRET=1`` runs the same kernels on the CPU, which is how
 tests/sae/test_triton_ops.py checks them against the torch path without a GPU.
 """
 
