@@ -42,6 +42,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from workbench import alloc
@@ -132,27 +133,26 @@ def cover_loss(sae: SAE, out: SAEOutput, k: int, fixed: bool | None = None) -> T
     n, f = out.alloc.shape
     pre = out.pre.detach()  # (N, d_sae)
     on = out.values.detach() > 0  # (nnz,) the pairs that fired
-    sel = torch.where(on, out.alloc.values.detach().to(pre.dtype), torch.full_like(pre[0, :1], float("inf")))  # (nnz,)
-    if sae.threshold_kind == "global":
-        bar = sel.min().expand(f)
+    sel = out.alloc.values.detach().to(pre.dtype)  # (nnz,) their pre-activations
+    if sae.threshold_kind == "global":  # one bar: a 0-d tensor that broadcasts
+        bar = sel.masked_fill(~on, float("inf")).min()
     else:  # per latent
-        bar = torch.full_like(pre[0], float("inf")).scatter_reduce(0, out.alloc.cols, sel, "amin")
-    bar = torch.where(torch.isinf(bar), torch.zeros_like(bar), bar).clamp_min(0)  # (d_sae,) no bar beyond 0 if none
+        bar = torch.full_like(pre[0], float("inf")).scatter_reduce(0, out.alloc.cols, sel.masked_fill(~on, float("inf")), "amin")
+    bar = bar.nan_to_num(posinf=0.0).clamp_min(0)  # no bar beyond 0 where no pair fired
     unc = out.l0() == 0  # (N,)
     if unc.is_cuda if fixed is None else fixed:  # fixed size: uncovered tokens first, then padding (token 0, masked)
         cap = min(n, max(1, math.ceil(COVER_ROWS * n)))
         rows = alloc.nonzero_fixed(unc, cap)  # (U',) U' = cap
-        live = (torch.arange(cap, device=unc.device) < unc.sum()).to(pre.dtype)  # (cap,)
+        live = torch.arange(cap, device=unc.device) < unc.sum()  # (U',) real uncovered tokens
     else:
         rows = torch.nonzero(unc).squeeze(1)  # (U',) U' = U, every uncovered token
-        live = torch.ones(rows.numel(), dtype=pre.dtype, device=unc.device)
+        live = None
     near = (pre[rows] - bar).topk(min(k, f), dim=1).indices  # (U', k) latents closest to winning
-    r, c = rows[:, None].expand_as(near).reshape(-1), near.reshape(-1)
-    x_c = out.x_c.detach()  # encoder only
-    w = torch.index_select(sae.W_enc, 1, c).t()  # (U' k, d_in): its backward is an index_add (fast on any device)
-    pre_rc = (x_c[r] * w).sum(1) + sae.b_enc[c]  # (U' k,) differentiable pre-activations
-    hinge = (bar[c] - pre_rc).relu() * live.repeat_interleave(near.shape[1])
+    w = F.embedding(near, sae.W_enc.t())  # (U', k, d_in) encoder columns; its backward is one scatter-add
+    pre_rc = (w @ out.x_c.detach()[rows].unsqueeze(-1)).squeeze(-1) + sae.b_enc[near]  # (U', k), encoder only
+    hinge = (bar[near] if bar.ndim else bar) - pre_rc  # (U', k)
+    hinge = hinge.relu() if live is None else hinge.relu() * live.unsqueeze(1)
+    n_live = max(1, rows.numel()) if live is None else live.sum().clamp_min(1)
+    # mean over the tokens' k hinges, in units of the mean selected pre-activation (0 when nothing fired)
     n_on = on.sum()
-    mean_sel = (out.alloc.values.detach().to(pre.dtype) * on).sum() / n_on.clamp_min(1)
-    den = (live.sum() * near.shape[1]).clamp_min(1) * mean_sel.clamp_min(1e-12)
-    return hinge.sum() / den * (n_on > 0)
+    return hinge.sum() * n_on / (n_live * near.shape[1] * (sel * on).sum().clamp_min(1e-12))

@@ -350,10 +350,9 @@ class FeatureChoiceSAE(SAE):
         kN mod d_sae most used latents) or Zipf m_r ∝ r^-alpha by usage rank (capped at N, the rest
         spread over the others)."""
         cfg = self.cfg
-        ranks = alloc.ranks_of(self.usage())
         if cfg.capacity == "uniform":
-            return alloc.uniform_capacities(cfg.k * n, cfg.d_sae, ranks)
-        return alloc.zipf_capacities(cfg.k * n, cfg.d_sae, cfg.zipf_alpha, ranks, cap=n)
+            return alloc.uniform_capacities(cfg.k * n, cfg.d_sae, usage=self.usage())
+        return alloc.zipf_capacities(cfg.k * n, cfg.d_sae, cfg.zipf_alpha, alloc.ranks_of(self.usage()), cap=n)
 
     def _update_usage(self, cols: Tensor, vals: Tensor, ema: float) -> None:
         share = torch.zeros_like(self.mass).index_add_(0, cols, vals.to(self.mass))

@@ -143,6 +143,11 @@ def test_drop_over_capacity_keeps_first_choices_then_earlier_rows():
 def test_uniform_capacities_sum_exactly_to_the_budget():
     u = alloc.uniform_capacities(800, 64, ranks=alloc.ranks_of(torch.arange(64.0)))
     assert int(u.sum()) == 800 and set(u.tolist()) == {12, 13} and u[63] == 13 and u[0] == 12
+    g = torch.Generator().manual_seed(0)
+    for usage in (torch.arange(64.0), torch.rand(64, generator=g), torch.randint(0, 3, (64,), generator=g).float()):
+        for total in (800, 768, 63, 0):  # with ties in usage: the lower index ranks first, as ranks_of
+            assert torch.equal(alloc.uniform_capacities(total, 64, usage=usage),
+                               alloc.uniform_capacities(total, 64, ranks=alloc.ranks_of(usage)))
 
 
 def test_topk_per_col_with_known_capacities_is_the_same_allocation():
