@@ -134,19 +134,19 @@ def cover_loss(sae: SAE, out: SAEOutput, k: int, fixed: bool | None = None) -> T
     pre = out.pre.detach()  # (N, d_sae)
     on = out.values.detach() > 0  # (nnz,) the pairs that fired
     sel = out.alloc.values.detach().to(pre.dtype)  # (nnz,) their pre-activations
+    fired = sel.masked_fill(~on, float("inf"))  # (nnz,) inf where the pair did not fire
     if sae.threshold_kind == "global":  # one bar: a 0-d tensor that broadcasts
-        bar = sel.masked_fill(~on, float("inf")).min()
+        bar = fired.min()
     else:  # per latent
-        bar = torch.full_like(pre[0], float("inf")).scatter_reduce(0, out.alloc.cols, sel.masked_fill(~on, float("inf")), "amin")
+        bar = torch.full_like(pre[0], float("inf")).scatter_reduce(0, out.alloc.cols, fired, "amin")
     bar = bar.nan_to_num(posinf=0.0).clamp_min(0)  # no bar beyond 0 where no pair fired
-    unc = out.l0() == 0  # (N,)
-    if unc.is_cuda if fixed is None else fixed:  # fixed size: uncovered tokens first, then padding (token 0, masked)
+    if pre.is_cuda if fixed is None else fixed:  # fixed size: uncovered tokens first, then padding (token 0, masked)
+        unc = out.l0() == 0  # (N,)
         cap = min(n, max(1, math.ceil(COVER_ROWS * n)))
         rows = alloc.nonzero_fixed(unc, cap)  # (U',) U' = cap
         live = torch.arange(cap, device=unc.device) < unc.sum()  # (U',) real uncovered tokens
     else:
-        rows = torch.nonzero(unc).squeeze(1)  # (U',) U' = U, every uncovered token
-        live = None
+        rows, live = uncovered(out), None  # (U',) U' = U, every uncovered token
     near = (pre[rows] - bar).topk(min(k, f), dim=1).indices  # (U', k) latents closest to winning
     w = F.embedding(near, sae.W_enc.t())  # (U', k, d_in) encoder columns; its backward is one scatter-add
     pre_rc = (w @ out.x_c.detach()[rows].unsqueeze(-1)).squeeze(-1) + sae.b_enc[near]  # (U', k), encoder only

@@ -280,12 +280,12 @@ def uniform_capacities(total: int, n_units: int, ranks: Tensor | None = None, us
     Feature Choice SAE asks every training step).
     """
     base, extra = divmod(int(total), n_units)
-    where = usage if usage is not None else ranks
-    cap = torch.full((n_units,), base, dtype=torch.long, device=where.device if where is not None else None)
-    if usage is not None:  # the `extra` most used units (ties: lower index first, as ranks_of)
-        return cap.index_fill_(0, torch.argsort(usage, descending=True, stable=True)[:extra], base + 1) if extra else cap
-    cap[:extra] += 1  # made where the ranks are: a host tensor copied to a GPU would sync it
-    return _by_rank(cap, ranks)
+    if usage is not None:  # the `extra` most used units get one more (ties: lower index first, as ranks_of)
+        cap = torch.full((n_units,), base, dtype=torch.long, device=usage.device)
+        return cap.index_fill_(0, torch.argsort(usage, descending=True, stable=True)[:extra], base + 1)
+    by_rank = torch.full((n_units,), base, dtype=torch.long, device=ranks.device if ranks is not None else None)
+    by_rank[:extra] += 1  # made where the ranks are: a host tensor copied to a GPU would sync it
+    return _by_rank(by_rank, ranks)
 
 
 def zipf_capacities(total: int, n_units: int, alpha: float = 1.0, ranks: Tensor | None = None,
