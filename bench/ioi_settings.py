@@ -87,6 +87,43 @@ def compare(run: dict, ref: dict, tol: float, field: str = "values") -> dict:
             "outside": sorted(((k, round(d, 4)) for k, d in diffs.items() if d > tol), key=lambda x: -x[1])[:20]}
 
 
+def parse_setting(setting: str) -> tuple[int, int, int | None]:
+    """"24000x3000" -> (24000, 3000, None: fit prompts as many as train); "96000x3000x24000" sets n_fit too."""
+    parts = [int(x) for x in setting.split("x")]
+    if len(parts) not in (2, 3):
+        raise SystemExit(f"setting {setting!r}: write n_train x n_eval, optionally x n_fit (e.g. 24000x3000 or 96000x3000x24000)")
+    return parts[0], parts[1], (parts[2] if len(parts) == 3 else None)
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+
+
+def se_scaling(runs: dict, settings: list[str]) -> dict:
+    """How each kind of number's bootstrap ± shrinks with the train prompts: per metric (coverage, mean best F1,
+    interpretable fraction, of the interpretability table), the median ratio of a setting's ± to the first
+    setting's, and the exponent a in ± ~ n_train^-a it implies (1/2 for a mean; about 1/4 for a count of values
+    over a threshold when many values sit near it: the values within one ± of it are themselves ~ ±)."""
+    import math
+    import statistics
+
+    base = runs[settings[0]]["se"]
+    n0 = parse_setting(settings[0])[0]
+    out = {}
+    for s in settings[1:]:
+        ratio_n = parse_setting(s)[0] / n0
+        for metric in ("coverage", "mean_best_f1", "interpretable_fraction"):
+            ks = [k for k, v in base.items() if k.startswith("interpretability:") and k.endswith("/" + metric) and v > 1e-4
+                  and runs[s]["se"].get(k, 0) > 0]
+            if ks and ratio_n != 1:
+                r = statistics.median(runs[s]["se"][k] / base[k] for k in ks)
+                out[f"{s} vs {settings[0]}/{metric}"] = {"n": len(ks), "median_se_ratio": r, "n_train_ratio": ratio_n,
+                                                         "exponent": -math.log(r) / math.log(ratio_n)}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy-ioi")
@@ -94,10 +131,11 @@ def main(argv=None) -> int:
     p.add_argument("--location", action="append", default=[])
     p.add_argument("--cross-section", action="append", default=[])
     p.add_argument("--sae", action="append", default=[])
-    p.add_argument("--reference", default="96000x8000", help="n_train x n_eval taken as converged")
+    p.add_argument("--reference", default="96000x8000", help="n_train x n_eval (x n_fit; default n_fit = n_train) taken as converged")
     p.add_argument("--settings", nargs="+", default=["3000x1500", "12000x1500", "24000x1500", "24000x3000"])
     p.add_argument("--pairs", nargs="*", default=[], metavar="CAND:REF", help="further comparisons between stored settings")
     p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--device", default="cpu", help="torch device of the model and the evaluation (cuda for large references)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=0.02)
     p.add_argument("--out", default="runs/bench/ioi_settings_full.json", help="every value of every setting")
@@ -111,30 +149,31 @@ def main(argv=None) -> int:
     from evals.report import headline_numbers
     from workbench.models import load_model
 
-    model = load_model(args.model, "cpu")
-    families = load_families(args.sae)
+    model = load_model(args.model, args.device)
+    families = load_families(args.sae, args.device)
     _, sections = load_cross_sections(args.locations)
     sections = select_sections(sections, args.cross_section, args.location)
     record = {"model": args.model, "locations": args.locations, "location": args.location, "sae": args.sae, "seed": args.seed,
-              "reference": args.reference, "tol": args.tol, "cpu_count": os.cpu_count(), "runs": {}}
+              "reference": args.reference, "tol": args.tol, "cpu_count": os.cpu_count(), "device": _device_name(args.device), "runs": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.reuse and out.exists():
         old = json.loads(out.read_text())
         if all(old.get(k) == record[k] for k in ("model", "locations", "location", "sae", "seed")):
             record["runs"] = {k: v for k, v in old["runs"].items() if "headline" in v}  # older records lack headline numbers
-    for setting in [args.reference, *args.settings]:
+    for setting in [*args.settings, args.reference]:  # the reference last: a run cut short keeps the candidates
         if setting in record["runs"]:
             print(f"{setting}: reused from {out}", flush=True)
             continue
-        n_train, n_eval = (int(x) for x in setting.split("x"))
+        n_train, n_eval, n_fit = parse_setting(setting)
         t0, load = time.perf_counter(), os.getloadavg()[0]
         n_boot = 0 if setting == args.reference else args.n_boot  # the reference's own ± is the candidates' x sqrt(n / N)
-        res = evaluate(model, EvalConfig(model=args.model, n_train=n_train, n_eval=n_eval, seed=args.seed, n_boot=n_boot),
+        res = evaluate(model, EvalConfig(model=args.model, n_train=n_train, n_eval=n_eval, n_fit=n_fit, seed=args.seed, n_boot=n_boot,
+                                         device=args.device),
                        sections, families, progress=lambda m: print(f"  [{setting}] {m}", flush=True))
         vals, ses = flatten(res)
         record["runs"][setting] = {"values": vals, "se": ses, "headline": headline_numbers(res), "wall_s": time.perf_counter() - t0,
-                                   "load_before": load, "timings": res.timings}
+                                   "load_before": load, "timings": res.timings, "device": record["device"]}
         print(f"{setting}: {len(vals)} numbers, {time.perf_counter() - t0:.0f} s (load {load:.1f})", flush=True)
         out.write_text(json.dumps(record, indent=1))
     pairs = [(c, args.reference) for c in args.settings] + [tuple(x.split(":")) for x in args.pairs]
@@ -147,12 +186,18 @@ def main(argv=None) -> int:
                   f"within {args.tol}; numbers off by more, per table/metric: {s['outside_tol']}")
             if field == "headline" and refname == args.reference and s["within_tol"] == s["n"]:
                 passing.append(cand)
-    smallest = min(passing, key=lambda c: sum(int(x) for x in c.split("x")), default=None)
+    cands = [c for c in args.settings if record["runs"][c]["se"]]
+    if len(cands) > 1:
+        record["se_scaling"] = se_scaling(record["runs"], cands)
+        for k, v in record["se_scaling"].items():
+            print(f"± of {k}: median ratio {v['median_se_ratio']:.2f} over {v['n']} numbers at {v['n_train_ratio']:g}x the train "
+                  f"prompts: ± ~ n_train^-{v['exponent']:.2f}")
+    smallest = min(passing, key=lambda c: sum(parse_setting(c)[:2]), default=None)
     print(f"smallest setting with every number of summary.md within {args.tol} of {args.reference}: {smallest or 'none of these'}")
     record["summary"], record["smallest_headline_within_tol"] = summary, smallest
     out.write_text(json.dumps(record, indent=1))
     small = {k: v for k, v in record.items() if k != "runs"}
-    small["timings"] = {s: {"wall_s": r["wall_s"], "load_before": r["load_before"]} for s, r in record["runs"].items()}
+    small["timings"] = {s: {"wall_s": r["wall_s"], "load_before": r["load_before"], "device": r.get("device")} for s, r in record["runs"].items()}
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
     Path(args.summary).write_text(json.dumps(small, indent=1))
     print(f"every value in {out}; the comparison in {args.summary}")

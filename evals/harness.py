@@ -261,8 +261,8 @@ def _interpretable_features(data: _Data, cfg: EvalConfig, fam: Family, base: dic
         ld_part = data.run(part)
         ld_rest = data.run({loc: means[loc] + data.eval[loc] - part[loc] for loc in codes})
         row = {**base, "f1_threshold": t,
-               "n_interpretable": _nanmean(float(k.sum()) for k in keep.values()),
-               "l0_interpretable": _nanmean(float(ap.l0(codes[loc] * keep[loc].to(codes[loc]))) for loc in codes)}
+               "n_interpretable": _nanmean(float(k.sum()) for k in keep.values())}
+        _put(row, "l0_interpretable", boot, _loc_mean(lambda c, k, w=None: ap.l0(c * k.to(c), w), [(codes[loc], keep[loc]) for loc in codes]))
         _put(row, "interpretable_fraction", data.boot_train,
              _loc_mean(lambda s, w=None: s.interpretable_fraction(t, w), [(scores[loc],) for loc in codes]))
         _put(row, "sufficiency", boot, ap.sufficiency, clean.ld, ld_part.ld)

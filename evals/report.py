@@ -250,6 +250,12 @@ def _fit_note(splits: dict) -> str:
     return "; supervised dictionaries fitted on the train prompts, read leave-one-out" if n is None else f", {n} fit"
 
 
+def _read_note(splits: dict) -> str:
+    """Which dictionary reads each train prompt: one fitted on the fit prompts, or (no fit split) one fitted without it."""
+    return ("of the train prompts, which they were not fitted on (they are fitted on the fit prompts)" if splits.get("n_fit")
+            else "of the train prompts, each read by a dictionary fitted without it")
+
+
 def summary_markdown(res: "Results", model: str) -> str:
     """Headline tables with bootstrap ±: approximation, interpretable features, control, interpretability, diagnostics."""
     c = res.clean
@@ -282,7 +288,7 @@ def summary_markdown(res: "Results", model: str) -> str:
                 "|---|---|---|---|---|---|---|---|"]
         for r in res.interpretable:
             out.append(f"| {r['cross_section']} | {r['dictionary']} | {_f(r['f1_threshold'])} | {_pm(r, 'interpretable_fraction')} | "
-                       f"{_f(r['l0_interpretable'], 1)} / {_f(r['l0_full'], 1)} | {_pm(r, 'sufficiency')} ({_f(r['sufficiency_full'])}) | "
+                       f"{_pm(r, 'l0_interpretable', 1)} / {_pm(r, 'l0_full', 1)} | {_pm(r, 'sufficiency')} ({_f(r['sufficiency_full'])}) | "
                        f"{_pm(r, 'necessity')} ({_f(r['necessity_full'])}) | {_pm(r, 'ld_recovered')} ({_f(r['ld_recovered_full'])}) |")
     out += ["", "## Control (edit accuracy; SAE edits: the best over k = features changed, with the k that reached it)", "",
             "| cross-section | dictionary | attribute | no edit | supervised / greedy | F1-guided | target changed |", "|---|---|---|---|---|---|---|"]
@@ -298,8 +304,10 @@ def summary_markdown(res: "Results", model: str) -> str:
         thr = sorted({r["f1_threshold"] for r in res.interpretability})
         out += ["", f"## Interpretability (mean best F1; coverage at F1 >= {' / '.join(_f(t) for t in thr)})", "",
                 "Supervised dictionaries are scored through their read-out (the values whose vectors together reconstruct "
-                "an activation best), each train prompt read by a dictionary fitted without it; \"(at chance)\": that read-out "
-                f"is not above chance by {READ_Z:g} standard errors, so the F1 of its features for that attribute is chance level (about 0.5 for Pos's two values).", "",
+                f"an activation best) {_read_note(res.splits)}; \"(at chance)\": that read-out "
+                f"is not above chance by {READ_Z:g} standard errors, so the F1 of its features for that attribute is chance level (about 0.5 for Pos's two values). "
+                "A coverage counts the values whose best F1 is over a threshold: where many sit near it, its ± falls only as "
+                "n_train^(-1/4) (docs/ioi.md, 'How many prompts').", "",
                 "| cross-section | dictionary | location | IO | S | Pos | interpretable features (any kind) |", "|---|---|---|---|---|---|---|"]
         keyed = {}
         for r in res.interpretability:
@@ -311,7 +319,7 @@ def summary_markdown(res: "Results", model: str) -> str:
                     return "–"
                 first = rows[thr[0]]
                 chance = " (at chance)" if first.get("above_chance") is False else ""
-                return f"{_pm(first, 'mean_best_f1')}; " + " / ".join(_f(rows[t]["coverage"]) for t in thr if t in rows) + chance
+                return f"{_pm(first, 'mean_best_f1')}; " + " / ".join(_pm(rows[t], "coverage") for t in thr if t in rows) + chance
             anyr = by.get("(any)", {})
             interp = " / ".join(_pm(anyr[t], "interpretable_fraction") for t in thr if t in anyr)
             out.append(f"| {cs} | {d} | `{loc}` | {cell('IO')} | {cell('S')} | {cell('Pos')} | {interp} |")

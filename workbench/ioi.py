@@ -56,9 +56,16 @@ def make_batch(model: "HookedTransformer", prompts: Sequence[toyworld.IOIPrompt]
         not_pad = tokens != pad
         not_pad[:, 0] = True
         lengths = not_pad.sum(1)
-    io = torch.tensor([name_token_id(model, p.io) for p in prompts])
-    s_ids = [name_token_id(model, p.s) for p in prompts]
-    s2 = torch.tensor([sid if p.s2_form == "name" else name_token_id(model, p.s2_text().split()[-1])  # former / latter
+    ids: dict[str, int] = {}  # a name's id, tokenized once per batch rather than once per prompt
+
+    def tid(name: str) -> int:
+        if name not in ids:
+            ids[name] = name_token_id(model, name)
+        return ids[name]
+
+    io = torch.tensor([tid(p.io) for p in prompts])
+    s_ids = [tid(p.s) for p in prompts]
+    s2 = torch.tensor([sid if p.s2_form == "name" else tid(p.s2_text().split()[-1])  # former / latter
                        for p, sid in zip(prompts, s_ids)])
     s = torch.tensor(s_ids)
     dev = tokens.device

@@ -75,3 +75,38 @@ def test_summary_marks_the_supervised_read_outs_at_chance(results):
     lines = [ln for ln in text.splitlines() if "(at chance)" in ln and ln.startswith("| ")]
     assert len(lines) == 1 and "| mse |" in lines[0] and len(re.findall(r"\(at chance\)", lines[0])) == 1
     assert "(at chance)" in lines[0].split(" | ")[4]  # | cross-section | dictionary | location | IO | S | ...: the S cell
+
+
+def test_every_number_of_the_feature_tables_carries_its_se(results):
+    """Issue 15: a bootstrap ± for every number. In the interpretable-features and interpretability tables each
+    number is followed by its ± (coverages and L0 kept included), apart from the full reconstruction's numbers in
+    brackets, which the approximation table shows with theirs."""
+    import re
+
+    text = summary_markdown(results, "tiny")
+    sections = {s.split("\n", 1)[0]: s for s in text.split("\n## ")}
+    checked = 0
+    for title in ("Interpretable features only", "Interpretability"):
+        body = next(v for k, v in sections.items() if k.startswith(title))
+        rows = [ln for ln in body.splitlines() if ln.startswith("| ") and not ln.startswith("| cross-section")]
+        assert rows
+        for ln in rows:
+            cells = ln.split(" | ")[3:]  # past cross-section, dictionary, and location or threshold
+            for cell in cells:
+                bare = re.sub(r"\([^)]*\)", "", cell)  # bracketed: the full reconstruction's, or "(at chance)"
+                for m in re.finditer(r"(?<![±\d.] )(?<![\d.])-?\d+\.\d+", bare):
+                    assert bare[m.end():].startswith(" ±"), f"{m.group()} in {cell!r} has no ±"
+                    checked += 1
+    assert checked > 20
+
+
+def test_the_read_out_note_names_the_prompts_the_dictionaries_were_fitted_on(results):
+    """With a fit split the supervised read-outs are of prompts the dictionaries were not fitted on; without one,
+    each train prompt is read leave-one-out. summary.md says which."""
+    import copy
+
+    assert results.splits.get("n_fit")
+    assert "they are fitted on the fit prompts" in summary_markdown(results, "tiny")
+    res = copy.deepcopy(results)
+    res.splits["n_fit"] = None
+    assert "each read by a dictionary fitted without it" in summary_markdown(res, "tiny")

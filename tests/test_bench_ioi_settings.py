@@ -1,0 +1,44 @@
+"""bench/ioi_settings.py's parsing of settings and its read of how a ± shrinks with the train prompts."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("ioi_settings", ROOT / "bench" / "ioi_settings.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_settings_parse_with_and_without_fit(bench):
+    assert bench.parse_setting("24000x3000") == (24000, 3000, None)
+    assert bench.parse_setting("192000x3000x48000") == (192000, 3000, 48000)
+    with pytest.raises(SystemExit, match="n_train x n_eval"):
+        bench.parse_setting("24000")
+
+
+def test_se_scaling_reads_the_exponent_of_each_kind_of_number(bench):
+    """A mean's ± halves at 4x the prompts (exponent 1/2); a count's that falls by 4^-1/4 reads 1/4; the median
+    over numbers is taken, and ± of 0 (a number the bootstrap cannot move) are left out."""
+    def run(n_scale):
+        se = {}
+        for i in range(5):
+            se[f"interpretability:cs/mean/loc/IO/0.5/x{i}/mean_best_f1"] = 0.004 * (1 + i / 10) * n_scale ** -0.5
+            se[f"interpretability:cs/mean/loc/IO/0.5/x{i}/coverage"] = 0.03 * (1 + i / 10) * n_scale ** -0.25
+        se["interpretability:cs/mean/loc/Pos/0.5/coverage"] = 0.0
+        return {"se": se}
+
+    out = bench.se_scaling({"1000x100": run(1), "4000x100": run(4)}, ["1000x100", "4000x100"])
+    cov, f1 = out["4000x100 vs 1000x100/coverage"], out["4000x100 vs 1000x100/mean_best_f1"]
+    assert cov["n"] == 5 and f1["n"] == 5 and cov["n_train_ratio"] == 4
+    assert math.isclose(cov["exponent"], 0.25, rel_tol=1e-9) and math.isclose(f1["exponent"], 0.5, rel_tol=1e-9)
+    assert "4000x100 vs 1000x100/interpretable_fraction" not in out  # no such numbers
