@@ -351,10 +351,35 @@ def _experts(data: _Data, cs: CrossSection, fam: Family, base: dict, res: Result
             idx = data.value_index(data.splits.train, attr).cpu().numpy()
             keep = idx >= 0
             names = np.asarray(data.values[attr], dtype=object)[idx[keep]]
-            for r in expert_assignment(names, experts[keep], w.shape[1]):
+            rows = expert_assignment(names, experts[keep], w.shape[1])
+            for r in rows:
                 res.experts.append({**where, "attribute": attr, **r})
             summ = assignment_summary(names, experts[keep], w.shape[1])
-            res.experts.append({**where, "attribute": attr, "value": "(mean)", "expert": None, "n": int(keep.sum()), **summ})
+            mean_row = {**where, "attribute": attr, "value": "(mean)", "expert": None, "n": int(keep.sum()), **summ}
+            # the ± of the means: train prompts resampled, each value's expert held at its full-sample choice
+            labels = {r["value"]: i for i, r in enumerate(rows)}
+            vi = torch.tensor([labels[str(v)] for v in names], dtype=torch.long)
+            best = torch.tensor([r["expert"] for r in rows], dtype=torch.long)
+            wk = None if data.boot_train.w is None else data.boot_train.w[:, torch.as_tensor(keep, device=data.boot_train.w.device)]
+            boot = Resampler(wk)
+            for i, m in enumerate(("precision", "recall", "f1")):
+                mean_row[f"{m}_se"] = boot.se(lambda w=None, i=i: assignment_means(vi, torch.as_tensor(experts[keep]), best, w)[..., i])
+            res.experts.append(mean_row)
+
+
+def assignment_means(vi: torch.Tensor, experts: torch.Tensor, best: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over values of the precision, recall and F1 of each value's expert ``best[v]`` (as in
+    :func:`routing.metrics.assignment_summary`), with the experts held fixed: (3,), or (B, 3) under bootstrap
+    weights ``w: (B, N)``. vi: (N,) value index per prompt; experts: (N,) its expert (-1: none)."""
+    onehot = torch.nn.functional.one_hot(vi, len(best)).float()  # (N, V)
+    routed = (experts[:, None] == best[None, :]).float()  # (N, V): the prompt went to value v's expert
+    ww = torch.ones(1, len(vi)) if w is None else w.float().cpu()
+    inter, n_v, n_e = ww @ (onehot * routed), ww @ onehot, ww @ routed  # (B, V) each
+    prec = torch.where(n_e > 0, inter / n_e.clamp_min(1e-12), torch.zeros_like(inter))
+    rec = inter / n_v.clamp_min(1e-12)
+    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp_min(1e-12), torch.zeros_like(inter))
+    out = torch.stack([prec.mean(1), rec.mean(1), f1.mean(1)], 1)  # (B, 3)
+    return out[0] if w is None else out
 
 
 def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Family, base: dict, res: Results

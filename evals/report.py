@@ -340,8 +340,8 @@ def summary_markdown(res: "Results", model: str) -> str:
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in means:
             out.append(f"| {r['cross_section']} | {r['dictionary']} | `{r['location']}` | {r['n_experts']} | {r['attribute']} | "
-                       f"{r['n_values']} | {_f(r['precision'])} ({_f(r['precision_chance'])}) | {_f(r['recall'])} "
-                       f"({_f(r['recall_chance'])}) | {_f(r['f1'])} ({_f(r['f1_chance'])}) |")
+                       f"{r['n_values']} | {_pm(r, 'precision')} ({_f(r['precision_chance'])}) | {_pm(r, 'recall')} "
+                       f"({_f(r['recall_chance'])}) | {_pm(r, 'f1')} ({_f(r['f1_chance'])}) |")
     if res.skipped:
         out += ["", "## Skipped", ""] + [f"- {s['dictionary']} on {s['cross_section']}: {s['reason']}" for s in res.skipped]
     return "\n".join(out) + "\n"

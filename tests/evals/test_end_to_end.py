@@ -133,7 +133,11 @@ def test_eval_reports_which_experts_carry_io_s_pos_for_a_routed_sae(tiny_model_d
     assert set(pos["value"]) == {"ABB", "BAB"} and pos["n"].sum() == 100  # every train prompt has a Pos value
     means = ex[ex["value"] == "(mean)"]
     assert len(means) == 3 and means["f1_chance"].notna().all()
-    assert "which experts carry IO, S and Pos" in (run / "summary.md").read_text()
+    assert (means[["precision_se", "recall_se", "f1_se"]] >= 0).all().all()  # bootstrap ± of the means
+    text = (run / "summary.md").read_text()
+    assert "which experts carry IO, S and Pos" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| custom | sw | `") and "` | 4 | Pos |" in ln)
+    assert row.count(" ± ") == 3  # precision, recall and F1, each with its ±
 
 
 def test_ordinal_prompts_locate_then_eval_and_a_mismatched_s2_is_refused(tiny_model_dir, tmp_path, capsys):
