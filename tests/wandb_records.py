@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32768
@@ -28,6 +29,8 @@ def records(path: str | Path) -> list:
         if n == 0 and kind == 0:  # zero padding to the end of the block
             pos += left
             continue
+        if pos + 7 + n > len(data):  # a chunk still being written (see complete_records)
+            break
         chunk = data[pos + 7:pos + 7 + n]
         pos += 7 + n
         buf = chunk if kind in (1, 2) else buf + chunk
@@ -39,13 +42,25 @@ def records(path: str | Path) -> list:
     return out
 
 
+def complete_records(path: str | Path, timeout_s: float = 60.0) -> list:
+    """The records of a finished run's log, once its ``exit`` record is on disk. wandb's service process writes
+    the log behind a buffer and may still be flushing it when ``run.finish()`` has returned (seen once on a
+    loaded 2-core box: the file held no run record yet), so a reader polls for the last record it needs."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        recs = records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in recs) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.2)
+
+
 def offline_run(run_dir: Path) -> dict:
     """The offline run under run_dir/wandb as plain data: run (id, group, tags, config), history rows,
     summary, artifacts (name, type, metadata, files)."""
     files = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
     out = {"dir": files[0].parent, "run": None, "history": [], "summary": {}, "artifacts": []}
-    for r in records(files[0]):
+    for r in complete_records(files[0]):
         kind = r.WhichOneof("record_type")
         if kind == "run":
             out["run"] = {"id": r.run.run_id, "group": r.run.run_group, "tags": list(r.run.tags),
