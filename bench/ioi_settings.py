@@ -17,6 +17,10 @@ the same for the numbers summary.md shows (`evals.report.headline_numbers`: the 
 report sees, without the finer interpretation kinds and per-k edit rows), and the smallest candidate
 whose every such number is within --tol of the reference.
 Every value goes to --out (a run-store path; large), the comparison to --summary (small, kept in the repo).
+A setting may name the fit prompts too (n_train x n_eval x n_fit); the reference runs last, so a run cut
+short keeps the candidates (`--reuse` picks them up). With several candidates it also prints how each kind
+of number's ± shrinks with the train prompts (`se_scaling`: means as n^-1/2, counts over a threshold slower).
+Large references want a GPU: `--device cuda` (docs/ioi.md, "How many prompts").
 """
 
 from __future__ import annotations
