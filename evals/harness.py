@@ -360,10 +360,11 @@ def _experts(data: _Data, cs: CrossSection, fam: Family, base: dict, res: Result
             labels = {r["value"]: i for i, r in enumerate(rows)}
             vi = torch.tensor([labels[str(v)] for v in names], dtype=torch.long)
             best = torch.tensor([r["expert"] for r in rows], dtype=torch.long)
-            wk = None if data.boot_train.w is None else data.boot_train.w[:, torch.as_tensor(keep, device=data.boot_train.w.device)]
-            boot = Resampler(wk)
+            wb = data.boot_train.w
+            boots = None if wb is None else assignment_means(vi, torch.as_tensor(experts[keep]), best,
+                                                             wb[:, torch.as_tensor(keep, device=wb.device)])  # (B, 3)
             for i, m in enumerate(("precision", "recall", "f1")):
-                mean_row[f"{m}_se"] = boot.se(lambda w=None, i=i: assignment_means(vi, torch.as_tensor(experts[keep]), best, w)[..., i])
+                mean_row[f"{m}_se"] = float("nan") if boots is None else float(boots[:, i].double().std())
             res.experts.append(mean_row)
 
 
