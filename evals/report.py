@@ -307,7 +307,9 @@ def summary_markdown(res: "Results", model: str) -> str:
                 f"an activation best) {_read_note(res.splits)}; \"(at chance)\": that read-out "
                 f"is not above chance by {READ_Z:g} standard errors, so the F1 of its features for that attribute is chance level (about 0.5 for Pos's two values). "
                 "A coverage counts the values whose best F1 is over a threshold: where many sit near it, its ± falls only as "
-                "n_train^(-1/4) (docs/ioi.md, 'How many prompts').", "",
+                "n_train^(-1/4) (docs/ioi.md, 'How many prompts'). A supervised read-out's ± resamples the train prompts with "
+                "its fitted dictionary held fixed, so it leaves out the fit's own noise, which is what moves the numbers of a "
+                "read-out at chance (which noise vectors are nearest decides which features fire at all).", "",
                 "| cross-section | dictionary | location | IO | S | Pos | interpretable features (any kind) |", "|---|---|---|---|---|---|---|"]
         keyed = {}
         for r in res.interpretability:
