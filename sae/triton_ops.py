@@ -26,13 +26,8 @@ import os
 import torch
 from torch import Tensor
 
-try:  # Triton ships with CUDA builds of torch; CPU installs usually lack it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from workbench.triton_env import on_kernel_device, tl, triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 KINDS = ("dots", "bag")
 _env = os.environ.get("WORKBENCH_TRITON", "1")
 # which kernels run in Triton on a GPU: WORKBENCH_TRITON=1 (both, the default), 0 (none: torch's
@@ -42,7 +37,7 @@ KERNELS = set(KINDS) if _env == "1" else set() if _env == "0" else {k for k in _
 
 def usable(t: Tensor, kind: str) -> bool:
     """Whether the Triton kernel `kind` runs for tensors like t (CUDA, or the interpreter on the CPU)."""
-    return triton is not None and kind in KERNELS and (t.is_cuda or (INTERPRET and t.device.type == "cpu"))
+    return kind in KERNELS and on_kernel_device(t)
 
 
 if triton is not None:

@@ -7,7 +7,7 @@ times: the row is read from memory once. :func:`row_topk_small` does that, one p
 row-contiguous (rows, n) matrix with n up to :data:`MAX_N`, and returns the values and indices best
 first (as ``torch.topk(..., sorted=True)``; among equal values, which one comes first may differ).
 
-Used by :func:`workbench.alloc.topk_per_col` on CUDA tensors when Triton imports; ``TRITON_INTERPRET=1``
+Used by :func:`workbench.alloc.topk_per_col` (through ``_topk_cols``) on CUDA tensors when Triton imports; ``TRITON_INTERPRET=1``
 runs the same kernel on the CPU, which is how tests/workbench/test_topk_small.py checks it.
 """
 
@@ -18,22 +18,16 @@ import os
 import torch
 from torch import Tensor
 
-try:  # Triton ships with CUDA builds of torch; CPU installs usually lack it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from workbench.triton_env import on_kernel_device, tl, triton
 
 MAX_M = 16  # larger m: torch.topk (m reductions per row stop paying)
 MAX_N = 16384  # longer rows do not fit one program's registers
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ENABLED = os.environ.get("WORKBENCH_TOPK_SMALL", "1") != "0"  # 0: always torch.topk (for benchmarks)
 
 
 def usable(x: Tensor, m: int) -> bool:
     """Whether :func:`row_topk_small` runs its kernel for x (rows, n) and m."""
-    on = x.is_cuda or (INTERPRET and x.device.type == "cpu")
-    return (triton is not None and ENABLED and on and x.ndim == 2 and 0 < m <= MAX_M
+    return (ENABLED and on_kernel_device(x) and x.ndim == 2 and 0 < m <= MAX_M
             and m <= x.shape[1] <= MAX_N and x.dtype in (torch.float32, torch.bfloat16, torch.float16))
 
 
