@@ -378,7 +378,7 @@ def assignment_means(vi: torch.Tensor, experts: torch.Tensor, best: torch.Tensor
     inter, n_v, n_e = ww @ (onehot * routed), ww @ onehot, ww @ routed  # (B, V) each
     prec = torch.where(n_e > 0, inter / n_e.clamp_min(1e-12), torch.zeros_like(inter))
     rec = inter / n_v.clamp_min(1e-12)
-    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp_min(1e-12), torch.zeros_like(inter))
+    f1 = torch.nan_to_num(it.f1_from_counts(inter, n_e, n_v), nan=0.0)  # 2PR / (P + R); 0 for a value a resample lacks
     out = torch.stack([prec.mean(1), rec.mean(1), f1.mean(1)], 1)  # (B, 3)
     return out[0] if w is None else out
 
