@@ -93,8 +93,11 @@ def compare(run: dict, ref: dict, tol: float, field: str = "values") -> dict:
 
 def parse_setting(setting: str) -> tuple[int, int, int | None]:
     """"24000x3000" -> (24000, 3000, None: fit prompts as many as train); "96000x3000x24000" sets n_fit too."""
-    parts = [int(x) for x in setting.split("x")]
-    if len(parts) not in (2, 3):
+    try:
+        parts = [int(x) for x in setting.split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or min(parts) < 0:
         raise SystemExit(f"setting {setting!r}: write n_train x n_eval, optionally x n_fit (e.g. 24000x3000 or 96000x3000x24000)")
     return parts[0], parts[1], (parts[2] if len(parts) == 3 else None)
 
@@ -146,6 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--summary", default="bench/results/ioi_settings.json", help="the comparison per setting")
     p.add_argument("--reuse", action="store_true", help="keep the settings already in --out (same SAEs and locations) instead of re-running them")
     args = p.parse_args(argv)
+    for setting in [*args.settings, args.reference]:  # a typo fails now, not after the settings before it have run
+        parse_setting(setting)
 
     from cli.ioi import load_cross_sections, select_sections
     from evals.dictionary import load_families

@@ -22,8 +22,9 @@ def bench():
 def test_settings_parse_with_and_without_fit(bench):
     assert bench.parse_setting("24000x3000") == (24000, 3000, None)
     assert bench.parse_setting("192000x3000x48000") == (192000, 3000, 48000)
-    with pytest.raises(SystemExit, match="n_train x n_eval"):
-        bench.parse_setting("24000")
+    for bad in ("24000", "24kx3000", "1x2x3x4", "-5x100"):
+        with pytest.raises(SystemExit, match="n_train x n_eval"):
+            bench.parse_setting(bad)
 
 
 def test_se_scaling_reads_the_exponent_of_each_kind_of_number(bench):
