@@ -29,6 +29,7 @@ import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before t
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -45,19 +46,21 @@ def compared(key: str) -> bool:
     return metric not in SKIP and not metric.startswith(("n_split", "magnitude_"))
 
 
-def flatten(res) -> tuple[dict, dict]:
-    """{key: value}, {key: se} of every compared number of one evaluation."""
-    vals, ses = {}, {}
+def flatten(res) -> tuple[dict, dict, dict]:
+    """{key: value}, {key: se}, {key: the fit's part of that se (--n-refit)} of every compared number of one evaluation."""
+    vals, ses, fits = {}, {}, {}
 
     def add(prefix, row, ids):
         for k, v in row.items():
-            if (k in ids or k in SKIP or k.endswith("_se") or k.startswith(("n_split", "magnitude_")) or not isinstance(v, (int, float))
+            if (k in ids or k in SKIP or k.endswith(("_se", "_se_fit")) or k.startswith(("n_split", "magnitude_")) or not isinstance(v, (int, float))
                     or isinstance(v, bool)):  # magnitude_*: norms of supervised vectors, not on a 0-1 scale
                 continue
             key = "/".join(str(row.get(i)) for i in ids) + f"/{k}"
             vals[f"{prefix}:{key}"] = float(v)
             if row.get(f"{k}_se") is not None:
                 ses[f"{prefix}:{key}"] = float(row[f"{k}_se"])
+            if row.get(f"{k}_se_fit") is not None:
+                fits[f"{prefix}:{key}"] = float(row[f"{k}_se_fit"])
 
     add("clean", {k: v for k, v in res.clean.items() if k != "n"}, [])
     for r in res.approximation:
@@ -70,7 +73,7 @@ def flatten(res) -> tuple[dict, dict]:
         add("interpretability", r, ["cross_section", "dictionary", "location", "attribute", "f1_threshold"])
     for r in res.diagnostics_table:
         add("diagnostics", r, ["cross_section", "dictionary", "location"])
-    return vals, ses
+    return vals, ses, fits
 
 
 def compare(run: dict, ref: dict, tol: float, field: str = "values") -> dict:
@@ -85,7 +88,13 @@ def compare(run: dict, ref: dict, tol: float, field: str = "values") -> dict:
         if d > tol:
             key = f"{table}/{metric}"
             outside[key] = outside.get(key, 0) + 1
+    ses, fits = run["se"], run.get("se_fit", {})
+    z = {k: d / ses[k] for k, d in diffs.items() if ses.get(k) is not None and ses[k] > 0}  # difference in units of its ±
+    boot = {k: math.sqrt(max(ses[k] ** 2 - fits.get(k, 0.0) ** 2, 0.0)) for k in z}  # the ± without the refits' part
     return {"max_abs_diff": diffs[worst], "worst": worst, "within_tol": sum(d <= tol for d in diffs.values()), "n": len(diffs),
+            "n_with_se": len(z), "within_2se": sum(v <= 2 for v in z.values()), "within_3se": sum(v <= 3 for v in z.values()),
+            "within_tol_or_2se": sum(d <= tol or z.get(k, math.inf) <= 2 for k, d in diffs.items()),
+            "within_2se_without_fit": sum(diffs[k] <= 2 * b for k, b in boot.items()), "n_with_se_fit": sum(k in fits for k in z),
             "max_abs_diff_by_table": by_table, "outside_tol": outside,
             "max_se": max((v for k, v in run["se"].items() if compared(k)), default=float("nan")), "wall_s": run["wall_s"],
             "outside": sorted(((k, round(d, 4)) for k, d in diffs.items() if d > tol), key=lambda x: -x[1])[:20]}
@@ -142,6 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--settings", nargs="+", default=["3000x1500", "12000x1500", "24000x1500", "24000x3000"])
     p.add_argument("--pairs", nargs="*", default=[], metavar="CAND:REF", help="further comparisons between stored settings")
     p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--n-refit", type=int, default=8, help="refits of the supervised dictionaries per candidate (their fit noise in the ±)")
     p.add_argument("--device", default="cpu", help="torch device of the model and the evaluation (cuda for large references)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=0.02)
@@ -176,12 +186,13 @@ def main(argv=None) -> int:
             continue
         n_train, n_eval, n_fit = parse_setting(setting)
         t0, load = time.perf_counter(), os.getloadavg()[0]
-        n_boot = 0 if setting == args.reference else args.n_boot  # the reference's own ± is the candidates' x sqrt(n / N)
-        res = evaluate(model, EvalConfig(model=args.model, n_train=n_train, n_eval=n_eval, n_fit=n_fit, seed=args.seed, n_boot=n_boot,
+        ref = setting == args.reference  # no ± for the reference: its own is the candidates' x sqrt(n / N)
+        res = evaluate(model, EvalConfig(model=args.model, n_train=n_train, n_eval=n_eval, n_fit=n_fit, seed=args.seed,
+                                         n_boot=0 if ref else args.n_boot, n_refit=0 if ref or n_fit == 0 else args.n_refit,
                                          device=args.device),
                        sections, families, progress=lambda m: print(f"  [{setting}] {m}", flush=True))
-        vals, ses = flatten(res)
-        record["runs"][setting] = {"values": vals, "se": ses, "headline": headline_numbers(res), "wall_s": time.perf_counter() - t0,
+        vals, ses, fits = flatten(res)
+        record["runs"][setting] = {"values": vals, "se": ses, "se_fit": fits, "headline": headline_numbers(res), "wall_s": time.perf_counter() - t0,
                                    "load_before": load, "timings": res.timings, "device": record["device"]}
         print(f"{setting}: {len(vals)} numbers, {time.perf_counter() - t0:.0f} s (load {load:.1f})", flush=True)
         out.write_text(json.dumps(record, indent=1))
@@ -192,7 +203,8 @@ def main(argv=None) -> int:
             s = compare(record["runs"][cand], record["runs"][refname][field], args.tol, field)
             summary[f"{cand} vs {refname}" + ("" if field == "values" else " (headline)")] = s
             print(f"{cand} vs {refname}, {what}: max |diff| {s['max_abs_diff']:.3f} at {s['worst']}; {s['within_tol']}/{s['n']} "
-                  f"within {args.tol}; numbers off by more, per table/metric: {s['outside_tol']}")
+                  f"within {args.tol}; numbers off by more, per table/metric: {s['outside_tol']}; within 2 ± of it: "
+                  f"{s['within_2se']}/{s['n_with_se']} of those with a ± ({s['within_2se_without_fit']} without the refits' part); within {args.tol} or 2 ±: {s['within_tol_or_2se']}/{s['n']}")
             if field == "headline" and refname == args.reference and s["within_tol"] == s["n"]:
                 passing.append(cand)
     cands = [c for c in args.settings if record["runs"][c]["se"]]

@@ -19,6 +19,7 @@ EXTRA_ATTRIBUTES = ("Template",)  # optional nuisance attribute (the frame famil
 PROMPT_ATTRIBUTES = ("IO", "S", "Pos", "A", "B", "IO gender", "S gender", "Place", "Object", "Template")
 K_VALUES = (2, 4, 8, 16)  # the paper's edit sizes: SAE features an edit changes (evals.control)
 F1_THRESHOLDS = (0.5, 0.6, 0.8)  # the paper's F1 thresholds (evals.interpretability)
+N_REFIT = 8  # default refits of the supervised dictionaries (evals.refit): a standard deviation from 8 is good to about 25%
 UNION_MAX = 10  # the authors' max_group_size in autointerp_fast: largest union of names searched
 S2_HELP = ("how the prompts say S2: name (S's name again, the classic IOI prompt) or ordinal (\"the former\" / "
            "\"the latter\": S is known only by its place in the pair, so the model must use Pos)")  # --s2 of locate and eval
@@ -70,6 +71,10 @@ class EvalConfig:
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES), metadata={"help": "attributes the supervised dictionaries model: IO S Pos (the paper's), optionally plus Template"})
     interpretations: list[str] = field(default_factory=lambda: list(KINDS), metadata={"help": "interpretation kinds searched for each feature"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the prompts for the ± of every number (0: none)"})
+    n_refit: int | None = field(default=None, metadata={"help": "refits of the supervised dictionaries, each on a resample of the fit "
+                                                               "split's blocks: their interpretability numbers' ± then includes the "
+                                                               "fit's own noise (0: the fitted dictionaries are held fixed); default: "
+                                                               f"{N_REFIT} with a fit split, 0 with --n-fit 0 (which has none) or --n-boot 0"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
 
     def __post_init__(self):
@@ -90,4 +95,9 @@ class EvalConfig:
         require(not bad and {"IO", "S", "Pos"} <= set(self.interpretations), "interpretations",
                 f"unknown {bad} or IO / S / Pos missing", f"choose from {', '.join(KINDS)} (IO, S, Pos always)")
         require(self.n_boot >= 0, "n_boot", f"must be >= 0, got {self.n_boot}", "pass --n-boot 200 (or 0 for no ±)")
+        if self.n_refit is None:
+            self.n_refit = N_REFIT if self.n_fit != 0 and self.n_boot > 0 else 0
+        require(self.n_refit >= 0, "n_refit", f"must be >= 0, got {self.n_refit}", "pass e.g. --n-refit 8 (or 0 for none)")
+        require(self.n_refit == 0 or self.n_fit != 0, "n_refit", "resamples the fit split, and --n-fit 0 has none "
+                "(the dictionaries are fitted on the train prompts, read leave-one-out)", "pass --n-fit > 0, or --n-refit 0")
         self.f1_thresholds = sorted(self.f1_thresholds)

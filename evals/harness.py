@@ -22,7 +22,8 @@ fit prompts (:mod:`evals.data`), and each ``--sae`` family that covers all its l
    comparison (:mod:`evals.frozen_decoder`, SAE families).
 
 Every number carries a bootstrap standard error (column ``<name>_se``; :mod:`evals.bootstrap`):
-eval prompts are resampled for the numbers measured on them, train prompts for the F1 numbers.
+eval prompts are resampled for the numbers measured on them, train prompts for the F1 numbers. The
+supervised dictionaries' F1 numbers also get their fit's noise from ``--n-refit`` refits (:mod:`evals.refit`).
 The results are plain rows (dicts) that :mod:`evals.report` writes into the run directory.
 """
 
@@ -160,7 +161,7 @@ def evaluate(model: "HookedTransformer", cfg: EvalConfig, sections: Sequence[Cro
     _put(clean, "top1_accuracy", boot, ap.mean_of, data.top1(data.clean))
     _put(clean, "logit_diff", boot, ap.mean_of, data.clean.ld)
     res = Results(splits.describe(), clean, [cs.to_dict() for cs in sections])
-    res.settings = {"n_boot": cfg.n_boot, "f1_thresholds": cfg.f1_thresholds, "active_fraction": cfg.active_fraction,
+    res.settings = {"n_boot": cfg.n_boot, "n_refit": cfg.n_refit, "f1_thresholds": cfg.f1_thresholds, "active_fraction": cfg.active_fraction,
                     "activation_rule": _rule(cfg), "ks": cfg.ks, "interpretations": [k.name for k in data.kinds],
                     "interpretations_skipped": data.kinds_skipped, "ablation_mean": "eval prompts"}
     res.timings["data_s"] = time.perf_counter() - t0
@@ -174,6 +175,12 @@ def evaluate(model: "HookedTransformer", cfg: EvalConfig, sections: Sequence[Cro
         _evaluate_section(data, cfg, cs, sae_families, res)
         res.timings[cs.name] = time.perf_counter() - t1
         say(f"{cs.name}: done in {res.timings[cs.name]:.1f}s")
+    if cfg.n_refit:
+        t1 = time.perf_counter()
+        n = _fit_noise(data, cfg, sections, res)
+        res.timings["refit_s"] = time.perf_counter() - t1
+        say(f"fit noise: {cfg.n_refit} refits of the supervised dictionaries, {n} numbers' ± widened "
+            f"({res.timings['refit_s']:.1f}s)")
     res.timings["total_s"] = time.perf_counter() - t0
     return res
 
@@ -464,6 +471,36 @@ def _diagnostics(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Family, ba
             res.diagnostics.append({**where, "diagnostic": "frozen_decoder",
                                     **{k: v for k, v in flat.items() if k.startswith("frozen_") or k.startswith("fvu_")}})
         res.diagnostics_table.append(flat)
+
+
+def _fit_noise(data: _Data, cfg: EvalConfig, sections: Sequence[CrossSection], res: Results) -> int:
+    """``--n-refit``: the supervised dictionaries refitted on block resamples of the fit split
+    (:mod:`evals.refit`), their interpretability rows computed again with each, and the refits' spread
+    added to those rows' ± (``<name>_se_fit``). Returns how many numbers it widened."""
+    import copy
+    import dataclasses
+
+    from evals import refit
+
+    fit = data.splits.fit
+    locations = sorted({loc for cs in sections for loc in cs.locations})  # a location shared by sections is read once
+    owners = {loc: [cs.name for cs in sections if loc in cs.locations] for loc in locations}
+    refits = []
+    for idx in refit.block_resamples(len(fit), len(data.splits.pools.kept), cfg.n_refit, cfg.seed + 6):
+        view = copy.copy(data)  # the same train / eval data, no bootstrap, the resampled fit split
+        view.boot_train = Resampler(None)
+        view.fit = {loc: a[idx.to(a.device)] for loc, a in data.fit.items()}
+        view.splits = dataclasses.replace(data.splits, fit=[fit[i] for i in idx.tolist()])
+        rows = []
+        for loc in locations:
+            for kind in ("mean", "mse"):
+                scratch = Results({}, {}, [])
+                fam = Family(kind, "supervised", kind, {loc: _fit_supervised(view, kind, loc, cfg.attributes)})
+                _interpretability(view, cfg, CrossSection("", [loc]), fam, {"dictionary": kind}, scratch)
+                rows += [{**r, "cross_section": name} for name in owners[loc] for r in scratch.interpretability]
+        refits.append(rows)
+    rows = [r for r in res.interpretability if r.get("kind") == "supervised"]
+    return refit.add_fit_noise(rows, refits, ("mean_best_f1", "coverage", "interpretable_fraction"))
 
 
 def _fit_supervised(data: _Data, kind: str, loc: Location, attrs: Sequence[str]) -> SupervisedDictionary:

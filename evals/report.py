@@ -28,17 +28,20 @@ written by ``eval``:
 Every number measured on prompts has a bootstrap standard error in a column ``<name>_se`` next to it
 (seeded resampling of the eval prompts, or of the train prompts for F1 numbers; ``--n-boot``
 resamples; null with ``--n-boot 0``). Choices made on the full sample (which features are
-interpretable, each value's best feature) are held fixed across the resamples.
+interpretable, each value's best feature) are held fixed across the resamples. The supervised
+dictionaries' interpretability rows also have ``<name>_se_fit`` (mean_best_f1, coverage,
+interpretable_fraction): the spread over ``--n-refit`` refits on resampled blocks of the fit prompts
+(:mod:`evals.refit`), which their ``<name>_se`` then includes in quadrature.
 
 ``cross_sections.json``  the cross-sections evaluated (same objects as in locations.json).
 ``splits.json``  n_train, n_eval, n_fit (null: the dictionaries are fitted on the train prompts), fit,
     templates, names_kept, names_dropped, eval_pool, counterfactual_pool, train_balance / eval_balance /
     fit_balance: {attr: {"values", "min_count", "max_count"}}.
 ``dictionaries.json``  {"clean": {"accuracy" (LD > 0), "top1_accuracy" (argmax = IO), "logit_diff", "n",
-    + _se}, "settings": {"n_boot", "f1_thresholds", "active_fraction", "activation_rule", "ks",
+    + _se}, "settings": {"n_boot", "n_refit", "f1_thresholds", "active_fraction", "activation_rule", "ks",
     "interpretations", "interpretations_skipped", "ablation_mean"}, "sae_families": [{"label", "saes":
     [{"path", "hook", "head", "arch", "k", "d_sae", "d_in", "corpus", "positions", "tokens"}]}],
-    "skipped": [{"cross_section", "dictionary", "reason"}], "timings": {"data_s", <section>, "total_s"}}
+    "skipped": [{"cross_section", "dictionary", "reason"}], "timings": {"data_s", <section>, "refit_s", "total_s"}}
 ``approximation.{json,parquet}``  one row per (cross_section, dictionary):
     cross_section, dictionary (mean | mse | SAE family label), kind (supervised | sae), arch, k, d_sae,
     corpus, positions, locations, sufficiency, necessity, ld_recovered (|LD_rec - LD_abl| /
@@ -256,6 +259,18 @@ def _read_note(splits: dict) -> str:
             else "of the train prompts, each read by a dictionary fitted without it")
 
 
+def _fit_noise_note(settings: dict) -> str:
+    """What a supervised read-out's ± covers: the train prompts' resampling, and the fit's noise where it was refitted."""
+    n = settings.get("n_refit") or 0
+    if n:
+        return (f"A supervised read-out's ± also has its fit's noise: the spread of the number over {n} refits of its dictionary, "
+                "each on a resample of the fit prompts' blocks, added in quadrature (for a read-out at chance most of it: "
+                "which noise vectors are nearest decides which features fire at all).")
+    return ("A supervised read-out's ± resamples the train prompts with its fitted dictionary held fixed, so it leaves out the "
+            "fit's own noise, which is what moves the numbers of a read-out at chance (which noise vectors are nearest decides "
+            "which features fire at all; --n-refit adds it).")
+
+
 def summary_markdown(res: "Results", model: str) -> str:
     """Headline tables with bootstrap ±: approximation, interpretable features, control, interpretability, diagnostics."""
     c = res.clean
@@ -263,7 +278,8 @@ def summary_markdown(res: "Results", model: str) -> str:
     out = [f"# IOI evaluation of `{model}`", "",
            f"Clean: accuracy (LD > 0) {_pm(c, 'accuracy', 3)}, top-1 accuracy {_pm(c, 'top1_accuracy', 3)}, mean LD "
            f"{_pm(c, 'logit_diff')} on {c['n']} eval prompts ({res.splits['n_train']} train{_fit_note(res.splits)}). "
-           f"± = bootstrap standard error ({st.get('n_boot', 0)} resamples of the prompts). "
+           f"± = bootstrap standard error ({st.get('n_boot', 0)} resamples of the prompts"
+           f"{'; supervised read-outs also ' + str(st['n_refit']) + ' refits of their dictionaries' if st.get('n_refit') else ''}). "
            f"Active feature: {st.get('activation_rule', 'code > 0')}. Total time {_f(res.timings.get('total_s'), 1)} s.", ""]
     if res.splits.get("s2") == "ordinal":
         out += ["Prompts with S2 said by its place in the pair (\"the former\" / \"the latter\", `--s2 ordinal`): "
@@ -307,9 +323,7 @@ def summary_markdown(res: "Results", model: str) -> str:
                 f"an activation best) {_read_note(res.splits)}; \"(at chance)\": that read-out "
                 f"is not above chance by {READ_Z:g} standard errors, so the F1 of its features for that attribute is chance level (about 0.5 for Pos's two values). "
                 "A coverage counts the values whose best F1 is over a threshold: where many sit near it, its ± falls only as "
-                "n_train^(-1/4) (docs/ioi.md, 'How many prompts'). A supervised read-out's ± resamples the train prompts with "
-                "its fitted dictionary held fixed, so it leaves out the fit's own noise, which is what moves the numbers of a "
-                "read-out at chance (which noise vectors are nearest decides which features fire at all).", "",
+                "n_train^(-1/4) (docs/ioi.md, 'How many prompts'). " + _fit_noise_note(st), "",
                 "| cross-section | dictionary | location | IO | S | Pos | interpretable features (any kind) |", "|---|---|---|---|---|---|---|"]
         keyed = {}
         for r in res.interpretability:

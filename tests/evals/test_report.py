@@ -110,3 +110,18 @@ def test_the_read_out_note_names_the_prompts_the_dictionaries_were_fitted_on(res
     res = copy.deepcopy(results)
     res.splits["n_fit"] = None
     assert "each read by a dictionary fitted without it" in summary_markdown(res, "tiny")
+
+
+def test_the_summary_says_whether_a_read_outs_plus_minus_has_the_fits_noise(results):
+    """By default (a fit split) the supervised dictionaries are refitted and summary.md says their ± includes the
+    spread over those refits; with none it says the ± holds the fitted dictionary fixed."""
+    import copy
+
+    assert results.settings["n_refit"] == 8
+    assert any(r.get("coverage_se_fit") is not None for r in results.interpretability if r["kind"] == "supervised")
+    text = summary_markdown(results, "tiny")
+    assert "the spread of the number over 8 refits" in text and "supervised read-outs also 8 refits" in text
+    res = copy.deepcopy(results)
+    res.settings["n_refit"] = 0
+    text = summary_markdown(res, "tiny")
+    assert "fitted dictionary held fixed" in text and "refits of their" not in text

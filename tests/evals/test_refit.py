@@ -1,0 +1,108 @@
+"""The supervised dictionaries' fit noise (``--n-refit``, :mod:`evals.refit`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from evals import refit
+
+
+def test_block_resamples_draw_whole_blocks_in_order_and_are_seeded():
+    draws = refit.block_resamples(12, 4, 5, seed=3)
+    assert len(draws) == 5
+    for idx in draws:
+        assert idx.shape == (12,)
+        blocks = idx.view(3, 4)
+        assert torch.equal(blocks - blocks[:, :1], torch.arange(4).expand(3, 4))  # each block whole, in order
+        assert bool((blocks[:, 0] % 4 == 0).all())
+    assert any(len(set(idx.tolist())) < 12 for idx in draws)  # with replacement: some block drawn twice
+    assert all(torch.equal(a, b) for a, b in zip(draws, refit.block_resamples(12, 4, 5, seed=3)))
+    with pytest.raises(ValueError, match="whole blocks"):
+        refit.block_resamples(10, 4, 1, seed=0)
+
+
+def test_add_fit_noise_adds_the_refits_spread_in_quadrature():
+    row = {"cross_section": "c", "dictionary": "mean", "location": "L", "attribute": "IO", "f1_threshold": 0.5,
+           "coverage": 0.5, "coverage_se": 0.03, "mean_best_f1": 0.6, "mean_best_f1_se": None, "n_features": 3}
+    other = {**row, "attribute": "S", "coverage_se": 0.01}
+    refits = [[{**row, "coverage": c, "mean_best_f1": f}] for c, f in ((0.4, 0.5), (0.5, 0.6), (0.6, 0.7))]
+    assert refit.add_fit_noise([row, other], refits, ("coverage", "mean_best_f1", "n_features")) == 2
+    assert row["coverage_se_fit"] == pytest.approx(0.1)
+    assert row["coverage_se"] == pytest.approx(math.hypot(0.03, 0.1))
+    assert row["mean_best_f1_se"] == pytest.approx(0.1)  # no bootstrap ±: the fit's alone
+    assert "n_features_se_fit" not in row  # a number without a ± is left alone
+    assert other["coverage_se"] == 0.01 and "coverage_se_fit" not in other  # no refit has the S row
+
+    lacking = {**row, "coverage_se": 0.03}
+    part = [[{**row, "coverage": 0.4}], [{**row, "coverage": None}], [{**row, "coverage": 0.6}]]
+    assert refit.add_fit_noise([lacking], part, ("coverage",)) == 0 and lacking["coverage_se"] == 0.03
+
+
+def _section():
+    from evals.locations import CrossSection, Location
+
+    return [CrossSection("custom", [Location.parse("blocks.1.hook_resid_post@END"), Location.parse("blocks.0.attn.hook_z[3]@END")], "test")]
+
+
+@pytest.fixture(scope="module")
+def plain_and_refit(toy_model):
+    from evals.config import EvalConfig
+    from evals.harness import evaluate
+
+    kw = dict(n_train=320, n_eval=40, ks=[2], n_boot=20)
+    return evaluate(toy_model, EvalConfig(**kw, n_refit=0), _section()), evaluate(toy_model, EvalConfig(**kw, n_refit=4), _section())
+
+
+def test_refits_widen_only_the_supervised_interpretability_numbers(plain_and_refit):
+    plain, wide = plain_and_refit
+    assert wide.settings["n_refit"] == 4 and "refit_s" in wide.timings
+    for a, b in zip(plain.interpretability, wide.interpretability):
+        assert {k: v for k, v in a.items() if not k.endswith("_se")} == {k: v for k, v in b.items()
+                                                                          if not k.endswith("_se") and not k.endswith("_se_fit")}
+        for name in ("mean_best_f1", "coverage", "interpretable_fraction"):
+            if f"{name}_se_fit" in b:
+                assert b["kind"] == "supervised"
+                boot = a[f"{name}_se"] if a[f"{name}_se"] is not None and math.isfinite(a[f"{name}_se"]) else 0.0
+                assert b[f"{name}_se"] == pytest.approx(math.hypot(boot, b[f"{name}_se_fit"]), abs=1e-9)
+    fitted = [b for b in wide.interpretability if b.get("mean_best_f1_se_fit") is not None]
+    assert fitted and any(b["mean_best_f1_se_fit"] > 0 for b in fitted)  # 4 refits on 4 blocks move some read-out
+    assert repr(plain.approximation) == repr(wide.approximation) and repr(plain.control) == repr(wide.control)  # NaN-safe
+
+
+def test_a_refit_on_every_block_once_reproduces_the_numbers(toy_model, monkeypatch):
+    """The refit path recomputes exactly what the main path computed: with the identity resample every
+    refit's number equals the reported one, so every spread is 0 and every ± is the bootstrap's."""
+    from evals.config import EvalConfig
+    from evals.harness import evaluate
+
+    seen = []
+    add = refit.add_fit_noise
+    monkeypatch.setattr(refit, "block_resamples", lambda n, m, r, seed: [torch.arange(n)] * r)
+    monkeypatch.setattr(refit, "add_fit_noise", lambda rows, refits, *a: (seen.extend(refits), add(rows, refits, *a))[1])
+    from evals.locations import CrossSection, Location
+
+    shared = CrossSection("shared", [Location.parse("blocks.0.attn.hook_z[3]@END")], "a location of the other section too")
+    res = evaluate(toy_model, EvalConfig(n_train=320, n_eval=40, ks=[2], n_boot=20, n_refit=2), _section() + [shared])
+    names = ("mean_best_f1", "coverage", "interpretable_fraction")
+    numbers = [(r, n) for r in res.interpretability if r["kind"] == "supervised" for n in names if r.get(n) is not None]
+    assert numbers and all(r[f"{n}_se_fit"] == 0.0 for r, n in numbers)  # every supervised number was refitted
+    assert {r["cross_section"] for r, _ in numbers} == {"custom", "shared"}  # a shared location's rows in both sections
+    assert len(seen) == 2
+    for refit_rows in seen:
+        by = {refit.row_key(r): r for r in refit_rows}
+        assert all(by[refit.row_key(r)][n] == r[n] for r, n in numbers)
+
+
+def test_refits_need_a_fit_split():
+    from evals.config import EvalConfig
+    from workbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--n-fit 0 has none"):
+        EvalConfig(n_fit=0, n_refit=3)
+    with pytest.raises(ConfigError, match="n_refit"):
+        EvalConfig(n_refit=-1)
+    assert EvalConfig().n_refit == 8  # the default: refits where there is a fit split and a ±
+    assert EvalConfig(n_fit=0).n_refit == 0 and EvalConfig(n_boot=0).n_refit == 0
