@@ -177,7 +177,7 @@ def evaluate(model: "HookedTransformer", cfg: EvalConfig, sections: Sequence[Cro
         say(f"{cs.name}: done in {res.timings[cs.name]:.1f}s")
     if cfg.n_refit:
         t1 = time.perf_counter()
-        n = _fit_noise(data, cfg, sections, res)
+        n = _fit_noise(data, cfg, sections, res, say)
         res.timings["refit_s"] = time.perf_counter() - t1
         say(f"fit noise: {cfg.n_refit} refits of the supervised dictionaries, {n} numbers' ± widened "
             f"({res.timings['refit_s']:.1f}s)")
@@ -473,7 +473,8 @@ def _diagnostics(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Family, ba
         res.diagnostics_table.append(flat)
 
 
-def _fit_noise(data: _Data, cfg: EvalConfig, sections: Sequence[CrossSection], res: Results) -> int:
+def _fit_noise(data: _Data, cfg: EvalConfig, sections: Sequence[CrossSection], res: Results,
+               say: Callable[[str], None] = lambda msg: None) -> int:
     """``--n-refit``: the supervised dictionaries refitted on block resamples of the fit split
     (:mod:`evals.refit`), their interpretability rows computed again with each, and the refits' spread
     added to those rows' ± (``<name>_se_fit``). Returns how many numbers it widened."""
@@ -486,11 +487,12 @@ def _fit_noise(data: _Data, cfg: EvalConfig, sections: Sequence[CrossSection], r
     locations = sorted({loc for cs in sections for loc in cs.locations})  # a location shared by sections is read once
     owners = {loc: [cs.name for cs in sections if loc in cs.locations] for loc in locations}
     refits = []
-    for idx in refit.block_resamples(len(fit), len(data.splits.pools.kept), cfg.n_refit, cfg.seed + 6):
+    for i, idx in enumerate(refit.block_resamples(len(fit), len(data.splits.pools.kept), cfg.n_refit, cfg.seed + 6)):
+        say(f"fit noise: refit {i + 1} of {cfg.n_refit}")
         view = copy.copy(data)  # the same train / eval data, no bootstrap, the resampled fit split
         view.boot_train = Resampler(None)
         view.fit = {loc: a[idx.to(a.device)] for loc, a in data.fit.items()}
-        view.splits = dataclasses.replace(data.splits, fit=[fit[i] for i in idx.tolist()])
+        view.splits = dataclasses.replace(data.splits, fit=[fit[j] for j in idx.tolist()])
         rows = []
         for loc in locations:
             for kind in ("mean", "mse"):

@@ -85,7 +85,10 @@ def test_a_refit_on_every_block_once_reproduces_the_numbers(toy_model, monkeypat
     from evals.locations import CrossSection, Location
 
     shared = CrossSection("shared", [Location.parse("blocks.0.attn.hook_z[3]@END")], "a location of the other section too")
-    res = evaluate(toy_model, EvalConfig(n_train=320, n_eval=40, ks=[2], n_boot=20, n_refit=2), _section() + [shared])
+    said = []
+    res = evaluate(toy_model, EvalConfig(n_train=320, n_eval=40, ks=[2], n_boot=20, n_refit=2), _section() + [shared],
+                   progress=said.append)
+    assert [m for m in said if m.startswith("fit noise: refit")] == ["fit noise: refit 1 of 2", "fit noise: refit 2 of 2"]
     names = ("mean_best_f1", "coverage", "interpretable_fraction")
     numbers = [(r, n) for r in res.interpretability if r["kind"] == "supervised" for n in names if r.get(n) is not None]
     assert numbers and all(r[f"{n}_se_fit"] == 0.0 for r, n in numbers)  # every supervised number was refitted
