@@ -11,7 +11,8 @@ Each record (written by bench/ioi_settings.py, one seed each) holds every number
 other train and eval prompts (the same held-out frames), so the standard deviation of a number over
 seeds is its sampling error, fit of the supervised dictionaries included, which the bootstrap (it
 resamples prompts, the fitted dictionaries held fixed) may leave out. Printed per group of numbers:
-the median and 90th percentile of sd over seeds / mean bootstrap ±, the share with sd > 2 ±; and per
+the median and 90th percentile of sd over seeds / mean bootstrap ±, the share with sd > 2 ± (and with
+the ± less its refits' part, ``se_fit``, where the records have one); and per
 seed, how many numbers are within --tol of the reference setting of ``--reference`` (the value its
 ``reference`` field names), to tell a lucky draw from the setting.
 """
@@ -22,6 +23,7 @@ import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before t
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -63,8 +65,10 @@ def main(argv=None) -> int:
         ses = [r["se"].get(k) for _, r in runs]
         if any(s is None for s in ses):
             continue
-        rows[k] = {"sd": statistics.stdev(vals), "se": statistics.fmean(ses), "mean": statistics.fmean(vals), "ref": ref[k],
-                   "values": vals}
+        fits = [r.get("se_fit", {}).get(k, 0.0) for _, r in runs]  # the refits' part of each ± (--n-refit; records since v11)
+        boot = statistics.fmean(math.sqrt(max(se ** 2 - f ** 2, 0.0)) for se, f in zip(ses, fits))
+        rows[k] = {"sd": statistics.stdev(vals), "se": statistics.fmean(ses), "se_without_fit": boot, "mean": statistics.fmean(vals),
+                   "ref": ref[k], "values": vals}
     out = {"setting": args.setting, "seeds": seeds, "reference": f"{args.reference}:{ref_rec['reference']}", "groups": {},
            "within_tol_per_seed": {}}
     print(f"{len(keys)} numbers of summary.md at {args.setting}, seeds {seeds}; sd over seeds vs mean bootstrap ± "
@@ -74,12 +78,14 @@ def main(argv=None) -> int:
         ratio = sorted(rows[k]["sd"] / rows[k]["se"] for k in ks if rows[k]["se"] > 1e-9)
         zero_se = sum(1 for k in ks if rows[k]["se"] <= 1e-9 and rows[k]["sd"] > 1e-9)
         over = sum(1 for k in ks if rows[k]["sd"] > 2 * max(rows[k]["se"], 1e-9))
+        over_boot = sum(1 for k in ks if rows[k]["sd"] > 2 * max(rows[k]["se_without_fit"], 1e-9))
         q = (lambda f: ratio[min(len(ratio) - 1, int(f * len(ratio)))]) if ratio else (lambda f: float("nan"))
         worst = max(ks, key=lambda k: rows[k]["sd"] / max(rows[k]["se"], 1e-3))  # largest sd in units of its ± (at least 0.001)
         out["groups"][g] = {"n": len(ks), "median_sd_over_se": q(0.5), "p90_sd_over_se": q(0.9), "sd_over_2se": over,
+                            "sd_over_2se_without_fit": over_boot,
                             "se_zero_but_varies": zero_se, "max_sd": max(rows[k]["sd"] for k in ks),
                             "worst": {"key": worst, **rows[worst]}}
-        print(f"  {g:32s} n={len(ks):3d}  sd/± median {q(0.5):.2f}  p90 {q(0.9):.2f}  sd > 2±: {over:3d}  "
+        print(f"  {g:32s} n={len(ks):3d}  sd/± median {q(0.5):.2f}  p90 {q(0.9):.2f}  sd > 2±: {over:3d} ({over_boot} without the refits' part)  "
               f"(± 0 but varies: {zero_se}); largest sd {out['groups'][g]['max_sd']:.3f}; "
               f"worst {worst.split(':', 1)[1]} sd {rows[worst]['sd']:.3f} vs ± {rows[worst]['se']:.3f}")
     for i, (s, r) in enumerate(runs):
