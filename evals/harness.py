@@ -483,11 +483,14 @@ def _fit_noise(data: _Data, cfg: EvalConfig, sections: Sequence[CrossSection], r
 
     from evals import refit
 
-    fit = data.splits.fit
+    fit, m = data.splits.fit, len(data.splits.pools.kept)
+    if len(fit) < 2 * m:  # one block: every resample is that block again
+        say(f"fit noise: the fit split is one block of {m} prompts, so no refit can differ; pass --n-fit >= {2 * m} for refits")
+        return 0
     locations = sorted({loc for cs in sections for loc in cs.locations})  # a location shared by sections is read once
     owners = {loc: [cs.name for cs in sections if loc in cs.locations] for loc in locations}
     refits = []
-    for i, idx in enumerate(refit.block_resamples(len(fit), len(data.splits.pools.kept), cfg.n_refit, cfg.seed + 6)):
+    for i, idx in enumerate(refit.block_resamples(len(fit), m, cfg.n_refit, cfg.seed + 6)):
         say(f"fit noise: refit {i + 1} of {cfg.n_refit}")
         view = copy.copy(data)  # the same train / eval data, no bootstrap, the resampled fit split
         view.boot_train = Resampler(None)

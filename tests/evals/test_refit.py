@@ -109,3 +109,14 @@ def test_refits_need_a_fit_split():
         EvalConfig(n_refit=-1)
     assert EvalConfig().n_refit == 8  # the default: refits where there is a fit split and a ±
     assert EvalConfig(n_fit=0).n_refit == 0 and EvalConfig(n_boot=0).n_refit == 0
+
+
+def test_a_fit_split_of_one_block_gets_no_refits_and_says_why(toy_model):
+    from evals.config import EvalConfig
+    from evals.harness import evaluate
+
+    said = []
+    res = evaluate(toy_model, EvalConfig(n_train=160, n_eval=20, n_fit=10, ks=[2], n_boot=10, n_refit=3), _section()[:1],
+                   progress=said.append)
+    assert any("fit split is one block" in m and "--n-fit" in m for m in said)
+    assert not any(k.endswith("_se_fit") for r in res.interpretability for k in r)
