@@ -72,8 +72,9 @@ class EvalConfig:
     interpretations: list[str] = field(default_factory=lambda: list(KINDS), metadata={"help": "interpretation kinds searched for each feature"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the prompts for the ± of every number (0: none)"})
     n_refit: int | None = field(default=None, metadata={"help": "refits of the supervised dictionaries, each on a resample of the fit "
-                                                               "split's blocks: their interpretability numbers' ± then includes the "
-                                                               "fit's own noise (0: the fitted dictionaries are held fixed); default: "
+                                                               "split's blocks, and new choices of the SAEs' interpretable features, "
+                                                               "each on a resample of the train prompts: the ± of the numbers that "
+                                                               "rest on them then includes that noise (0: both held fixed); default: "
                                                                f"{N_REFIT} with a fit split, 0 with --n-fit 0 (which has none) or --n-boot 0"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
 

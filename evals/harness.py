@@ -23,7 +23,8 @@ fit prompts (:mod:`evals.data`), and each ``--sae`` family that covers all its l
 
 Every number carries a bootstrap standard error (column ``<name>_se``; :mod:`evals.bootstrap`):
 eval prompts are resampled for the numbers measured on them, train prompts for the F1 numbers. The
-supervised dictionaries' F1 numbers also get their fit's noise from ``--n-refit`` refits (:mod:`evals.refit`).
+supervised dictionaries' F1 numbers also get their fit's noise from ``--n-refit`` refits (:mod:`evals.refit`), and
+the SAEs' interpretable-feature numbers the noise of choosing those features (chosen again on resampled train prompts).
 The results are plain rows (dicts) that :mod:`evals.report` writes into the run directory.
 """
 
@@ -260,16 +261,32 @@ def _approximation_row(row: dict, boot: Resampler, clean, abl, ld_recon, ld_int,
 
 def _interpretable_features(data: _Data, cfg: EvalConfig, fam: Family, base: dict, res: Results, scores: dict,
                             codes: dict, means: dict, abl, full: dict) -> None:
-    """Sufficiency / necessity / LD recovered of the reconstruction from the interpretable features only."""
+    """Sufficiency / necessity / LD recovered of the reconstruction from the interpretable features only.
+
+    Which features are interpretable is chosen on the train prompts, and the eval bootstrap holds that choice
+    fixed; with ``--n-refit`` R the choice is made again on R resamples of the train prompts and the numbers'
+    spread over those choices goes into their ± (``<name>_se_fit``, as for the supervised refits)."""
+    from evals import refit
+
     boot, clean = data.boot_eval, data.clean
-    for t in cfg.f1_thresholds:
-        keep = {loc: scores[loc].interpretable(t) for loc in codes}
+    w = data.boot_train.w
+    n_sel = 0 if w is None else min(cfg.n_refit, len(w))
+
+    def numbers(keep: dict) -> dict:
+        """The eval prompts' numbers (full sample) of the reconstruction from the features in ``keep``."""
         part = {loc: ap.keep_features(codes[loc], fam.dicts[loc].features, bias_of(fam.dicts[loc]), keep[loc]) for loc in codes}
         ld_part = data.run(part)
         ld_rest = data.run({loc: means[loc] + data.eval[loc] - part[loc] for loc in codes})
+        return {"ld_part": ld_part, "ld_rest": ld_rest,
+                "l0_interpretable": _loc_mean(lambda c, k, w=None: ap.l0(c * k.to(c), w), [(codes[loc], keep[loc]) for loc in codes])}
+
+    for t in cfg.f1_thresholds:
+        keep = {loc: scores[loc].interpretable(t) for loc in codes}
+        got = numbers(keep)
+        ld_part, ld_rest = got["ld_part"], got["ld_rest"]
         row = {**base, "f1_threshold": t,
                "n_interpretable": _nanmean(float(k.sum()) for k in keep.values())}
-        _put(row, "l0_interpretable", boot, _loc_mean(lambda c, k, w=None: ap.l0(c * k.to(c), w), [(codes[loc], keep[loc]) for loc in codes]))
+        _put(row, "l0_interpretable", boot, got["l0_interpretable"])
         _put(row, "interpretable_fraction", data.boot_train,
              _loc_mean(lambda s, w=None: s.interpretable_fraction(t, w), [(scores[loc],) for loc in codes]))
         _put(row, "sufficiency", boot, ap.sufficiency, clean.ld, ld_part.ld)
@@ -277,6 +294,20 @@ def _interpretable_features(data: _Data, cfg: EvalConfig, fam: Family, base: dic
         _put(row, "ld_recovered", boot, ap.ld_recovered, clean.ld, abl.ld, ld_part.ld)
         _put(row, "ld_recovered_signed", boot, ap.ld_recovered_signed, clean.ld, abl.ld, ld_part.ld)
         _put(row, "top1_reconstructed", boot, ap.mean_of, data.top1(ld_part))
+        if n_sel:  # the choice of features made again on resampled train prompts
+            under = {loc: scores[loc].interpretable_under(t, w[:n_sel]) for loc in codes}  # (R, F) each
+            draws = []
+            for r in range(n_sel):
+                keep_r = {loc: under[loc][r] for loc in codes}
+                g = got if all(torch.equal(keep_r[loc], keep[loc]) for loc in codes) else numbers(keep_r)
+                draws.append([{"l0_interpretable": float(g["l0_interpretable"]()),
+                               "sufficiency": float(ap.sufficiency(clean.ld, g["ld_part"].ld)),
+                               "necessity": float(ap.necessity(clean.ld, abl.ld, g["ld_rest"].ld)),
+                               "ld_recovered": float(ap.ld_recovered(clean.ld, abl.ld, g["ld_part"].ld)),
+                               "ld_recovered_signed": float(ap.ld_recovered_signed(clean.ld, abl.ld, g["ld_part"].ld)),
+                               "top1_reconstructed": float(ap.mean_of(data.top1(g["ld_part"])))}])
+            refit.add_fit_noise([row], draws, ("l0_interpretable", "sufficiency", "necessity", "ld_recovered",
+                                               "ld_recovered_signed", "top1_reconstructed"), fields=())
         for k in ("sufficiency", "necessity", "ld_recovered", "ld_recovered_signed", "l0"):
             row[f"{k}_full"], row[f"{k}_full_se"] = full[k], full[f"{k}_se"]
         res.interpretable.append(row)

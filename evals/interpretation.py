@@ -143,6 +143,17 @@ class Scores:
         f1 = self._cached("(any)", w, lambda: torch.nan_to_num(it.paired_f1(self.active[:, alive], self.best_mask[:, alive], w), nan=0.0))
         return (f1 >= threshold).float().mean(-1)
 
+    def interpretable_under(self, threshold: float, w: torch.Tensor) -> torch.Tensor:
+        """(B, F) bool: :meth:`interpretable` again under each resample ``w: (B, N)`` of the prompts: which
+        features' best interpretation (held fixed) reaches the threshold there. A feature active on no prompt
+        never does."""
+        out = torch.zeros(len(w), self.active.shape[1], dtype=torch.bool, device=self.active.device)
+        alive = self.active.any(0)
+        if alive.any():
+            f1 = torch.nan_to_num(it.paired_f1(self.active[:, alive], self.best_mask[:, alive], w), nan=0.0)  # (B, F alive)
+            out[:, alive] = f1 >= threshold
+        return out
+
     def value_best(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For a single-value kind: per value the best feature's F1 and index ((V,), (V,))."""
         k = self.kind(name)

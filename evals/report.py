@@ -53,7 +53,9 @@ interpretable_fraction): the spread over ``--n-refit`` refits on resampled block
     n_interpretable (features, mean over locations), l0_interpretable, interpretable_fraction (of the
     features active on some train prompt), sufficiency, necessity, ld_recovered, ld_recovered_signed,
     top1_reconstructed, and the full reconstruction's sufficiency_full, necessity_full,
-    ld_recovered_full, ld_recovered_signed_full, l0_full beside them.
+    ld_recovered_full, ld_recovered_signed_full, l0_full beside them. With ``--n-refit`` R the
+    interpretable features are chosen again on R resamples of the train prompts, and the spread of each
+    number over those choices is ``<name>_se_fit`` (in its ``<name>_se`` in quadrature).
 ``control.{json,parquet}``  one row per (cross_section, dictionary, attribute, method, k):
     attribute (IO | S | Pos), method (supervised | greedy | f1), k (edit size: features changed;
     null for supervised), n_removed (features removed: k for greedy, k/2 for f1), min_f1 (f1 edits use
@@ -299,7 +301,11 @@ def summary_markdown(res: "Results", model: str) -> str:
                    f"{rec} | {signed} | {_pm(r, 'top1_reconstructed')} | "
                    f"{_pm(r, 'fvu')} | {_pm(r, 'l0', 1)} |")
     if res.interpretable:
+        n_sel = st.get("n_refit") or 0
         out += ["", "## Interpretable features only (best interpretation F1 >= threshold) vs the full reconstruction", "",
+                "Which features are interpretable is chosen on the train prompts; " + (
+                    f"the ± also has the spread over {n_sel} choices made again on resamples of them." if n_sel else
+                    "the ± holds that choice fixed (--n-refit adds its spread)."), "",
                 "| cross-section | dictionary | F1 >= | interpretable fraction | L0 kept / full | sufficiency (full) | necessity (full) | LD recovered (full) |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in res.interpretable:

@@ -120,3 +120,68 @@ def test_a_fit_split_of_one_block_gets_no_refits_and_says_why(toy_model):
                    progress=said.append)
     assert any("fit split is one block" in m and "--n-fit" in m for m in said)
     assert not any(k.endswith("_se_fit") for r in res.interpretability for k in r)
+
+
+def _tiny_sae_eval(tiny_model_dir, save_sae, **cfg):
+    import tempfile
+    from pathlib import Path
+
+    from evals.config import EvalConfig
+    from evals.dictionary import load_families
+    from evals.harness import evaluate
+    from evals.locations import CrossSection, Location
+    from workbench.models import load_model
+
+    model = load_model(str(tiny_model_dir), "cpu")
+    with tempfile.TemporaryDirectory() as d:
+        families = load_families([str(save_sae(Path(d) / "sae_z", 16, "blocks.0.attn.hook_z", 1))])
+    sections = [CrossSection("custom", [Location.parse("blocks.0.attn.hook_z[1]@END")], "test")]
+    return evaluate(model, EvalConfig(model=str(tiny_model_dir), n_train=100, n_eval=24, ks=[2], **cfg), sections, families)
+
+
+def test_the_interpretable_features_numbers_get_the_spread_of_choosing_them_again(tiny_model_dir, save_sae, monkeypatch):
+    """Known answer: when half the re-choices keep every feature (the full reconstruction, whose numbers the
+    row carries as *_full) and half keep the full-sample choice, the spread of sufficiency over the 8 choices is
+    that of 4 + 4 copies of the two values, added in quadrature to the bootstrap's ±."""
+    from evals import interpretation as ip
+
+    plain = _tiny_sae_eval(tiny_model_dir, save_sae, n_boot=10, n_refit=0)
+
+    def alternate(self, threshold, w):
+        keep = self.interpretable(threshold)
+        return torch.stack([torch.ones_like(keep) if r % 2 == 0 else keep for r in range(len(w))])
+
+    monkeypatch.setattr(ip.Scores, "interpretable_under", alternate)
+    res = _tiny_sae_eval(tiny_model_dir, save_sae, n_boot=10, n_refit=8)
+    assert res.interpretable and len(res.interpretable) == len(plain.interpretable)
+    for a, b in zip(plain.interpretable, res.interpretable):
+        assert b["sufficiency"] == a["sufficiency"]  # the reported number is the full-sample choice's
+        vals = torch.tensor([b["sufficiency_full"], b["sufficiency"]] * 4, dtype=torch.float64)
+        assert b["sufficiency_se_fit"] == pytest.approx(float(vals.std()), abs=1e-6)
+        assert b["sufficiency_se"] == pytest.approx(math.hypot(a["sufficiency_se"], b["sufficiency_se_fit"]), abs=1e-9)
+
+
+def test_re_choosing_the_same_features_changes_no_number(tiny_model_dir, save_sae, monkeypatch):
+    from evals import interpretation as ip
+
+    monkeypatch.setattr(ip.Scores, "interpretable_under",
+                        lambda self, t, w: self.interpretable(t).expand(len(w), -1).clone())
+    res = _tiny_sae_eval(tiny_model_dir, save_sae, n_boot=10, n_refit=3)
+    for r in res.interpretable:
+        for n in ("sufficiency", "necessity", "ld_recovered", "top1_reconstructed", "l0_interpretable"):
+            assert r[f"{n}_se_fit"] == 0.0
+
+
+def test_interpretable_under_re_decides_the_threshold_on_each_resample():
+    """Under the identity resample it is the full-sample choice; under a resample that drops the prompts where
+    a feature fires off its interpretation it becomes interpretable; a dead feature never is."""
+    from evals import interpretation as ip
+
+    # 6 prompts, one kind with values a / b; feature 0 fires on the a prompts and on one b prompt; feature 1 never fires
+    kind = ip.Kind("K", ["a", "b"], torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1]], dtype=torch.float32))
+    active = torch.tensor([[1, 0], [1, 0], [1, 0], [1, 0], [0, 0], [0, 0]], dtype=torch.bool)
+    s = ip.score(active, [kind])
+    assert s.best_f1[0] == pytest.approx(6 / 7) and not s.interpretable(0.9)[0]
+    w = torch.tensor([[1.0] * 6, [1, 1, 1, 0, 2, 1]])  # the second drops prompt 3 (the b prompt feature 0 fires on)
+    under = s.interpretable_under(0.9, w)
+    assert under.tolist() == [[False, False], [True, False]]

@@ -121,7 +121,8 @@ def test_the_summary_says_whether_a_read_outs_plus_minus_has_the_fits_noise(resu
     assert any(r.get("coverage_se_fit") is not None for r in results.interpretability if r["kind"] == "supervised")
     text = summary_markdown(results, "tiny")
     assert "the spread of the number over 8 refits" in text and "supervised read-outs also 8 refits" in text
+    assert "spread over 8 choices made again" in text  # the interpretable-features table's numbers too
     res = copy.deepcopy(results)
     res.settings["n_refit"] = 0
     text = summary_markdown(res, "tiny")
-    assert "fitted dictionary held fixed" in text and "refits of their" not in text
+    assert "fitted dictionary held fixed" in text and "refits of their" not in text and "holds that choice fixed" in text
