@@ -122,7 +122,6 @@ def se_scaling(runs: dict, settings: list[str]) -> dict:
     interpretable fraction, of the interpretability table), the median ratio of a setting's ± to the first
     setting's, and the exponent a in ± ~ n_train^-a it implies (1/2 for a mean; about 1/4 for a count of values
     over a threshold when many values sit near it: the values within one ± of it are themselves ~ ±)."""
-    import math
     import statistics
 
     base = runs[settings[0]]["se"]

@@ -270,47 +270,48 @@ def _interpretable_features(data: _Data, cfg: EvalConfig, fam: Family, base: dic
 
     boot, clean = data.boot_eval, data.clean
     w = data.boot_train.w
-    n_sel = 0 if w is None else min(cfg.n_refit, len(w))
+    w_sel = None if w is None or not cfg.n_refit else w[: cfg.n_refit]  # (R, N) one slice: the scores' F1 is cached per weights
 
-    def numbers(keep: dict) -> dict:
-        """The eval prompts' numbers (full sample) of the reconstruction from the features in ``keep``."""
+    def metrics(keep: dict) -> dict:
+        """name -> (metric function, its arguments) for the reconstruction from the features in ``keep`` (eval prompts)."""
         part = {loc: ap.keep_features(codes[loc], fam.dicts[loc].features, bias_of(fam.dicts[loc]), keep[loc]) for loc in codes}
         ld_part = data.run(part)
         ld_rest = data.run({loc: means[loc] + data.eval[loc] - part[loc] for loc in codes})
-        return {"ld_part": ld_part, "ld_rest": ld_rest,
-                "l0_interpretable": _loc_mean(lambda c, k, w=None: ap.l0(c * k.to(c), w), [(codes[loc], keep[loc]) for loc in codes])}
+        return {"l0_interpretable": (_loc_mean(lambda c, k, w=None: ap.l0(c * k.to(c), w), [(codes[loc], keep[loc]) for loc in codes]),),
+                "sufficiency": (ap.sufficiency, clean.ld, ld_part.ld),
+                "necessity": (ap.necessity, clean.ld, abl.ld, ld_rest.ld),
+                "ld_recovered": (ap.ld_recovered, clean.ld, abl.ld, ld_part.ld),
+                "ld_recovered_signed": (ap.ld_recovered_signed, clean.ld, abl.ld, ld_part.ld),
+                "top1_reconstructed": (ap.mean_of, data.top1(ld_part))}
 
     for t in cfg.f1_thresholds:
         keep = {loc: scores[loc].interpretable(t) for loc in codes}
-        got = numbers(keep)
-        ld_part, ld_rest = got["ld_part"], got["ld_rest"]
+        got = metrics(keep)
         row = {**base, "f1_threshold": t,
                "n_interpretable": _nanmean(float(k.sum()) for k in keep.values())}
-        _put(row, "l0_interpretable", boot, got["l0_interpretable"])
         _put(row, "interpretable_fraction", data.boot_train,
              _loc_mean(lambda s, w=None: s.interpretable_fraction(t, w), [(scores[loc],) for loc in codes]))
-        _put(row, "sufficiency", boot, ap.sufficiency, clean.ld, ld_part.ld)
-        _put(row, "necessity", boot, ap.necessity, clean.ld, abl.ld, ld_rest.ld)
-        _put(row, "ld_recovered", boot, ap.ld_recovered, clean.ld, abl.ld, ld_part.ld)
-        _put(row, "ld_recovered_signed", boot, ap.ld_recovered_signed, clean.ld, abl.ld, ld_part.ld)
-        _put(row, "top1_reconstructed", boot, ap.mean_of, data.top1(ld_part))
-        if n_sel:  # the choice of features made again on resampled train prompts
-            under = {loc: scores[loc].interpretable_under(t, w[:n_sel]) for loc in codes}  # (R, F) each
+        for name, (fn, *args) in got.items():
+            _put(row, name, boot, fn, *args)
+        if w_sel is not None:  # the choice of features made again on resampled train prompts
+            under = {loc: scores[loc].interpretable_under(t, w_sel) for loc in codes}  # (R, F) each
+            seen = {_choice(keep): got}  # a choice met before (the full-sample one included) reuses its runs
             draws = []
-            for r in range(n_sel):
+            for r in range(len(w_sel)):
                 keep_r = {loc: under[loc][r] for loc in codes}
-                g = got if all(torch.equal(keep_r[loc], keep[loc]) for loc in codes) else numbers(keep_r)
-                draws.append([{"l0_interpretable": float(g["l0_interpretable"]()),
-                               "sufficiency": float(ap.sufficiency(clean.ld, g["ld_part"].ld)),
-                               "necessity": float(ap.necessity(clean.ld, abl.ld, g["ld_rest"].ld)),
-                               "ld_recovered": float(ap.ld_recovered(clean.ld, abl.ld, g["ld_part"].ld)),
-                               "ld_recovered_signed": float(ap.ld_recovered_signed(clean.ld, abl.ld, g["ld_part"].ld)),
-                               "top1_reconstructed": float(ap.mean_of(data.top1(g["ld_part"])))}])
-            refit.add_fit_noise([row], draws, ("l0_interpretable", "sufficiency", "necessity", "ld_recovered",
-                                               "ld_recovered_signed", "top1_reconstructed"), fields=())
+                key = _choice(keep_r)
+                if key not in seen:
+                    seen[key] = metrics(keep_r)
+                draws.append([{name: float(fn(*args)) for name, (fn, *args) in seen[key].items()}])
+            refit.add_fit_noise([row], draws, tuple(got), fields=())
         for k in ("sufficiency", "necessity", "ld_recovered", "ld_recovered_signed", "l0"):
             row[f"{k}_full"], row[f"{k}_full_se"] = full[k], full[f"{k}_se"]
         res.interpretable.append(row)
+
+
+def _choice(keep: dict) -> tuple:
+    """A hashable form of a choice of features per location ({location: (F,) bool})."""
+    return tuple((loc, bytes(k.cpu().numpy())) for loc, k in keep.items())
 
 
 def _control(data: _Data, cfg: EvalConfig, fam: Family, base: dict, res: Results, attr: str, codes: dict, edit_f1: dict,

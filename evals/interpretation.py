@@ -123,9 +123,9 @@ class Scores:
 
     def _cached(self, key: str, w: torch.Tensor | None, make):
         k = (key, None if w is None else id(w))
-        if k not in self._memo:
-            self._memo[k] = make()
-        return self._memo[k]
+        if k not in self._memo or self._memo[k][0] is not w:  # the weights are kept, so an id is never reused for others
+            self._memo[k] = (w, make())
+        return self._memo[k][1]
 
     def kind(self, name: str) -> KindScores | None:
         return next((k for k in self.kinds if k.kind.name == name), None)
@@ -140,8 +140,7 @@ class Scores:
         alive = self.active.any(0)
         if not alive.any():
             return torch.tensor(float("nan")) if w is None else torch.full((len(w),), float("nan"))
-        f1 = self._cached("(any)", w, lambda: torch.nan_to_num(it.paired_f1(self.active[:, alive], self.best_mask[:, alive], w), nan=0.0))
-        return (f1 >= threshold).float().mean(-1)
+        return (self._alive_f1(alive, w) >= threshold).float().mean(-1)
 
     def interpretable_under(self, threshold: float, w: torch.Tensor) -> torch.Tensor:
         """(B, F) bool: :meth:`interpretable` again under each resample ``w: (B, N)`` of the prompts: which
@@ -150,9 +149,13 @@ class Scores:
         out = torch.zeros(len(w), self.active.shape[1], dtype=torch.bool, device=self.active.device)
         alive = self.active.any(0)
         if alive.any():
-            f1 = torch.nan_to_num(it.paired_f1(self.active[:, alive], self.best_mask[:, alive], w), nan=0.0)  # (B, F alive)
-            out[:, alive] = f1 >= threshold
+            out[:, alive] = self._alive_f1(alive, w) >= threshold
         return out
+
+    def _alive_f1(self, alive: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """(F alive,) or (B, F alive): each live feature's F1 with its best interpretation (resampled by ``w``),
+        computed once per weights and shared by every threshold."""
+        return self._cached("(any)", w, lambda: torch.nan_to_num(it.paired_f1(self.active[:, alive], self.best_mask[:, alive], w), nan=0.0))
 
     def value_best(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For a single-value kind: per value the best feature's F1 and index ((V,), (V,))."""
