@@ -288,7 +288,8 @@ def _interpretable_features(data: _Data, cfg: EvalConfig, fam: Family, base: dic
         keep = {loc: scores[loc].interpretable(t) for loc in codes}
         got = metrics(keep)
         row = {**base, "f1_threshold": t,
-               "n_interpretable": _nanmean(float(k.sum()) for k in keep.values())}
+               "n_interpretable": _nanmean(float(k.sum()) for k in keep.values()),
+               "n_active": _nanmean(float(scores[loc].n_active()) for loc in codes)}
         _put(row, "interpretable_fraction", data.boot_train,
              _loc_mean(lambda s, w=None: s.interpretable_fraction(t, w), [(scores[loc],) for loc in codes]))
         for name, (fn, *args) in got.items():
@@ -448,7 +449,7 @@ def _interpretability(data: _Data, cfg: EvalConfig, cs: CrossSection, fam: Famil
         where = {**base, "location": str(loc)}
         for t in cfg.f1_thresholds:
             any_row = {**where, "attribute": "(any)", "f1_threshold": t, "n_values": None,
-                       "n_features": int(((s.best_f1 >= t) & s.active.any(0)).sum())}
+                       "n_features": int(((s.best_f1 >= t) & s.active.any(0)).sum()), "n_active": s.n_active()}
             _put(any_row, "interpretable_fraction", boot, lambda w=None: s.interpretable_fraction(t, w))
             res.interpretability.append(any_row)
             for ks in s.kinds:

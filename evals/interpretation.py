@@ -135,21 +135,30 @@ class Scores:
         return self.best_f1 >= threshold
 
     def interpretable_fraction(self, threshold: float, w: torch.Tensor | None = None) -> torch.Tensor:
-        """Fraction of the features active on some prompt whose best interpretation has F1 >= threshold;
-        with bootstrap weights ``w`` the F1 of each (feature, best interpretation) pair is resampled."""
-        alive = self.active.any(0)
-        if not alive.any():
-            return torch.tensor(float("nan")) if w is None else torch.full((len(w),), float("nan"))
-        return (self._alive_f1(alive, w) >= threshold).float().mean(-1)
+        """Fraction of the dictionary's features whose best interpretation has F1 >= threshold; with bootstrap
+        weights ``w`` the F1 of each (feature, best interpretation) pair is resampled. A feature active on no
+        prompt counts as not interpretable (the authors' code scores it -inf): dividing by the features seen
+        active instead would make the number fall as prompts are added and rare features appear
+        (docs/ioi.md, "How many prompts"); :meth:`n_active` gives that count."""
+        return self._reaching(threshold, w).float().mean(-1)
+
+    def n_active(self) -> int:
+        """Features active on at least one of the prompts (grows with their number: rare features appear)."""
+        return int(self.active.any(0).sum())
 
     def interpretable_under(self, threshold: float, w: torch.Tensor) -> torch.Tensor:
         """(B, F) bool: :meth:`interpretable` again under each resample ``w: (B, N)`` of the prompts: which
         features' best interpretation (held fixed) reaches the threshold there. A feature active on no prompt
         never does."""
-        out = torch.zeros(len(w), self.active.shape[1], dtype=torch.bool, device=self.active.device)
+        return self._reaching(threshold, w)
+
+    def _reaching(self, threshold: float, w: torch.Tensor | None) -> torch.Tensor:
+        """(F,) bool, or (B, F) under resamples ``w``: the features whose (resampled) best-interpretation F1
+        reaches the threshold; a feature active on no prompt never does."""
+        out = torch.zeros(*(() if w is None else (len(w),)), self.active.shape[1], dtype=torch.bool, device=self.active.device)
         alive = self.active.any(0)
         if alive.any():
-            out[:, alive] = self._alive_f1(alive, w) >= threshold
+            out[..., alive] = self._alive_f1(alive, w) >= threshold
         return out
 
     def _alive_f1(self, alive: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:

@@ -50,10 +50,11 @@ interpretable_fraction): the spread over ``--n-refit`` refits on resampled block
     top1_reconstructed (argmax = IO), fvu, l0, shrinkage, dead_fraction, n_features.
 ``interpretable.{json,parquet}``  one row per (cross_section, SAE family, f1_threshold): the
     reconstruction from the interpretable features only (best interpretation F1 >= f1_threshold):
-    n_interpretable (features, mean over locations), l0_interpretable, interpretable_fraction (of the
-    features active on some train prompt), sufficiency, necessity, ld_recovered, ld_recovered_signed,
-    top1_reconstructed, and the full reconstruction's sufficiency_full, necessity_full,
-    ld_recovered_full, ld_recovered_signed_full, l0_full beside them. With ``--n-refit`` R the
+    n_interpretable (features, mean over locations), n_active (features active on some train prompt),
+    l0_interpretable, interpretable_fraction (n_interpretable over all the dictionary's features),
+    sufficiency, necessity, ld_recovered, ld_recovered_signed, top1_reconstructed, and the full
+    reconstruction's sufficiency_full, necessity_full, ld_recovered_full, ld_recovered_signed_full,
+    l0_full beside them. With ``--n-refit`` R the
     interpretable features are chosen again on R resamples of the train prompts, and the spread of each
     number over those choices is ``<name>_se_fit`` (in its ``<name>_se`` in quadrature).
 ``control.{json,parquet}``  one row per (cross_section, dictionary, attribute, method, k):
@@ -71,7 +72,9 @@ interpretable_fraction): the spread over ``--n-refit`` refits on resampled block
     mean_best_f1 (mean over values of the best feature's F1; null for unions, which are searched per
     feature), min_best_f1, coverage (fraction of values with a feature of F1 >= f1_threshold),
     n_features (features whose best interpretation is of this kind with F1 >= f1_threshold);
-    "(any)" rows: n_features and interpretable_fraction over the whole space. A supervised dictionary's
+    "(any)" rows: n_features and interpretable_fraction (of all the dictionary's features) over the whole
+    space, and n_active (features active on some train prompt; it grows with --n-train as rare features
+    appear, which is why it is not the fraction's denominator). A supervised dictionary's
     features are scored through its read-out (``SupervisedDictionary.encode``) of the train prompts, which
     it was fitted without (on the fit prompts, or leave-one-out with ``--n-fit 0``:
     ``evals.dictionary.loo_encode``); read_z (IO, S, Pos rows of supervised dictionaries): that
@@ -329,8 +332,10 @@ def summary_markdown(res: "Results", model: str) -> str:
                 f"an activation best) {_read_note(res.splits)}; \"(at chance)\": that read-out "
                 f"is not above chance by {READ_Z:g} standard errors, so the F1 of its features for that attribute is chance level (about 0.5 for Pos's two values). "
                 "A coverage counts the values whose best F1 is over a threshold: where many sit near it, its ± falls only as "
-                "n_train^(-1/4) (docs/ioi.md, 'How many prompts'). " + _fit_noise_note(st), "",
-                "| cross-section | dictionary | location | IO | S | Pos | interpretable features (any kind) |", "|---|---|---|---|---|---|---|"]
+                "n_train^(-1/4) (docs/ioi.md, 'How many prompts'). The interpretable fraction is the share of all the "
+                "dictionary's features whose best interpretation (any kind) reaches the threshold; a feature active on no "
+                "train prompt counts as not interpretable. " + _fit_noise_note(st), "",
+                "| cross-section | dictionary | location | IO | S | Pos | interpretable fraction (any kind) |", "|---|---|---|---|---|---|---|"]
         keyed = {}
         for r in res.interpretability:
             keyed.setdefault((r["cross_section"], r["dictionary"], r["location"]), {}).setdefault(r["attribute"], {})[r["f1_threshold"]] = r

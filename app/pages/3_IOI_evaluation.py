@@ -209,7 +209,7 @@ with ui.section("Interpretability"):
         if len(anyk):
             anyk = anyk.assign(lo=anyk["interpretable_fraction"] - anyk["interpretable_fraction_se"].fillna(0),
                                hi=anyk["interpretable_fraction"] + anyk["interpretable_fraction_se"].fillna(0))
-            b = alt.Chart(anyk, title="interpretable fraction of the active features (± se)").encode(
+            b = alt.Chart(anyk, title="interpretable fraction of all features (± se)").encode(
                 y=alt.Y("row:N", title=None, axis=alt.Axis(labelLimit=0)))
             c2.altair_chart(b.mark_bar().encode(x=alt.X("interpretable_fraction:Q", scale=alt.Scale(domain=[0, 1]))) +
                             b.mark_rule(color="black").encode(x="lo:Q", x2="hi:Q"), width="stretch")

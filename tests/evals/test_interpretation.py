@@ -137,15 +137,24 @@ def test_bootstrap_se_of_a_mean_is_the_binomial_se():
     assert none.w is None and none.stat(lambda x, w=None: wmean(x, w), x)[1] != none.stat(lambda x, w=None: wmean(x, w), x)[1]  # NaN
 
 
-def test_interpretable_fraction_counts_only_features_that_fire():
+def test_interpretable_fraction_is_over_every_feature():
+    """A feature active on no prompt counts as not interpretable: the denominator is the dictionary's size, so
+    more prompts (which wake rare features) do not lower the fraction; n_active counts the features seen."""
     active = torch.zeros(40, 3, dtype=torch.bool)
     active[:20, 0] = True  # Pos = ABB exactly (prompts 0..19 are ABB below)
     active[:, 1] = True  # fires on every prompt: F1 2/3 with either Pos value
     kinds = [ip.Kind("Pos", ["ABB", "BAB"], it.value_masks(torch.tensor([0] * 20 + [1] * 20), 2))]
     s = ip.score(active, kinds)
     assert s.best_f1.tolist() == pytest.approx([1.0, 2 / 3, 0.0])
-    assert float(s.interpretable_fraction(0.8)) == pytest.approx(0.5)  # feature 2 never fires: not counted
-    assert float(s.interpretable_fraction(0.6)) == pytest.approx(1.0)
+    assert s.n_active() == 2
+    assert float(s.interpretable_fraction(0.8)) == pytest.approx(1 / 3)  # feature 2 never fires: not interpretable
+    assert float(s.interpretable_fraction(0.6)) == pytest.approx(2 / 3)
+    w = torch.ones(5, 40)
+    w[1:, 20:30] = 0.0  # resamples with half the BAB prompts: feature 1's F1 with ABB (its best) is 0.8
+    assert s.interpretable_fraction(0.8, w).tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    active[39, 2] = True  # the rare feature fires once (as it would among more prompts): the fraction holds
+    s2 = ip.score(active, kinds)
+    assert s2.n_active() == 3 and float(s2.interpretable_fraction(0.6)) == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("values_per_prompt", [1, 2])

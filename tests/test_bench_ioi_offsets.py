@@ -1,0 +1,51 @@
+"""bench/ioi_offsets.py: how much of each number's offset from the reference more train prompts remove."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("ioi_offsets", ROOT / "bench" / "ioi_offsets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_expected_ratio_of_a_power_law_bias(bench):
+    assert bench.expected_ratio(24000, 24000, 384000, 0.5) == pytest.approx(1.0)
+    assert bench.expected_ratio(24000, 96000, 384000, 0.5) == pytest.approx((0.5 - 0.25) / (1 - 0.25))
+    assert bench.expected_ratio(24000, 384000, 384000, 0.25) == pytest.approx(0.0)
+
+
+def test_offsets_are_followed_over_the_settings_and_averaged_over_seeds(bench, tmp_path, capsys):
+    """Known answer: one number 0.04 off at the small setting (two seeds, +0.03 and +0.05), 0.01 off at the
+    larger; one never off (not followed): the ratio is 0.25."""
+    def record(setting, values, ref=None):
+        runs = {setting: {"headline": values}}
+        if ref is not None:
+            runs["400x10"] = {"headline": ref}
+        path = tmp_path / f"{setting}-{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"reference": "400x10", "runs": runs}))
+        return str(path)
+
+    ref = {"a": 0.50, "b": 0.20}
+    ref_path = record("100x10", {"a": 0.53, "b": 0.20}, ref)
+    small2 = record("100x10", {"a": 0.55, "b": 0.21})
+    big = record("200x10", {"a": 0.51, "b": 0.20})
+    out = tmp_path / "out.json"
+    assert bench.main(["--reference", ref_path, "--at", "100x10", ref_path, small2, "--at", "200x10", big,
+                       "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["n_followed"] == 1
+    first, second = got["settings"]
+    assert first["offsets"] == {"a": pytest.approx(0.04)} and first["ratio"] == pytest.approx(1.0)
+    assert second["ratio"] == pytest.approx(0.25)
+    assert "1 numbers of summary.md" in capsys.readouterr().out
