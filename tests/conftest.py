@@ -20,6 +20,21 @@ os.environ.update(HF_HOME=_HF_HOME, HF_HUB_CACHE=os.path.join(_HF_HOME, "hub"), 
 
 
 @pytest.fixture(scope="session")
+def bench_script():
+    """Load a script of bench/ (not a package) as a module: ``bench_script("ioi_settings")``."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer d_model=32 toy-world model saved by workbench.models.save_model (random weights)."""
     import torch
