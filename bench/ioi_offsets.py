@@ -16,6 +16,8 @@ reference's own draw, or a difference other than the train prompts, e.g. the fit
 
 from __future__ import annotations
 
+import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before torch loads (docs/threads.md)
+
 import argparse
 import json
 import statistics
