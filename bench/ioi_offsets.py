@@ -42,14 +42,21 @@ def main(argv=None) -> int:
     p.add_argument("--min-offset", type=float, default=0.015)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    ref_rec = json.loads(Path(args.reference).read_text())
-    ref_setting = ref_rec["reference"]
-    ref = ref_rec["runs"][ref_setting]["headline"]
+    def run(path: str, setting: str | None = None) -> tuple[str, dict]:
+        """(setting, its summary.md numbers) of a bench/ioi_settings.py record; the reference's run without a setting."""
+        rec = json.loads(Path(path).read_text())
+        setting = setting or rec.get("reference")
+        if setting not in rec.get("runs", {}):
+            p.error(f"{path} has no {setting} run (it has {', '.join(rec.get('runs', {})) or 'none'}); "
+                    "pass records written by bench/ioi_settings.py --out")
+        return setting, rec["runs"][setting]["headline"]
+
+    ref_setting, ref = run(args.reference)
     means = []
     for setting, *paths in args.at:
         if not paths:
             p.error(f"--at {setting}: name at least one record")
-        vals = [json.loads(Path(q).read_text())["runs"][setting]["headline"] for q in paths]
+        vals = [run(q, setting)[1] for q in paths]
         means.append((setting, len(paths), {k: statistics.mean(v[k] for v in vals) for k in ref
                                             if all(k in v and v[k] is not None for v in vals)}))
     first = means[0][2]

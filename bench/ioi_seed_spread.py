@@ -23,10 +23,11 @@ import workbench.threads  # noqa: F401 - first: OMP_WAIT_POLICY=PASSIVE before t
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
+
+from evals.refit import without_fit
 
 
 def group(key: str) -> str:
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         if any(s is None for s in ses):
             continue
         fits = [r.get("se_fit", {}).get(k, 0.0) for _, r in runs]  # the refits' part of each ± (--n-refit; records since v11)
-        boot = statistics.fmean(math.sqrt(max(se ** 2 - f ** 2, 0.0)) for se, f in zip(ses, fits))
+        boot = statistics.fmean(without_fit(se, f) for se, f in zip(ses, fits))
         rows[k] = {"sd": statistics.stdev(vals), "se": statistics.fmean(ses), "se_without_fit": boot, "mean": statistics.fmean(vals),
                    "ref": ref[k], "values": vals}
     out = {"setting": args.setting, "seeds": seeds, "reference": f"{args.reference}:{ref_rec['reference']}", "groups": {},

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from evals.refit import without_fit
+
 SKIP = ("logit_diff", "ld_clean", "ld_ablated", "ld_reconstructed", "ld_without_reconstruction", "l0", "l0_full", "l0_interpretable",
         "x", "y", "n_features", "n_values", "n_interpretable", "frozen_k", "frozen_l0", "frozen_minus_sae_fvu", "occlusion_ratio",
         "dead_fraction", "n_removed", "k", "min_f1", "f1_threshold", "d_sae", "target_changed", "min_best_f1", "read_z")
@@ -90,7 +92,7 @@ def compare(run: dict, ref: dict, tol: float, field: str = "values") -> dict:
             outside[key] = outside.get(key, 0) + 1
     ses, fits = run["se"], run.get("se_fit", {})
     z = {k: d / ses[k] for k, d in diffs.items() if ses.get(k) is not None and ses[k] > 0}  # difference in units of its ±
-    boot = {k: math.sqrt(max(ses[k] ** 2 - fits.get(k, 0.0) ** 2, 0.0)) for k in z}  # the ± without the refits' part
+    boot = {k: without_fit(ses[k], fits.get(k, 0.0)) for k in z}  # the ± without the refits' part
     return {"max_abs_diff": diffs[worst], "worst": worst, "within_tol": sum(d <= tol for d in diffs.values()), "n": len(diffs),
             "n_with_se": len(z), "within_2se": sum(v <= 2 for v in z.values()), "within_3se": sum(v <= 3 for v in z.values()),
             "within_tol_or_2se": sum(d <= tol or z.get(k, math.inf) <= 2 for k, d in diffs.items()),

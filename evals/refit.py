@@ -39,6 +39,11 @@ def row_key(row: dict, fields: Sequence[str] = KEY) -> tuple:
     return tuple((f, row[f]) for f in fields if f in row)
 
 
+def without_fit(se: float, se_fit: float) -> float:
+    """The bootstrap's part of a ± that :func:`add_fit_noise` widened: sqrt(se² - se_fit²) (0 if rounding makes it negative)."""
+    return math.sqrt(max(se ** 2 - se_fit ** 2, 0.0))
+
+
 def add_fit_noise(rows: Iterable[dict], refits: Sequence[Sequence[dict]], names: Sequence[str],
                   fields: Sequence[str] = KEY) -> int:
     """For each row and each ``name`` it has a ``name_se`` for, and that every refit gives (matched by

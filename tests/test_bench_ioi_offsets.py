@@ -41,3 +41,11 @@ def test_offsets_are_followed_over_the_settings_and_averaged_over_seeds(bench, t
     assert first["offsets"] == {"a": pytest.approx(0.04)} and first["ratio"] == pytest.approx(1.0)
     assert second["ratio"] == pytest.approx(0.25)
     assert "1 numbers of summary.md" in capsys.readouterr().out
+
+
+def test_a_record_without_the_setting_is_refused_by_name(bench, tmp_path, capsys):
+    rec = tmp_path / "r.json"
+    rec.write_text(json.dumps({"reference": "400x10", "runs": {"400x10": {"headline": {"a": 0.5}}}}))
+    with pytest.raises(SystemExit):
+        bench.main(["--reference", str(rec), "--at", "100x10", str(rec)])
+    assert f"{rec} has no 100x10 run (it has 400x10)" in capsys.readouterr().err
