@@ -44,7 +44,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     def run(path: str, setting: str | None = None) -> tuple[str, dict]:
         """(setting, its summary.md numbers) of a bench/ioi_settings.py record; the reference's run without a setting."""
-        rec = json.loads(Path(path).read_text())
+        try:
+            rec = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            p.error(f"{path}: cannot read it as a bench/ioi_settings.py record ({e})")
         setting = setting or rec.get("reference")
         if setting not in rec.get("runs", {}):
             p.error(f"{path} has no {setting} run (it has {', '.join(rec.get('runs', {})) or 'none'}); "

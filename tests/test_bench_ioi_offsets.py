@@ -49,3 +49,8 @@ def test_a_record_without_the_setting_is_refused_by_name(bench, tmp_path, capsys
     with pytest.raises(SystemExit):
         bench.main(["--reference", str(rec), "--at", "100x10", str(rec)])
     assert f"{rec} has no 100x10 run (it has 400x10)" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit):
+        bench.main(["--reference", str(bad), "--at", "100x10", str(rec)])
+    assert f"{bad}: cannot read it as a bench/ioi_settings.py record" in capsys.readouterr().err
